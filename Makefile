@@ -1,0 +1,38 @@
+# prefork-lb: `make run` starts the demo, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUN    := .run
+
+.PHONY: run test lint typecheck check bench clean
+
+$(BIN)/prefork-lb: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+# Two demo backends (127.0.0.1:9001, :9002) and prefork-lb on http://127.0.0.1:8080/ in the
+# foreground; Ctrl-C stops everything. Logs and the pid file go to .run/.
+run: $(BIN)/prefork-lb
+	@mkdir -p $(RUN)
+	@$(BIN)/python scripts/run_demo.py --prefix $(RUN) -- $(BIN)/prefork-lb -c conf/prefork-lb.toml -p $(RUN)
+
+test: $(BIN)/prefork-lb
+	$(BIN)/ruff check prefork_lb tests scripts loadtest
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/prefork-lb
+	$(BIN)/ruff check prefork_lb tests scripts loadtest
+	$(BIN)/ruff format --check prefork_lb
+
+typecheck: $(BIN)/prefork-lb
+	$(BIN)/mypy
+
+# Side-by-side benchmark against nginx and HAProxy (needs nginx, haproxy, wrk): see README.
+bench: $(BIN)/prefork-lb
+	loadtest/anchors.sh
+
+clean:
+	rm -rf $(VENV) $(RUN) .mypy_cache .ruff_cache .pytest_cache *.egg-info

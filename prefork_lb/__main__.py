@@ -1,0 +1,5 @@
+import sys
+
+from prefork_lb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,470 @@
+"""Turn a TOML file (plus includes) into a validated, frozen ``Config``.
+
+The same function serves ``prefork-lb -t``, startup and reload, so a config that passes
+``-t`` is exactly a config the master will run. Every failure is a ``ConfigError`` naming
+the file and the key path.
+
+Inheritance (nginx semantics): the location-level directives in ``LOCATION_KEYS`` may also
+be written in ``[http]`` and in a ``[[http.servers]]`` entry; the nearest level wins, and a
+table such as ``proxy_set_header`` is replaced as a whole, never merged, as in nginx.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+from prefork_lb.config.addresses import parse_address, parse_listen
+from prefork_lb.config.errors import ConfigError
+from prefork_lb.config.model import (
+    NEXT_UPSTREAM_CONDITIONS,
+    AccessLogConfig,
+    Address,
+    Config,
+    HttpConfig,
+    LocationConfig,
+    Method,
+    ProxyPass,
+    ReturnAction,
+    ServerConfig,
+    UpstreamConfig,
+    UpstreamServer,
+)
+from prefork_lb.config.source import (
+    Source,
+    Table,
+    boolean,
+    non_negative_int,
+    positive_int,
+    string,
+    string_list,
+)
+from prefork_lb.units import parse_duration_s, parse_size_bytes
+
+DEFAULT_CONFIG_PATH = "/etc/prefork-lb/prefork-lb.toml"
+ERROR_LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+METHODS = ("round_robin",)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _duration(v: object) -> float:
+    return parse_duration_s(v)
+
+
+def _size(v: object) -> int:
+    return parse_size_bytes(v)
+
+
+def _next_upstream(v: object) -> frozenset[str]:
+    items = string_list(v)
+    for item in items:
+        if item not in NEXT_UPSTREAM_CONDITIONS:
+            raise ValueError(
+                f'unknown condition "{item}"; allowed: {", ".join(sorted(NEXT_UPSTREAM_CONDITIONS))}'
+            )
+    if "off" in items:
+        return frozenset({"off"})
+    return frozenset(items)
+
+
+def _header_table(v: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(v, dict):
+        raise ValueError('must be a table such as { Host = "$host" }')
+    out = []
+    for name, value in v.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f'invalid header name "{name}"')
+        if not isinstance(value, str):
+            raise ValueError(f'value of "{name}" must be a string')
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise ValueError(f'value of "{name}" must not contain CR, LF or NUL')
+        out.append((name, value))
+    return tuple(out)
+
+
+# Location-level directives, inheritable from [http] and the server: key -> (field, converter).
+LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "proxy_connect_timeout": ("proxy_connect_timeout_s", _duration),
+    "proxy_read_timeout": ("proxy_read_timeout_s", _duration),
+    "proxy_send_timeout": ("proxy_send_timeout_s", _duration),
+    "proxy_next_upstream": ("proxy_next_upstream", _next_upstream),
+    "proxy_next_upstream_tries": ("proxy_next_upstream_tries", non_negative_int),
+    "proxy_next_upstream_timeout": ("proxy_next_upstream_timeout_s", _duration),
+    "proxy_set_header": ("proxy_set_header", _header_table),
+    "proxy_buffer_size": ("proxy_buffer_size_bytes", _size),
+    "client_max_body_size": ("client_max_body_size_bytes", _size),
+    "client_body_buffer_size": ("client_body_buffer_size_bytes", _size),
+    "client_body_timeout": ("client_body_timeout_s", _duration),
+    "send_timeout": ("send_timeout_s", _duration),
+    "keepalive_timeout": ("keepalive_timeout_s", _duration),
+    "keepalive_requests": ("keepalive_requests", positive_int),
+}
+# Access logging is inherited too, but needs the log_formats table to resolve.
+_LOG_KEYS = ("access_log", "log_format")
+
+
+def load_config(path: str, prefix: str | None = None) -> Config:
+    """Parse and validate ``path``; raise ConfigError on the first problem."""
+    main = os.path.abspath(path)
+    source = Source(main)
+    prefix = os.path.abspath(prefix) if prefix else os.path.dirname(main)
+    top = Table(source, source.data, "")
+    loader = _Loader(source, prefix)
+    workers = top.take("workers", _workers, 1)
+    pid_path = loader.path(top.take("pid", string, "prefork-lb.pid"))
+    error_log = loader.log_path(top.take("error_log", string, "error.log"))
+    level = top.take("error_log_level", _choice(ERROR_LOG_LEVELS), "notice")
+    daemon = top.take("daemon", boolean, False)
+    worker_connections = top.take("worker_connections", positive_int, 1024)
+    shutdown_s = top.take("worker_shutdown_timeout", _duration, 0.0)
+    http = loader.http(top.table("http"))
+    top.finish()
+    return Config(
+        path=main,
+        prefix=prefix,
+        workers=workers,
+        pid_path=pid_path,
+        error_log_path=error_log,
+        error_log_level=level,
+        daemon=daemon,
+        worker_connections=worker_connections,
+        worker_shutdown_timeout_s=shutdown_s,
+        http=http,
+        files=tuple(source.files),
+    )
+
+
+def _workers(v: object) -> int:
+    if v == "auto":
+        return os.cpu_count() or 1
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError('must be a positive integer or "auto"')
+    return v
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def convert(v: object) -> str:
+        if v not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return str(v)
+
+    return convert
+
+
+class _Loader:
+    def __init__(self, source: Source, prefix: str) -> None:
+        self.source = source
+        self.prefix = prefix
+        self.upstreams: dict[str, UpstreamConfig] = {}
+        self.log_formats: dict[str, str] = {}
+
+    def path(self, p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(self.prefix, p)
+
+    def log_path(self, p: str) -> str:
+        return p if p in ("stderr", "stdout", "off") else self.path(p)
+
+    # ---- http ----
+
+    def http(self, t: Table) -> HttpConfig:
+        from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
+        from prefork_lb.http.variables import VariableError
+
+        formats = t.table("log_formats")
+        self.log_formats = dict(BUILTIN_FORMATS)
+        for name in formats.data:
+            text = formats.take(name, string)
+            try:
+                compile_log_format(text)
+            except VariableError as e:
+                raise formats.error(name, str(e)) from None
+            self.log_formats[name] = text
+        formats.finish()
+        ups = t.table("upstreams")
+        for name in list(ups.data):
+            self.upstreams[name] = self.upstream(name, ups.table(name, default_empty=False))
+        ups.finish()
+        http_settings = self.location_settings(t, {})
+        http_logs = self.log_settings(t, None)
+        servers = tuple(
+            self.server(i, st, http_settings, http_logs) for i, st in enumerate(t.table_list("servers"))
+        )
+        t.finish()
+        _check_default_servers(self.source, servers)
+        return HttpConfig(upstreams=self.upstreams, servers=servers, log_formats=self.log_formats)
+
+    def upstream(self, name: str, t: Table) -> UpstreamConfig:
+        method = cast(Method, t.take("method", _choice(METHODS), "round_robin"))
+        keepalive = t.take("keepalive", non_negative_int, 0)
+        keepalive_requests = t.take("keepalive_requests", positive_int, 1000)
+        keepalive_timeout = t.take("keepalive_timeout", _duration, 60.0)
+        keepalive_time = t.take("keepalive_time", _duration, 3600.0)
+        servers: list[UpstreamServer] = []
+        server_tables = t.table_list("servers")
+        if not server_tables:
+            raise t.error("servers", "must list at least one server")
+        for st in server_tables:
+            servers.extend(self.upstream_server(st))
+        t.finish()
+        return UpstreamConfig(
+            name=name,
+            method=method,
+            servers=tuple(servers),
+            keepalive=keepalive,
+            keepalive_requests=keepalive_requests,
+            keepalive_timeout_s=keepalive_timeout,
+            keepalive_time_s=keepalive_time,
+        )
+
+    def upstream_server(self, t: Table) -> list[UpstreamServer]:
+        text = t.take("address", string)
+        weight = t.take("weight", positive_int, 1)
+        max_fails = t.take("max_fails", non_negative_int, 1)
+        fail_timeout = t.take("fail_timeout", _duration, 10.0)
+        max_conns = t.take("max_conns", non_negative_int, 0)
+        backup = t.take("backup", boolean, False)
+        down = t.take("down", boolean, False)
+        t.finish()
+        try:
+            addrs = _resolve(text)
+        except ValueError as e:
+            raise t.error("address", str(e)) from None
+        return [
+            UpstreamServer(
+                address=a,
+                name=text,
+                weight=weight,
+                max_fails=max_fails,
+                fail_timeout_s=fail_timeout,
+                max_conns=max_conns,
+                backup=backup,
+                down=down,
+            )
+            for a in addrs
+        ]
+
+    # ---- inheritable settings ----
+
+    def location_settings(self, t: Table, inherited: dict[str, Any]) -> dict[str, Any]:
+        settings = dict(inherited)
+        for key, (field_name, convert) in LOCATION_KEYS.items():
+            if t.has(key):
+                settings[field_name] = t.take(key, convert)
+            else:
+                t.raw(key, None)  # known key, not set at this level
+        return settings
+
+    def log_settings(self, t: Table, inherited: tuple[str, str] | None) -> tuple[str, str] | None:
+        """(path, format name) or None for "off"; nginx's default is access.log combined."""
+        path, fmt = inherited if inherited else ("off", "combined")
+        if inherited is None and not t.has("access_log"):
+            path = self.path("access.log")
+        if t.has("access_log"):
+            path = self.log_path(t.take("access_log", string))
+        else:
+            t.raw("access_log", None)
+        if t.has("log_format"):
+            fmt = t.take("log_format", string)
+            if fmt not in self.log_formats:
+                raise t.error("log_format", f'unknown log format "{fmt}" (define it in [http.log_formats])')
+        else:
+            t.raw("log_format", None)
+        return (path, fmt)
+
+    # ---- servers and locations ----
+
+    def server(
+        self, index: int, t: Table, http_settings: dict[str, Any], http_logs: tuple[str, str] | None
+    ) -> ServerConfig:
+        listen_texts = t.take("listen", string_list)
+        if not listen_texts:
+            raise t.error("listen", "must name at least one address")
+        listen = []
+        for i, text in enumerate(listen_texts):
+            try:
+                listen.append(parse_listen(text))
+            except ValueError as e:
+                raise self.source.error(f"{t.key_path('listen')}[{i}]", str(e)) from None
+        names = tuple(n.lower() for n in t.take("server_name", string_list, [""]))
+        for i, n in enumerate(names):
+            if n.startswith("~"):
+                try:
+                    re.compile(n[1:])
+                except re.error as e:
+                    raise self.source.error(
+                        f"{t.key_path('server_name')}[{i}]", f"invalid regex: {e}"
+                    ) from None
+        header_timeout = t.take("client_header_timeout", _duration, 60.0)
+        settings = self.location_settings(t, http_settings)
+        logs = self.log_settings(t, http_logs)
+        location_tables = t.table_list("locations")
+        if not location_tables:
+            raise t.error("locations", "must contain at least one [[http.servers.locations]] entry")
+        locations = tuple(self.location(lt, settings, logs) for lt in location_tables)
+        t.finish()
+        _check_duplicate_locations(self.source, t, locations)
+        return ServerConfig(
+            listen=tuple(listen),
+            server_names=names,
+            locations=locations,
+            client_header_timeout_s=header_timeout,
+            keepalive_timeout_s=settings.get("keepalive_timeout_s", 75.0),
+            index=index,
+        )
+
+    def location(self, t: Table, inherited: dict[str, Any], logs: tuple[str, str] | None) -> LocationConfig:
+        match = t.take("match", string)
+        modifier, pattern, regex = _parse_match(match)
+        if modifier in ("~", "~*"):
+            try:
+                regex = re.compile(pattern, re.IGNORECASE if modifier == "~*" else 0)
+            except re.error as e:
+                raise t.error("match", f"invalid regex: {e}") from None
+        elif not pattern.startswith("/") and pattern != "":
+            raise t.error("match", 'a prefix location must start with "/" (or use "~ regex")')
+        proxy_pass = self.proxy_pass(t) if t.has("proxy_pass") else None
+        if proxy_pass is None:
+            t.raw("proxy_pass", None)
+        return_ = t.take("return", _return_action) if t.has("return") else None
+        if return_ is None:
+            t.raw("return", None)
+        if proxy_pass is None and return_ is None:
+            raise t.error("match", 'location needs "proxy_pass" or "return"')
+        if proxy_pass is not None and return_ is not None:
+            raise t.error("return", 'cannot be combined with "proxy_pass" in one location')
+        if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
+            raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
+        settings = self.location_settings(t, inherited)
+        path, fmt = self.log_settings(t, logs) or ("off", "combined")
+        t.finish()
+        self._check_templates(t, settings)
+        access_logs = () if path == "off" else (AccessLogConfig(path, fmt, self.log_formats[fmt]),)
+        return LocationConfig(
+            match=match,
+            modifier=modifier,
+            pattern=pattern,
+            regex=regex,
+            proxy_pass=proxy_pass,
+            return_=return_,
+            access_logs=access_logs,
+            **settings,
+        )
+
+    def proxy_pass(self, t: Table) -> ProxyPass:
+        text = t.take("proxy_pass", string)
+        if not text.startswith("http://"):
+            raise t.error("proxy_pass", 'must start with "http://" (https upstreams are not supported)')
+        rest = text[len("http://") :]
+        slash = rest.find("/")
+        host, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
+        if not host:
+            raise t.error("proxy_pass", "has no upstream name or address")
+        if host in self.upstreams:
+            return ProxyPass(upstream=host, uri=uri, host_header=host)
+        try:
+            addrs = _resolve(host if ":" in host.rsplit("]", 1)[-1] else f"{host}:80")
+        except ValueError as e:
+            raise t.error("proxy_pass", f'"{host}" is neither an upstream name nor an address: {e}') from None
+        if host not in self.upstreams:
+            self.upstreams[host] = UpstreamConfig(
+                name=host,
+                method="round_robin",
+                servers=tuple(UpstreamServer(address=a, name=host) for a in addrs),
+                implicit=True,
+            )
+        return ProxyPass(upstream=host, uri=uri, host_header=host)
+
+    def _check_templates(self, t: Table, settings: dict[str, Any]) -> None:
+        from prefork_lb.http.variables import VariableError, compile_template
+
+        for name, value in settings.get("proxy_set_header", ()):
+            try:
+                compile_template(value)
+            except VariableError as e:
+                raise t.error("proxy_set_header", f"{name}: {e}") from None
+
+
+def _parse_match(match: str) -> tuple[Any, str, re.Pattern[str] | None]:
+    for modifier in ("=", "^~", "~*", "~"):
+        if match.startswith(modifier + " "):
+            return modifier, match[len(modifier) + 1 :].strip(), None
+    return "", match.strip(), None
+
+
+def _return_action(v: object) -> ReturnAction:
+    if isinstance(v, int) and not isinstance(v, bool):
+        code, text = v, None
+    elif isinstance(v, str):
+        head, _, rest = v.strip().partition(" ")
+        if not head.isascii() or not head.isdigit():
+            raise ValueError('must be "CODE [TEXT|URL]", e.g. "301 https://example.com$request_uri"')
+        code, text = int(head), (rest.strip() or None)
+    else:
+        raise ValueError('must be a status code or "CODE [TEXT|URL]"')
+    if not 100 <= code <= 999:
+        raise ValueError("status code must be between 100 and 999")
+    if code in _REDIRECTS and not text:
+        raise ValueError(f"a {code} redirect needs a URL")
+    if text is not None:
+        from prefork_lb.http.variables import VariableError, compile_template
+
+        try:
+            compile_template(text)
+        except VariableError as e:
+            raise ValueError(str(e)) from None
+    return ReturnAction(status=code, text=text)
+
+
+def _resolve(text: str) -> list[Address]:
+    """One Address per resolved IP (nginx makes one peer per address of a hostname)."""
+    addr = parse_address(text)
+    if addr.family != "inet" or _is_ip(addr.host):
+        return [addr]
+    try:
+        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ValueError(f'host "{addr.host}" not found: {e.strerror}') from None
+    out: list[Address] = []
+    for family, _, _, _, sa in infos:
+        a = Address("inet6" if family == socket.AF_INET6 else "inet", str(sa[0]), addr.port)
+        if a not in out:
+            out.append(a)
+    return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return True
+    except OSError:
+        return False
+
+
+def _check_default_servers(source: Source, servers: tuple[ServerConfig, ...]) -> None:
+    seen: dict[tuple[str, str, int], int] = {}
+    for server in servers:
+        for lc in server.listen:
+            if lc.default_server:
+                if lc.key in seen:
+                    raise source.error(
+                        f"http.servers[{server.index}].listen",
+                        f"a duplicate default server for {lc.address.text} "
+                        f"(already http.servers[{seen[lc.key]}])",
+                    )
+                seen[lc.key] = server.index
+
+
+def _check_duplicate_locations(source: Source, t: Table, locations: tuple[LocationConfig, ...]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for i, loc in enumerate(locations):
+        key = ("" if loc.modifier == "^~" else loc.modifier, loc.pattern)
+        if key in seen:
+            raise source.error(f"{t.key_path('locations')}[{i}].match", f'duplicate location "{loc.pattern}"')
+        seen.add(key)
+
+
+__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "load_config"]

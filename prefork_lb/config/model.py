@@ -1,0 +1,170 @@
+"""The validated configuration as frozen dataclasses.
+
+Rules:
+- Everything here is immutable and built once by ``config.load``; workers only read it.
+- TOML keys mirror nginx directive names; field names add the unit (``*_s`` seconds,
+  ``*_bytes``), so ``proxy_read_timeout = "60s"`` becomes ``proxy_read_timeout_s = 60.0``.
+- Paths are absolute (resolved against the prefix at load time).
+- Locations carry fully merged settings: http -> server -> location inheritance happens at
+  load time, so the request path never walks parents.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+Method = Literal["round_robin"]
+NEXT_UPSTREAM_CONDITIONS = frozenset(
+    {
+        "error",
+        "timeout",
+        "invalid_header",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_403",
+        "http_404",
+        "http_429",
+        "non_idempotent",
+        "off",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP (IPv4/IPv6) or unix-socket address as written in the config."""
+
+    family: Literal["inet", "inet6", "unix"]
+    host: str  # IP literal for inet/inet6, path for unix
+    port: int  # 0 for unix
+
+    @property
+    def text(self) -> str:
+        """The address as nginx prints it ($upstream_addr, error logs)."""
+        if self.family == "unix":
+            return f"unix:{self.host}"
+        if self.family == "inet6":
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    address: Address
+    default_server: bool = False
+    reuseport: bool = False
+    backlog: int = 511  # nginx's default on Linux
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.address.family, self.address.host, self.address.port)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamServer:
+    address: Address
+    name: str  # the literal server string from the config (hash rings use it)
+    weight: int = 1
+    max_fails: int = 1
+    fail_timeout_s: float = 10.0
+    max_conns: int = 0
+    backup: bool = False
+    down: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    method: Method
+    servers: tuple[UpstreamServer, ...]
+    keepalive: int = 0  # idle connections cached per worker; 0 = no pooling
+    keepalive_requests: int = 1000
+    keepalive_timeout_s: float = 60.0
+    keepalive_time_s: float = 3600.0
+    implicit: bool = False  # created for `proxy_pass http://ADDR` without a named group
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    path: str  # absolute path, or "stderr"/"stdout"
+    format_name: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPass:
+    upstream: str  # name of an UpstreamConfig (implicit groups are named by their address)
+    uri: str | None  # the URI part of `proxy_pass http://backend/uri/`, None when absent
+    host_header: str  # $proxy_host: the group name or host:port as written
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnAction:
+    status: int
+    text: str | None  # body for non-redirects, URL for 301/302/303/307/308
+
+
+@dataclass(frozen=True, slots=True)
+class LocationConfig:
+    match: str  # as written: "/", "= /x", "^~ /x", "~ re", "~* re"
+    modifier: Literal["", "=", "^~", "~", "~*"]
+    pattern: str
+    regex: re.Pattern[str] | None
+    proxy_pass: ProxyPass | None
+    return_: ReturnAction | None
+    # merged http -> server -> location settings
+    proxy_connect_timeout_s: float = 60.0
+    proxy_read_timeout_s: float = 60.0
+    proxy_send_timeout_s: float = 60.0
+    proxy_next_upstream: frozenset[str] = frozenset({"error", "timeout"})
+    proxy_next_upstream_tries: int = 0
+    proxy_next_upstream_timeout_s: float = 0.0
+    proxy_set_header: tuple[tuple[str, str], ...] = ()
+    proxy_buffer_size_bytes: int = 8192
+    client_max_body_size_bytes: int = 1024 * 1024
+    client_body_buffer_size_bytes: int = 16 * 1024
+    client_body_timeout_s: float = 60.0
+    send_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
+    keepalive_requests: int = 1000
+    access_logs: tuple[AccessLogConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[ListenConfig, ...]
+    server_names: tuple[str, ...]
+    locations: tuple[LocationConfig, ...]
+    client_header_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
+    index: int = 0  # position in [[http.servers]], for messages
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    servers: tuple[ServerConfig, ...] = ()
+    log_formats: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str  # the main config file, absolute
+    prefix: str  # directory relative paths resolve against
+    workers: int
+    pid_path: str
+    error_log_path: str  # absolute path, or "stderr"
+    error_log_level: str
+    daemon: bool
+    worker_connections: int
+    worker_shutdown_timeout_s: float
+    http: HttpConfig
+    files: tuple[str, ...] = ()  # every file read (main + includes), for messages
+
+    @property
+    def listen_keys(self) -> set[tuple[str, str, int]]:
+        return {lc.key for server in self.http.servers for lc in server.listen}

@@ -1,0 +1,329 @@
+"""One client connection: read requests, route, answer or proxy, log (gevent I/O).
+
+Rules:
+1. One greenlet per connection and no other greenlet per request.
+2. Timeouts as nginx: waiting for the first byte of a request uses ``keepalive_timeout``
+   (``client_header_timeout`` for the first request); once a head has started, the whole
+   head must arrive within ``client_header_timeout`` of its first byte (an absolute
+   deadline, so a drip-fed slowloris head is cut); body reads use ``client_body_timeout``
+   per read. A header timeout closes silently, as nginx does (it logs 408, sends nothing).
+3. Requests are answered strictly in order. A request whose body was not consumed
+   (``return``, errors) closes the connection: its unread bytes never become a request.
+4. Every answer the proxy makes itself (errors, ``return``) is logged like a proxied one.
+5. While the worker drains, every response carries ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from gevent import socket
+
+from prefork_lb.http.exchange import ConnectionInfo, Exchange
+from prefork_lb.http.headers import error_page, simple_response
+from prefork_lb.http.proxy import ClientGone, Proxy
+from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
+from prefork_lb.http.uri import UriError, encode_path, normalize_path
+
+if TYPE_CHECKING:
+    from prefork_lb.http.routing import ServerRouter
+    from prefork_lb.http.runtime import HttpRuntime, LocationRuntime
+
+log = logging.getLogger("prefork_lb.error")
+
+RECV_SIZE: Final = 65536
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+
+
+class ClientConnection:
+    __slots__ = (
+        "body_done",
+        "clock",
+        "continue_pending",
+        "head",
+        "idle",
+        "info",
+        "keep_alive",
+        "reader",
+        "router",
+        "runtime",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        info: ConnectionInfo,
+        router: ServerRouter,
+        runtime: HttpRuntime,
+        clock: Callable[[], float],
+    ) -> None:
+        self.sock = sock
+        self.info = info
+        self.router = router
+        self.runtime = runtime
+        self.clock = clock
+        self.reader = RequestReader()
+        self.keep_alive = True
+        self.idle = True
+        self.head: RequestHead | None = None
+        self.body_done = True
+        self.continue_pending = False
+
+    # ---- the loop ----
+
+    def serve(self) -> None:
+        events = self.reader.events
+        try:
+            while True:
+                if not events:
+                    if not self._fill_head():
+                        return
+                    continue
+                event = events.popleft()
+                if type(event) is RequestHead:
+                    if not self._handle(event):
+                        return
+                elif isinstance(event, HttpError):
+                    self._reject(event)
+                    return
+                # bytes/MESSAGE_END of an unread body cannot reach here (rule 3)
+        except ClientGone:
+            pass
+        finally:
+            self.close()
+
+    def _fill_head(self) -> bool:
+        """Wait for request bytes; False when the connection should end quietly."""
+        server = self.router.default
+        reader = self.reader
+        deadline = 0.0
+        while True:
+            if self.runtime.draining and not reader.in_head:
+                return False
+            now = self.clock()
+            if reader.in_head:
+                if not deadline:
+                    deadline = now + server.client_header_timeout_s
+                timeout = deadline - now
+                if timeout <= 0:
+                    return False  # rule 2: 408, silently
+            elif self.info.requests:
+                timeout = server.keepalive_timeout_s
+            else:
+                timeout = server.client_header_timeout_s
+            self.sock.settimeout(timeout)
+            self.idle = not reader.in_head
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except OSError:
+                return False
+            finally:
+                self.idle = False
+            if not data:
+                return False
+            reader.feed(data)
+            if reader.events:
+                return True
+
+    def _handle(self, head: RequestHead) -> bool:
+        runtime = self.runtime
+        info = self.info
+        info.requests += 1
+        now = self.clock()
+        self.head = head
+        self.body_done = False
+        self.continue_pending = head.expect_continue
+        ex = Exchange(
+            conn=info,
+            method=head.method,
+            target=head.target,
+            path="",
+            args=head.query.decode("latin-1"),
+            version=head.version,
+            headers=head.headers,
+            header_index=head.header_index,
+            host=head.host,
+            start_time=now,
+            request_length=head.head_length,
+        )
+        server = self.router.select(head.host)
+        ex.server = server
+        self.keep_alive = head.keep_alive and not runtime.draining and not self.reader.closed
+        try:
+            try:
+                ex.path = normalize_path(head.raw_path)
+            except UriError as e:
+                raise HttpError(e.status, "invalid URI") from None
+            loc = runtime.matcher(server).match(ex.path)
+            if loc is None:
+                self._finish_body()
+                self.respond_error(ex, 404)
+                return self._done(ex, None)
+            lr = runtime.locations[id(loc)]
+            ex.location = loc
+            if info.requests >= loc.keepalive_requests:
+                self.keep_alive = False
+            max_body = loc.client_max_body_size_bytes
+            if max_body and head.content_length and head.content_length > max_body:
+                raise HttpError(413, "request entity too large")
+            if loc.return_ is not None:
+                self._finish_body()
+                self._return(ex, lr)
+            else:
+                Proxy(self, ex, head, lr).run()
+                self._finish_body()
+            return self._done(ex, lr)
+        except HttpError as e:
+            self.keep_alive = False
+            self.respond_error(ex, e.status)
+            self._done(ex, runtime.locations.get(id(ex.location)) if ex.location else None)
+            return False
+        except ClientGone:
+            ex.status = ex.status or 499
+            self._done(ex, runtime.locations.get(id(ex.location)) if ex.location else None)
+            raise
+
+    def _done(self, ex: Exchange, lr: LocationRuntime | None) -> bool:
+        ex.end_time = self.clock()
+        if lr is not None:
+            for writer, fmt in lr.logs:
+                writer.write(fmt.render(ex))
+        return self.keep_alive and self.body_done
+
+    def _finish_body(self) -> None:
+        """Drop the rest of an unread body if it is already queued; else close after (rule 3)."""
+        if self.body_done:
+            return
+        events = self.reader.events
+        while events:
+            event = events[0]
+            if event is MESSAGE_END:
+                events.popleft()
+                self.body_done = True
+                return
+            if type(event) is not bytes:
+                break
+            events.popleft()
+        self.keep_alive = False
+
+    # ---- what Proxy needs ----
+
+    def read_body(self, block: bool) -> bytes | bool | None:
+        """The next body piece, True at its end, None if ``block`` is False and nothing is queued."""
+        if self.body_done:
+            return True
+        events = self.reader.events
+        while not events:
+            if not block:
+                return None
+            if self.reader.closed:
+                raise HttpError(400, "request body ended early")
+            if self.continue_pending:
+                self.continue_pending = False
+                self.send(CONTINUE)
+            assert self.head is not None
+            loc_timeout = self._body_timeout()
+            self.sock.settimeout(loc_timeout)
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except OSError:
+                raise ClientGone from None
+            if not data:
+                raise ClientGone
+            self.reader.feed(data)
+        event = events.popleft()
+        if type(event) is bytes:
+            self.continue_pending = False
+            return event
+        if event is MESSAGE_END:
+            self.body_done = True
+            return True
+        if isinstance(event, HttpError):
+            events.appendleft(event)
+            raise HttpError(event.status, event.reason)
+        raise HttpError(400, "unexpected request data")
+
+    def _body_timeout(self) -> float:
+        for lr in self.runtime.locations.values():
+            return lr.config.client_body_timeout_s
+        return 60.0
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            raise ClientGone from None
+
+    def abort(self) -> None:
+        """End the connection without completing the response (the client sees truncation)."""
+        self.keep_alive = False
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def respond_error(self, ex: Exchange, status: int) -> bool:
+        ex.status = status
+        head_only = ex.method == b"HEAD"
+        body = error_page(status)
+        out = simple_response(status, body, self.keep_alive, self.clock(), head_only=head_only)
+        ex.bytes_sent += len(out)
+        ex.body_bytes_sent += 0 if head_only else len(body)
+        self.send(out)
+        return self.keep_alive
+
+    def _return(self, ex: Exchange, lr: LocationRuntime) -> None:
+        action = lr.config.return_
+        assert action is not None
+        status = action.status
+        text = lr.return_text.render(ex) if lr.return_text is not None else None
+        ex.status = status
+        extra: list[tuple[bytes, bytes]] = []
+        if status in _REDIRECTS:
+            assert text is not None
+            extra.append((b"Location", _safe_location(text)))
+            body = error_page(status)
+            ctype = b"text/html"
+        elif text is not None:
+            body = text.encode("utf-8")
+            ctype = b"text/plain"
+        else:
+            body = error_page(status) if status >= 400 else b""
+            ctype = b"text/html"
+        head_only = ex.method == b"HEAD"
+        out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
+        ex.body_bytes_sent = 0 if head_only else len(body)
+        ex.bytes_sent = len(out)
+        self.send(out)
+
+    def _reject(self, error: HttpError) -> None:
+        """A request that could not even be parsed: answer and close (nginx logs it too)."""
+        self.keep_alive = False
+        out = simple_response(error.status, error_page(error.status), False, self.clock())
+        try:
+            self.send(out)
+        except ClientGone:
+            pass
+        log.info(
+            "client sent invalid request (%s) while reading client request headers, client: %s",
+            error,
+            self.info.remote_addr,
+        )
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _safe_location(url: str) -> bytes:
+    """A Location value can never carry CR/LF/CTL, whatever the variables expanded to."""
+    out = url.encode("utf-8")
+    if any(b < 0x21 or b == 0x7F for b in out):
+        return encode_path(out.decode("latin-1"))
+    return out

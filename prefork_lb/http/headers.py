@@ -1,0 +1,192 @@
+"""Building the head sent upstream and the head sent back to the client (sans-IO).
+
+Rules:
+1. Hop-by-hop fields never cross the proxy in either direction: Connection and every
+   field it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade,
+   HTTP2-Settings (RFC 9110 section 7.6.1). Client Proxy-Authorization is dropped too.
+2. Upstream requests are HTTP/1.1. Host is always set: ``proxy_set_header Host`` if
+   configured, else ``$proxy_host`` (nginx's default). A ``proxy_set_header`` with an
+   empty value removes the field, as in nginx. Expect is handled by the proxy itself.
+3. Body framing upstream is ours: ``Content-Length`` (canonical digits) or chunked.
+4. ``Connection: close`` goes upstream only when the group has no keep-alive pool.
+5. Responses carry our ``Server`` and ``Date`` (as nginx replaces them) and an explicit
+   ``Connection: keep-alive|close``; upstream framing fields are replaced by ours.
+6. A head is built with one ``b"".join`` and never contains CR, LF or NUL inside a field:
+   template values are checked as the last line of defence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Final
+
+from prefork_lb.http.exchange import Exchange
+from prefork_lb.http.variables import Template, compile_template
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+    }
+)
+# Dropped from client requests besides the hop-by-hop set: we set framing and Host ourselves.
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"proxy-authorization"}
+# Dropped from upstream responses: framing is ours; Server and Date are replaced (nginx does).
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"server", b"date"}
+SERVER_HEADER: Final = b"Server: prefork-lb\r\n"
+_UNSAFE = str.maketrans({"\r": "%0D", "\n": "%0A", "\0": "%00"})
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPlan:
+    """proxy_set_header of one location, compiled at config load."""
+
+    fields: tuple[tuple[bytes, Template], ...]  # in config order, Host first
+    overridden: frozenset[bytes]  # lowercased names the plan replaces
+
+    @classmethod
+    def compile(cls, set_headers: Sequence[tuple[str, str]]) -> HeaderPlan:
+        items = list(set_headers)
+        if not any(name.lower() == "host" for name, _ in items):
+            items.insert(0, ("Host", "$proxy_host"))
+        else:
+            items.sort(key=lambda kv: kv[0].lower() != "host")
+        fields = tuple((name.encode("latin-1"), compile_template(value)) for name, value in items)
+        return cls(fields, frozenset(name.lower() for name, _ in fields))
+
+
+def connection_tokens(value: bytes | None) -> frozenset[bytes]:
+    if not value:
+        return frozenset()
+    return frozenset(t.strip(b" \t").lower() for t in value.split(b","))
+
+
+def build_upstream_head(
+    ex: Exchange,
+    plan: HeaderPlan,
+    target: bytes,
+    body_length: int | None,
+    chunked: bool,
+    pooled: bool,
+) -> bytes:
+    parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, template in plan.fields:
+        rendered = template.render(ex)
+        if rendered:
+            parts += [name, b": ", rendered.translate(_UNSAFE).encode("latin-1"), b"\r\n"]
+    drop = _REQUEST_DROP | plan.overridden
+    listed = ex.header_index.get(b"connection")
+    if listed:
+        drop = drop | connection_tokens(listed)
+    for name, value in ex.headers:
+        if name.lower() not in drop:
+            parts += [name, b": ", value, b"\r\n"]
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif body_length is not None and (body_length or ex.method in (b"POST", b"PUT", b"PATCH")):
+        parts += [b"Content-Length: ", str(body_length).encode(), b"\r\n"]
+    if not pooled:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class DateCache:
+    """The ``Date:`` field, formatted once per second (nginx keeps a cached time string)."""
+
+    __slots__ = ("_field", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._field = b""
+
+    def field(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._field = b"Date: " + formatdate(second, usegmt=True).encode() + b"\r\n"
+        return self._field
+
+
+DATES = DateCache()
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            reason = b"Unknown"
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+def build_response_head(
+    status: int,
+    reason: bytes,
+    upstream_headers: list[tuple[bytes, bytes]],
+    connection_listed: frozenset[bytes],
+    framing: bytes,
+    keep_alive: bool,
+    now: float,
+) -> bytes:
+    """``framing`` is the ready field(s): b"Content-Length: N\\r\\n", chunked, or b""."""
+    parts = [status_line(status, reason), SERVER_HEADER, DATES.field(now)]
+    drop = _RESPONSE_DROP | connection_listed if connection_listed else _RESPONSE_DROP
+    for name, value in upstream_headers:
+        if name.lower() not in drop:
+            parts += [name, b": ", value, b"\r\n"]
+    parts.append(framing)
+    parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    return b"".join(parts)
+
+
+_ERROR_PAGE = (
+    "<html>\r\n<head><title>{code} {phrase}</title></head>\r\n<body>\r\n"
+    "<center><h1>{code} {phrase}</h1></center>\r\n<hr><center>prefork-lb</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def error_page(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return _ERROR_PAGE.format(code=status, phrase=phrase).encode()
+
+
+def simple_response(
+    status: int,
+    body: bytes,
+    keep_alive: bool,
+    now: float | None = None,
+    content_type: bytes = b"text/html",
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    head_only: bool = False,
+) -> bytes:
+    """A complete response the proxy generates itself (errors, ``return``)."""
+    parts = [status_line(status), SERVER_HEADER, DATES.field(time.time() if now is None else now)]
+    if body or (status >= 200 and status not in (204, 304)):
+        parts += [
+            b"Content-Type: ",
+            content_type,
+            b"\r\n",
+            b"Content-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
+    for name, value in extra:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)

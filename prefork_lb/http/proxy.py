@@ -1,0 +1,471 @@
+"""Proxy one request to an upstream group: attempts, retries, response relay (gevent I/O).
+
+Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
+1. Each attempt picks a peer, takes a pooled connection to it or connects, sends the head
+   and body, and reads the response head. Connect/send/read errors, timeouts and invalid
+   headers are failures: the peer is charged (``peers.free(failed=True)``) whether or not
+   the request is retried. A failure on a reused keep-alive connection gives the try back.
+2. A retry needs: tries left, the condition listed in ``proxy_next_upstream`` ("off"
+   disables all), nothing sent to the client yet, a replayable body, POST/LOCK/PATCH only
+   with ``non_idempotent`` once the request was sent, and ``proxy_next_upstream_timeout``
+   not exceeded.
+3. Status conditions (http_500 ...) are checked before anything reaches the client and
+   need ``tries > 1``; on the last try the upstream's response is passed through and the
+   peer is not charged. 403/404 never charge the peer.
+4. No usable peer: an attempt named after the group with status 502, "no live upstreams".
+5. Once the response head went to the client there is no retry; later errors close the
+   client connection and are not charged to the peer.
+6. Request bodies up to ``client_body_buffer_size`` are kept so a retry can resend them;
+   a larger body is streamed and makes the request non-replayable once sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+from gevent import socket
+
+from prefork_lb.balance.peers import free, new_selection
+from prefork_lb.config.model import Address
+from prefork_lb.http.exchange import Attempt, Exchange
+from prefork_lb.http.headers import build_response_head, build_upstream_head
+from prefork_lb.http.request import HttpError, RequestHead
+from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError, parse_response_head
+from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
+from prefork_lb.http.uri import encode_path
+
+if TYPE_CHECKING:
+    from prefork_lb.http.connection import ClientConnection
+    from prefork_lb.http.runtime import LocationRuntime, UpstreamRuntime
+
+log = logging.getLogger("prefork_lb.error")
+
+NON_IDEMPOTENT: Final = frozenset({b"POST", b"LOCK", b"PATCH"})
+STATUS_CONDITIONS: Final = {
+    500: "http_500",
+    502: "http_502",
+    503: "http_503",
+    504: "http_504",
+    403: "http_403",
+    404: "http_404",
+    429: "http_429",
+}
+MAX_INTERIM: Final = 10
+CRLF: Final = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+class ClientGone(Exception):
+    """The client connection failed while we were writing to it."""
+
+
+class AttemptFailed(Exception):
+    def __init__(self, condition: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.condition = condition  # "error" | "timeout" | "invalid_header"
+        self.status = status  # 502 or 504, as nginx logs the attempt
+
+
+class RequestBody:
+    """The client's body as seen by the proxy; replayable while it fits the buffer (rule 6)."""
+
+    __slots__ = (
+        "_client",
+        "_limit",
+        "_max",
+        "chunked",
+        "chunks",
+        "complete",
+        "length",
+        "received",
+        "replayable",
+    )
+
+    def __init__(self, client: ClientConnection, head: RequestHead, lr: LocationRuntime) -> None:
+        self._client = client
+        self._limit = lr.config.client_body_buffer_size_bytes
+        self._max = lr.config.client_max_body_size_bytes
+        self.chunked = head.chunked
+        self.length = head.content_length
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.complete = False
+        self.replayable = True
+
+    def prefetch(self) -> None:
+        """Take what the client already sent, without waiting (lets small bodies ride along)."""
+        while not self.complete:
+            piece = self._client.read_body(block=False)
+            if piece is None:
+                return
+            if not isinstance(piece, bytes):
+                self.complete = True
+                return
+            self._add(piece)
+
+    def _add(self, piece: bytes) -> None:
+        self.received += len(piece)
+        if self._max and self.received > self._max:
+            raise HttpError(413, "request entity too large")
+        if self.replayable:
+            self.chunks.append(piece)  # at most the limit plus one read is ever held
+            if self.received > self._limit:
+                self.replayable = False
+
+    def send_to(self, sock: socket.socket) -> None:
+        """Send the whole body (buffered part first), framed for the upstream."""
+        chunked = self.chunked
+        for piece in self.chunks:
+            sock.sendall(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+        if not self.replayable:
+            self.chunks = []
+        while not self.complete:
+            more = self._client.read_body(block=True)
+            if not isinstance(more, bytes):
+                self.complete = True
+                break
+            self._add(more)
+            if not self.replayable:
+                self.chunks = []
+            sock.sendall(b"%x\r\n%b\r\n" % (len(more), more) if chunked else more)
+        if chunked:
+            sock.sendall(LAST_CHUNK)
+
+
+def upstream_target(ex: Exchange, head: RequestHead, lr: LocationRuntime) -> bytes:
+    """The request-target sent upstream (nginx's proxy_pass URI rules)."""
+    proxy = lr.config.proxy_pass
+    assert proxy is not None
+    if proxy.uri is None:
+        if head.authority is None:
+            return head.target
+        return head.raw_path + (b"?" + head.query if head.query else b"")
+    loc = lr.config
+    path = ex.path
+    if loc.modifier in ("", "^~", "=") and path.startswith(loc.pattern):
+        path = proxy.uri + path[len(loc.pattern) :]
+    else:
+        path = proxy.uri
+    return encode_path(path) + (b"?" + head.query if head.query else b"")
+
+
+class Proxy:
+    """One request through one location's upstream group."""
+
+    __slots__ = ("body", "client", "ex", "head", "lr", "now", "up")
+
+    def __init__(
+        self, client: ClientConnection, ex: Exchange, head: RequestHead, lr: LocationRuntime
+    ) -> None:
+        assert lr.upstream is not None
+        self.client = client
+        self.ex = ex
+        self.head = head
+        self.lr = lr
+        self.up: UpstreamRuntime = lr.upstream
+        self.body = RequestBody(client, head, lr)
+        self.now = client.clock
+
+    def run(self) -> bool:
+        """Proxy the request; True when the client connection may serve another request."""
+        ex, lr, up, head = self.ex, self.lr, self.up, self.head
+        loc = lr.config
+        assert lr.plan is not None
+        has_body = head.chunked or bool(head.content_length)
+        if has_body:
+            self.body.prefetch()
+        target = upstream_target(ex, head, lr)
+        request_head = build_upstream_head(
+            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled
+        )
+        sel = new_selection(up.group, loc.proxy_next_upstream_tries)
+        conditions = loc.proxy_next_upstream
+        start = self.now()
+        while True:
+            now = self.now()
+            peer = up.balancer.pick(sel, ex, int(now))
+            if peer is None:
+                ex.attempts.append(Attempt(up.group.name, 502, None, None, 0.0))
+                log.error('no live upstreams while connecting to upstream, upstream: "%s"', up.group.name)
+                return self.client.respond_error(ex, 502)
+            attempt = Attempt(peer.addr)
+            ex.attempts.append(attempt)
+            conn: UpstreamConnection | None = None
+            sent = False
+            try:
+                conn = self._connect(peer.server.address, peer.addr, attempt, now)
+                sent = True
+                self._send(conn, request_head, has_body)
+                resp, leftover = self._read_head(conn, attempt, now)
+            except AttemptFailed as fail:
+                attempt.status = fail.status
+                attempt.response_time_s = self.now() - now
+                reused = conn is not None and conn.reused
+                if conn is not None:
+                    conn.close()
+                log.error(
+                    "%s while %s, upstream: %s",
+                    fail,
+                    "connecting to upstream" if not sent else "reading response header from upstream",
+                    peer.addr,
+                )
+                free(sel, peer, True, int(self.now()))
+                if reused:
+                    sel.tries += 1
+                if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
+                    continue
+                return self.client.respond_error(ex, fail.status)
+            except BaseException:
+                # The client failed us (body error, 413, gone): not the peer's fault.
+                attempt.response_time_s = self.now() - now
+                if conn is not None:
+                    conn.close()
+                free(sel, peer, False, int(self.now()))
+                raise
+            assert conn is not None
+            status = resp.status
+            attempt.status = status
+            condition = STATUS_CONDITIONS.get(status)
+            if (
+                condition is not None
+                and condition in conditions
+                and sel.tries > 1
+                and self._may_retry(sel.tries, condition, conditions, True, start)
+            ):
+                attempt.response_time_s = self.now() - now
+                conn.close()
+                free(sel, peer, status not in (403, 404), int(self.now()))
+                continue
+            ok = self._relay(conn, resp, leftover, attempt, now)
+            free(sel, peer, False, int(self.now()))
+            return ok
+
+    def _may_retry(
+        self, tries: int, condition: str, conditions: frozenset[str], sent: bool, start: float
+    ) -> bool:
+        if tries <= 0 or condition not in conditions:
+            return False
+        if sent and self.head.method in NON_IDEMPOTENT and "non_idempotent" not in conditions:
+            return False
+        if sent and not self.body.replayable:
+            return False
+        timeout = self.lr.config.proxy_next_upstream_timeout_s
+        return not (timeout and self.now() - start >= timeout)
+
+    def _connect(self, address: Address, addr: str, attempt: Attempt, start: float) -> UpstreamConnection:
+        pool = self.up.pool
+        conn = pool.get(addr, start) if pool.enabled else None
+        if conn is not None:
+            attempt.connect_time_s = 0.0
+            return conn
+        loc = self.lr.config
+        try:
+            conn = open_connection(address, loc.proxy_connect_timeout_s, start)
+        except TimeoutError:
+            raise AttemptFailed("timeout", 504, "upstream timed out (110: Connection timed out)") from None
+        except OSError as e:
+            raise AttemptFailed("error", 502, f"connect() failed ({e.errno}: {e.strerror})") from None
+        attempt.connect_time_s = self.now() - start
+        return conn
+
+    def _send(self, conn: UpstreamConnection, request_head: bytes, has_body: bool) -> None:
+        sock = conn.sock
+        sock.settimeout(self.lr.config.proxy_send_timeout_s or None)
+        body = self.body
+        try:
+            if not has_body:
+                sock.sendall(request_head)
+            elif body.complete and body.replayable:
+                sock.sendall(request_head + self._framed_buffer())
+            else:
+                sock.sendall(request_head)
+                body.send_to(sock)
+        except TimeoutError:
+            raise AttemptFailed("timeout", 504, "upstream timed out (110: Connection timed out)") from None
+        except OSError as e:
+            raise AttemptFailed("error", 502, f"send() failed ({e.errno}: {e.strerror})") from None
+        conn.requests += 1
+
+    def _framed_buffer(self) -> bytes:
+        chunks = self.body.chunks
+        if not self.body.chunked:
+            return b"".join(chunks)
+        return b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks if c) + LAST_CHUNK
+
+    def _read_head(
+        self, conn: UpstreamConnection, attempt: Attempt, start: float
+    ) -> tuple[ResponseHead, bytes]:
+        sock = conn.sock
+        loc = self.lr.config
+        sock.settimeout(loc.proxy_read_timeout_s or None)
+        limit = loc.proxy_buffer_size_bytes
+        head_request = self.head.method == b"HEAD"
+        buf = b""
+        scan = 0
+        interim = 0
+        try:
+            while True:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    raise AttemptFailed("error", 502, "upstream prematurely closed connection")
+                attempt.bytes_received += len(data)
+                buf += data
+                end = buf.find(b"\r\n\r\n", scan)
+                if end < 0:
+                    if len(buf) > limit:
+                        raise AttemptFailed("invalid_header", 502, "upstream sent too big header")
+                    scan = max(0, len(buf) - 3)
+                    continue
+                if end > limit:
+                    raise AttemptFailed("invalid_header", 502, "upstream sent too big header")
+                resp = parse_response_head(buf[:end], head_request)
+                buf = buf[end + 4 :]
+                scan = 0
+                if resp.status >= 200:
+                    attempt.header_time_s = self.now() - start
+                    return resp, buf
+                interim += 1
+                if resp.status == 101 or interim > MAX_INTERIM:
+                    raise AttemptFailed("invalid_header", 502, "upstream sent an unexpected interim response")
+        except UpstreamProtocolError as e:
+            raise AttemptFailed("invalid_header", 502, f"upstream sent invalid header: {e}") from None
+        except TimeoutError:
+            raise AttemptFailed("timeout", 504, "upstream timed out (110: Connection timed out)") from None
+        except OSError as e:
+            raise AttemptFailed("error", 502, f"recv() failed ({e.errno}: {e.strerror})") from None
+
+    # ---- response relay (rule 5: no retry from here on) ----
+
+    def _relay(
+        self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float
+    ) -> bool:
+        client = self.client
+        ex = self.ex
+        http11 = self.head.version >= (1, 1)
+        keep_alive = client.keep_alive
+        framing = resp.framing
+        if framing == "length":
+            field = b"Content-Length: %d\r\n" % (resp.content_length or 0)
+        elif framing == "none":
+            field = (
+                b"Content-Length: %d\r\n" % resp.content_length
+                if resp.content_length is not None and (self.head.method == b"HEAD" or resp.status == 304)
+                else b""
+            )
+        elif http11:
+            field = b"Transfer-Encoding: chunked\r\n"
+        else:
+            field, keep_alive = b"", False
+        head = build_response_head(
+            resp.status, resp.reason, resp.headers, resp.connection_tokens, field, keep_alive, self.now()
+        )
+        ex.status = resp.status
+        client.keep_alive = keep_alive
+        reusable = False
+        try:
+            if framing == "none":
+                client.send(head)
+                reusable = resp.keep_alive and not leftover
+            elif framing == "length":
+                reusable = self._relay_length(conn, resp, head, leftover, attempt)
+            else:
+                reusable = self._relay_stream(conn, resp, head, leftover, attempt, rechunk=http11)
+        except ClientGone:
+            client.keep_alive = False
+            reusable = False
+        finally:
+            attempt.response_time_s = self.now() - start
+            if reusable and self.body.complete:
+                self.up.pool.put(conn, self.now())
+            else:
+                conn.close()
+        return client.keep_alive
+
+    def _relay_length(
+        self, conn: UpstreamConnection, resp: ResponseHead, head: bytes, leftover: bytes, attempt: Attempt
+    ) -> bool:
+        client = self.client
+        remaining = resp.content_length or 0
+        first = leftover[:remaining]
+        client.send(head + first if first else head)
+        self.ex.body_bytes_sent += len(first)
+        remaining -= len(first)
+        extra = len(leftover) > len(first)
+        sock = conn.sock
+        while remaining > 0:
+            data = self._upstream_recv(sock)
+            if not data:  # EOF or error before Content-Length was reached: never pad
+                client.abort()
+                return False
+            attempt.bytes_received += len(data)
+            if len(data) > remaining:
+                data = data[:remaining]
+                extra = True
+            client.send(data)
+            remaining -= len(data)
+            self.ex.body_bytes_sent += len(data)
+        return resp.keep_alive and not extra
+
+    def _relay_stream(
+        self,
+        conn: UpstreamConnection,
+        resp: ResponseHead,
+        head: bytes,
+        leftover: bytes,
+        attempt: Attempt,
+        rechunk: bool,
+    ) -> bool:
+        """Chunked or close-delimited upstream body: re-chunked for HTTP/1.1 clients."""
+        client = self.client
+        decoder = ChunkedDecoder() if resp.framing == "chunked" else None
+        pending = head
+        data = leftover
+        sock = conn.sock
+        while True:
+            if decoder is not None:
+                try:
+                    pieces = decoder.feed(data) if data else []
+                except UpstreamProtocolError as e:
+                    log.error("upstream sent invalid chunked response: %s, upstream: %s", e, conn.addr)
+                    if pending:
+                        client.send(pending)
+                    client.abort()
+                    return False
+            else:
+                pieces = [data] if data else []
+            out = [pending] if pending else []
+            for piece in pieces:
+                if piece:
+                    self.ex.body_bytes_sent += len(piece)
+                    out.append(b"%x\r\n%b\r\n" % (len(piece), piece) if rechunk else piece)
+            finished = decoder is not None and decoder.done
+            if finished and rechunk:
+                out.append(LAST_CHUNK)
+            if out:
+                client.send(b"".join(out) if len(out) > 1 else out[0])
+            pending = b""
+            if finished:
+                return resp.keep_alive and decoder is not None and not decoder.extra
+            received = self._upstream_recv(sock)
+            if received == b"" and decoder is None:  # close-delimited: EOF is the normal end
+                if rechunk:
+                    client.send(LAST_CHUNK)
+                return False
+            if not received:  # an error, or a chunked body cut short: never pretend it completed
+                client.abort()
+                return False
+            data = received
+            attempt.bytes_received += len(data)
+
+    def _upstream_recv(self, sock: socket.socket) -> bytes | None:
+        """The next bytes of the body; b"" at EOF, None after an error or timeout."""
+        try:
+            data: bytes = sock.recv(RECV_SIZE)
+            return data
+        except TimeoutError:
+            log.error("upstream timed out (110: Connection timed out) while reading upstream")
+            return None
+        except OSError as e:
+            log.error("recv() failed (%s: %s) while reading upstream", e.errno, e.strerror)
+            return None

@@ -1,0 +1,271 @@
+"""Client request reading: httptools (llhttp, strict mode) plus the rules llhttp leaves to us.
+
+``RequestReader.feed(data)`` appends events to ``reader.events`` in wire order:
+``RequestHead``, body ``bytes`` pieces (already de-chunked), ``MESSAGE_END``, and finally an
+``HttpError`` if the stream became invalid. The connection loop consumes them in order, so
+pipelined requests are answered in order and an invalid request after valid ones gets its
+400 only after the earlier responses (nginx does the same).
+
+Rules enforced here (llhttp already rejects CL+TE, duplicate or non-digit Content-Length,
+bad chunk sizes, obs-fold, space before colon, NUL/CR/CTL in values, bare LF):
+1. Request line over 8 KiB -> 414; one header line over 8 KiB, more than 100 header fields,
+   or a header block over 32 KiB -> 431.
+2. HTTP/2+ in an HTTP/1 request line -> 505; lower-case or unknown-shape methods -> 400.
+3. Transfer-Encoding on HTTP/1.0 -> 400; any coding other than a lone "chunked" -> 501.
+4. HTTP/1.1 without exactly one valid Host -> 400; two Host lines -> 400.
+5. CONNECT and TRACE -> 405.
+6. Header names containing "_" are dropped (nginx: underscores_in_headers off), so that
+   X_Forwarded_For can never alias X-Forwarded-For behind a CGI-style backend.
+7. Trailers of chunked requests are dropped, never merged into the head.
+8. Every error closes the connection after the error response.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import httptools
+
+from prefork_lb.http.uri import UriError, normalize_host, split_target
+from prefork_lb.units import parse_decimal
+
+MAX_REQUEST_LINE: Final = 8192
+MAX_FIELD_LINE: Final = 8192
+MAX_FIELDS: Final = 100
+MAX_HEAD: Final = 32 * 1024
+
+
+class HttpError(Exception):
+    """A request the proxy answers itself with ``status`` and then closes the connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: tuple[int, int]
+    headers: list[tuple[bytes, bytes]]
+    header_index: dict[bytes, bytes]
+    authority: str | None  # host from an absolute-form target
+    raw_path: bytes
+    query: bytes
+    host: str  # normalized host: authority, else Host header, else ""
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    expect_continue: bool
+    upgrade: bool  # Connection: upgrade + Upgrade were sent (we never tunnel; close after)
+    head_length: int
+
+
+class _End:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MESSAGE_END"
+
+
+MESSAGE_END: Final = _End()
+Event = RequestHead | bytes | _End | HttpError
+
+
+class RequestReader:
+    """One per client connection; the llhttp parser is reused for every request on it."""
+
+    __slots__ = (
+        "_chunked",
+        "_content_length",
+        "_field_count",
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_index",
+        "_parser",
+        "_url",
+        "_url_len",
+        "closed",
+        "events",
+    )
+
+    def __init__(self) -> None:
+        self.events: deque[Event] = deque()
+        self.closed = False  # an error or an upgrade ended parsing for good
+        self._parser = httptools.HttpRequestParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._url: list[bytes] = []
+        self._url_len = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._index: dict[bytes, bytes] = {}
+        self._field_count = 0
+        self._content_length: int | None = None
+        self._chunked = False
+
+    @property
+    def in_head(self) -> bool:
+        """True while a request head has started but is not complete."""
+        return self._in_head
+
+    def feed(self, data: bytes) -> None:
+        if self.closed:
+            return
+        # Bytes of an unfinished head, counted per feed: a head that starts inside this
+        # chunk is counted from the next one, so the bound errs by at most one read.
+        self._head_bytes = self._head_bytes + len(data) if self._in_head else 0
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # We never tunnel: the request was queued as an ordinary one and the
+            # connection closes after it, so bytes after the head are never parsed.
+            self.closed = True
+            return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(cause if isinstance(cause, HttpError) else HttpError(400, "bad request"))
+            return
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(HttpError(400, "invalid method"))
+            return
+        except httptools.HttpParserError as e:
+            self._fail(_classify_parser_error(str(e)))
+            return
+        if self._in_head and self._head_bytes > MAX_HEAD + MAX_REQUEST_LINE:
+            if self._field_count == 0 and not self._headers:
+                self._fail(HttpError(414, "request URI too large"))
+            else:
+                self._fail(HttpError(431, "request header fields too large"))
+
+    def _fail(self, error: HttpError) -> None:
+        self.closed = True
+        self.events.append(error)
+
+    # ---- httptools callbacks ----
+
+    def on_message_begin(self) -> None:
+        head_bytes = self._head_bytes
+        self._reset()
+        self._head_bytes = head_bytes
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._url_len += len(url)
+        if self._url_len > MAX_REQUEST_LINE:
+            raise HttpError(414, "request URI too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer of a chunked body: dropped (rule 7)
+        self._field_count += 1
+        if self._field_count > MAX_FIELDS:
+            raise HttpError(431, "too many header fields")
+        if len(name) + len(value) > MAX_FIELD_LINE:
+            raise HttpError(431, "request header field too large")
+        if b"_" in name:
+            return  # rule 6
+        lower = name.lower()
+        if lower in self._index:
+            if lower == b"host":
+                raise HttpError(400, "duplicate Host header")
+            if lower == b"transfer-encoding":
+                raise HttpError(400, "duplicate Transfer-Encoding header")
+            self._index[lower] += b", " + value
+        else:
+            self._index[lower] = value
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        major, _, minor = version.partition(".")
+        ver = (int(major), int(minor or 0))
+        if ver[0] != 1:
+            raise HttpError(505, "HTTP version not supported")
+        method: bytes = parser.get_method()
+        if method in (b"CONNECT", b"TRACE"):
+            raise HttpError(405, "method not allowed")
+        target = b"".join(self._url) if len(self._url) != 1 else self._url[0]
+        try:
+            authority, raw_path, query = split_target(target)
+        except UriError as e:
+            raise HttpError(e.status, "invalid request target") from None
+        index = self._index
+        host_value = index.get(b"host")
+        try:
+            if authority is not None:
+                host = normalize_host(authority.encode("latin-1"))
+            elif host_value is not None:
+                host = normalize_host(host_value)
+            elif ver >= (1, 1):
+                raise HttpError(400, "missing Host header")
+            else:
+                host = ""
+        except UriError:
+            raise HttpError(400, "invalid host") from None
+        te = index.get(b"transfer-encoding")
+        chunked = False
+        content_length = None
+        if te is not None:
+            if ver < (1, 1):
+                raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if te.strip(b" \t").lower() != b"chunked":
+                raise HttpError(501, "unsupported transfer coding")
+            chunked = True
+        else:
+            cl = index.get(b"content-length")
+            if cl is not None:
+                content_length = parse_decimal(cl.strip(b" \t"))
+                if content_length is None:
+                    raise HttpError(400, "invalid Content-Length")
+        expect = index.get(b"expect")
+        upgrade = bool(parser.should_upgrade()) and method != b"CONNECT"
+        if upgrade and (chunked or content_length):
+            raise HttpError(400, "upgrade request with a body")
+        self._in_head = False
+        self._head_bytes = 0
+        self.events.append(
+            RequestHead(
+                method=method,
+                target=target,
+                version=ver,
+                headers=self._headers,
+                header_index=index,
+                authority=authority,
+                raw_path=raw_path,
+                query=query,
+                host=host,
+                content_length=content_length,
+                chunked=chunked,
+                keep_alive=bool(parser.should_keep_alive()) and not upgrade,
+                expect_continue=(
+                    expect is not None and ver >= (1, 1) and expect.strip(b" \t").lower() == b"100-continue"
+                ),
+                upgrade=upgrade,
+                head_length=self._url_len + sum(len(n) + len(v) + 4 for n, v in self._headers),
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_head = False
+        self.events.append(MESSAGE_END)
+
+
+def _classify_parser_error(message: str) -> HttpError:
+    if "Invalid HTTP version" in message:
+        return HttpError(400, "invalid HTTP version")
+    if "Transfer-Encoding" in message and "Content-Length" not in message:
+        return HttpError(501, "unsupported transfer coding")
+    return HttpError(400, message.strip() or "bad request")

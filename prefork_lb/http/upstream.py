@@ -1,0 +1,131 @@
+"""Upstream connections and the per-worker keep-alive pool (gevent I/O).
+
+Rules (nginx's keepalive module, shared/reference/nginx-semantics.md section 7):
+1. The balancer picks the peer first; the pool is then searched, most recent first, for an
+   idle connection to that address. The pool never influences balancing.
+2. At most ``keepalive`` idle connections per worker per upstream group (LRU eviction).
+   Active connections are not limited.
+3. A connection goes back to the pool only after a clean, fully read response whose
+   upstream allows keep-alive, while ``requests < keepalive_requests`` and its age is
+   within ``keepalive_time``; idle connections are closed after ``keepalive_timeout``.
+4. Bytes that arrive beyond a response make the connection unusable (never pooled).
+"""
+
+from __future__ import annotations
+
+import socket as stdsocket
+from typing import Final
+
+from gevent import socket
+
+from prefork_lb.config.model import Address, UpstreamConfig
+
+RECV_SIZE: Final = 65536
+# Under load pooled connections sit idle for microseconds and cannot have been closed by a
+# sane upstream; after a second idle we pay one ~3 us MSG_PEEK to drop connections the
+# upstream has closed, instead of sending a request (maybe a POST) into a dead socket.
+PEEK_AFTER_IDLE_S: Final = 1.0
+_PEEK_FLAGS: Final = stdsocket.MSG_PEEK | stdsocket.MSG_DONTWAIT
+
+
+def _alive(conn: UpstreamConnection) -> bool:
+    try:
+        conn.sock._sock.recv(1, _PEEK_FLAGS)
+    except BlockingIOError:
+        return True  # nothing to read: idle and open
+    except OSError:
+        return False
+    return False  # EOF, or bytes nobody asked for: either way unusable
+
+
+class UpstreamConnection:
+    __slots__ = ("addr", "created", "idle_since", "requests", "reused", "sock")
+
+    def __init__(self, sock: socket.socket, addr: str, now: float) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.created = now
+        self.idle_since = now
+        self.requests = 0
+        self.reused = False
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def open_connection(address: Address, timeout_s: float, now: float) -> UpstreamConnection:
+    """Connect with ``timeout_s``; raises OSError (refused, unreachable) or socket.timeout."""
+    if address.family == "unix":
+        sock = socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        target: object = address.host
+    else:
+        family = stdsocket.AF_INET6 if address.family == "inet6" else stdsocket.AF_INET
+        sock = socket.socket(family, stdsocket.SOCK_STREAM)
+        sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+        target = (address.host, address.port)
+    sock.settimeout(timeout_s or None)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return UpstreamConnection(sock, address.text, now)
+
+
+class KeepalivePool:
+    """Idle connections of one upstream group in one worker."""
+
+    __slots__ = ("capacity", "idle", "max_age_s", "max_requests", "timeout_s")
+
+    def __init__(self, upstream: UpstreamConfig) -> None:
+        self.capacity = upstream.keepalive
+        self.max_requests = upstream.keepalive_requests
+        self.timeout_s = upstream.keepalive_timeout_s
+        self.max_age_s = upstream.keepalive_time_s
+        self.idle: list[UpstreamConnection] = []  # oldest first
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    def get(self, addr: str, now: float) -> UpstreamConnection | None:
+        idle = self.idle
+        for i in range(len(idle) - 1, -1, -1):
+            conn = idle[i]
+            if conn.addr == addr:
+                del idle[i]
+                idle_s = now - conn.idle_since
+                if idle_s > self.timeout_s or (idle_s > PEEK_AFTER_IDLE_S and not _alive(conn)):
+                    conn.close()
+                    continue
+                conn.reused = True
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConnection, now: float) -> None:
+        """Keep ``conn`` if rule 3 allows; otherwise close it."""
+        if not self.capacity or conn.requests >= self.max_requests or now - conn.created > self.max_age_s:
+            conn.close()
+            return
+        conn.idle_since = now
+        self.idle.append(conn)
+        if len(self.idle) > self.capacity:
+            self.idle.pop(0).close()
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections past ``keepalive_timeout`` (called once a second)."""
+        keep = []
+        for conn in self.idle:
+            if now - conn.idle_since > self.timeout_s:
+                conn.close()
+            else:
+                keep.append(conn)
+        self.idle = keep
+
+    def close_all(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle = []

@@ -1,0 +1,347 @@
+"""The master process: owns config, sockets and workers; plain Python, never imports gevent.
+
+Rules:
+1. A signal handler only records the signal (and the wakeup fd wakes the loop); the loop
+   acts, logs and forks. Nothing is logged from handler context.
+2. Signals as nginx: HUP reload, QUIT graceful stop, TERM/INT fast stop, USR1 reopen logs
+   (forwarded to workers), CHLD reap and respawn.
+3. Reload: the new config is loaded with the same code as ``-t``; on any error the old
+   config keeps running. New listeners are bound before forking; the new generation must
+   report ready before the old one is told to quit; if it fails to become ready, it is
+   stopped and the old generation keeps serving. Listeners the new config dropped are
+   closed once the old workers are gone.
+4. A worker that dies unexpectedly is respawned at once; if workers keep dying within a
+   second of starting, respawns back off (up to 5 s) so a crash loop cannot spin.
+5. Fast stop sends TERM, then KILL after ``FAST_STOP_GRACE_S``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+
+from prefork_lb.config.errors import ConfigError
+from prefork_lb.config.load import load_config
+from prefork_lb.config.model import Config
+from prefork_lb.log import reopen_error_log, setup_error_log
+from prefork_lb.master.listeners import BindError, Listener, ListenerSet
+from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
+
+log = logging.getLogger("prefork_lb.error")
+
+HANDLED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD)
+READY_TIMEOUT_S = 10.0
+FAST_STOP_GRACE_S = 5.0
+EXIT_BOOT_FAILED = 3
+
+
+@dataclass(slots=True)
+class WorkerProc:
+    pid: int
+    slot: int
+    generation: int
+    config: Config
+    started: float
+    ready_fd: int  # read end of the readiness pipe; -1 once ready
+    ready: bool = False
+    quitting: bool = False
+
+
+class Master:
+    def __init__(self, config: Config, config_path: str, prefix: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.prefix = prefix
+        self.listeners = ListenerSet()
+        self.workers: dict[int, WorkerProc] = {}
+        self.generation = 0
+        self.pending: list[int] = []
+        self.stopping: str | None = None  # "graceful" | "fast"
+        self.stop_deadline = 0.0
+        self.respawn_delay_s = 0.0
+        self.respawn_at: dict[int, float] = {}  # slot -> when to respawn
+        self.retired: list[tuple[int, list[Listener]]] = []  # (generation, listeners to close)
+        self.wakeup_r = -1
+
+    # ---- startup ----
+
+    def bind(self) -> None:
+        self.listeners.sync(self.config, self.config.workers)
+
+    def run(self) -> int:
+        from setproctitle import setproctitle
+
+        setproctitle(f"prefork-lb: master process {' '.join(_argv())}")
+        self._install_signals()
+        write_pidfile(self.config.pid_path)
+        log.log(25, "prefork-lb started, %d worker(s)", self.config.workers)
+        try:
+            self.generation = 1
+            first = [self._spawn(slot) for slot in range(self.config.workers)]
+            if not self._wait_ready(first):
+                log.critical("worker processes failed to start")
+                self._kill_all(signal.SIGKILL)
+                self.stopping = "fast"
+                self._loop()
+                return 1
+            return self._loop()
+        finally:
+            self.listeners.close_all()
+            remove_pidfile(self.config.pid_path)
+
+    def _install_signals(self) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup_r = r
+        signal.set_wakeup_fd(w)
+        for sig in HANDLED:
+            signal.signal(sig, self._record)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.pending.append(signum)  # rule 1: record only
+
+    # ---- the loop ----
+
+    def _loop(self) -> int:
+        while True:
+            self._wait(1.0)
+            for signum in self._take_signals():
+                self._dispatch(signum)
+            self._reap()
+            self._respawn_due()
+            self._close_retired_listeners()
+            if self.stopping:
+                if not self.workers:
+                    log.log(25, "exit")
+                    return 0
+                if self.stopping == "fast" and time.monotonic() > self.stop_deadline:
+                    self._kill_all(signal.SIGKILL)
+
+    def _wait(self, timeout_s: float) -> None:
+        if self.pending:
+            return
+        try:
+            select.select([self.wakeup_r], [], [], timeout_s)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self.wakeup_r, 512):
+                pass
+        except OSError:
+            pass
+
+    def _take_signals(self) -> list[int]:
+        taken, self.pending = self.pending, []
+        return taken
+
+    def _dispatch(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        handler = getattr(self, "handle_" + name[3:].lower(), None)
+        if handler is not None:
+            handler()
+
+    def handle_chld(self) -> None:
+        pass  # reaping happens every pass of the loop
+
+    def handle_hup(self) -> None:
+        if self.stopping:
+            return
+        log.log(25, "signal %d (SIGHUP) received, reconfiguring", signal.SIGHUP)
+        self.reload()
+
+    def handle_quit(self) -> None:
+        log.log(25, "signal %d (SIGQUIT) received, shutting down gracefully", signal.SIGQUIT)
+        self.stopping = self.stopping or "graceful"
+        self.respawn_at.clear()
+        self._signal_all(signal.SIGQUIT)
+
+    def handle_term(self) -> None:
+        log.log(25, "signal %d (SIGTERM) received, exiting", signal.SIGTERM)
+        self._fast_stop()
+
+    def handle_int(self) -> None:
+        log.log(25, "signal %d (SIGINT) received, exiting", signal.SIGINT)
+        self._fast_stop()
+
+    def handle_usr1(self) -> None:
+        log.log(25, "signal %d (SIGUSR1) received, reopening logs", signal.SIGUSR1)
+        reopen_error_log()
+        self._signal_all(signal.SIGUSR1)
+
+    def _fast_stop(self) -> None:
+        if self.stopping != "fast":
+            self.stopping = "fast"
+            self.stop_deadline = time.monotonic() + FAST_STOP_GRACE_S
+        self.respawn_at.clear()
+        self._signal_all(signal.SIGTERM)
+
+    # ---- workers ----
+
+    def _spawn(self, slot: int, config: Config | None = None, generation: int | None = None) -> WorkerProc:
+        config = config or self.config
+        generation = generation or self.generation
+        sockets = self.listeners.for_worker(slot)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # the worker; never returns
+            os.close(r)
+            signal.set_wakeup_fd(-1)
+            os.close(self.wakeup_r)
+            from prefork_lb.worker.worker import worker_main
+
+            worker_main(config, sockets, w, generation, slot, os.getppid())
+        os.close(w)
+        proc = WorkerProc(pid, slot, generation, config, time.monotonic(), r)
+        self.workers[pid] = proc
+        log.log(25, "start worker process %d", pid)
+        return proc
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.workers.pop(pid, None)
+            if proc is None:
+                continue
+            if proc.ready_fd >= 0:
+                os.close(proc.ready_fd)
+                proc.ready_fd = -1
+            code = os.waitstatus_to_exitcode(status)
+            if proc.quitting or self.stopping:
+                log.log(25, "worker process %d exited with code %d", pid, code)
+                continue
+            how = f"signal {-code}" if code < 0 else f"code {code}"
+            log.error("worker process %d exited on %s", pid, how)
+            if proc.generation != self.generation:
+                continue
+            if code == EXIT_BOOT_FAILED and not proc.ready:
+                log.critical("worker process %d failed to start; not respawning", pid)
+                if not any(w.generation == self.generation for w in self.workers.values()):
+                    self.stopping = "fast"
+                continue
+            quick = time.monotonic() - proc.started < 1.0
+            self.respawn_delay_s = min(5.0, max(0.1, self.respawn_delay_s * 2)) if quick else 0.0
+            self.respawn_at[proc.slot] = time.monotonic() + self.respawn_delay_s
+
+    def _respawn_due(self) -> None:
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for slot, when in list(self.respawn_at.items()):
+            if when <= now:
+                del self.respawn_at[slot]
+                self._spawn(slot)
+
+    def _signal_all(self, sig: int, generation: int | None = None) -> None:
+        for proc in self.workers.values():
+            if generation is None or proc.generation == generation:
+                if sig in (signal.SIGQUIT, signal.SIGTERM):
+                    proc.quitting = True
+                _kill(proc.pid, sig)
+
+    def _kill_all(self, sig: int) -> None:
+        for proc in self.workers.values():
+            _kill(proc.pid, sig)
+
+    # ---- reload ----
+
+    def reload(self) -> bool:
+        try:
+            config = load_config(self.config_path, self.prefix)
+        except ConfigError as e:
+            log.error("%s; reload aborted, still running the previous configuration", e)
+            return False
+        try:
+            removed = self.listeners.sync(config, config.workers)
+        except BindError as e:
+            log.error("%s; reload aborted, still running the previous configuration", e)
+            return False
+        if (
+            config.error_log_path != self.config.error_log_path
+            or config.error_log_level != self.config.error_log_level
+        ):
+            setup_error_log(config.error_log_path, config.error_log_level)
+        old_generation = self.generation
+        generation = old_generation + 1
+        new = [self._spawn(slot, config, generation) for slot in range(config.workers)]
+        if not self._wait_ready(new):
+            log.error(
+                "new worker processes did not become ready; reload aborted, "
+                "still running the previous configuration"
+            )
+            for proc in new:
+                proc.quitting = True
+                _kill(proc.pid, signal.SIGKILL)
+            for lst in removed:  # the old generation still uses these: put them back
+                self.listeners.by_key[lst.config.key] = lst
+            return False
+        self.config = config
+        self.generation = generation
+        self.respawn_at.clear()
+        self._signal_all(signal.SIGQUIT, old_generation)
+        for proc in self.workers.values():
+            if proc.generation < generation:
+                proc.quitting = True
+        if removed:
+            self.retired.append((old_generation, removed))
+        write_pidfile(config.pid_path)
+        log.log(25, "reconfigured: generation %d, %d worker(s)", generation, config.workers)
+        return True
+
+    def _wait_ready(self, procs: list[WorkerProc]) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = {p.ready_fd: p for p in procs}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                readable, _, _ = select.select(list(waiting), [], [], min(left, 0.2))
+            except InterruptedError:
+                continue
+            for fd in readable:
+                proc = waiting.pop(fd)
+                data = b""
+                try:
+                    data = os.read(fd, 1)
+                except OSError:
+                    pass
+                os.close(fd)
+                proc.ready_fd = -1
+                if data != b"R":
+                    return False  # exited before becoming ready
+                proc.ready = True
+        return True
+
+    def _close_retired_listeners(self) -> None:
+        keep = []
+        for generation, lists in self.retired:
+            if any(p.generation <= generation for p in self.workers.values()):
+                keep.append((generation, lists))
+            else:
+                for lst in lists:
+                    lst.close()
+        self.retired = keep
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError as e:
+        if e.errno != errno.ESRCH:
+            raise
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]

@@ -1,0 +1,218 @@
+"""A worker process: gevent is imported here, after fork, never in the master.
+
+Life of a worker:
+1. Created by ``os.fork`` in the master with the Config already parsed and the listening
+   sockets inherited. It restores default signal dispositions, names itself with
+   setproctitle, builds its runtime tables and starts one accept loop per listener.
+2. Writes one byte to its readiness pipe, so the master knows it serves (a reload retires
+   the old generation only after every new worker is ready).
+3. Signals (run in the hub, never in handler context): QUIT graceful stop, TERM/INT fast
+   stop, USR1 reopen logs; HUP/USR2/WINCH ignored.
+4. Graceful stop: close this worker's copies of the listeners (the master keeps the
+   queues), mark the runtime draining so responses carry ``Connection: close``, close idle
+   keep-alive connections, wait for in-flight requests, then exit; after
+   ``worker_shutdown_timeout`` (if set) the remaining connections are closed.
+5. Exits by itself if the master disappears (parent pid changes).
+
+Exit codes: 0 normal, 3 failed to boot (the master does not respawn in a loop on it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket as stdsocket
+import sys
+from typing import Any
+
+EXIT_BOOT_FAILED = 3
+
+
+def run_worker(
+    config: Any,
+    sockets: dict[tuple[str, str, int], stdsocket.socket],
+    ready_fd: int,
+    generation: int,
+    slot: int,
+    master_pid: int,
+) -> int:
+    for sig in (
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+        signal.SIGCHLD,
+    ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    try:
+        worker = Worker(config, sockets, generation, slot, master_pid)
+    except Exception as e:
+        import logging
+
+        logging.getLogger("prefork_lb.error").critical("worker failed to start: %r", e)
+        return EXIT_BOOT_FAILED
+    return worker.run(ready_fd)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Any,
+        sockets: dict[tuple[str, str, int], stdsocket.socket],
+        generation: int,
+        slot: int,
+        master_pid: int,
+    ) -> None:
+        import gevent
+        import gevent.event
+        from setproctitle import setproctitle
+
+        from prefork_lb.http.runtime import build_runtime
+
+        self.config = config
+        self.generation = generation
+        self.slot = slot
+        self.master_pid = master_pid
+        self.gevent = gevent
+        self.stop_event = gevent.event.Event()
+        self.graceful = True
+        self.runtime = build_runtime(config)
+        self.connections: set[Any] = set()
+        self.servers: list[Any] = []
+        self.sockets = sockets
+        self.title = f"prefork-lb: worker process #{slot} gen {generation}"
+        setproctitle(self.title)
+
+    def run(self, ready_fd: int) -> int:
+        gevent = self.gevent
+        from gevent.pool import Pool
+        from gevent.server import StreamServer
+
+        from prefork_lb.log import reopen_error_log
+
+        hub = gevent.get_hub()
+        self.clock = hub.loop.now
+        pool = Pool(self.config.worker_connections)
+        for key, sock in self.sockets.items():
+            router = self.runtime.routers.get(key)
+            if router is None:
+                continue
+            gsock = gevent.socket.socket(fileno=os.dup(sock.fileno()))
+            server = StreamServer(gsock, self._handler(key, router), spawn=pool)
+            server.start()
+            self.servers.append(server)
+        for sock in self.sockets.values():
+            sock.close()  # only the worker's inherited copies; the master keeps its own
+        gevent.signal_handler(signal.SIGQUIT, self._stop, True)
+        gevent.signal_handler(signal.SIGTERM, self._stop, False)
+        gevent.signal_handler(signal.SIGINT, self._stop, False)
+        gevent.signal_handler(signal.SIGUSR1, self._reopen, reopen_error_log)
+        for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_IGN)
+        housekeeping = gevent.spawn(self._housekeeping)
+        try:
+            os.write(ready_fd, b"R")
+            os.close(ready_fd)
+        except OSError:
+            pass
+        self.stop_event.wait()
+        housekeeping.kill()
+        self._shutdown(pool)
+        self.runtime.access_logs.close_all()
+        for up in self.runtime.upstreams.values():
+            up.pool.close_all()
+        return 0
+
+    def _handler(self, key: tuple[str, str, int], router: Any) -> Any:
+        from prefork_lb.http.connection import ClientConnection
+        from prefork_lb.http.exchange import ConnectionInfo
+
+        runtime = self.runtime
+        connections = self.connections
+        clock = self.clock
+        family, host, port = key
+        counter = [self.slot << 40]
+
+        def handle(sock: Any, address: Any) -> None:
+            counter[0] += 1
+            if family == "unix":
+                remote, rport = "unix:", 0
+            else:
+                remote, rport = address[0], address[1]
+                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+            info = ConnectionInfo(remote, rport, host, port, counter[0])
+            conn = ClientConnection(sock, info, router, runtime, clock)
+            connections.add(conn)
+            try:
+                conn.serve()
+            finally:
+                connections.discard(conn)
+
+        return handle
+
+    def _stop(self, graceful: bool) -> None:
+        self.graceful = self.graceful and graceful
+        self.stop_event.set()
+
+    def _reopen(self, reopen_error_log: Any) -> None:
+        reopen_error_log()
+        self.runtime.access_logs.reopen_all()
+
+    def _housekeeping(self) -> None:
+        gevent = self.gevent
+        while True:
+            gevent.sleep(1.0)
+            now = self.clock()
+            for up in self.runtime.upstreams.values():
+                up.pool.sweep(now)
+            self.runtime.access_logs.flush_all()
+            if os.getppid() != self.master_pid:
+                self._stop(True)
+
+    def _shutdown(self, pool: Any) -> None:
+        gevent = self.gevent
+        from setproctitle import setproctitle
+
+        setproctitle(self.title + " (shutting down)")
+        for server in self.servers:
+            server.close()
+        self.runtime.draining = True
+        if not self.graceful:
+            self._close_all()
+            return
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.abort()
+        timeout = self.config.worker_shutdown_timeout_s
+        deadline = self.clock() + timeout if timeout else None
+        while self.connections:
+            if deadline is not None and self.clock() >= deadline:
+                self._close_all()
+                break
+            if not self.graceful:
+                self._close_all()
+                break
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.abort()
+            gevent.sleep(0.05)
+        pool.join(timeout=1.0)
+
+    def _close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+
+def worker_main(*args: Any) -> None:
+    """Entry point after fork: never returns into the master's code."""
+    code = EXIT_BOOT_FAILED
+    try:
+        code = run_worker(*args)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
