@@ -23,7 +23,9 @@ def main() -> int:
     command = [c for c in args.command if c != "--"]
     backend = os.path.join(HERE, "demo_backend.py")
     backends = [
-        subprocess.Popen([sys.executable, backend, "--port", str(port), "--name", name], stdout=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, backend, "--port", str(port), "--name", name], stdout=subprocess.DEVNULL
+        )
         for port, name in ((9001, "backend-a"), (9002, "backend-b"))
     ]
     time.sleep(0.3)

@@ -5,10 +5,10 @@ Rules:
   config load; ``LogFormat.render`` fills the slots and joins once: no parsing, no regex and
   no lookup by name per request. Constant variables are folded into the literal text
   (``$remote_user`` is always unset here, so "combined" starts with ``ADDR - - [``).
-- Values are rendered like nginx ``escape=default``: an unset value is ``-`` (nginx's
-  "not found": an absent header, cookie or argument, ``$args`` without "?", ``$remote_user``,
-  ``$upstream_*`` when nothing was proxied, any other variable whose value is empty), while a
-  value that is set but empty (``Referer:`` with no value, ``$is_args``) stays empty.
+- Values are rendered like nginx ``escape=default``. An unset value (nginx "not found") is
+  ``-``: an absent header, cookie or argument, ``$args`` without "?", ``$remote_user``,
+  ``$upstream_*`` when nothing was proxied. A value that is set but empty stays empty, as in
+  nginx (``Referer:`` with no value, ``$is_args``, ``$server_name`` of an unnamed server).
   ``"``, ``\\`` and every char outside 0x20..0x7e are written as ``\\xHH`` (uppercase hex, as
   nginx). Literal text is copied as written (as its UTF-8 bytes). The line has no newline.
 - ``AccessLogWriter`` owns one file descriptor, opened ``O_WRONLY|O_APPEND|O_CREAT`` (0644),

@@ -152,7 +152,8 @@ class ClientConnection:
         )
         server = self.router.select(head.host)
         ex.server = server
-        self.keep_alive = head.keep_alive and not runtime.draining and not self.reader.closed
+        # An error later in the pipeline is answered after this request, not instead of it.
+        self.keep_alive = head.keep_alive and not runtime.draining and not head.upgrade
         try:
             try:
                 ex.path = normalize_path(head.raw_path)
@@ -289,7 +290,7 @@ class ClientConnection:
             body = error_page(status)
             ctype = b"text/html"
         elif text is not None:
-            body = text.encode("utf-8")
+            body = text.encode("latin-1")
             ctype = b"text/plain"
         else:
             body = error_page(status) if status >= 400 else b""
@@ -323,7 +324,7 @@ class ClientConnection:
 
 def _safe_location(url: str) -> bytes:
     """A Location value can never carry CR/LF/CTL, whatever the variables expanded to."""
-    out = url.encode("utf-8")
+    out = url.encode("latin-1")
     if any(b < 0x21 or b == 0x7F for b in out):
         return encode_path(out.decode("latin-1"))
     return out

@@ -90,12 +90,15 @@ class RequestBody:
         self.length = head.content_length
         self.chunks: list[bytes] = []
         self.received = 0
-        self.complete = False
+        self.complete = not (head.chunked or head.content_length)
         self.replayable = True
 
     def prefetch(self) -> None:
-        """Take what the client already sent, without waiting (lets small bodies ride along)."""
-        while not self.complete:
+        """Take what the client already sent, without waiting (lets small bodies ride along).
+
+        Stops once the replay buffer is full: the rest stays queued for ``send_to``.
+        """
+        while not self.complete and self.replayable:
             piece = self._client.read_body(block=False)
             if piece is None:
                 return

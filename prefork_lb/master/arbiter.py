@@ -89,6 +89,7 @@ class Master:
                 self.stopping = "fast"
                 self._loop()
                 return 1
+            log.log(25, "%d worker process(es) ready", len(first))
             return self._loop()
         finally:
             self.listeners.close_all()

@@ -1,0 +1,211 @@
+"""Run the real ``prefork-lb`` master as a subprocess for integration tests.
+
+Readiness is observed, never slept for: a test waits until the listener accepts and the
+pid file names a master whose workers are up (polling with a deadline), so the suite does
+not depend on how fast a busy 2-core machine happens to be.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+DEADLINE_S = 20.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = DEADLINE_S, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prefork_lb", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd or REPO,
+    )
+
+
+class LB:
+    """A prefork-lb master with a config written into ``directory``."""
+
+    def __init__(self, directory: Path, config: str, port: int) -> None:
+        self.dir = directory
+        self.port = port
+        self.conf = directory / "prefork-lb.toml"
+        self.conf.write_text(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # ---- lifecycle ----
+
+    def start(self) -> LB:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefork_lb", "-c", str(self.conf)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._ready, what="prefork-lb to listen")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+            raise AssertionError(f"prefork-lb exited with {self.proc.returncode}:\n{out}")
+        if not self.pid_path.exists() or "worker process(es) ready" not in self.output():
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / "prefork-lb.pid"
+
+    @property
+    def master_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.master_pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, name: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("-c", str(self.conf), "-s", name)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                for child in self.workers():
+                    child.kill()
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def output(self) -> str:
+        return (self.dir / "error.log").read_text() if (self.dir / "error.log").exists() else ""
+
+    def access_log(self, lines: int = 0) -> list[str]:
+        """The access log; with ``lines``, wait until it has that many (it is written after
+        the response is sent, so a client can be faster than the log)."""
+        path = self.dir / "access.log"
+
+        def read() -> list[str]:
+            return path.read_text().splitlines() if path.exists() else []
+
+        if lines:
+            return list(wait_for(lambda: len(read()) >= lines and read(), what=f"{lines} access log lines"))
+        return read()
+
+    def __enter__(self) -> LB:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- clients ----
+
+    def get(self, path: str = "/", **kw: Any) -> tuple[int, dict[str, str], bytes]:
+        return request(self.port, "GET", path, **kw)
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout_s: float = 5.0) -> bytes:
+    """Send raw bytes, then read until the server closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            chunks.append(b"<timeout>")
+        return b"".join(chunks)
+
+
+def upstream_block(name: str, addrs: list[str], extra: str = "", **server_params: str) -> str:
+    servers = ",\n".join(f'  {{ address = "{a}"{server_params.get(a, "")} }}' for a in addrs)
+    return f"[http.upstreams.{name}]\n{extra}\nservers = [\n{servers}\n]\n"
+
+
+def basic_config(
+    port: int, upstream: str, workers: int = 1, location_extra: str = "", top_extra: str = ""
+) -> str:
+    return f"""
+workers = {workers}
+error_log = "error.log"
+error_log_level = "info"
+{top_extra}
+[http]
+access_log = "access.log"
+[http.log_formats]
+up = '$request|$status|$upstream_addr|$upstream_status|$upstream_connect_time'
+
+{upstream}
+
+[[http.servers]]
+listen = ["127.0.0.1:{port}"]
+log_format = "up"
+  [[http.servers.locations]]
+  match = "/"
+  proxy_pass = "http://backend"
+  proxy_read_timeout = "5s"
+  {location_extra}
+"""
+
+
+def env_pythonpath() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    return env

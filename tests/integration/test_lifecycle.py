@@ -1,0 +1,190 @@
+"""CLI and process lifecycle against the real master: -t, -s, signals, respawn, reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+from tests.backends import Backend, free_port
+from tests.harness import LB, basic_config, request, run_cli, upstream_block, wait_for
+
+
+def test_t_accepts_the_demo_config() -> None:
+    result = run_cli("-t", "-c", "conf/prefork-lb.toml")
+    assert result.returncode == 0
+    assert "test is successful" in result.stderr
+
+
+def test_t_names_file_and_key_path(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text(
+        "[http.upstreams.backend]\n"
+        'servers = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002", weight = 0 }]\n'
+    )
+    result = run_cli("-t", "-c", str(conf))
+    assert result.returncode == 1
+    assert f"{conf}: http.upstreams.backend.servers[1].weight: must be a positive integer" in result.stderr
+    assert "test failed" in result.stderr
+
+
+def test_t_suggests_the_key_meant(tmp_path: Path) -> None:
+    conf = tmp_path / "typo.toml"
+    conf.write_text("wokers = 2\n")
+    result = run_cli("-t", "-c", str(conf))
+    assert result.returncode == 1 and 'wokers: unknown key (did you mean "workers"?)' in result.stderr
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("prefork-lb/")
+
+
+def test_signal_without_a_running_master_is_a_clear_error(tmp_path: Path) -> None:
+    conf = tmp_path / "x.toml"
+    conf.write_text("this is not toml [[[")
+    result = run_cli("-c", str(conf), "-s", "stop")
+    assert result.returncode == 1 and "prefork-lb.pid" in result.stderr
+
+
+def test_reload_switches_upstreams_and_retires_old_workers(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(count=2) as b:
+        a_addr, b_addr = b.addrs
+        with LB(tmp_path, basic_config(port, upstream_block("backend", [a_addr]), workers=2), port) as lb:
+            assert request(port, "GET", "/")[1]["x-port"] == str(b.ports[0])
+            old = {w.pid for w in lb.workers()}
+            assert len(old) == 2
+            lb.conf.write_text(basic_config(port, upstream_block("backend", [b_addr]), workers=2))
+            assert lb.signal("reload").returncode == 0
+            wait_for(
+                lambda: old.isdisjoint(w.pid for w in lb.workers()) and len(lb.workers()) == 2,
+                what="old workers to be replaced",
+            )
+            assert {request(port, "GET", "/")[1]["x-port"] for _ in range(4)} == {str(b.ports[1])}
+
+
+def test_reload_with_a_broken_config_keeps_serving(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(count=1) as b:
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs)), port) as lb:
+            before = {w.pid for w in lb.workers()}
+            lb.conf.write_text(lb.conf.read_text() + "\nbogus_key = 1\n")
+            assert lb.signal("reload").returncode == 0
+            wait_for(lambda: "reload aborted" in lb.output(), what="reload error in the error log")
+            assert "bogus_key: unknown key" in lb.output()
+            assert request(port, "GET", "/")[0] == 200
+            assert {w.pid for w in lb.workers()} == before
+            # and -s still works although the config is broken (nginx cannot do this)
+            assert lb.signal("quit").returncode == 0
+            assert lb.proc is not None
+            assert lb.proc.wait(timeout=15) == 0
+
+
+def test_reload_adds_and_removes_listen_addresses(tmp_path: Path) -> None:
+    port, port2 = free_port(), free_port()
+    with Backend(count=1) as b:
+        cfg = basic_config(port, upstream_block("backend", b.addrs))
+        with LB(tmp_path, cfg, port) as lb:
+            lb.conf.write_text(
+                cfg.replace(f'listen = ["127.0.0.1:{port}"]', f'listen = ["127.0.0.1:{port2}"]')
+            )
+            lb.signal("reload")
+            wait_for(lambda: _accepts(port2), what="new listener")
+            assert request(port2, "GET", "/")[0] == 200
+            wait_for(lambda: not _accepts(port), what="old listener to close")
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_killed_worker_is_respawned(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(count=1) as b:
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs), workers=2), port) as lb:
+            victim = lb.workers()[0]
+            victim.send_signal(signal.SIGKILL)
+            wait_for(
+                lambda: len(lb.workers()) == 2 and victim.pid not in {w.pid for w in lb.workers()},
+                what="respawned worker",
+            )
+            assert all(request(port, "GET", "/")[0] == 200 for _ in range(4))
+            assert f"worker process {victim.pid} exited on signal 9" in lb.output()
+
+
+def test_quit_is_graceful_and_finishes_in_flight_requests(tmp_path: Path) -> None:
+    import threading
+
+    port = free_port()
+    with Backend(count=1) as b:
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs)), port) as lb:
+            result: list[int] = []
+            t = threading.Thread(target=lambda: result.append(request(port, "GET", "/?delay=700")[0]))
+            t.start()
+            wait_for(lambda: b.stats()["open"] >= 1, what="request in flight")
+            assert lb.signal("quit").returncode == 0
+            t.join(10)
+            assert result == [200]
+            assert lb.proc is not None and lb.proc.wait(timeout=15) == 0
+            assert not lb.pid_path.exists()
+
+
+def test_stop_is_fast(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(count=1) as b:
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs), workers=2), port) as lb:
+            workers = lb.workers()
+            assert lb.signal("stop").returncode == 0
+            assert lb.proc is not None and lb.proc.wait(timeout=15) == 0
+            assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_reopen_follows_logrotate(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(count=1) as b:
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs)), port) as lb:
+            request(port, "GET", "/before")
+            lb.access_log(1)
+            os.rename(tmp_path / "access.log", tmp_path / "access.log.1")
+            os.rename(tmp_path / "error.log", tmp_path / "error.log.1")
+            assert lb.signal("reopen").returncode == 0
+            wait_for(lambda: (tmp_path / "error.log").exists(), what="master to reopen error.log")
+            # USR1 reaches the worker asynchronously: poll until a request lands in the new file
+            wait_for(
+                lambda: request(port, "GET", "/after")[0] == 200 and (tmp_path / "access.log").exists(),
+                what="worker to reopen access.log",
+            )
+            assert "/before" in (tmp_path / "access.log.1").read_text()
+            assert "/after" in (tmp_path / "access.log").read_text()
+
+
+def test_process_titles(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(count=1) as b:
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs)), port) as lb:
+            master = psutil.Process(lb.master_pid)
+            assert " ".join(master.cmdline()).startswith("prefork-lb: master process")
+            assert " ".join(lb.workers()[0].cmdline()).startswith("prefork-lb: worker process")
+
+
+def test_bind_failure_is_reported(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "c.toml"
+        conf.write_text(basic_config(port, upstream_block("backend", ["127.0.0.1:9"])))
+        result = run_cli("-c", str(conf))
+    assert result.returncode == 1
+    assert f"bind() to 127.0.0.1:{port} failed (98: address already in use)" in result.stderr
