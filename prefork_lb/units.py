@@ -48,14 +48,17 @@ def parse_duration_s(value: object) -> float:
         raise UnitError('must be a duration such as "500ms", "5s" or "1m"')
     total = 0.0
     pos = 0
+    last_unit_s = float("inf")
     while pos < len(text):
         m = _DURATION_PART.match(text, pos)
-        if m is None or m.end() == pos:
+        unit = m.group(2) if m else None
+        if m is None or m.end() == pos or (unit is None and m.end() != len(text)):
             raise UnitError(f'invalid duration {value!r} (use e.g. "500ms", "5s", "1m", "1h")')
-        unit = m.group(2)
-        if unit is None and m.end() != len(text):
-            raise UnitError(f'invalid duration {value!r} (use e.g. "500ms", "5s", "1m", "1h")')
-        total += int(m.group(1)) * _DURATION_UNITS_S[unit or "s"]
+        unit_s = _DURATION_UNITS_S[unit or "s"]
+        if unit_s >= last_unit_s:  # nginx: each unit once, largest first ("1h30m", not "30m1h")
+            raise UnitError(f"invalid duration {value!r}: units must be in decreasing order, each once")
+        last_unit_s = unit_s
+        total += int(m.group(1)) * unit_s
         pos = m.end()
     return total
 

@@ -55,6 +55,13 @@ def _duration(v: object) -> float:
     return parse_duration_s(v)
 
 
+def _whole_seconds(v: object) -> float:
+    seconds = parse_duration_s(v)
+    if seconds != int(seconds):
+        raise ValueError('must be whole seconds, as in nginx (e.g. "10s")')
+    return seconds
+
+
 def _size(v: object) -> int:
     return parse_size_bytes(v)
 
@@ -224,7 +231,7 @@ class _Loader:
         text = t.take("address", string)
         weight = t.take("weight", positive_int, 1)
         max_fails = t.take("max_fails", non_negative_int, 1)
-        fail_timeout = t.take("fail_timeout", _duration, 10.0)
+        fail_timeout = t.take("fail_timeout", _whole_seconds, 10.0)
         max_conns = t.take("max_conns", non_negative_int, 0)
         backup = t.take("backup", boolean, False)
         down = t.take("down", boolean, False)
@@ -254,6 +261,8 @@ class _Loader:
         for key, (field_name, convert) in LOCATION_KEYS.items():
             if t.has(key):
                 settings[field_name] = t.take(key, convert)
+                if key == "proxy_set_header":
+                    self._check_templates(t, settings[field_name])
             else:
                 t.raw(key, None)  # known key, not set at this level
         return settings
@@ -332,16 +341,15 @@ class _Loader:
         return_ = t.take("return", _return_action) if t.has("return") else None
         if return_ is None:
             t.raw("return", None)
+        settings = self.location_settings(t, inherited)
+        path, fmt = self.log_settings(t, logs) or ("off", "combined")
+        t.finish()  # unknown keys first: a typo such as "proxy_pas" gets its hint
         if proxy_pass is None and return_ is None:
             raise t.error("match", 'location needs "proxy_pass" or "return"')
         if proxy_pass is not None and return_ is not None:
             raise t.error("return", 'cannot be combined with "proxy_pass" in one location')
         if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
             raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
-        settings = self.location_settings(t, inherited)
-        path, fmt = self.log_settings(t, logs) or ("off", "combined")
-        t.finish()
-        self._check_templates(t, settings)
         access_logs = () if path == "off" else (AccessLogConfig(path, fmt, self.log_formats[fmt]),)
         return LocationConfig(
             match=match,
@@ -378,10 +386,11 @@ class _Loader:
             )
         return ProxyPass(upstream=host, uri=uri, host_header=host)
 
-    def _check_templates(self, t: Table, settings: dict[str, Any]) -> None:
+    def _check_templates(self, t: Table, headers: tuple[tuple[str, str], ...]) -> None:
+        """Checked where the table is written, so the error names that level (and file)."""
         from prefork_lb.http.variables import VariableError, compile_template
 
-        for name, value in settings.get("proxy_set_header", ()):
+        for name, value in headers:
             try:
                 compile_template(value)
             except VariableError as e:
@@ -461,6 +470,8 @@ def _check_default_servers(source: Source, servers: tuple[ServerConfig, ...]) ->
 def _check_duplicate_locations(source: Source, t: Table, locations: tuple[LocationConfig, ...]) -> None:
     seen: set[tuple[str, str]] = set()
     for i, loc in enumerate(locations):
+        if loc.regex is not None:
+            continue  # nginx accepts repeated regex locations (the first one wins)
         key = ("" if loc.modifier == "^~" else loc.modifier, loc.pattern)
         if key in seen:
             raise source.error(f"{t.key_path('locations')}[{i}].match", f'duplicate location "{loc.pattern}"')

@@ -2,8 +2,11 @@
 
 Rules:
 - ``include`` globs are resolved against the directory of the file that names them and
-  merged in order: tables merge key by key, arrays of tables (``[[http.servers]]``)
-  concatenate, and a key set by two files is an error naming both files.
+  merged in order: tables merge key by key, the server lists (``[[http.servers]]``)
+  concatenate, and any other key set by two files is an error naming both files (an
+  upstream defined twice is an error, as in nginx).
+- Each table knows its file by identity, so an error deep inside a server that came from
+  a nested include still names the innermost file.
 - Every value is read through a ``Table``: each ``take`` records the key as known, and
   ``finish`` rejects whatever was not taken, with a "did you mean" hint. So unknown keys
   are errors by construction, never silently ignored.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +26,7 @@ from prefork_lb.config.errors import ConfigError, did_you_mean
 from prefork_lb.units import UnitError
 
 T = TypeVar("T")
+CONCATENATED = frozenset({"http.servers"})  # arrays that several files may extend
 _MISSING: Any = object()
 
 
@@ -31,18 +36,27 @@ class Source:
     def __init__(self, main_path: str) -> None:
         self.main_path = main_path
         self.files: list[str] = []
-        self._origins: dict[str, str] = {}
+        self._origins: dict[str, str] = {}  # dotted key path -> file, for plain tables
+        self._tables: dict[int, str] = {}  # id(table inside an array of tables) -> file
         self.data = self._read(main_path, "")
 
     def origin(self, key_path: str) -> str:
-        """The file that defined ``key_path`` (longest recorded prefix wins)."""
-        probe = key_path
-        while probe:
-            if probe in self._origins:
-                return self._origins[probe]
-            cut = max(probe.rfind("."), probe.rfind("["))
-            probe = probe[:cut] if cut > 0 else ""
-        return self.main_path
+        """The file that defined ``key_path``: the deepest table on the path that knows it."""
+        found = self.main_path
+        node: Any = self.data
+        prefix = ""
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", key_path):
+            if part.startswith("["):
+                index = int(part[1:-1])
+                prefix += part
+                node = node[index] if isinstance(node, list) and index < len(node) else None
+            else:
+                prefix = f"{prefix}.{part}" if prefix else part
+                node = node.get(part) if isinstance(node, dict) else None
+            found = self._origins.get(prefix, found)
+            if isinstance(node, dict):
+                found = self._tables.get(id(node), found)
+        return found
 
     def error(self, key_path: str, message: str) -> ConfigError:
         return ConfigError(self.origin(key_path), key_path, message)
@@ -83,6 +97,20 @@ class Source:
             self._origins.setdefault(kp, file)
             if isinstance(value, dict):
                 self._record(value, kp, file)
+            elif _is_table_array(value):
+                for item in value:
+                    self._tables[id(item)] = file
+                    self._record_tables(item, file)
+
+    def _record_tables(self, data: dict[str, Any], file: str) -> None:
+        for value in data.values():
+            if isinstance(value, dict):
+                self._tables[id(value)] = file
+                self._record_tables(value, file)
+            elif _is_table_array(value):
+                for item in value:
+                    self._tables[id(item)] = file
+                    self._record_tables(item, file)
 
     def _merge(self, into: dict[str, Any], extra: dict[str, Any], prefix: str, file: str) -> None:
         for key, value in extra.items():
@@ -93,11 +121,8 @@ class Source:
             have = into[key]
             if isinstance(have, dict) and isinstance(value, dict):
                 self._merge(have, value, kp, file)
-            elif _is_table_array(have) and _is_table_array(value):
-                start = len(have)
+            elif kp in CONCATENATED and _is_table_array(have) and _is_table_array(value):
                 have.extend(value)
-                for i in range(len(value)):
-                    self._origins[f"{kp}[{start + i}]"] = file
             else:
                 first = self._origins.get(kp, self.main_path)
                 raise ConfigError(file, kp, f"already set in {first}; includes may not override keys")

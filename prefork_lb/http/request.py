@@ -9,7 +9,9 @@ pipelined requests are answered in order and an invalid request after valid ones
 Rules enforced here (llhttp already rejects CL+TE, duplicate or non-digit Content-Length,
 bad chunk sizes, obs-fold, space before colon, NUL/CR/CTL in values, bare LF):
 1. Request line over 8 KiB -> 414; one header line over 8 KiB, more than 100 header fields,
-   or a header block over 32 KiB -> 431.
+   or header fields over 32 KiB in total -> 431. Complete fields are counted exactly, so
+   the outcome never depends on how the bytes were segmented; an unfinished head is also
+   bounded between reads, which caps what llhttp buffers for one endless field.
 2. HTTP/2+ in an HTTP/1 request line -> 505; lower-case or unknown-shape methods -> 400.
 3. Transfer-Encoding on HTTP/1.0 -> 400; any coding other than a lone "chunked" -> 501.
 4. HTTP/1.1 without exactly one valid Host -> 400; two Host lines -> 400.
@@ -82,6 +84,7 @@ class RequestReader:
     __slots__ = (
         "_chunked",
         "_content_length",
+        "_field_bytes",
         "_field_count",
         "_head_bytes",
         "_headers",
@@ -108,6 +111,7 @@ class RequestReader:
         self._headers: list[tuple[bytes, bytes]] = []
         self._index: dict[bytes, bytes] = {}
         self._field_count = 0
+        self._field_bytes = 0
         self._content_length: int | None = None
         self._chunked = False
 
@@ -166,11 +170,17 @@ class RequestReader:
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a trailer of a chunked body: dropped (rule 7)
+        if value and value[-1] in (0x20, 0x09):
+            value = value.rstrip(b" \t")  # llhttp keeps trailing OWS; RFC 9112 5.1 excludes it
         self._field_count += 1
         if self._field_count > MAX_FIELDS:
             raise HttpError(431, "too many header fields")
-        if len(name) + len(value) > MAX_FIELD_LINE:
+        size = len(name) + len(value)
+        if size > MAX_FIELD_LINE:
             raise HttpError(431, "request header field too large")
+        self._field_bytes += size + 4  # ": " and CRLF
+        if self._field_bytes > MAX_HEAD:
+            raise HttpError(431, "request header fields too large")
         if b"_" in name:
             return  # rule 6
         lower = name.lower()
@@ -251,7 +261,7 @@ class RequestReader:
                     expect is not None and ver >= (1, 1) and expect.strip(b" \t").lower() == b"100-continue"
                 ),
                 upgrade=upgrade,
-                head_length=self._url_len + sum(len(n) + len(v) + 4 for n, v in self._headers),
+                head_length=self._url_len + self._field_bytes,
             )
         )
 
@@ -267,5 +277,6 @@ def _classify_parser_error(message: str) -> HttpError:
     if "Invalid HTTP version" in message:
         return HttpError(400, "invalid HTTP version")
     if "Transfer-Encoding" in message and "Content-Length" not in message:
-        return HttpError(501, "unsupported transfer coding")
+        # llhttp: "chunked" repeated or not the final coding (RFC 9112 6.3: 400)
+        return HttpError(400, "invalid Transfer-Encoding")
     return HttpError(400, message.strip() or "bad request")

@@ -147,7 +147,7 @@ class ChunkedDecoder:
             elif state == 0:
                 nl = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE + 2)
                 if nl < 0:
-                    if end - pos > MAX_CHUNK_LINE:
+                    if end - pos - (buf[end - 1] == 13) > MAX_CHUNK_LINE:  # a CR awaiting LF is free
                         raise UpstreamProtocolError("chunk size line too long")
                     break
                 m = _CHUNK_SIZE.fullmatch(buf, pos, nl)
@@ -171,8 +171,8 @@ class ChunkedDecoder:
             else:  # trailers, then the final CRLF
                 nl = buf.find(b"\r\n", pos, pos + MAX_TRAILERS + 2)
                 if nl < 0:
-                    if end - pos > MAX_TRAILERS:
-                        raise UpstreamProtocolError("trailer section too large")
+                    if end - pos - (buf[end - 1] == 13) > MAX_TRAILERS:  # a CR awaiting LF is free
+                        raise UpstreamProtocolError("trailer line too long")
                     break
                 if nl == pos:
                     self.done = True

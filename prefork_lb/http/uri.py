@@ -160,14 +160,14 @@ def _path_bytes(path: str) -> bytes:
 # accepted, as nginx does).
 _LABEL = rb"[A-Za-z0-9\-_~!$&'()*+,;=%]+"
 _match_host = re.compile(
-    rb"(?:(\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])|(" + _LABEL + rb"(?:\." + _LABEL + rb")*)\.?)(?::[0-9]{0,5})?"
+    rb"(?:(\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])|(" + _LABEL + rb"(?:\." + _LABEL + rb")*)\.?)(?::([0-9]{0,5}))?"
 ).fullmatch
 
 
 def normalize_host(value: bytes) -> str:
     """Validate a Host header / authority; return the lowercase host without port."""
     m = _match_host(value)
-    if m is None:
+    if m is None or (m[3] and int(m[3]) > 65535):
         raise UriError("invalid host")
     host: bytes = m[2] or m[1]
     return host.lower().decode("ascii")

@@ -422,12 +422,6 @@ def test_unknown_variable_in_location_proxy_set_header(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: a bad variable in an inherited proxy_set_header is reported at the key path of the "
-    "first location that inherits it (http.servers[0].locations[0].proxy_set_header) instead of "
-    "where it is written (load.py _check_templates uses the location's Table)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("kwargs", "key_path"),
     [
@@ -761,12 +755,6 @@ def test_invalid_toml_in_included_file_names_that_file(tmp_path: Path) -> None:
     assert msg.startswith(f"{inc}: invalid TOML: ")
 
 
-@pytest.mark.xfail(
-    reason="BUG: origins of [[http.servers]] entries from a nested include are recorded with indices "
-    "relative to the intermediate file and then overwritten when that file is merged into the main "
-    "one (source.py Source._merge), so the error names conf.d/a.toml instead of conf.d/sub/b.toml",
-    strict=True,
-)
 def test_error_in_nested_include_names_the_innermost_file(tmp_path: Path) -> None:
     a_text = 'include = ["sub/*.toml"]\n' + SERVER_TOML.format(port=8081, extra="")
     write(tmp_path / "conf.d" / "a.toml", a_text)
@@ -926,3 +914,36 @@ def test_stderr_and_absolute_paths_are_kept(tmp_path: Path) -> None:
     assert config.pid_path == "/run/lb.pid"
     assert config.error_log_path == "stderr"
     assert location(config).access_logs[0].path == "stderr"
+
+
+def test_upstream_defined_in_two_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    main = tmp_path / "lb.toml"
+    main.write_text(
+        'include = ["conf.d/*.toml"]\n[http.upstreams.u]\nservers = [{ address = "127.0.0.1:1" }]\n'
+    )
+    (tmp_path / "conf.d" / "a.toml").write_text(
+        '[http.upstreams.u]\nservers = [{ address = "127.0.0.1:2" }]\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(str(main))
+    assert "http.upstreams.u.servers: already set in" in str(e.value)
+
+
+def test_fail_timeout_must_be_whole_seconds(tmp_path: Path) -> None:
+    main = tmp_path / "lb.toml"
+    main.write_text('[http.upstreams.u]\nservers = [{ address = "127.0.0.1:1", fail_timeout = "500ms" }]\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(str(main))
+    assert "http.upstreams.u.servers[0].fail_timeout: must be whole seconds" in str(e.value)
+
+
+def test_misspelt_proxy_pass_gets_a_hint_not_a_missing_action(tmp_path: Path) -> None:
+    main = tmp_path / "lb.toml"
+    main.write_text(
+        '[[http.servers]]\nlisten = ["127.0.0.1:8080"]\n'
+        '[[http.servers.locations]]\nmatch = "/"\nproxy_pas = "http://127.0.0.1:1"\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(str(main))
+    assert 'http.servers[0].locations[0].proxy_pas: unknown key (did you mean "proxy_pass"?)' in str(e.value)
