@@ -41,6 +41,7 @@ _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 class ClientConnection:
     __slots__ = (
         "body_done",
+        "body_timeout_s",
         "clock",
         "continue_pending",
         "head",
@@ -71,6 +72,7 @@ class ClientConnection:
         self.idle = True
         self.head: RequestHead | None = None
         self.body_done = True
+        self.body_timeout_s = 60.0
         self.continue_pending = False
 
     # ---- the loop ----
@@ -159,13 +161,19 @@ class ClientConnection:
                 ex.path = normalize_path(head.raw_path)
             except UriError as e:
                 raise HttpError(e.status, "invalid URI") from None
-            loc = runtime.matcher(server).match(ex.path)
+            matcher = runtime.matcher(server)
+            if matcher.needs_slash_redirect(ex.path):
+                self._finish_body()
+                self._slash_redirect(ex)
+                return self._done(ex, None)
+            loc = matcher.match(ex.path)
             if loc is None:
                 self._finish_body()
                 self.respond_error(ex, 404)
                 return self._done(ex, None)
             lr = runtime.locations[id(loc)]
             ex.location = loc
+            self.body_timeout_s = loc.client_body_timeout_s
             if info.requests >= loc.keepalive_requests:
                 self.keep_alive = False
             max_body = loc.client_max_body_size_bytes
@@ -226,9 +234,7 @@ class ClientConnection:
             if self.continue_pending:
                 self.continue_pending = False
                 self.send(CONTINUE)
-            assert self.head is not None
-            loc_timeout = self._body_timeout()
-            self.sock.settimeout(loc_timeout)
+            self.sock.settimeout(self.body_timeout_s)
             try:
                 data = self.sock.recv(RECV_SIZE)
             except OSError:
@@ -247,11 +253,6 @@ class ClientConnection:
             events.appendleft(event)
             raise HttpError(event.status, event.reason)
         raise HttpError(400, "unexpected request data")
-
-    def _body_timeout(self) -> float:
-        for lr in self.runtime.locations.values():
-            return lr.config.client_body_timeout_s
-        return 60.0
 
     def send(self, data: bytes) -> None:
         try:
@@ -298,6 +299,17 @@ class ClientConnection:
         head_only = ex.method == b"HEAD"
         out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
         ex.body_bytes_sent = 0 if head_only else len(body)
+        ex.bytes_sent = len(out)
+        self.send(out)
+
+    def _slash_redirect(self, ex: Exchange) -> None:
+        """nginx's auto-redirect: ``/api`` -> ``/api/`` when only ``location /api/`` proxies."""
+        query = b"?" + ex.args.encode("latin-1") if ex.args else b""
+        location = encode_path(ex.path + "/") + query
+        ex.status = 301
+        body = error_page(301)
+        out = simple_response(301, body, self.keep_alive, self.clock(), extra=[(b"Location", location)])
+        ex.body_bytes_sent = len(body)
         ex.bytes_sent = len(out)
         self.send(out)
 

@@ -11,7 +11,8 @@ Rules (RFC 9112, stricter than nginx 1.22 where nginx is lax):
    or other CTLs in values, and a missing colon -> invalid header (502).
 3. Content-Length together with Transfer-Encoding -> 502. Several Content-Length values
    must all be equal (then collapsed), otherwise 502.
-4. Transfer-Encoding must end in "chunked"; any other final coding -> 502.
+4. Transfer-Encoding must be exactly "chunked"; any other coding -> 502 (we de-chunk, so
+   another coding would reach the client undeclared).
 5. Framing: no body for 1xx/204/304 and responses to HEAD; chunked; Content-Length; else
    the body runs until the upstream closes (never reusable).
 6. The header block must fit ``proxy_buffer_size`` (nginx: "upstream sent too big header").
@@ -92,7 +93,8 @@ def parse_response_head(block: bytes, head_request: bool) -> ResponseHead:
     elif te is not None:
         if content_length is not None:
             raise UpstreamProtocolError("Content-Length and Transfer-Encoding together")
-        if te.rsplit(b",", 1)[-1].strip(b" \t").lower() != b"chunked":
+        if te.strip(b" \t").lower() != b"chunked":
+            # gzip etc. would reach the client undeclared once we de-chunk: refuse (502)
             raise UpstreamProtocolError("unsupported transfer coding")
         framing = "chunked"
     elif content_length is not None:

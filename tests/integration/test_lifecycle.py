@@ -188,3 +188,20 @@ def test_bind_failure_is_reported(tmp_path: Path) -> None:
         result = run_cli("-c", str(conf))
     assert result.returncode == 1
     assert f"bind() to 127.0.0.1:{port} failed (98: address already in use)" in result.stderr
+
+
+def test_daemon_mode_detaches_and_obeys_signals(tmp_path: Path) -> None:
+    port = free_port()
+    with Backend(count=1) as b:
+        conf = tmp_path / "prefork-lb.toml"
+        conf.write_text(basic_config(port, upstream_block("backend", b.addrs), top_extra="daemon = true"))
+        result = run_cli("-c", str(conf))
+        assert result.returncode == 0  # the foreground process returns once detached
+        pid_path = tmp_path / "prefork-lb.pid"
+        wait_for(lambda: pid_path.exists() and "ready" in (tmp_path / "error.log").read_text(), what="daemon")
+        master = psutil.Process(int(pid_path.read_text()))
+        assert request(port, "GET", "/")[0] == 200
+        assert run_cli("-c", str(conf), "-s", "stop").returncode == 0
+        wait_for(
+            lambda: not master.is_running() or master.status() == psutil.STATUS_ZOMBIE, what="daemon exit"
+        )

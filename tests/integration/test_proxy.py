@@ -266,6 +266,9 @@ server_name = ["*.other.test"]
         assert status == 301 and headers["location"] == "https://example.test/moved?q=1"
         assert request(port, "GET", "/", headers={"Host": "www.other.test"})[2] == b"other www.other.test"
         assert request(port, "GET", "/", headers={"Host": "unknown.test"})[1]["x-port"] == pa
+        # nginx's auto-redirect: only "location /static/" proxies, so "/static" gets a 301
+        status, headers, _ = request(port, "GET", "/static?x=1")
+        assert status == 301 and headers["location"] == "/static/?x=1"
 
 
 @pytest.mark.parametrize(
