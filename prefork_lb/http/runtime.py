@@ -53,11 +53,12 @@ class HttpRuntime:
         return self.matchers[id(server)]
 
 
-def build_runtime(config: Config) -> HttpRuntime:
+def build_runtime(config: Config, worker_slot: int = 0) -> HttpRuntime:
     upstreams = {}
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up)
-        upstreams[name] = UpstreamRuntime(up, group, make_balancer(up.method, group), KeepalivePool(up))
+        balancer = make_balancer(up.method, group, worker_slot)
+        upstreams[name] = UpstreamRuntime(up, group, balancer, KeepalivePool(up))
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}

@@ -80,7 +80,7 @@ class Worker:
         self.gevent = gevent
         self.stop_event = gevent.event.Event()
         self.graceful = True
-        self.runtime = build_runtime(config)
+        self.runtime = build_runtime(config, slot)
         self.connections: set[Any] = set()
         self.servers: list[Any] = []
         self.sockets = sockets

@@ -432,3 +432,28 @@ def test_each_free_uses_up_one_try() -> None:
     assert request(group, bal, NOW, failing={"a", "b", "c"}, next_upstream_tries=2) == ["a", "b"]
     group, bal = build(server("a"), server("b"), server("c"))
     assert request(group, bal, NOW, failing={"a", "b", "c"}) == ["a", "b", "c"]
+
+
+def test_worker_slots_start_at_different_points_of_the_cycle() -> None:
+    # Two workers must not both send their first request to the same peer; each still
+    # follows nginx's sequence from its starting point, and slot 0 is nginx exactly.
+    servers = tuple(
+        UpstreamServer(Address("inet", "127.0.0.1", 9000 + i), f"127.0.0.1:{9000 + i}", weight=w)
+        for i, w in enumerate((5, 1, 1))
+    )
+    firsts = []
+    for slot in range(3):
+        group = PeerGroup.build(UpstreamConfig("u", "round_robin", servers))
+        bal = make_balancer("round_robin", group, slot)
+        seq = []
+        for _ in range(7):
+            sel = new_selection(group, 0)
+            peer = bal.pick(sel, None, 1000)
+            assert peer is not None
+            free(sel, peer, False, 1000)
+            seq.append(peer.addr[-1])
+        firsts.append(seq)
+    assert "".join(firsts[0]) == "0010200"  # nginx: a a b a c a a
+    assert "".join(firsts[1]) == "0102000"  # the same cycle, one step on
+    assert "".join(firsts[2]) == "1020000"
+    assert all(sorted(s) == sorted(firsts[0]) for s in firsts)  # each cycle keeps the weights
