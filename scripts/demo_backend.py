@@ -640,8 +640,17 @@ def _raise_nofile_limit() -> None:
 async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    # Plain signal.signal handlers rather than loop.add_signal_handler: closing the loop would reset
+    # the disposition to SIG_DFL, and a late second SIGTERM would then kill us with status 143.
+    def on_signal(signum: int, frame: object) -> None:
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # loop already closed: we are exiting anyway
+            pass
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
 
     states: list[PortState] = []
     servers: list[asyncio.Server] = []

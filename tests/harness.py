@@ -35,6 +35,15 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = DEADLINE_S, what: 
         time.sleep(0.02)
 
 
+def accepts(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "prefork_lb", *args],

@@ -284,6 +284,10 @@ class Master:
                 _kill(proc.pid, signal.SIGKILL)
             for lst in removed:  # the old generation still uses these: put them back
                 self.listeners.by_key[lst.config.key] = lst
+            # ...and nobody serves the addresses only the new config wanted: close them,
+            # or clients would wait in an accept queue that no worker drains.
+            for lst in self.listeners.sync(self.config, self.config.workers):
+                lst.close()
             return False
         self.config = config
         self.generation = generation

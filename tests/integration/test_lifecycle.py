@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, basic_config, request, run_cli, upstream_block, wait_for
+from tests.harness import LB, accepts, basic_config, request, run_cli, upstream_block, wait_for
 
 
 def test_t_accepts_the_demo_config() -> None:
@@ -92,19 +92,9 @@ def test_reload_adds_and_removes_listen_addresses(tmp_path: Path) -> None:
                 cfg.replace(f'listen = ["127.0.0.1:{port}"]', f'listen = ["127.0.0.1:{port2}"]')
             )
             lb.signal("reload")
-            wait_for(lambda: _accepts(port2), what="new listener")
+            wait_for(lambda: accepts(port2), what="new listener")
             assert request(port2, "GET", "/")[0] == 200
-            wait_for(lambda: not _accepts(port), what="old listener to close")
-
-
-def _accepts(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+            wait_for(lambda: not accepts(port), what="old listener to close")
 
 
 def test_killed_worker_is_respawned(tmp_path: Path) -> None:
@@ -205,3 +195,22 @@ def test_daemon_mode_detaches_and_obeys_signals(tmp_path: Path) -> None:
         wait_for(
             lambda: not master.is_running() or master.status() == psutil.STATUS_ZOMBIE, what="daemon exit"
         )
+
+
+def test_failed_reload_closes_the_addresses_it_bound(tmp_path: Path) -> None:
+    port, port2 = free_port(), free_port()
+    with Backend(count=1) as b:
+        cfg = basic_config(port, upstream_block("backend", b.addrs))
+        with LB(tmp_path, cfg, port) as lb:
+            before = {w.pid for w in lb.workers()}
+            # valid config, but its workers cannot boot: the access log path is a directory
+            (tmp_path / "blocked").mkdir()
+            broken = cfg.replace('access_log = "access.log"', 'access_log = "blocked"')
+            lb.conf.write_text(
+                broken.replace(f'"127.0.0.1:{port}"', f'"127.0.0.1:{port}", "127.0.0.1:{port2}"')
+            )
+            lb.signal("reload")
+            wait_for(lambda: "reload aborted" in lb.output(), what="aborted reload")
+            assert {w.pid for w in lb.workers()} == before
+            assert request(port, "GET", "/")[0] == 200
+            wait_for(lambda: not accepts(port2), what="the new address to be closed again")

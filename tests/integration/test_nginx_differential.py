@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, request, wait_for
+from tests.harness import LB, accepts, request, wait_for
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
@@ -71,7 +71,7 @@ http {{
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        wait_for(lambda: _accepts(self.port), what="nginx to listen")
+        wait_for(lambda: accepts(self.port), what="nginx to listen")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -93,16 +93,6 @@ http {{
                 what="nginx access log",
             )
         )
-
-
-def _accepts(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _toml(port: int, servers: list[tuple[str, str]], location_extra: str = "") -> str:
