@@ -4,7 +4,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,6 @@ from prefork_lb.http.variables import VariableError
 from tests.unit.test_variables import make_exchange
 
 T0 = 1_795_255_200.0  # 2026-11-21T10:00:00Z; each test below uses its own second (time cache)
-
-
-@pytest.fixture
-def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
 
 
 # --- formats ---------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -61,19 +60,6 @@ def server(*names: str) -> ServerConfig:
 
 def render(name: str, ex: Exchange) -> str:
     return compile_variable(name)(ex)
-
-
-@pytest.fixture
-def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
 
 
 # --- simple variables ---------------------------------------------------------------------------
