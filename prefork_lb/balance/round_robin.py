@@ -1,10 +1,9 @@
 """Smooth weighted round robin, exactly nginx's ``ngx_http_upstream_get_peer``.
 
 Weights 5,1,1 give ``a a b a c a a``; ties go to the earliest peer (strict ``>``). The
-state (current and effective weights) is per worker, as in nginx without ``zone``. Worker
-slot i starts i steps into the cycle (``advance``), so N workers do not all send their
-first requests to the same peer; each worker still follows nginx's order from there, and
-worker 0 (the only one with ``workers = 1``) matches nginx exactly.
+weights live in the shared zone and every pick holds the zone lock, so the order is
+nginx-with-``zone``'s global order across all workers (``aabacaa`` repeated).
+With ``slow_start`` in the group, weights are scaled by the ramp percentage (Angie).
 """
 
 from __future__ import annotations
@@ -16,42 +15,45 @@ from prefork_lb.http.exchange import Exchange
 class RoundRobin:
     __slots__ = ("group",)
 
-    def __init__(self, group: PeerGroup, worker_slot: int = 0) -> None:
+    def __init__(self, group: PeerGroup) -> None:
         self.group = group
-        if worker_slot and not group.single:
-            advance(group, worker_slot)
 
     def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
-        group = self.group
-        if group.single:
-            only = group.primary.peers[0]
-            if only.down or (only.max_conns and only.conns >= only.max_conns):
-                return None
-            return take(sel, only, now_s)
-        peer = smooth_pick(sel.current, sel.tried, now_s)
-        if peer is None and sel.switch_to_backup():
-            peer = smooth_pick(sel.current, sel.tried, now_s)
-        return None if peer is None else take(sel, peer, now_s)
+        return pick_round_robin(self.group, sel, now_s)
 
 
-def advance(group: PeerGroup, steps: int) -> None:
-    """Move the cycle ``steps`` picks ahead without booking anything (worker start only)."""
-    for _ in range(steps % max(1, group.primary.total_weight)):
-        smooth_pick(group.primary, 0, 0)
+def pick_round_robin(group: PeerGroup, sel: Selection, now_s: int) -> Peer | None:
+    """The whole RR step; hash methods fall back to it (it can reach backups)."""
+    if group.single:
+        only = group.primary.peers[0]
+        if only.down or (only.max_conns and only.conns >= only.max_conns):
+            return None
+        return take(sel, only, now_s)
+    now_ms = now_s * 1000 if group.slow_start else 0
+    peer = smooth_pick(sel.current, sel.tried, now_s, now_ms, group.slow_start)
+    if peer is None and sel.switch_to_backup():
+        peer = smooth_pick(sel.current, sel.tried, now_s, now_ms, group.slow_start)
+    return None if peer is None else take(sel, peer, now_s)
 
 
-def smooth_pick(plist: PeerList, tried: int, now_s: int) -> Peer | None:
+def smooth_pick(
+    plist: PeerList, tried: int, now_s: int, now_ms: int = 0, scaled: bool = False, only: int = -1
+) -> Peer | None:
+    """nginx's selection pass; ``only`` >= 0 restricts it to peers with that tried-bit mask."""
     best: Peer | None = None
     total = 0
     for peer in plist.peers:
-        if tried & (1 << peer.index) or not peer.usable(now_s):
+        bit = 1 << peer.index
+        if tried & bit or (only >= 0 and not only & bit) or not peer.usable(now_s):
             continue
         ew = peer.effective_weight
-        peer.current_weight += ew
-        total += ew
+        w = ew * peer.weight_pct(now_ms) if scaled else ew
+        cw = peer.current_weight + w
+        peer.current_weight = cw
+        total += w
         if ew < peer.weight:
             peer.effective_weight = ew + 1
-        if best is None or peer.current_weight > best.current_weight:
+        if best is None or cw > best.current_weight:
             best = peer
     if best is not None:
         best.current_weight -= total

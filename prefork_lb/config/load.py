@@ -46,7 +46,7 @@ from prefork_lb.units import parse_duration_s, parse_size_bytes
 
 DEFAULT_CONFIG_PATH = "/etc/prefork-lb/prefork-lb.toml"
 ERROR_LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
-METHODS = ("round_robin",)
+METHODS = ("round_robin", "least_conn", "ip_hash", "hash", "random", "least_time")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -128,8 +128,10 @@ def load_config(path: str, prefix: str | None = None) -> Config:
     daemon = top.take("daemon", boolean, False)
     worker_connections = top.take("worker_connections", positive_int, 1024)
     shutdown_s = top.take("worker_shutdown_timeout", _duration, 0.0)
+    zone_size = top.take("zone_size", _size, 2 * 1024 * 1024)
     http = loader.http(top.table("http"))
     top.finish()
+    _check_zone_size(source, zone_size, http)
     return Config(
         path=main,
         prefix=prefix,
@@ -141,6 +143,7 @@ def load_config(path: str, prefix: str | None = None) -> Config:
         worker_connections=worker_connections,
         worker_shutdown_timeout_s=shutdown_s,
         http=http,
+        zone_size_bytes=zone_size,
         files=tuple(source.files),
     )
 
@@ -210,6 +213,10 @@ class _Loader:
         keepalive_requests = t.take("keepalive_requests", positive_int, 1000)
         keepalive_timeout = t.take("keepalive_timeout", _duration, 60.0)
         keepalive_time = t.take("keepalive_time", _duration, 3600.0)
+        hash_key = t.take("hash", string, "")
+        consistent = t.take("consistent", boolean, False)
+        random_two = t.take("random", _random_options, False)
+        least_time, inflight = t.take("least_time", _least_time, ("header", False))
         servers: list[UpstreamServer] = []
         server_tables = t.table_list("servers")
         if not server_tables:
@@ -217,6 +224,11 @@ class _Loader:
         for st in server_tables:
             servers.extend(self.upstream_server(st))
         t.finish()
+        _check_method_options(t, method, servers)
+        if method == "hash":
+            if not hash_key:
+                raise t.error("hash", 'method "hash" needs a key, e.g. hash = "$request_uri"')
+            self._check_key(t, hash_key)
         return UpstreamConfig(
             name=name,
             method=method,
@@ -225,6 +237,11 @@ class _Loader:
             keepalive_requests=keepalive_requests,
             keepalive_timeout_s=keepalive_timeout,
             keepalive_time_s=keepalive_time,
+            hash_key=hash_key,
+            consistent=consistent,
+            random_two=random_two,
+            least_time=least_time,
+            least_time_inflight=inflight,
         )
 
     def upstream_server(self, t: Table) -> list[UpstreamServer]:
@@ -235,6 +252,7 @@ class _Loader:
         max_conns = t.take("max_conns", non_negative_int, 0)
         backup = t.take("backup", boolean, False)
         down = t.take("down", boolean, False)
+        slow_start = t.take("slow_start", _whole_seconds, 0.0)
         t.finish()
         try:
             addrs = _resolve(text)
@@ -250,6 +268,7 @@ class _Loader:
                 max_conns=max_conns,
                 backup=backup,
                 down=down,
+                slow_start_s=slow_start,
             )
             for a in addrs
         ]
@@ -386,6 +405,14 @@ class _Loader:
             )
         return ProxyPass(upstream=host, uri=uri, host_header=host)
 
+    def _check_key(self, t: Table, key: str) -> None:
+        from prefork_lb.http.variables import VariableError, compile_template
+
+        try:
+            compile_template(key)
+        except VariableError as e:
+            raise t.error("hash", str(e)) from None
+
     def _check_templates(self, t: Table, headers: tuple[tuple[str, str], ...]) -> None:
         """Checked where the table is written, so the error names that level (and file)."""
         from prefork_lb.http.variables import VariableError, compile_template
@@ -451,6 +478,56 @@ def _is_ip(host: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _random_options(v: object) -> bool:
+    if not isinstance(v, dict) or set(v) - {"two"} or not isinstance(v.get("two", False), bool):
+        raise ValueError("must be a table such as { two = true }")
+    return bool(v.get("two", False))
+
+
+def _least_time(v: object) -> tuple[Any, bool]:
+    words = v.split() if isinstance(v, str) else []
+    if not words or words[0] not in ("header", "last_byte") or words[1:] not in ([], ["inflight"]):
+        raise ValueError('must be "header", "last_byte", "header inflight" or "last_byte inflight"')
+    return words[0], len(words) == 2
+
+
+def _check_method_options(t: Table, method: str, servers: list[UpstreamServer]) -> None:
+    from prefork_lb.balance.registry import NO_BACKUP, SLOW_START
+
+    for key, owner in (
+        ("hash", "hash"),
+        ("consistent", "hash"),
+        ("random", "random"),
+        ("least_time", "least_time"),
+    ):
+        if t.has(key) and method != owner:
+            raise t.error(key, f'only applies to method = "{owner}" (method is "{method}")')
+    for i, s in enumerate(servers):
+        if s.backup and method in NO_BACKUP:
+            raise t.source.error(
+                f"{t.key_path('servers')}[{i}].backup",
+                f'balancing method "{method}" does not support backup servers',
+            )
+        if s.slow_start_s and method not in SLOW_START:
+            raise t.source.error(
+                f"{t.key_path('servers')}[{i}].slow_start",
+                f'slow_start is supported with method "round_robin", not "{method}"',
+            )
+
+
+def _check_zone_size(source: Source, size: int, http: HttpConfig) -> None:
+    from prefork_lb.zone.layout import DEFAULT_ROWS, peer_capacity
+
+    peers = sum(len(u.servers) for u in http.upstreams.values())
+    capacity = peer_capacity(size, DEFAULT_ROWS)
+    if peers > capacity:
+        raise ConfigError(
+            source.main_path,
+            "zone_size",
+            f"{size} bytes hold {capacity} peers, the configuration has {peers}",
+        )
 
 
 def _check_default_servers(source: Source, servers: tuple[ServerConfig, ...]) -> None:

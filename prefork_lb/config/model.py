@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-Method = Literal["round_robin"]
+Method = Literal["round_robin", "least_conn", "ip_hash", "hash", "random", "least_time"]
 NEXT_UPSTREAM_CONDITIONS = frozenset(
     {
         "error",
@@ -74,6 +74,7 @@ class UpstreamServer:
     max_conns: int = 0
     backup: bool = False
     down: bool = False
+    slow_start_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,11 @@ class UpstreamConfig:
     keepalive_timeout_s: float = 60.0
     keepalive_time_s: float = 3600.0
     implicit: bool = False  # created for `proxy_pass http://ADDR` without a named group
+    hash_key: str = ""  # method "hash": the key template
+    consistent: bool = False  # method "hash": ketama ring
+    random_two: bool = False  # method "random": power of two choices
+    least_time: Literal["header", "last_byte"] = "header"
+    least_time_inflight: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +169,7 @@ class Config:
     worker_connections: int
     worker_shutdown_timeout_s: float
     http: HttpConfig
+    zone_size_bytes: int = 2 * 1024 * 1024
     files: tuple[str, ...] = ()  # every file read (main + includes), for messages
 
     @property

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Final
 
 from gevent import socket
 
-from prefork_lb.balance.peers import free, new_selection
+from prefork_lb.balance.least_time import release_inflight
+from prefork_lb.balance.peers import Peer, Selection, free, new_selection, record_time
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
 from prefork_lb.http.headers import build_response_head, build_upstream_head
@@ -185,9 +186,14 @@ class Proxy:
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
         start = self.now()
+        zone = up.group.zone
         while True:
             now = self.now()
-            peer = up.balancer.pick(sel, ex, int(now))
+            zone.lock()
+            try:
+                peer = up.balancer.pick(sel, ex, int(now))
+            finally:
+                zone.unlock()
             if peer is None:
                 ex.attempts.append(Attempt(up.group.name, 502, None, None, 0.0))
                 log.error('no live upstreams while connecting to upstream, upstream: "%s"', up.group.name)
@@ -213,7 +219,7 @@ class Proxy:
                     "connecting to upstream" if not sent else "reading response header from upstream",
                     peer.addr,
                 )
-                free(sel, peer, True, int(self.now()))
+                self._free(sel, peer, True, None)
                 if reused:
                     sel.tries += 1
                 if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
@@ -224,7 +230,7 @@ class Proxy:
                 attempt.response_time_s = self.now() - now
                 if conn is not None:
                     conn.close()
-                free(sel, peer, False, int(self.now()))
+                self._free(sel, peer, False, None)
                 raise
             assert conn is not None
             status = resp.status
@@ -238,11 +244,27 @@ class Proxy:
             ):
                 attempt.response_time_s = self.now() - now
                 conn.close()
-                free(sel, peer, status not in (403, 404), int(self.now()))
+                self._free(sel, peer, status not in (403, 404), None)
                 continue
             ok = self._relay(conn, resp, leftover, attempt, now)
-            free(sel, peer, False, int(self.now()))
+            self._free(sel, peer, False, attempt)
             return ok
+
+    def _free(self, sel: Selection, peer: Peer, failed: bool, attempt: Attempt | None) -> None:
+        """Release the peer under the zone lock; a completed attempt feeds least_time."""
+        now = self.now()
+        up = self.up
+        zone = up.group.zone
+        zone.lock()
+        try:
+            if attempt is not None and up.config.method == "least_time":
+                took = attempt.header_time_s if up.config.least_time == "header" else attempt.response_time_s
+                if took is not None:
+                    record_time(peer, int(took * 1000))
+            release_inflight(peer, sel)
+            free(sel, peer, failed, int(now), int(now * 1000))
+        finally:
+            zone.unlock()
 
     def _may_retry(
         self, tries: int, condition: str, conditions: frozenset[str], sent: bool, start: float

@@ -2,8 +2,8 @@
 
 Everything the request path needs is looked up here by identity, never rebuilt: routers
 per listening address, location matchers per server, and per location its balancer, pool,
-compiled proxy headers and access-log writers. Balancer state and pools live here, one
-copy per worker (a shared zone replaces the peer state later without changing callers).
+compiled proxy headers and access-log writers. Peer state lives in the shared zone (one
+copy for all workers); keep-alive pools are per worker.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.upstream import KeepalivePool
 from prefork_lb.http.variables import Template, compile_template
+from prefork_lb.zone.slots import peer_keys
+from prefork_lb.zone.zone import Zone
 
 
 @dataclass(slots=True)
@@ -53,12 +55,18 @@ class HttpRuntime:
         return self.matchers[id(server)]
 
 
-def build_runtime(config: Config, worker_slot: int = 0) -> HttpRuntime:
+def build_runtime(
+    config: Config, zone: Zone | None = None, slots: dict[str, int] | None = None, row: int = 0
+) -> HttpRuntime:
+    """``zone``/``slots``/``row`` come from the master; without them each group gets a
+    private zone (unit tests and tools)."""
     upstreams = {}
     for name, up in config.http.upstreams.items():
-        group = PeerGroup.build(up)
-        balancer = make_balancer(up.method, group, worker_slot)
-        upstreams[name] = UpstreamRuntime(up, group, balancer, KeepalivePool(up))
+        if zone is not None and slots is not None:
+            group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
+        else:
+            group = PeerGroup.build(up)
+        upstreams[name] = UpstreamRuntime(up, group, make_balancer(up, group), KeepalivePool(up))
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}

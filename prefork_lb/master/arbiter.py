@@ -13,6 +13,9 @@ Rules:
 4. A worker that dies unexpectedly is respawned at once; if workers keep dying within a
    second of starting, respawns back off (up to 5 s) so a crash loop cannot spin.
 5. Fast stop sends TERM, then KILL after ``FAST_STOP_GRACE_S``.
+6. The master creates the shared zone before the first fork and keeps it for its life:
+   it assigns each peer a slot (kept across reloads while the peer exists) and each worker
+   a row (claimed before fork, released and repaired when the worker is reaped).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from prefork_lb.config.model import Config
 from prefork_lb.log import reopen_error_log, setup_error_log
 from prefork_lb.master.listeners import BindError, Listener, ListenerSet
 from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
+from prefork_lb.zone.slots import RowTable, SlotTable
+from prefork_lb.zone.zone import Zone, ZoneFullError
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -48,6 +53,7 @@ class WorkerProc:
     config: Config
     started: float
     ready_fd: int  # read end of the readiness pipe; -1 once ready
+    row: int = -1  # zone row
     ready: bool = False
     quitting: bool = False
 
@@ -67,6 +73,10 @@ class Master:
         self.respawn_at: dict[int, float] = {}  # slot -> when to respawn
         self.retired: list[tuple[int, list[Listener]]] = []  # (generation, listeners to close)
         self.wakeup_r = -1
+        self.zone = Zone.create(config.zone_size_bytes)
+        self.slots = SlotTable(self.zone)
+        self.rows = RowTable(self.zone)
+        self.peer_slots = self.slots.assign(config, 1)
 
     # ---- startup ----
 
@@ -116,6 +126,7 @@ class Master:
             self._reap()
             self._respawn_due()
             self._close_retired_listeners()
+            self._release_retired_slots()
             if self.stopping:
                 if not self.workers:
                     log.log(25, "exit")
@@ -183,9 +194,16 @@ class Master:
 
     # ---- workers ----
 
-    def _spawn(self, slot: int, config: Config | None = None, generation: int | None = None) -> WorkerProc:
+    def _spawn(
+        self,
+        slot: int,
+        config: Config | None = None,
+        generation: int | None = None,
+        peer_slots: dict[str, int] | None = None,
+    ) -> WorkerProc:
         config = config or self.config
         generation = generation or self.generation
+        shared = (self.zone, peer_slots or self.peer_slots, self.rows.claim(generation, slot))
         sockets = self.listeners.for_worker(slot)
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -195,9 +213,10 @@ class Master:
             os.close(self.wakeup_r)
             from prefork_lb.worker.worker import worker_main
 
-            worker_main(config, sockets, w, generation, slot, os.getppid())
+            worker_main(config, sockets, w, generation, slot, os.getppid(), shared)
         os.close(w)
-        proc = WorkerProc(pid, slot, generation, config, time.monotonic(), r)
+        self.rows.bind(shared[2], pid)
+        proc = WorkerProc(pid, slot, generation, config, time.monotonic(), r, shared[2])
         self.workers[pid] = proc
         log.log(25, "start worker process %d", pid)
         return proc
@@ -213,6 +232,7 @@ class Master:
             proc = self.workers.pop(pid, None)
             if proc is None:
                 continue
+            self.rows.release(pid)  # zero its row, recount peer connections from live rows
             if proc.ready_fd >= 0:
                 os.close(proc.ready_fd)
                 proc.ready_fd = -1
@@ -261,9 +281,20 @@ class Master:
         except ConfigError as e:
             log.error("%s; reload aborted, still running the previous configuration", e)
             return False
+        old_generation = self.generation
+        generation = old_generation + 1
+        if config.zone_size_bytes != self.config.zone_size_bytes:
+            log.warning("zone_size changes take effect only after a restart")
+        snapshot = self.slots.snapshot()
+        try:
+            peer_slots = self.slots.assign(config, generation)
+        except ZoneFullError as e:
+            log.error("%s; reload aborted, still running the previous configuration", e)
+            return False
         try:
             removed = self.listeners.sync(config, config.workers)
         except BindError as e:
+            self.slots.restore(snapshot)
             log.error("%s; reload aborted, still running the previous configuration", e)
             return False
         if (
@@ -271,9 +302,7 @@ class Master:
             or config.error_log_level != self.config.error_log_level
         ):
             setup_error_log(config.error_log_path, config.error_log_level)
-        old_generation = self.generation
-        generation = old_generation + 1
-        new = [self._spawn(slot, config, generation) for slot in range(config.workers)]
+        new = [self._spawn(slot, config, generation, peer_slots) for slot in range(config.workers)]
         if not self._wait_ready(new):
             log.error(
                 "new worker processes did not become ready; reload aborted, "
@@ -288,9 +317,11 @@ class Master:
             # or clients would wait in an accept queue that no worker drains.
             for lst in self.listeners.sync(self.config, self.config.workers):
                 lst.close()
+            self.slots.restore(snapshot)
             return False
         self.config = config
         self.generation = generation
+        self.peer_slots = peer_slots
         self.respawn_at.clear()
         self._signal_all(signal.SIGQUIT, old_generation)
         for proc in self.workers.values():
@@ -326,6 +357,10 @@ class Master:
                     return False  # exited before becoming ready
                 proc.ready = True
         return True
+
+    def _release_retired_slots(self) -> None:
+        oldest = min((p.generation for p in self.workers.values()), default=None)
+        self.slots.release_retired(oldest)
 
     def _close_retired_listeners(self) -> None:
         keep = []

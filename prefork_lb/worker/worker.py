@@ -35,7 +35,9 @@ def run_worker(
     generation: int,
     slot: int,
     master_pid: int,
+    shared: Any = None,
 ) -> int:
+    """``shared``: (zone, peer slots, zone row) from the master."""
     for sig in (
         signal.SIGHUP,
         signal.SIGQUIT,
@@ -49,7 +51,7 @@ def run_worker(
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     try:
-        worker = Worker(config, sockets, generation, slot, master_pid)
+        worker = Worker(config, sockets, generation, slot, master_pid, shared)
     except Exception as e:
         import logging
 
@@ -66,6 +68,7 @@ class Worker:
         generation: int,
         slot: int,
         master_pid: int,
+        shared: Any = None,
     ) -> None:
         import gevent
         import gevent.event
@@ -80,7 +83,12 @@ class Worker:
         self.gevent = gevent
         self.stop_event = gevent.event.Event()
         self.graceful = True
-        self.runtime = build_runtime(config, slot)
+        self.zone: Any = None
+        self.row = 0
+        slots = None
+        if shared is not None:
+            self.zone, slots, self.row = shared
+        self.runtime = build_runtime(config, self.zone, slots, self.row)
         self.connections: set[Any] = set()
         self.servers: list[Any] = []
         self.sockets = sockets
@@ -171,6 +179,8 @@ class Worker:
     def _housekeeping(self) -> None:
         gevent = self.gevent
         while True:
+            if self.zone is not None:
+                self.zone.heartbeat(self.row)  # proves the hub is not blocked
             gevent.sleep(1.0)
             now = self.clock()
             for up in self.runtime.upstreams.values():

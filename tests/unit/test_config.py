@@ -526,7 +526,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
             + ", ".join(("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")),
         ),
         ({"top": 'daemon = "yes"'}, "daemon: must be true or false"),
-        ({"upstream": 'method = "fastest"'}, "http.upstreams.backend.method: must be one of: round_robin"),
+        (
+            {"upstream": 'method = "fastest"'},
+            "http.upstreams.backend.method: must be one of: "
+            "round_robin, least_conn, ip_hash, hash, random, least_time",
+        ),
         (
             {"server2": ", max_fails = -1"},
             "http.upstreams.backend.servers[1].max_fails: must be a non-negative integer",

@@ -35,8 +35,9 @@ def spec(text: str) -> list[str]:
 
 
 def build(*servers: UpstreamServer, name: str = "g") -> tuple[PeerGroup, Balancer]:
-    group = PeerGroup.build(UpstreamConfig(name=name, method="round_robin", servers=servers))
-    return group, make_balancer("round_robin", group)
+    upstream = UpstreamConfig(name=name, method="round_robin", servers=servers)
+    group = PeerGroup.build(upstream)
+    return group, make_balancer(upstream, group)
 
 
 def request(
@@ -434,26 +435,30 @@ def test_each_free_uses_up_one_try() -> None:
     assert request(group, bal, NOW, failing={"a", "b", "c"}) == ["a", "b", "c"]
 
 
-def test_worker_slots_start_at_different_points_of_the_cycle() -> None:
-    # Two workers must not both send their first request to the same peer; each still
-    # follows nginx's sequence from its starting point, and slot 0 is nginx exactly.
+def test_workers_sharing_a_zone_follow_one_global_order() -> None:
+    # nginx scenario 3 (zone, 4 workers): the global order is aabacaa, whichever worker picks.
+    from prefork_lb.zone.zone import Zone
+
     servers = tuple(
         UpstreamServer(Address("inet", "127.0.0.1", 9000 + i), f"127.0.0.1:{9000 + i}", weight=w)
         for i, w in enumerate((5, 1, 1))
     )
-    firsts = []
-    for slot in range(3):
-        group = PeerGroup.build(UpstreamConfig("u", "round_robin", servers))
-        bal = make_balancer("round_robin", group, slot)
-        seq = []
-        for _ in range(7):
-            sel = new_selection(group, 0)
+    upstream = UpstreamConfig("u", "round_robin", servers)
+    zone = Zone.for_peers(3, rows=4)
+    with zone:
+        for slot, s in enumerate(servers):
+            zone.init_peer(slot, s.weight)
+    workers = []
+    for row in range(4):
+        group = PeerGroup.build(upstream, zone, [0, 1, 2], row)
+        workers.append((group, make_balancer(upstream, group)))
+    seq = []
+    for i in range(21):
+        group, bal = workers[(i * 7 + i // 3) % 4]  # any interleaving of workers
+        sel = new_selection(group, 0)
+        with zone:
             peer = bal.pick(sel, None, 1000)
             assert peer is not None
             free(sel, peer, False, 1000)
-            seq.append(peer.addr[-1])
-        firsts.append(seq)
-    assert "".join(firsts[0]) == "0010200"  # nginx: a a b a c a a
-    assert "".join(firsts[1]) == "0102000"  # the same cycle, one step on
-    assert "".join(firsts[2]) == "1020000"
-    assert all(sorted(s) == sorted(firsts[0]) for s in firsts)  # each cycle keeps the weights
+        seq.append("abc"[peer.slot])
+    assert "".join(seq) == "aabacaa" * 3

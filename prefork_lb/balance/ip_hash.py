@@ -1,0 +1,63 @@
+"""ip_hash, exactly nginx's ``ngx_http_upstream_get_ip_hash_peer``.
+
+Key: the first three octets of an IPv4 client address, all 16 bytes of IPv6, three zero
+bytes otherwise. ``h = 89``; per round ``h = (h * 113 + byte) % 6271`` over the key bytes,
+then ``h % total_weight`` walks the weights (``total_weight`` counts down peers, so marking
+a server down remaps only its own clients). An unusable candidate starts another round
+from the current ``h``; after 20 the request falls back to round robin. ``h`` is kept in
+the selection so a retry continues the chain. Primary servers only (nginx rejects backup).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
+from prefork_lb.balance.round_robin import pick_round_robin
+from prefork_lb.config.model import UpstreamConfig
+from prefork_lb.http.exchange import Exchange
+
+MAX_TRIES = 20
+
+
+class IpHash:
+    __slots__ = ("group",)
+
+    def __init__(self, group: PeerGroup, upstream: UpstreamConfig | None = None) -> None:
+        self.group = group
+
+    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+        group = self.group
+        if sel.hash_tries > MAX_TRIES or group.single:
+            return pick_round_robin(group, sel, now_s)
+        key = ip_key(ex.conn.remote_addr if ex is not None else "")
+        plist = group.primary
+        h = 89 if sel.hash < 0 else sel.hash
+        while True:
+            for byte in key:
+                h = (h * 113 + byte) % 6271
+            peer = walk(plist, h % plist.total_weight)
+            if not sel.tried & (1 << peer.index) and peer.usable(now_s):
+                break
+            sel.hash_tries += 1
+            if sel.hash_tries > MAX_TRIES:
+                return pick_round_robin(group, sel, now_s)
+        sel.hash = h
+        return take(sel, peer, now_s)
+
+
+def ip_key(addr: str) -> bytes:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return b"\0\0\0"
+    return ip.packed[:3] if ip.version == 4 else ip.packed
+
+
+def walk(plist: PeerList, w: int) -> Peer:
+    """The peer whose weight range contains ``w`` (static weights, down peers included)."""
+    for peer in plist.peers:
+        if w < peer.weight:
+            return peer
+        w -= peer.weight
+    return plist.peers[-1]

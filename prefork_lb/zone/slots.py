@@ -1,0 +1,117 @@
+"""Which zone slot each peer and each worker uses (master side, plain Python).
+
+Peer identity is (upstream name, server string, address, backup, ordinal among equal
+entries): a reload keeps the slot, and with it the live state, of every peer whose
+identity is unchanged. Slots of removed peers are freed only once no worker of an older
+generation can still be using them. Running out of slots is a config-time error.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prefork_lb.config.model import Config, UpstreamConfig
+from prefork_lb.zone.zone import Zone, ZoneFullError
+
+
+def peer_keys(upstream: UpstreamConfig) -> list[str]:
+    """One key per peer, in server order (the order PeerGroup.build uses)."""
+    seen: Counter[tuple[str, str, bool]] = Counter()
+    keys = []
+    for s in upstream.servers:
+        ident = (s.name, s.address.text, s.backup)
+        keys.append(f"http\0{upstream.name}\0{s.name}\0{s.address.text}\0{int(s.backup)}\0{seen[ident]}")
+        seen[ident] += 1
+    return keys
+
+
+def count_peers(config: Config) -> int:
+    return sum(len(u.servers) for u in config.http.upstreams.values())
+
+
+@dataclass(slots=True)
+class SlotTable:
+    zone: Zone
+    by_key: dict[str, int] = field(default_factory=dict)
+    retiring: list[tuple[int, list[int]]] = field(default_factory=list)  # (generation, slots)
+
+    def free_slots(self) -> list[int]:
+        used = set(self.by_key.values()) | {s for _, slots in self.retiring for s in slots}
+        return [s for s in range(self.zone.peers) if s not in used]
+
+    def assign(self, config: Config, generation: int) -> dict[str, int]:
+        """Slots for every peer of ``config``; state of surviving peers is kept.
+
+        Raises ZoneFullError (before touching the zone) if the peers do not fit.
+        """
+        wanted: dict[str, int] = {}  # key -> weight
+        for up in config.http.upstreams.values():
+            for key, server in zip(peer_keys(up), up.servers, strict=True):
+                wanted[key] = server.weight
+        new_keys = [k for k in wanted if k not in self.by_key]
+        free = self.free_slots()
+        if len(new_keys) > len(free):
+            raise ZoneFullError(
+                f"the zone has room for {self.zone.peers} peers, the configuration needs "
+                f"{len(self.by_key) + len(new_keys)} (raise zone_size)"
+            )
+        with self.zone:
+            dropped = [slot for key, slot in self.by_key.items() if key not in wanted]
+            self.by_key = {k: s for k, s in self.by_key.items() if k in wanted}
+            for key, slot in zip(new_keys, free, strict=False):
+                self.zone.init_peer(slot, wanted[key])
+                self.by_key[key] = slot
+            for key, slot in self.by_key.items():
+                self.zone.reweigh_peer(slot, wanted[key])
+        if dropped:
+            self.retiring.append((generation - 1, dropped))
+        return dict(self.by_key)
+
+    def snapshot(self) -> tuple[dict[str, int], list[tuple[int, list[int]]]]:
+        return dict(self.by_key), list(self.retiring)
+
+    def restore(self, snap: tuple[dict[str, int], list[tuple[int, list[int]]]]) -> None:
+        """Undo an ``assign`` whose generation never started (slots it set up fall free)."""
+        self.by_key, self.retiring = dict(snap[0]), list(snap[1])
+
+    def release_retired(self, oldest_live_generation: int | None) -> None:
+        """Free slots of removed peers once every worker that could use them is gone."""
+        keep = []
+        for generation, slots in self.retiring:
+            if oldest_live_generation is not None and oldest_live_generation <= generation:
+                keep.append((generation, slots))
+            else:
+                with self.zone:
+                    for slot in slots:
+                        self.zone.free_peer(slot)
+        self.retiring = keep
+
+
+@dataclass(slots=True)
+class RowTable:
+    """Worker rows: one per live worker process, reused after it is reaped."""
+
+    zone: Zone
+    by_pid: dict[int, int] = field(default_factory=dict)
+
+    pending: set[int] = field(default_factory=set)  # claimed before fork, pid not known yet
+
+    def claim(self, generation: int, worker_slot: int) -> int:
+        used = set(self.by_pid.values()) | self.pending
+        for row in range(self.zone.rows):
+            if row not in used:
+                self.pending.add(row)
+                self.zone.claim_row(row, generation, worker_slot)
+                return row
+        raise ZoneFullError(f"no free worker row in the zone ({self.zone.rows} rows)")
+
+    def bind(self, row: int, pid: int) -> None:
+        self.pending.discard(row)
+        self.by_pid[pid] = row
+        self.zone.set_row_pid(row, pid)
+
+    def release(self, pid: int) -> None:
+        row = self.by_pid.pop(pid, None)
+        if row is not None:
+            self.zone.release_row(row)
