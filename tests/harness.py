@@ -156,8 +156,12 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout_s: float = 10.0,
+    source: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    """One request on a new connection; ``source`` binds the client to a 127.x.y.z address."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout_s, source_address=(source, 0) if source else None
+    )
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -218,3 +222,45 @@ def env_pythonpath() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+class ZoneReader:
+    """Read a running master's zone through /proc (the memfd is named prefork-lb-zone)."""
+
+    def __init__(self, master_pid: int) -> None:
+        import mmap
+
+        from prefork_lb.zone import layout
+
+        self.L = layout
+        fd_dir = f"/proc/{master_pid}/fd"
+        for name in os.listdir(fd_dir):
+            if "prefork-lb-zone" in os.readlink(f"{fd_dir}/{name}"):
+                fd = os.open(f"{fd_dir}/{name}", os.O_RDONLY)
+                break
+        else:
+            raise AssertionError("no zone memfd in the master")
+        size = os.fstat(fd).st_size
+        self._mmap = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        os.close(fd)
+        self.mv = memoryview(self._mmap).cast("q")
+        self.peers = self.mv[layout.H_PEERS]
+        self.rows = self.mv[layout.H_ROWS]
+
+    def peer(self, slot: int, field: int) -> int:
+        return int(self.mv[self.L.peer_base(slot) + field])
+
+    def used_slots(self) -> list[int]:
+        return [s for s in range(self.peers) if self.peer(s, self.L.P_USED)]
+
+    def total_conns(self) -> int:
+        return sum(self.peer(s, self.L.P_CONNS) for s in self.used_slots())
+
+    def row_of(self, pid: int) -> int | None:
+        for row in range(self.rows):
+            if self.mv[self.L.row_base(row, self.peers) + self.L.R_PID] == pid:
+                return row
+        return None
+
+    def row_active(self, row: int) -> int:
+        return sum(int(self.mv[self.L.active_index(row, self.peers, s)]) for s in self.used_slots())

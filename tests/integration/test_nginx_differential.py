@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,12 @@ LOG = "$upstream_addr|$upstream_status"
 
 class Nginx:
     def __init__(
-        self, directory: Path, port: int, servers: list[tuple[str, str]], location_extra: str = ""
+        self,
+        directory: Path,
+        port: int,
+        servers: list[tuple[str, str]],
+        location_extra: str = "",
+        method: str = "",
     ) -> None:
         self.dir = directory
         self.port = port
@@ -48,6 +54,7 @@ http {{
     client_body_temp_path tmp-body;
     proxy_temp_path tmp-proxy;
     upstream backend {{
+        {method}
 {lines}
     }}
     server {{
@@ -95,14 +102,14 @@ http {{
         )
 
 
-def _toml(port: int, servers: list[tuple[str, str]], location_extra: str = "") -> str:
+def _toml(port: int, servers: list[tuple[str, str]], location_extra: str = "", method: str = "") -> str:
     def params(p: str) -> str:
         out = []
         for word in p.split():
             key, _, value = word.partition("=")
             if key in ("backup", "down"):
                 out.append(f"{key} = true")
-            elif key == "fail_timeout":
+            elif key in ("fail_timeout", "slow_start"):
                 out.append(f'{key} = "{value}"')
             else:
                 out.append(f"{key} = {value}")
@@ -117,6 +124,7 @@ access_log = "access.log"
 [http.log_formats]
 diff = '{LOG}'
 [http.upstreams.backend]
+{method}
 servers = [
 {entries}
 ]
@@ -137,29 +145,36 @@ def backends() -> Iterator[Backend]:
         yield b
 
 
+Ask = Callable[[int], list[tuple[int, str]]]
+
+
 def run_both(
     tmp_path: Path,
     servers: list[tuple[str, str]],
-    paths: list[str],
+    paths: list[str] | Ask,
     nginx_extra: str = "",
     toml_extra: str = "",
+    nginx_method: str = "",
+    toml_method: str = "",
 ) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[str], list[str]]:
+    """The same requests through nginx, then prefork-lb; ``paths`` may be a custom client."""
+    ask: Ask = paths if callable(paths) else (lambda port: [_ask(port, p) for p in paths])
     results = []
     logs = []
     port = free_port()
-    with Nginx(tmp_path / "nginx", port, servers, nginx_extra) as ngx:
-        results.append([_ask(port, p) for p in paths])
-        logs.append(ngx.access_log(len(paths)))
+    with Nginx(tmp_path / "nginx", port, servers, nginx_extra, nginx_method) as ngx:
+        results.append(ask(port))
+        logs.append(ngx.access_log(len(results[0])))
     port = free_port()
     (tmp_path / "lb").mkdir()
-    with LB(tmp_path / "lb", _toml(port, servers, toml_extra), port) as lb:
-        results.append([_ask(port, p) for p in paths])
-        logs.append(lb.access_log(len(paths)))
+    with LB(tmp_path / "lb", _toml(port, servers, toml_extra, toml_method), port) as lb:
+        results.append(ask(port))
+        logs.append(lb.access_log(len(results[1])))
     return results[0], results[1], logs[0], logs[1]
 
 
-def _ask(port: int, path: str) -> tuple[int, str]:
-    status, headers, _ = request(port, "GET", path)
+def _ask(port: int, path: str, source: str | None = None) -> tuple[int, str]:
+    status, headers, _ = request(port, "GET", path, source=source)
     return status, headers.get("x-port", "-")
 
 
@@ -217,3 +232,114 @@ def test_all_down_is_no_live_upstreams(tmp_path: Path, backends: Backend) -> Non
     ngx, ours, ngx_log, our_log = run_both(tmp_path, [(a, "down"), (b, "down")], ["/"] * 2)
     assert ours == ngx == [(502, "-")] * 2
     assert our_log == ngx_log == ["backend|502"] * 2
+
+
+# ---- balancing methods -------------------------------------------------------------------------
+
+KEYS = [f"/?k=k{i}" for i in range(30)]
+
+
+@pytest.mark.parametrize("consistent", [False, True], ids=["hash", "consistent"])
+@pytest.mark.parametrize(
+    "params", [("", "", ""), ("weight=3", "", ""), ("", "down", ""), ("", "", "weight=2")]
+)
+def test_hash_key_maps(
+    tmp_path: Path, backends: Backend, consistent: bool, params: tuple[str, str, str]
+) -> None:
+    servers = list(zip(backends.addrs, params, strict=True))
+    ngx, ours, ngx_log, our_log = run_both(
+        tmp_path,
+        servers,
+        KEYS,
+        nginx_method=f"hash $arg_k{' consistent' if consistent else ''};",
+        toml_method=f'method = "hash"\nhash = "$arg_k"\nconsistent = {str(consistent).lower()}',
+    )
+    assert ours == ngx and our_log == ngx_log
+
+
+def test_hash_with_empty_key_is_round_robin(tmp_path: Path, backends: Backend) -> None:
+    servers = [(a, "") for a in backends.addrs]
+    ngx, ours, _, _ = run_both(
+        tmp_path,
+        servers,
+        ["/?k="] * 6,
+        nginx_method="hash $arg_k consistent;",
+        toml_method='method = "hash"\nhash = "$arg_k"\nconsistent = true',
+    )
+    assert ours == ngx
+
+
+@pytest.mark.parametrize("weights", [("", "", ""), ("weight=2", "", "")])
+def test_ip_hash_client_maps(tmp_path: Path, backends: Backend, weights: tuple[str, str, str]) -> None:
+    # clients bound to 127.0.i.1 and 127.0.i.200: ip_hash keys on the first three octets
+    sources = [f"127.0.{i}.{last}" for i in range(15) for last in (1, 200)]
+
+    def ask(port: int) -> list[tuple[int, str]]:
+        return [_ask(port, "/", source) for source in sources]
+
+    servers = list(zip(backends.addrs, weights, strict=True))
+    ngx, ours, ngx_log, our_log = run_both(
+        tmp_path, servers, ask, nginx_method="ip_hash;", toml_method='method = "ip_hash"'
+    )
+    assert ours == ngx and our_log == ngx_log
+
+
+def held_requests(count: int, backends: Backend) -> Ask:
+    """``count`` concurrent requests, each started once the previous one reached a backend
+    (observed through the backends' open-connection counts: no timing margins)."""
+
+    def ask(port: int) -> list[tuple[int, str]]:
+        results: list[tuple[int, str]] = [(0, "")] * count
+        threads = []
+        base = sum(backends.stats(p)["open"] for p in backends.ports)
+        for i in range(count):
+
+            def run(i: int = i) -> None:
+                results[i] = _ask(port, "/?delay=2500")
+
+            t = threading.Thread(target=run)
+            t.start()
+            threads.append(t)
+            wait_for(
+                lambda i=i: (
+                    sum(backends.stats(p)["open"] for p in backends.ports) >= base + i + 1
+                    or sum(1 for r in results if r[0]) > 0
+                ),
+                what=f"request {i} to reach a backend",
+            )
+        for t in threads:
+            t.join(30)
+        return results
+
+    return ask
+
+
+def test_least_conn_with_held_requests(tmp_path: Path, backends: Backend) -> None:
+    a, b, _ = backends.addrs
+    ngx, ours, _, _ = run_both(
+        tmp_path,
+        [(a, "weight=3"), (b, "")],
+        held_requests(8, backends),
+        nginx_method="least_conn;",
+        toml_method='method = "least_conn"',
+    )
+    assert ours == ngx
+
+
+def test_least_conn_ties_use_round_robin(tmp_path: Path, backends: Backend) -> None:
+    ngx, ours, _, _ = run_both(
+        tmp_path,
+        [(x, "") for x in backends.addrs],
+        held_requests(7, backends),
+        nginx_method="least_conn;",
+        toml_method='method = "least_conn"',
+    )
+    assert ours == ngx
+
+
+def test_max_conns_and_backup(tmp_path: Path, backends: Backend) -> None:
+    a, b, c = backends.addrs
+    ngx, ours, _, _ = run_both(
+        tmp_path, [(a, "max_conns=2"), (b, "max_conns=1"), (c, "backup")], held_requests(5, backends)
+    )
+    assert ours == ngx

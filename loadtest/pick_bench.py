@@ -1,0 +1,453 @@
+"""Micro-benchmark: the per-request cost of choosing and releasing an upstream peer.
+
+    .venv/bin/python loadtest/pick_bench.py               # full table (~1.5 min)
+    .venv/bin/python loadtest/pick_bench.py --quick       # short table (~10 s)
+    .venv/bin/python loadtest/pick_bench.py --contention  # 1 process alone, then 2 at once
+    .venv/bin/python loadtest/pick_bench.py --profile hash_consistent --peers 100
+
+One "request" is what ``http/proxy.py`` does around an upstream attempt that succeeds:
+``new_selection``; ``zone.lock(); pick; zone.unlock()``; then ``zone.lock(); [record_time
+for least_time]; release_inflight; free; zone.unlock()``. Column "lock" times exactly that;
+"no lock" is the same loop without the two lock/unlock pairs. Times are microseconds per
+request, the median of several ``timeit`` repeats (timeit turns the GC off while timing).
+
+The zone is a real shared zone (``Zone.create(2 MiB, rows)``, every row claimed) with the
+group built on row 0. Before timing, every peer holds 1..5 connections taken from the other
+rows, so least_conn, random two and least_time compare non-trivial counts; least_time also
+has per-peer response times of 20..100 ms. Client addresses and URIs vary per request
+(4096 distinct exchanges, cycled), so ip_hash and hash see changing keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prefork_lb.balance.base import Balancer
+from prefork_lb.balance.least_time import release_inflight
+from prefork_lb.balance.peers import PeerGroup, free, new_selection, record_time, take
+from prefork_lb.balance.registry import make_balancer
+from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamServer
+from prefork_lb.http.exchange import ConnectionInfo, Exchange
+from prefork_lb.zone import layout as L
+from prefork_lb.zone.zone import Zone
+
+NOW_S = 1_700_000_000  # a fixed "ngx_time()" second
+NOW_MS = NOW_S * 1000
+ZONE_SIZE = L.DEFAULT_SIZE
+N_EXCHANGES = 4096
+MIXED_WEIGHTS = (5, 1, 3, 2, 1, 4)
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str  # command-line name
+    label: str  # table label
+    method: Method
+    consistent: bool = False
+    random_two: bool = False
+    mixed: bool = False
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("round_robin", "round_robin", "round_robin"),
+    Variant("round_robin_mixed", "round_robin mixed w", "round_robin", mixed=True),
+    Variant("least_conn", "least_conn", "least_conn"),
+    Variant("ip_hash", "ip_hash", "ip_hash"),
+    Variant("hash", "hash $request_uri", "hash"),
+    Variant("hash_consistent", "hash ... consistent", "hash", consistent=True),
+    Variant("random", "random", "random"),
+    Variant("random_two", "random two", "random", random_two=True),
+    Variant("least_time", "least_time header", "least_time"),
+)
+BY_KEY = {v.key: v for v in VARIANTS}
+
+
+# ---- fixtures --------------------------------------------------------------------------------------
+
+
+def held_conns(i: int) -> int:
+    """Connections peer ``i`` holds from other workers: 1..5, spread over the peers."""
+    return 1 + (i * 7 + 3) % 5
+
+
+def response_ms(i: int) -> int:
+    """least_time: peer ``i``'s steady response time, 20..100 ms."""
+    return 20 + (i * 37 % 9) * 10
+
+
+def make_upstream(variant: Variant, n: int) -> UpstreamConfig:
+    servers = []
+    for i in range(n):
+        address = Address("inet", f"10.1.{i // 250}.{i % 250 + 1}", 8080)
+        weight = MIXED_WEIGHTS[i % len(MIXED_WEIGHTS)] if variant.mixed else 1
+        servers.append(UpstreamServer(address=address, name=address.text, weight=weight))
+    return UpstreamConfig(
+        name="bench",
+        method=variant.method,
+        servers=tuple(servers),
+        hash_key="$request_uri" if variant.method == "hash" else "",
+        consistent=variant.consistent,
+        random_two=variant.random_two,
+    )
+
+
+def make_exchange(i: int) -> Exchange:
+    """One parsed request; client address (first three octets) and URI vary with ``i``."""
+    target = f"/catalog/item/{i * 7919 % 100_003}?page={i % 17}&sort=price".encode()
+    path, _, args = target.decode("latin-1").partition("?")
+    headers = [(b"Host", b"shop.example"), (b"User-Agent", b"bench/1.0"), (b"Accept", b"*/*")]
+    remote = f"{10 + i % 200}.{(i * 13) % 256}.{(i * 29) % 256}.{i % 250 + 1}"
+    return Exchange(
+        conn=ConnectionInfo(remote, 40000 + i % 20000, "127.0.0.1", 8080, i, 1),
+        method=b"GET",
+        target=target,
+        path=path,
+        args=args,
+        version=(1, 1),
+        headers=headers,
+        header_index={name.lower(): value for name, value in headers},
+        host="shop.example",
+        start_time=float(NOW_S),
+        request_length=96,
+    )
+
+
+EXCHANGES: list[Exchange] = [make_exchange(i) for i in range(N_EXCHANGES)]
+
+
+@dataclass
+class Setup:
+    zone: Zone
+    upstream: UpstreamConfig
+    held: list[int]  # expected P_CONNS per slot while idle
+
+    def group(self, row: int) -> tuple[PeerGroup, Balancer]:
+        group = PeerGroup.build(self.upstream, self.zone, list(range(len(self.upstream.servers))), row)
+        return group, make_balancer(self.upstream, group)
+
+    def check(self) -> None:
+        """Every pick was freed: the zone holds exactly the background connections."""
+        mv = self.zone.mv
+        got = [mv[L.peer_base(slot) + L.P_CONNS] for slot in range(len(self.held))]
+        if got != self.held:
+            raise AssertionError(f"conns drifted: {got[:8]}... != {self.held[:8]}...")
+
+
+def make_setup(variant: Variant, n: int, rows: int) -> Setup:
+    """A zone as the master leaves it: slots 0..n-1, rows claimed, background load from rows 1..rows-1."""
+    zone = Zone.create(ZONE_SIZE, rows)
+    upstream = make_upstream(variant, n)
+    with zone:
+        for slot, server in enumerate(upstream.servers):
+            zone.init_peer(slot, server.weight)
+        for row in range(rows):
+            zone.claim_row(row, 1, row)
+            zone.set_row_pid(row, os.getpid())
+    setup = Setup(zone, upstream, [held_conns(i) for i in range(n)])
+    others = [setup.group(row)[0] for row in range(1, rows)]
+    with zone:
+        for i in range(n):
+            for k in range(held_conns(i)):
+                group = others[(i + k) % len(others)]
+                take(new_selection(group, 0), group.primary.peers[i], NOW_S)
+            record_time(others[0].primary.peers[i], response_ms(i))
+    setup.check()
+    return setup
+
+
+# ---- the measured loops ----------------------------------------------------------------------------
+
+
+def locked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_time: bool) -> int:
+    """The proxy's calls for one successful attempt per exchange (``Proxy.forward`` / ``_free``)."""
+    zone = group.zone
+    now_s, now_ms = NOW_S, NOW_MS
+    n = 0
+    for ex in batch:
+        sel = new_selection(group, 0)
+        zone.lock()
+        try:
+            peer = bal.pick(sel, ex, now_s)
+        finally:
+            zone.unlock()
+        if peer is None:
+            raise AssertionError("no live upstreams")
+        zone.lock()
+        try:
+            if least_time:
+                record_time(peer, response_ms(peer.index))
+            release_inflight(peer, sel)
+            free(sel, peer, False, now_s, now_ms)
+        finally:
+            zone.unlock()
+        n += 1
+    return n
+
+
+def unlocked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_time: bool) -> int:
+    """``locked_loop`` without the two lock/unlock pairs (the try/finally stays)."""
+    now_s, now_ms = NOW_S, NOW_MS
+    n = 0
+    for ex in batch:
+        sel = new_selection(group, 0)
+        try:
+            peer = bal.pick(sel, ex, now_s)
+        finally:
+            pass
+        if peer is None:
+            raise AssertionError("no live upstreams")
+        try:
+            if least_time:
+                record_time(peer, response_ms(peer.index))
+            release_inflight(peer, sel)
+            free(sel, peer, False, now_s, now_ms)
+        finally:
+            pass
+        n += 1
+    return n
+
+
+def batch_of(size: int, start: int = 0) -> list[Exchange]:
+    return [EXCHANGES[(start + i) % N_EXCHANGES] for i in range(size)]
+
+
+def median_us(loop: Callable[[], int], size: int, repeat: int) -> float:
+    times = timeit.Timer(loop).repeat(repeat=repeat, number=1)
+    return statistics.median(times) / size * 1e6
+
+
+@dataclass
+class Cell:
+    lock_us: float
+    nolock_us: float
+
+
+def measure(variant: Variant, n: int, rows: int, target_s: float, repeat: int) -> Cell:
+    setup = make_setup(variant, n, rows)
+    group, bal = setup.group(0)
+    lt = variant.method == "least_time"
+    # calibrate: batch size so that one locked repeat takes about target_s
+    probe = batch_of(200)
+    t0 = time.perf_counter()
+    locked_loop(group, bal, probe, lt)
+    per = (time.perf_counter() - t0) / len(probe)
+    size = max(200, min(200_000, int(target_s / max(per, 1e-7))))
+    batch = batch_of(size, 200)
+    # alternate the two loops, so a noisy neighbour or a clock change hits both alike
+    with_lock = timeit.Timer(lambda: locked_loop(group, bal, batch, lt))
+    without = timeit.Timer(lambda: unlocked_loop(group, bal, batch, lt))
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        times[0].append(with_lock.timeit(number=1))
+        times[1].append(without.timeit(number=1))
+    locked, unlocked = (statistics.median(t) / size * 1e6 for t in times)
+    setup.check()
+    setup.zone.close()
+    return Cell(locked, unlocked)
+
+
+def bare_lock_us(repeat: int) -> float:
+    zone = Zone.create(ZONE_SIZE, 2)
+    zone.lock()
+    zone.unlock()
+
+    def pairs() -> int:
+        for _ in range(50_000):
+            zone.lock()
+            zone.unlock()
+        return 50_000
+
+    us = median_us(pairs, 50_000, repeat)
+    zone.close()
+    return us
+
+
+def machine_note() -> str:
+    model = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0))
+    return (
+        f"machine: nproc={nproc}, {model}, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
+    )
+
+
+# ---- modes -----------------------------------------------------------------------------------------
+
+
+def run_table(quick: bool, peer_counts: list[int], row_counts: list[int], only: list[str]) -> None:
+    target_s, repeat = (0.03, 3) if quick else (0.08, 7)
+    variants = [v for v in VARIANTS if not only or v.key in only]
+    print(machine_note())
+    print(
+        f"mode: {'quick' if quick else 'full'}, {repeat} repeats x ~{target_s * 1000:.0f} ms, median; "
+        f"bare zone lock+unlock pair: {bare_lock_us(repeat):.2f} us"
+    )
+    print("us per request = new_selection + pick + (record_time) + release_inflight + free")
+    print()
+    heads = [f"{r} rows {kind}" for r in row_counts for kind in ("lock", "no lock")]
+    first = 22
+    header = f"{'method':<{first}} {'peers':>5}  " + "  ".join(f"{h:>13}" for h in heads)
+    header += "   lock share"
+    print(header)
+    print("-" * len(header))
+    started = time.perf_counter()
+    for variant in variants:
+        for n in peer_counts:
+            cells = [measure(variant, n, rows, target_s, repeat) for rows in row_counts]
+            values = "  ".join(f"{x:>13.2f}" for c in cells for x in (c.lock_us, c.nolock_us))
+            c0 = cells[0]
+            share = (c0.lock_us - c0.nolock_us) / c0.lock_us * 100 if c0.lock_us else 0.0
+            print(f"{variant.label:<{first}} {n:>5}  {values}   {share:>9.0f}%", flush=True)
+    print(
+        f"\n(total {time.perf_counter() - started:.1f} s; lock share = (lock - no lock) / lock, "
+        f"{row_counts[0]} rows)"
+    )
+
+
+def run_profile(key: str, n: int, rows: int, count: int) -> None:
+    variant = BY_KEY[key]
+    setup = make_setup(variant, n, rows)
+    group, bal = setup.group(0)
+    batch = batch_of(count)
+    lt = variant.method == "least_time"
+    prof = cProfile.Profile()
+    prof.enable()
+    locked_loop(group, bal, batch, lt)
+    prof.disable()
+    setup.check()
+    print(f"cProfile: {variant.label}, {n} peers, {rows} rows, {count} requests (locked loop)")
+    stats = pstats.Stats(prof, stream=sys.stdout)
+    stats.sort_stats("tottime").print_stats(14)
+
+
+def _child(setup: Setup, variant: Variant, row: int, seconds: float, go_r: int, out_w: int) -> None:
+    """Body of one forked worker: wait for the start signal, pick/free until time is up."""
+    try:
+        group, bal = setup.group(row)
+        lt = variant.method == "least_time"
+        batch = batch_of(256, row * 1000)
+        gc.disable()
+        os.read(go_r, 1)  # EOF when the parent closes its end: everybody starts together
+        picks = 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while True:
+            picks += locked_loop(group, bal, batch, lt)
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        os.write(out_w, f"{picks} {now - t0}\n".encode())
+        os._exit(0)
+    except BaseException as exc:  # never return into the parent's code after fork
+        os.write(2, f"child row {row}: {exc!r}\n".encode())
+        os._exit(1)
+
+
+def run_workers(setup: Setup, variant: Variant, rows: list[int], seconds: float) -> list[tuple[int, float]]:
+    go_r, go_w = os.pipe()
+    outs: list[tuple[int, int]] = []
+    for row in rows:
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            os.close(out_r)
+            _child(setup, variant, row, seconds, go_r, out_w)
+        os.close(out_w)
+        outs.append((pid, out_r))
+    os.close(go_r)
+    time.sleep(0.2)  # let the children build their groups
+    os.close(go_w)
+    results: list[tuple[int, float]] = []
+    for pid, out_r in outs:
+        data = b""
+        while chunk := os.read(out_r, 256):
+            data += chunk
+        os.close(out_r)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not data:
+            raise SystemExit(f"worker {pid} failed")
+        picks, elapsed = data.split()
+        results.append((int(picks), float(elapsed)))
+    return results
+
+
+def run_contention(key: str, n: int, seconds: float) -> None:
+    variant = BY_KEY[key]
+    setup = make_setup(variant, n, 16)  # workers on rows 0 and 1; background conns from rows 1..15
+    print(machine_note())
+    print(
+        f"contention: {variant.label}, {n} peers, one zone, locked pick+free loop, {seconds:.0f} s per phase"
+    )
+    print()
+    solo = run_workers(setup, variant, [0], seconds)
+    setup.check()
+    duo = run_workers(setup, variant, [0, 1], seconds)
+    setup.check()
+    solo_rate = solo[0][0] / solo[0][1]
+    print(f"{'phase':<26} {'picks/s':>12} {'us/request':>11}")
+    print(f"{'1 process alone':<26} {solo_rate:>12,.0f} {1e6 / solo_rate:>11.2f}")
+    total = 0.0
+    for i, (picks, elapsed) in enumerate(duo):
+        rate = picks / elapsed
+        total += rate
+        print(f"{f'2 processes: worker {i}':<26} {rate:>12,.0f} {1e6 / rate:>11.2f}")
+    print(f"{'2 processes: total':<26} {total:>12,.0f}")
+    print()
+    print(
+        f"scaling: total with 2 processes = {total / solo_rate:.2f}x one process alone "
+        f"(2.00x = no contention); per-process slowdown {solo_rate / (total / 2):.2f}x"
+    )
+    print("state check: every pick was freed, conns back to the background load: ok")
+    setup.zone.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run (~10 s)")
+    ap.add_argument("--contention", action="store_true", help="2 processes picking on one zone")
+    ap.add_argument("--profile", metavar="METHOD", choices=sorted(BY_KEY), help="cProfile one method")
+    ap.add_argument("--method", action="append", choices=sorted(BY_KEY), help="only these (table)")
+    ap.add_argument("--peers", type=int, action="append", help="peer counts (default 2 10 100)")
+    ap.add_argument("--rows", type=int, action="append", help="zone rows (default 2 16)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="contention: seconds per phase")
+    ap.add_argument("--requests", type=int, default=200_000, help="profile: requests")
+    args = ap.parse_args(argv)
+    peers: list[int] = args.peers or [2, 10, 100]
+    rows: list[int] = args.rows or [2, 16]
+    if any(r < 2 for r in rows):
+        ap.error("--rows: at least 2 (row 0 picks, the others hold background connections)")
+    if args.profile:
+        run_profile(args.profile, peers[-1], rows[-1], args.requests)
+    elif args.contention:
+        methods: list[str] = args.method or ["round_robin"]
+        for i, key in enumerate(methods):
+            if i:
+                print()
+            run_contention(key, peers[-1] if args.peers else 10, args.seconds)
+    else:
+        run_table(args.quick, peers, rows, args.method or [])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
