@@ -217,6 +217,7 @@ class _Loader:
         consistent = t.take("consistent", boolean, False)
         random_two = t.take("random", _random_options, False)
         least_time, inflight = t.take("least_time", _least_time, ("header", False))
+        queue_size, queue_timeout = t.take("queue", _queue, (0, 60.0))
         servers: list[UpstreamServer] = []
         server_tables = t.table_list("servers")
         if not server_tables:
@@ -242,6 +243,8 @@ class _Loader:
             random_two=random_two,
             least_time=least_time,
             least_time_inflight=inflight,
+            queue_size=queue_size,
+            queue_timeout_s=queue_timeout,
         )
 
     def upstream_server(self, t: Table) -> list[UpstreamServer]:
@@ -484,6 +487,13 @@ def _random_options(v: object) -> bool:
     if not isinstance(v, dict) or set(v) - {"two"} or not isinstance(v.get("two", False), bool):
         raise ValueError("must be a table such as { two = true }")
     return bool(v.get("two", False))
+
+
+def _queue(v: object) -> tuple[int, float]:
+    if not isinstance(v, dict) or set(v) - {"size", "timeout"} or "size" not in v:
+        raise ValueError('must be a table such as { size = 100, timeout = "60s" }')
+    size = positive_int(v["size"])
+    return size, parse_duration_s(v.get("timeout", 60))
 
 
 def _least_time(v: object) -> tuple[Any, bool]:

@@ -92,6 +92,8 @@ class UpstreamConfig:
     random_two: bool = False  # method "random": power of two choices
     least_time: Literal["header", "last_byte"] = "header"
     least_time_inflight: bool = False
+    queue_size: int = 0  # requests allowed to wait per worker when every server is at max_conns
+    queue_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

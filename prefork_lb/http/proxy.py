@@ -186,14 +186,13 @@ class Proxy:
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
         start = self.now()
-        zone = up.group.zone
         while True:
             now = self.now()
-            zone.lock()
-            try:
-                peer = up.balancer.pick(sel, ex, int(now))
-            finally:
-                zone.unlock()
+            peer = self._pick(sel)
+            if peer is None and up.queue is not None and not ex.attempts and self._all_busy():
+                log.info('every server is at max_conns, request queued, upstream: "%s"', up.group.name)
+                peer = up.queue.wait(lambda: self._pick(sel), self.now)
+                now = self.now()
             if peer is None:
                 ex.attempts.append(Attempt(up.group.name, 502, None, None, 0.0))
                 log.error('no live upstreams while connecting to upstream, upstream: "%s"', up.group.name)
@@ -250,6 +249,19 @@ class Proxy:
             self._free(sel, peer, False, attempt)
             return ok
 
+    def _pick(self, sel: Selection) -> Peer | None:
+        zone = self.up.group.zone
+        zone.lock()
+        try:
+            return self.up.balancer.pick(sel, self.ex, int(self.now()))
+        finally:
+            zone.unlock()
+
+    def _all_busy(self) -> bool:
+        """Queue only for max_conns: some server would be usable but for its limit."""
+        group = self.up.group
+        return any(p.max_conns and not p.down and p.conns >= p.max_conns for p in group.all_peers())
+
     def _free(self, sel: Selection, peer: Peer, failed: bool, attempt: Attempt | None) -> None:
         """Release the peer under the zone lock; a completed attempt feeds least_time."""
         now = self.now()
@@ -265,6 +277,8 @@ class Proxy:
             free(sel, peer, failed, int(now), int(now * 1000))
         finally:
             zone.unlock()
+        if up.queue is not None:
+            up.queue.notify()
 
     def _may_retry(
         self, tries: int, condition: str, conditions: frozenset[str], sent: bool, start: float

@@ -17,7 +17,7 @@ from prefork_lb.config.model import Config, LocationConfig, ServerConfig, Upstre
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
-from prefork_lb.http.upstream import KeepalivePool
+from prefork_lb.http.upstream import KeepalivePool, RequestQueue
 from prefork_lb.http.variables import Template, compile_template
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.zone import Zone
@@ -29,6 +29,7 @@ class UpstreamRuntime:
     group: PeerGroup
     balancer: Balancer
     pool: KeepalivePool
+    queue: RequestQueue | None
 
 
 @dataclass(slots=True)
@@ -66,7 +67,8 @@ def build_runtime(
             group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         else:
             group = PeerGroup.build(up)
-        upstreams[name] = UpstreamRuntime(up, group, make_balancer(up, group), KeepalivePool(up))
+        queue = RequestQueue(up.queue_size, up.queue_timeout_s) if up.queue_size else None
+        upstreams[name] = UpstreamRuntime(up, group, make_balancer(up, group), KeepalivePool(up), queue)
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}

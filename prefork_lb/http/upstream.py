@@ -14,12 +14,15 @@ Rules (nginx's keepalive module, shared/reference/nginx-semantics.md section 7):
 from __future__ import annotations
 
 import socket as stdsocket
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 from gevent import socket
+from gevent.event import Event
 
 from prefork_lb.config.model import Address, UpstreamConfig
 
+T = TypeVar("T")
 RECV_SIZE: Final = 65536
 # Under load pooled connections sit idle for microseconds and cannot have been closed by a
 # sane upstream; after a second idle we pay one ~3 us MSG_PEEK to drop connections the
@@ -73,6 +76,46 @@ def open_connection(address: Address, timeout_s: float, now: float) -> UpstreamC
         sock.close()
         raise
     return UpstreamConnection(sock, address.text, now)
+
+
+class RequestQueue:
+    """NGINX Plus's ``queue``: requests wait while every usable server is at max_conns.
+
+    Bounded per worker (``size``); a waiter is woken by releases in this worker and looks
+    again every ``POLL_S`` for releases in other workers. Full queue or timeout: 502.
+    """
+
+    POLL_S: Final = 0.02
+    __slots__ = ("_event", "size", "timeout_s", "waiting")
+
+    def __init__(self, size: int, timeout_s: float) -> None:
+        self.size = size
+        self.timeout_s = timeout_s
+        self.waiting = 0
+        self._event = Event()
+
+    def wait(self, attempt: Callable[[], T | None], clock: Callable[[], float]) -> T | None:
+        """Call ``attempt`` until it returns a value or the timeout passes; None if full."""
+        if self.waiting >= self.size:
+            return None
+        self.waiting += 1
+        deadline = clock() + self.timeout_s
+        try:
+            while True:
+                left = deadline - clock()
+                if left <= 0:
+                    return None
+                self._event.wait(min(self.POLL_S, left))
+                got = attempt()
+                if got is not None:
+                    return got
+        finally:
+            self.waiting -= 1
+
+    def notify(self) -> None:
+        if self.waiting:
+            event, self._event = self._event, Event()
+            event.set()
 
 
 class KeepalivePool:

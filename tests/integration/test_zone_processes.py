@@ -106,3 +106,26 @@ def test_reload_keeps_failure_state_of_surviving_peers(tmp_path: Path) -> None:
             after = [line for line in lb.access_log(8) if "/after" in line]
     # nginx resets peer state on reload and would try the dead server again; we keep it
     assert len(after) == 6 and not any(dead in line for line in after)
+
+
+def test_queue_waits_for_max_conns_instead_of_502(tmp_path: Path) -> None:
+    with Backend(count=1) as b:
+        port = free_port()
+        up = upstream_block(
+            "backend",
+            b.addrs,
+            extra='queue = { size = 1, timeout = "10s" }',
+            **{b.addrs[0]: ", max_conns = 1"},
+        )
+        with LB(tmp_path, basic_config(port, up), port) as lb:
+            _hold(port, 1, b, "/?delay=3000")  # the only server is now at max_conns
+            results: list[int] = []
+            queued = threading.Thread(target=lambda: results.append(request(port, "GET", "/queued")[0]))
+            queued.start()
+            wait_for(lambda: "request queued" in lb.output(), what="the second request to wait in the queue")
+            # the queue (size 1) is full: a third request gets 502 at once
+            assert request(port, "GET", "/overflow")[0] == 502
+            queued.join(15)
+            assert results == [200]  # waited for the held request to finish, then served
+            lines = lb.access_log(3)
+            assert any("/overflow" in line and "|502|" in line for line in lines)
