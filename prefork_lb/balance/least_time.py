@@ -38,8 +38,10 @@ class LeastTime:
         if peer is None:
             return None
         if self.inflight:
-            peer._mv[peer._b + L.P_RESERVED1] += now_s * 1000  # sum of in-flight start times
-            sel.start_ms = now_s * 1000
+            start = now_s * 1000  # the balancer's one clock: nginx-style cached seconds
+            peer._mv[peer._b + L.P_INFLIGHT_MS] += start  # global sum of in-flight start times
+            peer._mv[peer._i] += start  # this worker's share, for repair
+            sel.start_ms = start
         return take(sel, peer, now_s)
 
     def eta(self, peer: Peer, now_s: int) -> int:
@@ -49,7 +51,7 @@ class LeastTime:
             rt >>= min(62, elapsed // (peer.fail_timeout_s + 1))
         conns = peer.conns
         if self.inflight and conns:
-            age = now_s * 1000 - peer._mv[peer._b + L.P_RESERVED1] // conns
+            age = now_s * 1000 - peer._mv[peer._b + L.P_INFLIGHT_MS] // conns
             rt = max(rt, age)
         rt = 5000 if rt > 5000 else rt + 20 - rt % 20
         return rt * (1 + conns)
@@ -77,5 +79,6 @@ class LeastTime:
 def release_inflight(peer: Peer, sel: Selection) -> None:
     """Undo the in-flight start time booked by ``pick`` (called with ``free``)."""
     if sel.start_ms:
-        peer._mv[peer._b + L.P_RESERVED1] -= sel.start_ms
+        peer._mv[peer._b + L.P_INFLIGHT_MS] -= sel.start_ms
+        peer._mv[peer._i] -= sel.start_ms
         sel.start_ms = 0

@@ -41,6 +41,7 @@ class Peer:
     __slots__ = (
         "_a",
         "_b",
+        "_i",
         "_mv",
         "addr",
         "backup",
@@ -72,6 +73,7 @@ class Peer:
         self._mv = zone.mv
         self._b = L.peer_base(slot)
         self._a = L.active_index(row, zone.peers, slot)
+        self._i = L.inflight_index(row, zone.peers, slot)
 
     def __repr__(self) -> str:
         return f"Peer({self.addr})"
@@ -269,7 +271,7 @@ def free(sel: Selection, peer: Peer, failed: bool, now_s: int, now_ms: int = 0) 
                 )
     elif mv[b + L.P_ACCESSED] < mv[b + L.P_CHECKED]:
         if peer.slow_start_ms and peer.max_fails and mv[b + L.P_FAILS] >= peer.max_fails:
-            mv[b + L.P_SLOW_START_MS] = now_ms or now_s * 1000  # back from unavailable: ramp
+            mv[b + L.P_SLOW_START_MS] = now_s * 1000  # back from unavailable: ramp (pick's clock)
         mv[b + L.P_FAILS] = 0
         mv[b + L.P_DOWNSTART_MS] = 0
     if sel.tries:

@@ -222,10 +222,11 @@ class _Loader:
         server_tables = t.table_list("servers")
         if not server_tables:
             raise t.error("servers", "must list at least one server")
-        for st in server_tables:
-            servers.extend(self.upstream_server(st))
+        entries = [self.upstream_server(st) for st in server_tables]  # a hostname: several
+        for entry in entries:
+            servers.extend(entry)
         t.finish()
-        _check_method_options(t, method, servers)
+        _check_method_options(t, method, [entry[0] for entry in entries])
         if method == "hash":
             if not hash_key:
                 raise t.error("hash", 'method "hash" needs a key, e.g. hash = "$request_uri"')
@@ -504,6 +505,7 @@ def _least_time(v: object) -> tuple[Any, bool]:
 
 
 def _check_method_options(t: Table, method: str, servers: list[UpstreamServer]) -> None:
+    """``servers``: one per TOML entry, so errors name ``servers[i]`` as written."""
     from prefork_lb.balance.registry import NO_BACKUP, SLOW_START
 
     for key, owner in (

@@ -5,7 +5,8 @@ offsets, viewed as ``memoryview(...).cast("q")``; every offset below is a word i
 
     header   HEADER_WORDS words: MAGIC, VERSION, rows W, peer slots P, size in bytes
     peers    P records of PEER_WORDS words (fields P_*), one per peer slot
-    rows     W rows of ROW_HEADER_WORDS + P words: R_* header, then ``active[slot]``
+    rows     W rows of ROW_HEADER_WORDS + 2P words: R_* header, ``active[slot]``, then
+             ``inflight_ms[slot]`` (least_time: sum of the start times of its requests)
 
 Rules:
 1. Peer records are read and written only while holding the zone lock (every balancing
@@ -13,8 +14,9 @@ Rules:
    what makes nginx-with-zone semantics exact across workers.
 2. A worker row has exactly one writer: the worker it belongs to (under the lock for
    ``active``); the master writes it only before the worker starts and after it died.
-   ``active[slot]`` repeats, per worker, the part of ``P_CONNS`` that worker holds, so
-   the master can recount ``P_CONNS`` from the live rows after a worker died at any point.
+   ``active[slot]`` and ``inflight_ms[slot]`` repeat, per worker, its part of ``P_CONNS``
+   and of ``P_INFLIGHT_MS``, so the master can recount both from the live rows after a
+   worker died at any point.
 3. Peer slots are assigned by the master and keyed by peer identity, so a reload keeps
    the state of peers that still exist.
 """
@@ -44,8 +46,8 @@ PEER_WORDS: Final = 16
     P_SLOW_START_MS,  # slow_start: when the ramp began (ms since epoch), 0 = no ramp
     P_SELECTED_MS,  # last selection (ms since epoch)
     P_DOWNSTART_MS,  # when it became unavailable (ms since epoch), 0 while usable
-    P_RESERVED1,
-    P_RESERVED2,
+    P_INFLIGHT_MS,  # least_time inflight: sum of the start times (ms) of in-flight requests
+    P_RESERVED,
 ) = range(PEER_WORDS)
 
 ROW_HEADER_WORDS: Final = 8
@@ -55,23 +57,34 @@ DEFAULT_ROWS: Final = 128  # up to 64 workers, with room for an old and a new ge
 DEFAULT_SIZE: Final = 2 * 1024 * 1024
 
 
+ROW_PEER_WORDS: Final = 2  # active, inflight_ms
+
+
 def size_for(peers: int, rows: int) -> int:
-    return 8 * (HEADER_WORDS + peers * PEER_WORDS + rows * (ROW_HEADER_WORDS + peers))
+    return 8 * (HEADER_WORDS + peers * PEER_WORDS + rows * (ROW_HEADER_WORDS + ROW_PEER_WORDS * peers))
 
 
 def peer_capacity(size_bytes: int, rows: int) -> int:
     """How many peer slots fit in ``size_bytes`` with ``rows`` worker rows."""
     words = size_bytes // 8 - HEADER_WORDS - rows * ROW_HEADER_WORDS
-    return max(0, words // (PEER_WORDS + rows))
+    return max(0, words // (PEER_WORDS + ROW_PEER_WORDS * rows))
 
 
 def peer_base(slot: int) -> int:
     return HEADER_WORDS + slot * PEER_WORDS
 
 
+def row_words(peers: int) -> int:
+    return ROW_HEADER_WORDS + ROW_PEER_WORDS * peers
+
+
 def row_base(row: int, peers: int) -> int:
-    return HEADER_WORDS + peers * PEER_WORDS + row * (ROW_HEADER_WORDS + peers)
+    return HEADER_WORDS + peers * PEER_WORDS + row * row_words(peers)
 
 
 def active_index(row: int, peers: int, slot: int) -> int:
     return row_base(row, peers) + ROW_HEADER_WORDS + slot
+
+
+def inflight_index(row: int, peers: int, slot: int) -> int:
+    return row_base(row, peers) + ROW_HEADER_WORDS + peers + slot

@@ -102,6 +102,7 @@ class Zone:
         mv[base + L.P_RT_MS] = -1
         for row in range(self.rows):
             mv[L.active_index(row, self.peers, slot)] = 0
+            mv[L.inflight_index(row, self.peers, slot)] = 0
 
     def reweigh_peer(self, slot: int, weight: int) -> None:
         base = L.peer_base(slot)
@@ -117,7 +118,7 @@ class Zone:
         """Before fork (the child may count at once); the pid is filled in after fork."""
         base = L.row_base(row, self.peers)
         mv = self.mv
-        for i in range(L.ROW_HEADER_WORDS + self.peers):
+        for i in range(L.row_words(self.peers)):
             mv[base + i] = 0
         mv[base + L.R_PID] = -1  # live, pid not known yet
         mv[base + L.R_GENERATION] = generation
@@ -126,11 +127,11 @@ class Zone:
         mv[base + L.R_HEARTBEAT_NS] = time.monotonic_ns()
 
     def release_row(self, row: int) -> None:
-        """After a worker died: drop its row and recount every peer's connections from the
-        live rows (exact wherever the worker was killed)."""
+        """After a worker died: drop its row and recount every peer's connections (and
+        least_time's in-flight start times) from the live rows, exact wherever it was killed."""
         with self:
             base = L.row_base(row, self.peers)
-            for i in range(L.ROW_HEADER_WORDS + self.peers):
+            for i in range(L.row_words(self.peers)):
                 self.mv[base + i] = 0
             self._recount()
 
@@ -141,6 +142,7 @@ class Zone:
             base = L.peer_base(slot)
             if mv[base + L.P_USED]:
                 mv[base + L.P_CONNS] = sum(mv[L.active_index(r, peers, slot)] for r in live)
+                mv[base + L.P_INFLIGHT_MS] = sum(mv[L.inflight_index(r, peers, slot)] for r in live)
 
     def set_row_pid(self, row: int, pid: int) -> None:
         self.mv[L.row_base(row, self.peers) + L.R_PID] = pid
