@@ -2,7 +2,8 @@
 
     .venv/bin/python loadtest/pick_bench.py               # full table (~1.5 min)
     .venv/bin/python loadtest/pick_bench.py --quick       # short table (~10 s)
-    .venv/bin/python loadtest/pick_bench.py --contention  # 1 process alone, then 2 at once
+    .venv/bin/python loadtest/pick_bench.py --contention  # 1 process alone, then 2 on one zone
+    .venv/bin/python loadtest/pick_bench.py --contention --work-us 50 --method least_conn
     .venv/bin/python loadtest/pick_bench.py --profile hash_consistent --peers 100
 
 One "request" is what ``http/proxy.py`` does around an upstream attempt that succeeds:
@@ -16,6 +17,12 @@ group built on row 0. Before timing, every peer holds 1..5 connections taken fro
 rows, so least_conn, random two and least_time compare non-trivial counts; least_time also
 has per-peer response times of 20..100 ms. Client addresses and URIs vary per request
 (4096 distinct exchanges, cycled), so ip_hash and hash see changing keys.
+
+``--contention`` forks 2 workers (rows 0 and 1) that run the locked loop on the same zone
+for ``--seconds`` each, after one process alone; a control phase gives each worker a zone
+of its own, which is what the CPUs deliver without sharing the lock. ``--work-us`` adds busy
+CPU outside the lock per request (the proxying), which is how far real workers are from
+this worst case. ``--profile METHOD`` runs cProfile over the locked loop.
 """
 
 from __future__ import annotations
@@ -218,6 +225,39 @@ def unlocked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_
     return n
 
 
+def working_loop(
+    group: PeerGroup, bal: Balancer, batch: list[Exchange], least_time: bool, work_us: float
+) -> int:
+    """``locked_loop`` plus ``work_us`` of busy CPU outside the lock between pick and free (the proxying)."""
+    if work_us <= 0:
+        return locked_loop(group, bal, batch, least_time)
+    zone = group.zone
+    now_s, now_ms = NOW_S, NOW_MS
+    clock = time.perf_counter
+    work_s = work_us / 1e6
+    for ex in batch:
+        sel = new_selection(group, 0)
+        zone.lock()
+        try:
+            peer = bal.pick(sel, ex, now_s)
+        finally:
+            zone.unlock()
+        if peer is None:
+            raise AssertionError("no live upstreams")
+        end = clock() + work_s
+        while clock() < end:
+            pass
+        zone.lock()
+        try:
+            if least_time:
+                record_time(peer, response_ms(peer.index))
+            release_inflight(peer, sel)
+            free(sel, peer, False, now_s, now_ms)
+        finally:
+            zone.unlock()
+    return len(batch)
+
+
 def batch_of(size: int, start: int = 0) -> list[Exchange]:
     return [EXCHANGES[(start + i) % N_EXCHANGES] for i in range(size)]
 
@@ -339,22 +379,37 @@ def run_profile(key: str, n: int, rows: int, count: int) -> None:
     stats.sort_stats("tottime").print_stats(14)
 
 
-def _child(setup: Setup, variant: Variant, row: int, seconds: float, go_r: int, out_w: int) -> None:
-    """Body of one forked worker: wait for the start signal, pick/free until time is up."""
+def _child(
+    setup: Setup,
+    variant: Variant,
+    row: int,
+    private: bool,
+    seconds: float,
+    work_us: float,
+    go_r: int,
+    out_w: int,
+) -> None:
+    """Body of one forked worker: say ready, wait for the start signal, pick/free until time is up."""
     try:
+        if private:  # control: the same work on a zone of its own (no shared lock, no shared lines)
+            setup = make_setup(variant, len(setup.held), setup.zone.rows)
         group, bal = setup.group(row)
         lt = variant.method == "least_time"
         batch = batch_of(256, row * 1000)
+        working_loop(group, bal, batch, lt, work_us)  # warm up (and open this process's lock fd)
         gc.disable()
+        os.write(out_w, b"r")
         os.read(go_r, 1)  # EOF when the parent closes its end: everybody starts together
         picks = 0
         t0 = time.perf_counter()
         deadline = t0 + seconds
         while True:
-            picks += locked_loop(group, bal, batch, lt)
+            picks += working_loop(group, bal, batch, lt, work_us)
             now = time.perf_counter()
             if now >= deadline:
                 break
+        if private:  # a shared zone is checked by the parent, once every worker is done
+            setup.check()
         os.write(out_w, f"{picks} {now - t0}\n".encode())
         os._exit(0)
     except BaseException as exc:  # never return into the parent's code after fork
@@ -362,7 +417,10 @@ def _child(setup: Setup, variant: Variant, row: int, seconds: float, go_r: int, 
         os._exit(1)
 
 
-def run_workers(setup: Setup, variant: Variant, rows: list[int], seconds: float) -> list[tuple[int, float]]:
+def run_workers(
+    setup: Setup, variant: Variant, rows: list[int], seconds: float, work_us: float, private: bool = False
+) -> list[float]:
+    """Fork one process per row, start them together; picks/s of each."""
     go_r, go_w = os.pipe()
     outs: list[tuple[int, int]] = []
     for row in rows:
@@ -371,13 +429,15 @@ def run_workers(setup: Setup, variant: Variant, rows: list[int], seconds: float)
         if pid == 0:
             os.close(go_w)
             os.close(out_r)
-            _child(setup, variant, row, seconds, go_r, out_w)
+            _child(setup, variant, row, private, seconds, work_us, go_r, out_w)
         os.close(out_w)
         outs.append((pid, out_r))
     os.close(go_r)
-    time.sleep(0.2)  # let the children build their groups
+    for _, out_r in outs:
+        if os.read(out_r, 1) != b"r":
+            raise SystemExit("a worker failed to start")
     os.close(go_w)
-    results: list[tuple[int, float]] = []
+    rates: list[float] = []
     for pid, out_r in outs:
         data = b""
         while chunk := os.read(out_r, 256):
@@ -387,35 +447,42 @@ def run_workers(setup: Setup, variant: Variant, rows: list[int], seconds: float)
         if os.waitstatus_to_exitcode(status) != 0 or not data:
             raise SystemExit(f"worker {pid} failed")
         picks, elapsed = data.split()
-        results.append((int(picks), float(elapsed)))
-    return results
+        rates.append(int(picks) / float(elapsed))
+    return rates
 
 
-def run_contention(key: str, n: int, seconds: float) -> None:
+def run_contention(key: str, n: int, seconds: float, work_us: float) -> None:
     variant = BY_KEY[key]
     setup = make_setup(variant, n, 16)  # workers on rows 0 and 1; background conns from rows 1..15
     print(machine_note())
     print(
-        f"contention: {variant.label}, {n} peers, one zone, locked pick+free loop, {seconds:.0f} s per phase"
+        f"contention: {variant.label}, {n} peers, locked pick+free loop, {seconds:g} s per phase, "
+        f"{work_us:g} us of CPU work outside the lock per request"
     )
     print()
-    solo = run_workers(setup, variant, [0], seconds)
+    run_workers(
+        setup, variant, [0, 1], min(1.0, seconds), work_us
+    )  # warm-up (CPU clocks, page faults), discarded
+    solo = run_workers(setup, variant, [0], seconds, work_us)[0]
+    shared = run_workers(setup, variant, [0, 1], seconds, work_us)
     setup.check()
-    duo = run_workers(setup, variant, [0, 1], seconds)
-    setup.check()
-    solo_rate = solo[0][0] / solo[0][1]
-    print(f"{'phase':<26} {'picks/s':>12} {'us/request':>11}")
-    print(f"{'1 process alone':<26} {solo_rate:>12,.0f} {1e6 / solo_rate:>11.2f}")
-    total = 0.0
-    for i, (picks, elapsed) in enumerate(duo):
-        rate = picks / elapsed
-        total += rate
-        print(f"{f'2 processes: worker {i}':<26} {rate:>12,.0f} {1e6 / rate:>11.2f}")
-    print(f"{'2 processes: total':<26} {total:>12,.0f}")
+    private = run_workers(setup, variant, [0, 1], seconds, work_us, private=True)
+    print(f"{'phase':<40} {'picks/s':>10} {'us/request':>11} {'vs alone':>9}")
+
+    def line(label: str, rate: float) -> None:
+        print(f"{label:<40} {rate:>10,.0f} {1e6 / rate:>11.2f} {rate / solo:>8.2f}x")
+
+    line("1 process alone", solo)
+    for i, rate in enumerate(shared):
+        line(f"2 processes, same zone: worker {i}", rate)
+    line("2 processes, same zone: total", sum(shared))
+    for i, rate in enumerate(private):
+        line(f"control, own zone each: worker {i}", rate)
+    line("control, own zone each: total", sum(private))
     print()
     print(
-        f"scaling: total with 2 processes = {total / solo_rate:.2f}x one process alone "
-        f"(2.00x = no contention); per-process slowdown {solo_rate / (total / 2):.2f}x"
+        f"same zone reaches {sum(shared) / sum(private):.0%} of the control's throughput "
+        f"(the control is what {len(os.sched_getaffinity(0))} CPUs give without sharing the zone)"
     )
     print("state check: every pick was freed, conns back to the background load: ok")
     setup.zone.close()
@@ -430,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", type=int, action="append", help="peer counts (default 2 10 100)")
     ap.add_argument("--rows", type=int, action="append", help="zone rows (default 2 16)")
     ap.add_argument("--seconds", type=float, default=3.0, help="contention: seconds per phase")
+    ap.add_argument(
+        "--work-us", type=float, default=0.0, help="contention: busy CPU per request outside the lock"
+    )
     ap.add_argument("--requests", type=int, default=200_000, help="profile: requests")
     args = ap.parse_args(argv)
     peers: list[int] = args.peers or [2, 10, 100]
@@ -443,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, key in enumerate(methods):
             if i:
                 print()
-            run_contention(key, peers[-1] if args.peers else 10, args.seconds)
+            run_contention(key, peers[-1] if args.peers else 10, args.seconds, args.work_us)
     else:
         run_table(args.quick, peers, rows, args.method or [])
     return 0

@@ -67,15 +67,16 @@ class Hash:
 
 
 class ConsistentHash(Hash):
-    __slots__ = ("masks", "points", "servers")
+    __slots__ = ("by_server", "points", "servers")
 
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig) -> None:
         super().__init__(group, upstream)
         self.points, self.servers = build_ring(group)
-        # tried-set bits of the peers behind each server string
-        self.masks: dict[str, int] = {}
+        # the peers behind each server string (several when a hostname resolved to several)
+        by_server: dict[str, list[Peer]] = {}
         for peer in group.primary.peers:
-            self.masks[peer.name] = self.masks.get(peer.name, 0) | (1 << peer.index)
+            by_server.setdefault(peer.name, []).append(peer)
+        self.by_server = {name: tuple(peers) for name, peers in by_server.items()}
 
     def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
         group = self.group
@@ -87,7 +88,7 @@ class ConsistentHash(Hash):
         n = len(self.points)
         while True:
             server = self.servers[sel.hash % n]
-            best = smooth_pick(group.primary, sel.tried, now_s, only=self.masks[server])
+            best = smooth_pick(self.by_server[server], sel.tried, now_s)
             if best is not None:
                 return take(sel, best, now_s)
             sel.hash += 1

@@ -60,10 +60,11 @@ class LeastTime:
         best: Peer | None = None
         best_eta = 0
         many = False
+        etas: dict[int, int] = {}  # computed once: the tie-break reuses them (lock held)
         for peer in plist.peers:
             if tried & (1 << peer.index) or not peer.usable(now_s):
                 continue
-            eta = self.eta(peer, now_s)
+            eta = etas[peer.index] = self.eta(peer, now_s)
             if best is None or eta * best.weight < best_eta * peer.weight:
                 best, best_eta, many = peer, eta, False
             elif eta * best.weight == best_eta * peer.weight:
@@ -71,9 +72,7 @@ class LeastTime:
         if best is None or not many:
             return best
         weight = best.weight
-        return tie_break(
-            plist, best, tried, now_s, lambda p: self.eta(p, now_s) * weight == best_eta * p.weight
-        )
+        return tie_break(plist, best, tried, now_s, lambda p: etas[p.index] * weight == best_eta * p.weight)
 
 
 def release_inflight(peer: Peer, sel: Selection) -> None:

@@ -8,7 +8,9 @@ With ``slow_start`` in the group, weights are scaled by the ramp percentage (Ang
 
 from __future__ import annotations
 
-from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
+from collections.abc import Sequence
+
+from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
 from prefork_lb.http.exchange import Exchange
 
 
@@ -30,21 +32,20 @@ def pick_round_robin(group: PeerGroup, sel: Selection, now_s: int) -> Peer | Non
             return None
         return take(sel, only, now_s)
     now_ms = now_s * 1000 if group.slow_start else 0
-    peer = smooth_pick(sel.current, sel.tried, now_s, now_ms, group.slow_start)
+    peer = smooth_pick(sel.current.peers, sel.tried, now_s, now_ms, group.slow_start)
     if peer is None and sel.switch_to_backup():
-        peer = smooth_pick(sel.current, sel.tried, now_s, now_ms, group.slow_start)
+        peer = smooth_pick(sel.current.peers, sel.tried, now_s, now_ms, group.slow_start)
     return None if peer is None else take(sel, peer, now_s)
 
 
 def smooth_pick(
-    plist: PeerList, tried: int, now_s: int, now_ms: int = 0, scaled: bool = False, only: int = -1
+    peers: Sequence[Peer], tried: int, now_s: int, now_ms: int = 0, scaled: bool = False
 ) -> Peer | None:
-    """nginx's selection pass; ``only`` >= 0 restricts it to peers with that tried-bit mask."""
+    """nginx's selection pass over ``peers`` (a list, or the peers of one server string)."""
     best: Peer | None = None
     total = 0
-    for peer in plist.peers:
-        bit = 1 << peer.index
-        if tried & bit or (only >= 0 and not only & bit) or not peer.usable(now_s):
+    for peer in peers:
+        if tried & (1 << peer.index) or not peer.usable(now_s):
             continue
         ew = peer.effective_weight
         w = ew * peer.weight_pct(now_ms) if scaled else ew
