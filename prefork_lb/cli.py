@@ -127,13 +127,19 @@ def serve(path: str, prefix: str | None) -> int:
         _err(f'[emerg] open() "{config.error_log_path}" failed ({e.errno}: {e.strerror})')
         return 1
     master = Master(config, path, prefix)
+    from prefork_lb.master import systemd
+
+    passed = systemd.listen_fds()
+    if passed:  # systemd socket activation: systemd owns these queues across restarts
+        wanted = systemd.wanted_listens(config)
+        master.listeners.adopt(systemd.adopt(passed, wanted), wanted)
     try:
         master.bind()
     except BindError as e:
         _err(f"[emerg] {e}")
         return 1
-    if config.daemon:
-        daemonize()
+    if config.daemon and not os.environ.get("NOTIFY_SOCKET"):
+        daemonize()  # under systemd (Type=notify) the master must stay the main process
     return master.run()
 
 

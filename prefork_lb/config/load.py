@@ -129,6 +129,19 @@ def load_config(path: str, prefix: str | None = None) -> Config:
     worker_connections = top.take("worker_connections", positive_int, 1024)
     shutdown_s = top.take("worker_shutdown_timeout", _duration, 0.0)
     zone_size = top.take("zone_size", _size, 2 * 1024 * 1024)
+    user = top.take("user", string, None)
+    group = top.take("group", string, None)
+    if group is not None and user is None:
+        raise top.error("group", 'needs "user"')
+    if user is not None:
+        from prefork_lb.worker.privileges import resolve
+
+        try:
+            resolve(user, group)
+        except ValueError as e:
+            raise top.error("group" if group and "group" in str(e) else "user", str(e)) from None
+    rlimit_nofile = top.take("worker_rlimit_nofile", positive_int, 0)
+    heartbeat_s = top.take("worker_heartbeat_timeout", _duration, 30.0)
     http = loader.http(top.table("http"))
     top.finish()
     _check_zone_size(source, zone_size, http)
@@ -145,6 +158,10 @@ def load_config(path: str, prefix: str | None = None) -> Config:
         http=http,
         zone_size_bytes=zone_size,
         files=tuple(source.files),
+        user=user,
+        group=group,
+        worker_rlimit_nofile=rlimit_nofile,
+        worker_heartbeat_timeout_s=heartbeat_s,
     )
 
 

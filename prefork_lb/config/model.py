@@ -172,6 +172,18 @@ class Config:
     worker_shutdown_timeout_s: float
     http: HttpConfig
     zone_size_bytes: int = 2 * 1024 * 1024
+    user: str | None = None  # workers drop to this user when the master runs as root
+    group: str | None = None
+    worker_rlimit_nofile: int = 0
+    worker_heartbeat_timeout_s: float = 30.0
+
+    def log_paths(self) -> list[str]:
+        """Every log file a worker writes or reopens (error log and access logs)."""
+        paths = {self.error_log_path}
+        for server in self.http.servers:
+            for loc in server.locations:
+                paths.update(al.path for al in loc.access_logs)
+        return sorted(paths)
     files: tuple[str, ...] = ()  # every file read (main + includes), for messages
 
     @property

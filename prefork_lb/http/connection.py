@@ -10,7 +10,9 @@ Rules:
 3. Requests are answered strictly in order. A request whose body was not consumed
    (``return``, errors) closes the connection: its unread bytes never become a request.
 4. Every answer the proxy makes itself (errors, ``return``) is logged like a proxied one.
-5. While the worker drains, every response carries ``Connection: close``.
+5. While the worker drains, every response carries ``Connection: close``; a connection
+   waiting for its next request stays open for it (the worker closes only connections
+   idle for a while with nothing pending), so no request on its way is reset.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork_lb.error")
 
 RECV_SIZE: Final = 65536
+_PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
@@ -46,6 +49,7 @@ class ClientConnection:
         "continue_pending",
         "head",
         "idle",
+        "idle_since",
         "info",
         "keep_alive",
         "reader",
@@ -70,6 +74,7 @@ class ClientConnection:
         self.reader = RequestReader()
         self.keep_alive = True
         self.idle = True
+        self.idle_since = clock()
         self.head: RequestHead | None = None
         self.body_done = True
         self.body_timeout_s = 60.0
@@ -104,8 +109,6 @@ class ClientConnection:
         reader = self.reader
         deadline = 0.0
         while True:
-            if self.runtime.draining and not reader.in_head:
-                return False
             now = self.clock()
             if reader.in_head:
                 if not deadline:
@@ -119,6 +122,7 @@ class ClientConnection:
                 timeout = server.client_header_timeout_s
             self.sock.settimeout(timeout)
             self.idle = not reader.in_head
+            self.idle_since = now
             try:
                 data = self.sock.recv(RECV_SIZE)
             except OSError:
@@ -259,6 +263,25 @@ class ClientConnection:
             self.sock.sendall(data)
         except OSError:
             raise ClientGone from None
+
+    def close_if_idle(self, idle_s: float, now: float) -> bool:
+        """Draining: close a connection idle for ``idle_s`` with no request bytes waiting.
+
+        A connection that is not idle (or whose client already sent its next request) is
+        left alone: that request is answered with ``Connection: close``. nginx closes
+        every idle connection at once, which resets requests already on their way.
+        """
+        if not self.idle or now - self.idle_since < idle_s:
+            return False
+        try:
+            if self.sock._sock.recv(1, _PEEK_FLAGS):
+                return False  # a request has arrived: let the loop answer it
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+        self.abort()
+        return True
 
     def abort(self) -> None:
         """End the connection without completing the response (the client sees truncation)."""

@@ -32,6 +32,7 @@ from prefork_lb.config.errors import ConfigError
 from prefork_lb.config.load import load_config
 from prefork_lb.config.model import Config
 from prefork_lb.log import reopen_error_log, setup_error_log
+from prefork_lb.master import systemd
 from prefork_lb.master.listeners import BindError, Listener, ListenerSet
 from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
 from prefork_lb.zone.slots import RowTable, SlotTable
@@ -83,11 +84,22 @@ class Master:
     def bind(self) -> None:
         self.listeners.sync(self.config, self.config.workers)
 
+    def _prepare_logs(self, config: Config) -> None:
+        """Log files belong to the worker user, so workers can reopen them (nginx does so)."""
+        if config.user is not None and os.getuid() == 0:
+            from prefork_lb.worker.privileges import chown_files, resolve
+
+            uid, gid = resolve(config.user, config.group)
+            chown_files(config.log_paths(), uid, gid)
+        elif config.user is not None:
+            log.warning('the "user" key makes sense only if the master runs as root, ignored')
+
     def run(self) -> int:
         from setproctitle import setproctitle
 
         setproctitle(f"prefork-lb: master process {' '.join(_argv())}")
         self._install_signals()
+        self._prepare_logs(self.config)
         write_pidfile(self.config.pid_path)
         log.log(25, "prefork-lb started, %d worker(s)", self.config.workers)
         try:
@@ -100,6 +112,7 @@ class Master:
                 self._loop()
                 return 1
             log.log(25, "%d worker process(es) ready", len(first))
+            systemd.ready(f"{len(first)} worker(s), generation 1")
             return self._loop()
         finally:
             self.listeners.close_all()
@@ -124,6 +137,7 @@ class Master:
             for signum in self._take_signals():
                 self._dispatch(signum)
             self._reap()
+            self._check_heartbeats()
             self._respawn_due()
             self._close_retired_listeners()
             self._release_retired_slots()
@@ -164,10 +178,21 @@ class Master:
         if self.stopping:
             return
         log.log(25, "signal %d (SIGHUP) received, reconfiguring", signal.SIGHUP)
-        self.reload()
+        systemd.reloading()
+        try:
+            ok = self.reload()
+        finally:
+            systemd.ready()  # also after an aborted reload: the old generation still serves
+        systemd.status(
+            f"generation {self.generation}, {self.config.workers} worker(s)"
+            if ok
+            else "reload failed, previous configuration running"
+        )
 
     def handle_quit(self) -> None:
         log.log(25, "signal %d (SIGQUIT) received, shutting down gracefully", signal.SIGQUIT)
+        if self.stopping is None:
+            systemd.stopping()
         self.stopping = self.stopping or "graceful"
         self.respawn_at.clear()
         self._signal_all(signal.SIGQUIT)
@@ -183,9 +208,12 @@ class Master:
     def handle_usr1(self) -> None:
         log.log(25, "signal %d (SIGUSR1) received, reopening logs", signal.SIGUSR1)
         reopen_error_log()
+        self._prepare_logs(self.config)
         self._signal_all(signal.SIGUSR1)
 
     def _fast_stop(self) -> None:
+        if self.stopping is None:
+            systemd.stopping()
         if self.stopping != "fast":
             self.stopping = "fast"
             self.stop_deadline = time.monotonic() + FAST_STOP_GRACE_S
@@ -211,6 +239,7 @@ class Master:
             os.close(r)
             signal.set_wakeup_fd(-1)
             os.close(self.wakeup_r)
+            systemd.forget_notify_socket()  # only the master talks to systemd
             from prefork_lb.worker.worker import worker_main
 
             worker_main(config, sockets, w, generation, slot, os.getppid(), shared)
@@ -252,6 +281,26 @@ class Master:
             quick = time.monotonic() - proc.started < 1.0
             self.respawn_delay_s = min(5.0, max(0.1, self.respawn_delay_s * 2)) if quick else 0.0
             self.respawn_at[proc.slot] = time.monotonic() + self.respawn_delay_s
+
+    def _check_heartbeats(self) -> None:
+        """A worker whose hub has not run for worker_heartbeat_timeout is killed (and, being
+        reaped, respawned). Its housekeeping greenlet stamps the zone row every second."""
+        timeout_ns = int(self.config.worker_heartbeat_timeout_s * 1e9)
+        if not timeout_ns:
+            return
+        now_ns = time.monotonic_ns()
+        boot_s = READY_TIMEOUT_S + self.config.worker_heartbeat_timeout_s
+        for proc in self.workers.values():
+            if proc.quitting or time.monotonic() - proc.started < boot_s:
+                continue
+            age_ns = now_ns - self.zone.heartbeat_ns(proc.row)
+            if age_ns > timeout_ns:
+                log.error(
+                    "worker process %d is not responding (no heartbeat for %.1fs), killing it",
+                    proc.pid,
+                    age_ns / 1e9,
+                )
+                _kill(proc.pid, signal.SIGKILL)
 
     def _respawn_due(self) -> None:
         if self.stopping:
@@ -297,6 +346,7 @@ class Master:
             self.slots.restore(snapshot)
             log.error("%s; reload aborted, still running the previous configuration", e)
             return False
+        self._prepare_logs(config)
         if (
             config.error_log_path != self.config.error_log_path
             or config.error_log_level != self.config.error_log_level

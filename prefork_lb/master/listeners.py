@@ -94,6 +94,8 @@ class ListenerSet:
         All-or-nothing: if a new address cannot be bound, the sockets bound by this call are
         closed again and BindError is raised, leaving the set as it was.
         """
+        if os.environ.get("PREFORK_LB_TEST_BROKEN_REUSEPORT") == "1":
+            return []  # test-only broken mode: workers bind their own sockets (worker.py)
         wanted: dict[Key, ListenConfig] = {}
         for server in config.http.servers:
             for lc in server.listen:
@@ -124,6 +126,12 @@ class ListenerSet:
             raise
         removed = [self.by_key.pop(k) for k in list(self.by_key) if k not in wanted]
         return removed
+
+    def adopt(self, sockets: dict[Key, socket.socket], wanted: dict[Key, ListenConfig]) -> None:
+        """Pre-bound sockets (systemd socket activation), used instead of binding; call
+        before the first ``sync``, which then binds only what is still missing."""
+        for key, sock in sockets.items():
+            self.by_key[key] = Listener(wanted[key], [sock])
 
     def for_worker(self, slot: int) -> dict[Key, socket.socket]:
         return {key: lst.for_slot(slot) for key, lst in self.by_key.items()}

@@ -2,16 +2,21 @@
 
 Life of a worker:
 1. Created by ``os.fork`` in the master with the Config already parsed and the listening
-   sockets inherited. It restores default signal dispositions, names itself with
-   setproctitle, builds its runtime tables and starts one accept loop per listener.
+   sockets inherited. It restores default signal dispositions, raises its file limit,
+   imports what it needs, builds its runtime tables (opening access logs), then drops
+   privileges when ``user`` is set and the master is root (before the hub runs or any
+   connection is accepted), names itself with setproctitle and starts one accept loop
+   per listener.
 2. Writes one byte to its readiness pipe, so the master knows it serves (a reload retires
    the old generation only after every new worker is ready).
 3. Signals (run in the hub, never in handler context): QUIT graceful stop, TERM/INT fast
    stop, USR1 reopen logs; HUP/USR2/WINCH ignored.
 4. Graceful stop: close this worker's copies of the listeners (the master keeps the
-   queues), mark the runtime draining so responses carry ``Connection: close``, close idle
-   keep-alive connections, wait for in-flight requests, then exit; after
-   ``worker_shutdown_timeout`` (if set) the remaining connections are closed.
+   queues), mark the runtime draining so responses carry ``Connection: close``, answer the
+   next request of every keep-alive connection that sends one (with ``Connection:
+   close``), close connections idle for ``DRAIN_IDLE_CLOSE_S`` with nothing pending, wait
+   for in-flight requests, then exit; after ``worker_shutdown_timeout`` (if set) whatever
+   is still open is closed.
 5. Exits by itself if the master disappears (parent pid changes).
 
 Exit codes: 0 normal, 3 failed to boot (the master does not respawn in a loop on it).
@@ -26,6 +31,9 @@ import sys
 from typing import Any
 
 EXIT_BOOT_FAILED = 3
+# Draining: keep-alive connections idle this long with no request pending are closed; any
+# other connection gets its next response with "Connection: close" first.
+DRAIN_IDLE_CLOSE_S = 1.0
 
 
 def run_worker(
@@ -60,6 +68,21 @@ def run_worker(
     return worker.run(ready_fd)
 
 
+def _drop_privileges(config: Any, zone: Any) -> None:
+    """After everything the worker needs is imported and opened (modules, access logs, the
+    zone's lock descriptor, which /proc refuses once the process is no longer dumpable),
+    before the hub runs or any connection is accepted."""
+    from prefork_lb.worker import privileges
+
+    if config.user is None or os.getuid() != 0:
+        return
+    if zone is not None:
+        zone.lock()  # opens this process's own lock descriptor
+        zone.unlock()
+    uid, gid = privileges.resolve(config.user, config.group)
+    privileges.drop(uid, gid)
+
+
 class Worker:
     def __init__(
         self,
@@ -72,10 +95,17 @@ class Worker:
     ) -> None:
         import gevent
         import gevent.event
+        import gevent.pool
+        import gevent.server
+        import gevent.socket
         from setproctitle import setproctitle
 
+        from prefork_lb.http.connection import ClientConnection  # noqa: F401 - import as root
         from prefork_lb.http.runtime import build_runtime
+        from prefork_lb.worker import privileges
 
+        if config.worker_rlimit_nofile:
+            privileges.raise_nofile(config.worker_rlimit_nofile)
         self.config = config
         self.generation = generation
         self.slot = slot
@@ -89,6 +119,8 @@ class Worker:
         if shared is not None:
             self.zone, slots, self.row = shared
         self.runtime = build_runtime(config, self.zone, slots, self.row)
+        gevent.get_hub()  # created (not run) as root: gevent imports its loop module lazily
+        _drop_privileges(config, self.zone)
         self.connections: set[Any] = set()
         self.servers: list[Any] = []
         self.sockets = sockets
@@ -105,6 +137,8 @@ class Worker:
         hub = gevent.get_hub()
         self.clock = hub.loop.now
         pool = Pool(self.config.worker_connections)
+        if os.environ.get(BROKEN_REUSEPORT_ENV) == "1":
+            self.sockets = _bind_own_reuseport(list(self.runtime.routers))
         for key, sock in self.sockets.items():
             router = self.runtime.routers.get(key)
             if router is None:
@@ -200,27 +234,42 @@ class Worker:
         if not self.graceful:
             self._close_all()
             return
-        for conn in list(self.connections):
-            if conn.idle:
-                conn.abort()
         timeout = self.config.worker_shutdown_timeout_s
         deadline = self.clock() + timeout if timeout else None
         while self.connections:
-            if deadline is not None and self.clock() >= deadline:
-                self._close_all()
-                break
-            if not self.graceful:
+            now = self.clock()
+            if not self.graceful or (deadline is not None and now >= deadline):
                 self._close_all()
                 break
             for conn in list(self.connections):
-                if conn.idle:
-                    conn.abort()
+                conn.close_if_idle(DRAIN_IDLE_CLOSE_S, now)
             gevent.sleep(0.05)
         pool.join(timeout=1.0)
 
     def _close_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
+
+
+# Test-only: reproduce the gunicorn reuse_port design, where every worker binds its own
+# SO_REUSEPORT socket and closes it when it exits, losing the connections queued on it.
+# loadtest/reload_under_load.sh uses it to prove the harness can detect lost connections.
+BROKEN_REUSEPORT_ENV = "PREFORK_LB_TEST_BROKEN_REUSEPORT"
+
+
+def _bind_own_reuseport(keys: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], stdsocket.socket]:
+    own = {}
+    for family, host, port in keys:
+        if family == "unix":
+            continue
+        s = stdsocket.socket(stdsocket.AF_INET6 if family == "inet6" else stdsocket.AF_INET)
+        s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
+        s.bind((host, port))
+        s.listen(128)
+        s.setblocking(False)
+        own[(family, host, port)] = s
+    return own
 
 
 def worker_main(*args: Any) -> None:

@@ -150,6 +150,9 @@ class Zone:
     def heartbeat(self, row: int) -> None:
         self.mv[L.row_base(row, self.peers) + L.R_HEARTBEAT_NS] = time.monotonic_ns()
 
+    def heartbeat_ns(self, row: int) -> int:
+        return int(self.mv[L.row_base(row, self.peers) + L.R_HEARTBEAT_NS])
+
     def row_pid(self, row: int) -> int:
         return int(self.mv[L.row_base(row, self.peers) + L.R_PID])
 

@@ -1,0 +1,73 @@
+"""Dropping root in workers (the master keeps root for binding, logs and respawning).
+
+Order (shared/reference/http-conformance-and-faults.md section 6.7): first thing in the
+child, before the gevent hub starts: ``setgroups([])``, ``setgid``, ``setuid``; then
+verify that ``setuid(0)`` now fails, and set PR_SET_NO_NEW_PRIVS so nothing exec'd later
+can regain privileges. Anything that must be opened as root (the zone's lock descriptor)
+is opened before. The master chowns log files to the worker user so workers can reopen
+them on USR1 (nginx does the same).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import grp
+import os
+import pwd
+import resource
+
+PR_SET_NO_NEW_PRIVS = 38
+
+
+class PrivilegeError(Exception):
+    pass
+
+
+def resolve(user: str, group: str | None) -> tuple[int, int]:
+    """(uid, gid) for ``user`` (and ``group``, default: the user's primary group)."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f'unknown user "{user}"') from None
+    if group is None:
+        return pw.pw_uid, pw.pw_gid
+    try:
+        return pw.pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f'unknown group "{group}"') from None
+
+
+def drop(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` for good; raises PrivilegeError if root could come back."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise PrivilegeError("setuid(0) succeeded after dropping privileges")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise PrivilegeError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def raise_nofile(limit: int) -> None:
+    """worker_rlimit_nofile: soft and hard limit (raising the hard limit needs root)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+def chown_files(paths: list[str], uid: int, gid: int) -> None:
+    """Create (if missing) and hand log files to the worker user; errors are ignored here
+    and reported by whoever opens the file."""
+    for path in paths:
+        if path in ("stderr", "stdout", "off"):
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.fchown(fd, uid, gid)
+            os.close(fd)
+        except OSError:
+            pass
