@@ -126,7 +126,10 @@ def serve(path: str, prefix: str | None) -> int:
     except OSError as e:
         _err(f'[emerg] open() "{config.error_log_path}" failed ({e.errno}: {e.strerror})')
         return 1
-    master = Master(config, path, prefix)
+    from prefork_lb.master.arbiter import INHERIT_ENV
+
+    inherited = os.environ.pop(INHERIT_ENV, None)  # binary upgrade: sockets and zone
+    master = Master(config, path, prefix, inherited)
     from prefork_lb.master import systemd
 
     passed = systemd.listen_fds()

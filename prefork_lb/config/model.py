@@ -184,6 +184,7 @@ class Config:
             for loc in server.locations:
                 paths.update(al.path for al in loc.access_logs)
         return sorted(paths)
+
     files: tuple[str, ...] = ()  # every file read (main + includes), for messages
 
     @property

@@ -16,6 +16,11 @@ Rules:
 6. The master creates the shared zone before the first fork and keeps it for its life:
    it assigns each peer a slot (kept across reloads while the peer exists) and each worker
    a row (claimed before fork, released and repaired when the worker is reaped).
+7. Binary upgrade, as nginx: USR2 renames the pid file to ``.oldbin`` and fork+execs a new
+   master that inherits the listening sockets and the zone (``PREFORK_LB_INHERIT``); both
+   generations serve. WINCH retires the old master's workers (it keeps its sockets); QUIT
+   to the old master commits. Rollback: HUP to the old master respawns its workers, QUIT
+   to the new one; when the new master exits, the old one renames ``.oldbin`` back.
 """
 
 from __future__ import annotations
@@ -40,7 +45,17 @@ from prefork_lb.zone.zone import Zone, ZoneFullError
 
 log = logging.getLogger("prefork_lb.error")
 
-HANDLED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD)
+HANDLED = (
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCHLD,
+)
+INHERIT_ENV = "PREFORK_LB_INHERIT"  # binary upgrade: "zone=<fd>;sockets=<fd>,<fd>..."
 READY_TIMEOUT_S = 10.0
 FAST_STOP_GRACE_S = 5.0
 EXIT_BOOT_FAILED = 3
@@ -60,7 +75,9 @@ class WorkerProc:
 
 
 class Master:
-    def __init__(self, config: Config, config_path: str, prefix: str | None) -> None:
+    def __init__(
+        self, config: Config, config_path: str, prefix: str | None, inherited: str | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.prefix = prefix
@@ -74,10 +91,29 @@ class Master:
         self.respawn_at: dict[int, float] = {}  # slot -> when to respawn
         self.retired: list[tuple[int, list[Listener]]] = []  # (generation, listeners to close)
         self.wakeup_r = -1
-        self.zone = Zone.create(config.zone_size_bytes)
+        self.upgrade_pid = 0  # the new master started by USR2, while it runs
+        self.parent_master = os.getppid() if inherited else 0  # the old master, after USR2
+        self.winched = False  # WINCH: no workers, keep the sockets (binary upgrade step)
+        if inherited:
+            zone_fd, sockets = _parse_inherit(inherited)
+            self.zone = Zone(zone_fd, os.fstat(zone_fd).st_size)
+            self._adopt_sockets(sockets)
+        else:
+            self.zone = Zone.create(config.zone_size_bytes)
         self.slots = SlotTable(self.zone)
+        if inherited:
+            self.slots.adopt(config)
         self.rows = RowTable(self.zone)
         self.peer_slots = self.slots.assign(config, 1)
+
+    def _adopt_sockets(self, sockets: list[int]) -> None:
+        import socket as stdsocket
+
+        wanted = systemd.wanted_listens(self.config)
+        objs = [stdsocket.socket(fileno=fd) for fd in sockets]
+        for obj in objs:
+            obj.set_inheritable(True)
+        self.listeners.adopt(systemd.adopt(objs, wanted), wanted)
 
     # ---- startup ----
 
@@ -117,6 +153,7 @@ class Master:
         finally:
             self.listeners.close_all()
             remove_pidfile(self.config.pid_path)
+            remove_pidfile(self.config.pid_path + ".oldbin")
 
     def _install_signals(self) -> None:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -174,8 +211,59 @@ class Master:
     def handle_chld(self) -> None:
         pass  # reaping happens every pass of the loop
 
+    def handle_usr2(self) -> None:
+        """Binary upgrade: exec a new master that inherits our sockets and the zone."""
+        if self.stopping or self.upgrade_pid:
+            log.warning("binary upgrade already in progress or stopping, USR2 ignored")
+            return
+        if self.parent_master and _alive(self.parent_master):
+            log.warning("the previous master is still running, USR2 ignored")
+            return
+        log.log(25, "signal %d (SIGUSR2) received, upgrading the binary", signal.SIGUSR2)
+        pid_path = self.config.pid_path
+        try:
+            os.replace(pid_path, pid_path + ".oldbin")
+        except OSError as e:
+            log.error("rename() %s to %s.oldbin failed: %s; upgrade aborted", pid_path, pid_path, e.strerror)
+            return
+        fds = [s.fileno() for lst in self.listeners.by_key.values() for s in lst.sockets]
+        spec = f"zone={self.zone.fd};sockets={','.join(map(str, fds))}"
+        import sys
+
+        argv = [sys.executable, "-m", "prefork_lb", *sys.argv[1:]]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.set_inheritable(self.zone.fd, True)
+                for fd in fds:
+                    os.set_inheritable(fd, True)
+                signal.set_wakeup_fd(-1)
+                for sig in HANDLED:
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execve(sys.executable, argv, dict(os.environ, **{INHERIT_ENV: spec}))
+            finally:
+                os._exit(EXIT_BOOT_FAILED)
+        self.upgrade_pid = pid
+        log.log(25, "started new master process %d", pid)
+
+    def handle_winch(self) -> None:
+        """Retire our workers but keep the sockets (after USR2, before committing)."""
+        log.log(
+            25, "signal %d (SIGWINCH) received, gracefully shutting down worker processes", signal.SIGWINCH
+        )
+        self.winched = True
+        self.respawn_at.clear()
+        self._signal_all(signal.SIGQUIT)
+
     def handle_hup(self) -> None:
         if self.stopping:
+            return
+        if self.winched:  # binary upgrade rollback: workers again, with the config we have
+            log.log(25, "signal %d (SIGHUP) received, starting worker processes again", signal.SIGHUP)
+            self.winched = False
+            self.generation += 1
+            for slot in range(self.config.workers):
+                self._spawn(slot)
             return
         log.log(25, "signal %d (SIGHUP) received, reconfiguring", signal.SIGHUP)
         systemd.reloading()
@@ -258,6 +346,9 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid == self.upgrade_pid:
+                self._upgrade_child_exited(status)
+                continue
             proc = self.workers.pop(pid, None)
             if proc is None:
                 continue
@@ -302,8 +393,23 @@ class Master:
                 )
                 _kill(proc.pid, signal.SIGKILL)
 
+    def _upgrade_child_exited(self, status: int) -> None:
+        """The new master is gone: we are the master again (nginx renames .oldbin back)."""
+        log.log(
+            25,
+            "new master process %d exited with code %d",
+            self.upgrade_pid,
+            os.waitstatus_to_exitcode(status),
+        )
+        self.upgrade_pid = 0
+        pid_path = self.config.pid_path
+        try:
+            os.replace(pid_path + ".oldbin", pid_path)
+        except OSError:
+            write_pidfile(pid_path)
+
     def _respawn_due(self) -> None:
-        if self.stopping:
+        if self.stopping or self.winched:
             return
         now = time.monotonic()
         for slot, when in list(self.respawn_at.items()):
@@ -410,7 +516,7 @@ class Master:
 
     def _release_retired_slots(self) -> None:
         oldest = min((p.generation for p in self.workers.values()), default=None)
-        self.slots.release_retired(oldest)
+        self.slots.release_retired(oldest, self.rows.foreign_live())
 
     def _close_retired_listeners(self) -> None:
         keep = []
@@ -421,6 +527,20 @@ class Master:
                 for lst in lists:
                     lst.close()
         self.retired = keep
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _parse_inherit(spec: str) -> tuple[int, list[int]]:
+    parts = dict(item.split("=", 1) for item in spec.split(";") if "=" in item)
+    sockets = [int(fd) for fd in parts.get("sockets", "").split(",") if fd]
+    return int(parts["zone"]), sockets
 
 
 def _kill(pid: int, sig: int) -> None:

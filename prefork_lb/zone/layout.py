@@ -47,7 +47,7 @@ PEER_WORDS: Final = 16
     P_SELECTED_MS,  # last selection (ms since epoch)
     P_DOWNSTART_MS,  # when it became unavailable (ms since epoch), 0 while usable
     P_INFLIGHT_MS,  # least_time inflight: sum of the start times (ms) of in-flight requests
-    P_RESERVED,
+    P_KEY_HASH,  # hash of the peer's identity: a new master after exec finds its slots
 ) = range(PEER_WORDS)
 
 ROW_HEADER_WORDS: Final = 8

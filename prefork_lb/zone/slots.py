@@ -8,11 +8,14 @@ generation can still be using them. Running out of slots is a config-time error.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 from prefork_lb.config.model import Config, UpstreamConfig
 from prefork_lb.zone.zone import Zone, ZoneFullError
+
+FOREIGN = -1  # retiring slots that belong to a previous master's workers (binary upgrade)
 
 
 def peer_keys(upstream: UpstreamConfig) -> list[str]:
@@ -24,6 +27,12 @@ def peer_keys(upstream: UpstreamConfig) -> list[str]:
         keys.append(f"http\0{upstream.name}\0{s.name}\0{s.address.text}\0{int(s.backup)}\0{seen[ident]}")
         seen[ident] += 1
     return keys
+
+
+def key_hash(key: str) -> int:
+    """A stable 63-bit hash of a peer key, stored in the zone (int64, never 0)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF) or 1
 
 
 def count_peers(config: Config) -> int:
@@ -60,13 +69,31 @@ class SlotTable:
             dropped = [slot for key, slot in self.by_key.items() if key not in wanted]
             self.by_key = {k: s for k, s in self.by_key.items() if k in wanted}
             for key, slot in zip(new_keys, free, strict=False):
-                self.zone.init_peer(slot, wanted[key])
+                self.zone.init_peer(slot, wanted[key], key_hash(key))
                 self.by_key[key] = slot
             for key, slot in self.by_key.items():
                 self.zone.reweigh_peer(slot, wanted[key])
         if dropped:
             self.retiring.append((generation - 1, dropped))
         return dict(self.by_key)
+
+    def adopt(self, config: Config) -> None:
+        """After a binary upgrade: take over the slots the previous master set up. Peers of
+        ``config`` find their slot (and state) by key hash; slots of other peers stay
+        reserved (``FOREIGN``) while the previous master's workers may use them."""
+        from prefork_lb.zone import layout as L
+
+        by_hash: dict[int, int] = {}
+        for slot in range(self.zone.peers):
+            if self.zone.peer_word(slot, L.P_USED):
+                by_hash[self.zone.peer_word(slot, L.P_KEY_HASH)] = slot
+        for up in config.http.upstreams.values():
+            for key in peer_keys(up):
+                slot = by_hash.pop(key_hash(key), -1)
+                if slot >= 0:
+                    self.by_key[key] = slot
+        if by_hash:
+            self.retiring.append((FOREIGN, list(by_hash.values())))
 
     def snapshot(self) -> tuple[dict[str, int], list[tuple[int, list[int]]]]:
         return dict(self.by_key), list(self.retiring)
@@ -75,11 +102,15 @@ class SlotTable:
         """Undo an ``assign`` whose generation never started (slots it set up fall free)."""
         self.by_key, self.retiring = dict(snap[0]), list(snap[1])
 
-    def release_retired(self, oldest_live_generation: int | None) -> None:
+    def release_retired(self, oldest_live_generation: int | None, foreign_rows_live: bool = False) -> None:
         """Free slots of removed peers once every worker that could use them is gone."""
         keep = []
         for generation, slots in self.retiring:
-            if oldest_live_generation is not None and oldest_live_generation <= generation:
+            if (generation == FOREIGN and foreign_rows_live) or (
+                generation != FOREIGN
+                and oldest_live_generation is not None
+                and oldest_live_generation <= generation
+            ):
                 keep.append((generation, slots))
             else:
                 with self.zone:
@@ -97,8 +128,14 @@ class RowTable:
 
     pending: set[int] = field(default_factory=set)  # claimed before fork, pid not known yet
 
+    def foreign_live(self) -> bool:
+        """Rows held by another master's workers (before/after a binary upgrade)."""
+        ours = set(self.by_pid.values()) | self.pending
+        return any(self.zone.row_pid(r) for r in range(self.zone.rows) if r not in ours)
+
     def claim(self, generation: int, worker_slot: int) -> int:
-        used = set(self.by_pid.values()) | self.pending
+        ours = set(self.by_pid.values()) | self.pending
+        used = ours | {r for r in range(self.zone.rows) if self.zone.row_pid(r)}
         for row in range(self.zone.rows):
             if row not in used:
                 self.pending.add(row)

@@ -92,12 +92,13 @@ class Zone:
 
     # ---- peer slots (master, under the lock) ----
 
-    def init_peer(self, slot: int, weight: int) -> None:
+    def init_peer(self, slot: int, weight: int, key_hash: int = 0) -> None:
         base = L.peer_base(slot)
         mv = self.mv
         for i in range(L.PEER_WORDS):
             mv[base + i] = 0
         mv[base + L.P_USED] = 1
+        mv[base + L.P_KEY_HASH] = key_hash
         mv[base + L.P_EW] = weight
         mv[base + L.P_RT_MS] = -1
         for row in range(self.rows):
@@ -152,6 +153,9 @@ class Zone:
 
     def heartbeat_ns(self, row: int) -> int:
         return int(self.mv[L.row_base(row, self.peers) + L.R_HEARTBEAT_NS])
+
+    def peer_word(self, slot: int, field: int) -> int:
+        return int(self.mv[L.peer_base(slot) + field])
 
     def row_pid(self, row: int) -> int:
         return int(self.mv[L.row_base(row, self.peers) + L.R_PID])

@@ -237,3 +237,78 @@ def test_systemd_socket_activation(tmp_path: Path) -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
+
+
+def test_binary_upgrade_commit_and_rollback(tmp_path: Path) -> None:
+    """USR2: a second master inherits the sockets and zone; WINCH retires the old workers;
+    QUIT to the old master commits. Then USR2 again and roll back: HUP old, QUIT new."""
+    with Backend(count=2) as b:
+        port = free_port()
+        up = upstream_block("backend", b.addrs, extra='method = "least_conn"')
+        with LB(tmp_path, basic_config(port, up, workers=2), port) as lb:
+            pid_path = tmp_path / "prefork-lb.pid"
+            old = lb.master_pid
+            os.kill(old, signal.SIGUSR2)
+
+            def new_master() -> int:
+                if not pid_path.exists() or not (tmp_path / "prefork-lb.pid.oldbin").exists():
+                    return 0
+                pid = int(pid_path.read_text())
+                return pid if pid != old and len(psutil.Process(pid).children()) == 2 else 0
+
+            new = wait_for(new_master, what="the new master and its workers")
+            assert psutil.Process(new).ppid() == old
+            assert all(request(port, "GET", "/")[0] == 200 for _ in range(6))
+            old_workers = {w.pid for w in psutil.Process(old).children() if w.pid != new}
+            os.kill(old, signal.SIGWINCH)
+            wait_for(
+                lambda: (
+                    not any(
+                        psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                        for p in old_workers
+                    )
+                ),
+                what="old workers to retire",
+            )
+            assert all(request(port, "GET", "/")[0] == 200 for _ in range(6))  # new generation serves
+            os.kill(old, signal.SIGQUIT)
+            assert lb.proc is not None and lb.proc.wait(timeout=20) == 0
+            assert int(pid_path.read_text()) == new and not (tmp_path / "prefork-lb.pid.oldbin").exists()
+            assert all(request(port, "GET", "/")[0] == 200 for _ in range(6))  # sockets survived
+
+            # second upgrade, rolled back
+            os.kill(new, signal.SIGUSR2)
+            newest = wait_for(
+                lambda: (
+                    int(pid_path.read_text())
+                    if pid_path.exists()
+                    and int(pid_path.read_text()) != new
+                    and len(psutil.Process(int(pid_path.read_text())).children()) == 2
+                    else 0
+                ),
+                what="the third master",
+            )
+            os.kill(new, signal.SIGWINCH)
+            wait_for(
+                lambda: len([c for c in psutil.Process(new).children() if c.pid != newest]) == 0,
+                what="second-generation workers to retire",
+            )
+            os.kill(new, signal.SIGHUP)  # rollback: the old binary starts workers again
+            wait_for(
+                lambda: len([c for c in psutil.Process(new).children() if c.pid != newest]) == 2,
+                what="workers of the rolled-back master",
+            )
+            os.kill(newest, signal.SIGQUIT)
+            wait_for(
+                lambda: (
+                    not psutil.pid_exists(newest) or psutil.Process(newest).status() == psutil.STATUS_ZOMBIE
+                ),
+                what="the new master to exit",
+            )
+            wait_for(lambda: pid_path.exists() and int(pid_path.read_text()) == new, what="pid file restored")
+            assert all(request(port, "GET", "/")[0] == 200 for _ in range(6))
+            os.kill(new, signal.SIGQUIT)
+            wait_for(
+                lambda: not psutil.pid_exists(new) or psutil.Process(new).status() == psutil.STATUS_ZOMBIE,
+                what="cleanup",
+            )

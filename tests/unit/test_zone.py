@@ -91,7 +91,7 @@ def test_regions_do_not_overlap_and_fill_the_zone(peers: int, rows: int) -> None
 
 def test_field_indexes_fit_their_records() -> None:
     assert max(L.H_MAGIC, L.H_VERSION, L.H_ROWS, L.H_PEERS, L.H_SIZE) < L.HEADER_WORDS
-    assert L.P_RESERVED == L.PEER_WORDS - 1
+    assert L.P_KEY_HASH == L.PEER_WORDS - 1
     assert max(L.R_PID, L.R_GENERATION, L.R_SLOT, L.R_HEARTBEAT_NS, L.R_STARTED_MS) < L.ROW_HEADER_WORDS
 
 
