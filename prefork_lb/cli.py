@@ -131,10 +131,11 @@ def serve(path: str, prefix: str | None) -> int:
     inherited = os.environ.pop(INHERIT_ENV, None)  # binary upgrade: sockets and zone
     master = Master(config, path, prefix, inherited)
     from prefork_lb.master import systemd
+    from prefork_lb.master.listeners import wanted_listens
 
     passed = systemd.listen_fds()
     if passed:  # systemd socket activation: systemd owns these queues across restarts
-        wanted = systemd.wanted_listens(config)
+        wanted = wanted_listens(config)
         master.listeners.adopt(systemd.adopt(passed, wanted), wanted)
     try:
         master.bind()

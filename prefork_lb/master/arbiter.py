@@ -38,23 +38,15 @@ from prefork_lb.config.load import load_config
 from prefork_lb.config.model import Config
 from prefork_lb.log import reopen_error_log, setup_error_log
 from prefork_lb.master import systemd
-from prefork_lb.master.listeners import BindError, Listener, ListenerSet
+from prefork_lb.master.listeners import BindError, Listener, ListenerSet, wanted_listens
 from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
+from prefork_lb.signals import MASTER_SIGNALS
 from prefork_lb.zone.slots import RowTable, SlotTable
 from prefork_lb.zone.zone import Zone, ZoneFullError
 
 log = logging.getLogger("prefork_lb.error")
 
-HANDLED = (
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGCHLD,
-)
+HANDLED = MASTER_SIGNALS
 INHERIT_ENV = "PREFORK_LB_INHERIT"  # binary upgrade: "zone=<fd>;sockets=<fd>,<fd>..."
 READY_TIMEOUT_S = 10.0
 FAST_STOP_GRACE_S = 5.0
@@ -109,7 +101,7 @@ class Master:
     def _adopt_sockets(self, sockets: list[int]) -> None:
         import socket as stdsocket
 
-        wanted = systemd.wanted_listens(self.config)
+        wanted = wanted_listens(self.config)
         objs = [stdsocket.socket(fileno=fd) for fd in sockets]
         for obj in objs:
             obj.set_inheritable(True)

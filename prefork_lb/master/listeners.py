@@ -82,6 +82,17 @@ def _remove_stale_unix(path: str) -> None:
         pass
 
 
+def wanted_listens(config: Config) -> dict[Key, ListenConfig]:
+    """One ListenConfig per address, preferring a ``reuseport`` entry."""
+    wanted: dict[Key, ListenConfig] = {}
+    for server in config.http.servers:
+        for lc in server.listen:
+            have = wanted.get(lc.key)
+            if have is None or (lc.reuseport and not have.reuseport):
+                wanted[lc.key] = lc
+    return wanted
+
+
 class ListenerSet:
     """Every listening socket the master holds, keyed by address."""
 
@@ -96,12 +107,7 @@ class ListenerSet:
         """
         if os.environ.get("PREFORK_LB_TEST_BROKEN_REUSEPORT") == "1":
             return []  # test-only broken mode: workers bind their own sockets (worker.py)
-        wanted: dict[Key, ListenConfig] = {}
-        for server in config.http.servers:
-            for lc in server.listen:
-                have = wanted.get(lc.key)
-                if have is None or (lc.reuseport and not have.reuseport):
-                    wanted[lc.key] = lc
+        wanted = wanted_listens(config)
         added: list[Key] = []
         grown: list[tuple[Key, int]] = []
         try:

@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prefork_lb.config.model import Config, ListenConfig
+    from prefork_lb.config.model import ListenConfig
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -54,7 +54,6 @@ __all__ = [
     "socket_key",
     "status",
     "stopping",
-    "wanted_listens",
 ]
 
 
@@ -191,17 +190,6 @@ def socket_key(sock: socket.socket) -> Key | None:
             return None  # unbound
         return ("unix", name, 0)
     return None
-
-
-def wanted_listens(config: Config) -> dict[Key, ListenConfig]:
-    """One ListenConfig per listen key, preferring a ``reuseport`` entry (as ListenerSet.sync)."""
-    wanted: dict[Key, ListenConfig] = {}
-    for server in config.http.servers:
-        for lc in server.listen:
-            have = wanted.get(lc.key)
-            if have is None or (lc.reuseport and not have.reuseport):
-                wanted[lc.key] = lc
-    return wanted
 
 
 def adopt(sockets: list[socket.socket], wanted: dict[Key, ListenConfig]) -> dict[Key, socket.socket]:

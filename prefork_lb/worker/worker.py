@@ -46,16 +46,9 @@ def run_worker(
     shared: Any = None,
 ) -> int:
     """``shared``: (zone, peer slots, zone row) from the master."""
-    for sig in (
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGTERM,
-        signal.SIGINT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGWINCH,
-        signal.SIGCHLD,
-    ):
+    from prefork_lb.signals import MASTER_SIGNALS
+
+    for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     try:

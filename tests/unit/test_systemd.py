@@ -437,7 +437,9 @@ def test_wanted_listens_prefers_reuseport() -> None:
     other = _lc("unix", "/run/x.sock", 0)
     servers = (SimpleNamespace(listen=(plain, other)), SimpleNamespace(listen=(rp,)))
     config = SimpleNamespace(http=SimpleNamespace(servers=servers))
-    assert systemd.wanted_listens(config) == {plain.key: rp, other.key: other}  # type: ignore[arg-type]
+    from prefork_lb.master.listeners import wanted_listens
+
+    assert wanted_listens(config) == {plain.key: rp, other.key: other}  # type: ignore[arg-type]
 
 
 # ---- conf files ----------------------------------------------------------------------------------
