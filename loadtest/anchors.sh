@@ -18,4 +18,4 @@ lb="$repo/.venv/bin/prefork-lb"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cp "$here/bench.toml" "$scratch/"
-exec bash "$anchors" "$mode" --lb "$lb -c $scratch/bench.toml" "$@"
+bash "$anchors" "$mode" --lb "$lb -c $scratch/bench.toml" "$@"  # no exec: the trap cleans up

@@ -276,6 +276,7 @@ class Master:
         self.stopping = self.stopping or "graceful"
         self.respawn_at.clear()
         self._signal_all(signal.SIGQUIT)
+        self._stop_listening()
 
     def handle_term(self) -> None:
         log.log(25, "signal %d (SIGTERM) received, exiting", signal.SIGTERM)
@@ -299,6 +300,17 @@ class Master:
             self.stop_deadline = time.monotonic() + FAST_STOP_GRACE_S
         self.respawn_at.clear()
         self._signal_all(signal.SIGTERM)
+        self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        """Stopping: new connections are refused at once instead of waiting in a queue
+        nobody will serve (nginx does the same). After a binary upgrade the new master
+        holds its own descriptors, so its queues are not affected."""
+        self.listeners.close_all()
+        for _, lists in self.retired:
+            for lst in lists:
+                lst.close()
+        self.retired = []
 
     # ---- workers ----
 

@@ -312,3 +312,24 @@ def test_binary_upgrade_commit_and_rollback(tmp_path: Path) -> None:
                 lambda: not psutil.pid_exists(new) or psutil.Process(new).status() == psutil.STATUS_ZOMBIE,
                 what="cleanup",
             )
+
+
+def test_quit_refuses_new_connections_at_once(tmp_path: Path) -> None:
+    with Backend(count=1) as b:
+        port = free_port()
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs)), port) as lb:
+            held = threading.Thread(target=lambda: request(port, "GET", "/?delay=1500"))
+            held.start()
+            wait_for(lambda: b.stats()["open"] >= 1, what="a request in flight")
+            assert lb.signal("quit").returncode == 0
+
+            def refused() -> bool:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        return False
+                except ConnectionRefusedError:
+                    return True
+
+            wait_for(refused, timeout_s=5, what="new connections to be refused while draining")
+            held.join(10)
+            assert lb.proc is not None and lb.proc.wait(timeout=15) == 0
