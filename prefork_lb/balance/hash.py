@@ -38,9 +38,14 @@ class Hash:
 
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig) -> None:
         self.group = group
-        self.key: Template = compile_template(upstream.hash_key)
+        if upstream.context == "stream":
+            from prefork_lb.stream.variables import compile_stream_template
 
-    def key_bytes(self, ex: Exchange | None) -> bytes:
+            self.key: Template = compile_stream_template(upstream.hash_key)
+        else:
+            self.key = compile_template(upstream.hash_key)
+
+    def key_bytes(self, ex: Exchange | None) -> bytes:  # ``ex``: an Exchange or a stream Session
         return self.key.render(ex).encode("latin-1") if ex is not None else b""
 
     def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:

@@ -68,18 +68,34 @@ def parse_listen(text: str) -> ListenConfig:
             socket.inet_pton(socket.AF_INET, address.host)
         except OSError:
             raise ValueError(f'"{words[0]}": listen needs an IP address, not a hostname') from None
-    default_server = reuseport = False
+    default_server = reuseport = udp = so_keepalive = False
     backlog = 511
     for word in words[1:]:
         if word == "default_server":
             default_server = True
         elif word == "reuseport":
             reuseport = True
+        elif word == "udp":
+            udp = True
+        elif word in ("so_keepalive=on", "so_keepalive=off"):
+            so_keepalive = word.endswith("on")
         elif word.startswith("backlog="):
             value = word[len("backlog=") :]
             if not value.isascii() or not value.isdigit() or int(value) < 1:
                 raise ValueError(f'"{word}": backlog must be a positive integer')
             backlog = int(value)
         else:
-            raise ValueError(f'unknown listen parameter "{word}" (default_server, reuseport, backlog=N)')
-    return ListenConfig(address=address, default_server=default_server, reuseport=reuseport, backlog=backlog)
+            raise ValueError(
+                f'unknown listen parameter "{word}" (default_server, reuseport, backlog=N; '
+                "stream: udp, so_keepalive=on)"
+            )
+    if address.family == "unix" and udp:
+        raise ValueError("udp needs an IP address")
+    return ListenConfig(
+        address=address,
+        default_server=default_server,
+        reuseport=reuseport,
+        backlog=backlog,
+        udp=udp,
+        so_keepalive=so_keepalive,
+    )

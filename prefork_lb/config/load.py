@@ -30,6 +30,8 @@ from prefork_lb.config.model import (
     ProxyPass,
     ReturnAction,
     ServerConfig,
+    StreamConfig,
+    StreamServerConfig,
     UpstreamConfig,
     UpstreamServer,
 )
@@ -47,6 +49,7 @@ from prefork_lb.units import parse_duration_s, parse_size_bytes
 DEFAULT_CONFIG_PATH = "/etc/prefork-lb/prefork-lb.toml"
 ERROR_LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 METHODS = ("round_robin", "least_conn", "ip_hash", "hash", "random", "least_time")
+STREAM_METHODS = ("round_robin", "least_conn", "hash", "random")  # nginx: no ip_hash (hash $remote_addr)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -143,8 +146,10 @@ def load_config(path: str, prefix: str | None = None) -> Config:
     rlimit_nofile = top.take("worker_rlimit_nofile", positive_int, 0)
     heartbeat_s = top.take("worker_heartbeat_timeout", _duration, 30.0)
     http = loader.http(top.table("http"))
+    stream = loader.stream(top.table("stream"))
     top.finish()
-    _check_zone_size(source, zone_size, http)
+    _check_zone_size(source, zone_size, http, stream)
+    _check_listen_conflicts(source, http, stream)
     return Config(
         path=main,
         prefix=prefix,
@@ -156,6 +161,7 @@ def load_config(path: str, prefix: str | None = None) -> Config:
         worker_connections=worker_connections,
         worker_shutdown_timeout_s=shutdown_s,
         http=http,
+        stream=stream,
         zone_size_bytes=zone_size,
         files=tuple(source.files),
         user=user,
@@ -224,8 +230,9 @@ class _Loader:
         _check_default_servers(self.source, servers)
         return HttpConfig(upstreams=self.upstreams, servers=servers, log_formats=self.log_formats)
 
-    def upstream(self, name: str, t: Table) -> UpstreamConfig:
-        method = cast(Method, t.take("method", _choice(METHODS), "round_robin"))
+    def upstream(self, name: str, t: Table, context: str = "http") -> UpstreamConfig:
+        methods = METHODS if context == "http" else STREAM_METHODS
+        method = cast(Method, t.take("method", _choice(methods), "round_robin"))
         keepalive = t.take("keepalive", non_negative_int, 0)
         keepalive_requests = t.take("keepalive_requests", positive_int, 1000)
         keepalive_timeout = t.take("keepalive_timeout", _duration, 60.0)
@@ -247,7 +254,7 @@ class _Loader:
         if method == "hash":
             if not hash_key:
                 raise t.error("hash", 'method "hash" needs a key, e.g. hash = "$request_uri"')
-            self._check_key(t, hash_key)
+            self._check_key(t, hash_key, context)
         return UpstreamConfig(
             name=name,
             method=method,
@@ -263,6 +270,7 @@ class _Loader:
             least_time_inflight=inflight,
             queue_size=queue_size,
             queue_timeout_s=queue_timeout,
+            context="stream" if context == "stream" else "http",
         )
 
     def upstream_server(self, t: Table) -> list[UpstreamServer]:
@@ -426,13 +434,106 @@ class _Loader:
             )
         return ProxyPass(upstream=host, uri=uri, host_header=host)
 
-    def _check_key(self, t: Table, key: str) -> None:
+    def _check_key(self, t: Table, key: str, context: str = "http") -> None:
         from prefork_lb.http.variables import VariableError, compile_template
+        from prefork_lb.stream.variables import compile_stream_template
 
         try:
-            compile_template(key)
+            (compile_stream_template if context == "stream" else compile_template)(key)
         except VariableError as e:
             raise t.error("hash", str(e)) from None
+
+    # ---- stream ----
+
+    def stream(self, t: Table) -> StreamConfig:
+        from prefork_lb.http.variables import VariableError
+        from prefork_lb.stream.variables import BUILTIN_FORMATS, compile_stream_log_format
+
+        formats = t.table("log_formats")
+        log_formats = dict(BUILTIN_FORMATS)
+        for name in formats.data:
+            text = formats.take(name, string)
+            try:
+                compile_stream_log_format(text)
+            except VariableError as e:
+                raise formats.error(name, str(e)) from None
+            log_formats[name] = text
+        formats.finish()
+        ups = t.table("upstreams")
+        upstreams: dict[str, UpstreamConfig] = {}
+        for name in list(ups.data):
+            upstreams[name] = self.upstream(name, ups.table(name, default_empty=False), "stream")
+        ups.finish()
+        default_log = t.take("access_log", string, "off")
+        default_format = t.take("log_format", string, "basic")
+        servers = tuple(
+            self.stream_server(i, st, upstreams, log_formats, default_log, default_format)
+            for i, st in enumerate(t.table_list("servers"))
+        )
+        t.finish()
+        return StreamConfig(upstreams=upstreams, servers=servers, log_formats=log_formats)
+
+    def stream_server(
+        self,
+        index: int,
+        t: Table,
+        upstreams: dict[str, UpstreamConfig],
+        log_formats: dict[str, str],
+        default_log: str,
+        default_format: str,
+    ) -> StreamServerConfig:
+        listen_texts = t.take("listen", string_list)
+        if not listen_texts:
+            raise t.error("listen", "must name at least one address")
+        listen = []
+        for i, text in enumerate(listen_texts):
+            try:
+                lc = parse_listen(text)
+            except ValueError as e:
+                raise self.source.error(f"{t.key_path('listen')}[{i}]", str(e)) from None
+            if lc.default_server:
+                raise self.source.error(f"{t.key_path('listen')}[{i}]", "default_server is for http servers")
+            listen.append(lc)
+        target = t.take("proxy_pass", string)
+        if target not in upstreams:
+            try:
+                addrs = _resolve(target)
+            except ValueError as e:
+                raise t.error(
+                    "proxy_pass", f'"{target}" is neither a stream upstream nor an address: {e}'
+                ) from None
+            upstreams[target] = UpstreamConfig(
+                name=target,
+                method="round_robin",
+                servers=tuple(UpstreamServer(address=a, name=target) for a in addrs),
+                implicit=True,
+                context="stream",
+            )
+        log_path = self.log_path(t.take("access_log", string, default_log))
+        fmt = t.take("log_format", string, default_format)
+        if fmt not in log_formats:
+            raise t.error(
+                "log_format", f'unknown stream log format "{fmt}" (define it in [stream.log_formats])'
+            )
+        server = StreamServerConfig(
+            listen=tuple(listen),
+            proxy_pass=target,
+            proxy_connect_timeout_s=t.take("proxy_connect_timeout", _duration, 60.0),
+            proxy_timeout_s=t.take("proxy_timeout", _duration, 600.0),
+            proxy_buffer_size_bytes=t.take("proxy_buffer_size", _size, 16 * 1024),
+            proxy_next_upstream=t.take("proxy_next_upstream", boolean, True),
+            proxy_next_upstream_tries=t.take("proxy_next_upstream_tries", non_negative_int, 0),
+            proxy_next_upstream_timeout_s=t.take("proxy_next_upstream_timeout", _duration, 0.0),
+            proxy_responses=t.take("proxy_responses", non_negative_int, 0),
+            proxy_requests=t.take("proxy_requests", non_negative_int, 0),
+            udp_sessions=t.take("udp_sessions", positive_int, 4096),
+            access_logs=() if log_path == "off" else (AccessLogConfig(log_path, fmt, log_formats[fmt]),),
+            index=index,
+        )
+        t.finish()
+        if server.proxy_buffer_size_bytes < 1:
+            raise t.error("proxy_buffer_size", "must be at least 1 byte")
+        return server
 
     def _check_templates(self, t: Table, headers: tuple[tuple[str, str], ...]) -> None:
         """Checked where the table is written, so the error names that level (and file)."""
@@ -546,10 +647,36 @@ def _check_method_options(t: Table, method: str, servers: list[UpstreamServer]) 
             )
 
 
-def _check_zone_size(source: Source, size: int, http: HttpConfig) -> None:
+def _check_listen_conflicts(source: Source, http: HttpConfig, stream: StreamConfig) -> None:
+    http_keys = {lc.key: s.index for s in http.servers for lc in s.listen}
+    for s in stream.servers:
+        for lc in s.listen:
+            if lc.key in http_keys:
+                raise source.error(
+                    f"stream.servers[{s.index}].listen",
+                    f"{lc.address.text} is already an http listener (http.servers[{http_keys[lc.key]}])",
+                )
+    seen: dict[tuple[str, str, int], int] = {}
+    for s in stream.servers:
+        for lc in s.listen:
+            if lc.key in seen:
+                raise source.error(
+                    f"stream.servers[{s.index}].listen",
+                    f"duplicate listen {lc.address.text} (already stream.servers[{seen[lc.key]}])",
+                )
+            seen[lc.key] = s.index
+    for hs in http.servers:
+        for lc in hs.listen:
+            if lc.udp or lc.so_keepalive:
+                raise source.error(
+                    f"http.servers[{hs.index}].listen", "udp and so_keepalive are stream parameters"
+                )
+
+
+def _check_zone_size(source: Source, size: int, http: HttpConfig, stream: StreamConfig) -> None:
     from prefork_lb.zone.layout import DEFAULT_ROWS, peer_capacity
 
-    peers = sum(len(u.servers) for u in http.upstreams.values())
+    peers = sum(len(u.servers) for u in [*http.upstreams.values(), *stream.upstreams.values()])
     capacity = peer_capacity(size, DEFAULT_ROWS)
     if peers > capacity:
         raise ConfigError(

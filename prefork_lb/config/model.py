@@ -58,10 +58,15 @@ class ListenConfig:
     default_server: bool = False
     reuseport: bool = False
     backlog: int = 511  # nginx's default on Linux
+    udp: bool = False  # stream only
+    so_keepalive: bool = False  # stream only: SO_KEEPALIVE on accepted connections
 
     @property
     def key(self) -> tuple[str, str, int]:
-        return (self.address.family, self.address.host, self.address.port)
+        """(family, host, port); UDP families are "inet-udp"/"inet6-udp" (TCP and UDP on one
+        port are two sockets)."""
+        family = f"{self.address.family}-udp" if self.udp else self.address.family
+        return (family, self.address.host, self.address.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,7 @@ class UpstreamConfig:
     least_time_inflight: bool = False
     queue_size: int = 0  # requests allowed to wait per worker when every server is at max_conns
     queue_timeout_s: float = 60.0
+    context: Literal["http", "stream"] = "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,30 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamServerConfig:
+    listen: tuple[ListenConfig, ...]
+    proxy_pass: str  # upstream name (implicit groups are named by their address)
+    proxy_connect_timeout_s: float = 60.0
+    proxy_timeout_s: float = 600.0
+    proxy_buffer_size_bytes: int = 16 * 1024
+    proxy_next_upstream: bool = True
+    proxy_next_upstream_tries: int = 0
+    proxy_next_upstream_timeout_s: float = 0.0
+    proxy_responses: int = 0  # UDP: expected replies per client datagram, 0 = unlimited
+    proxy_requests: int = 0  # UDP: client datagrams per session, 0 = unlimited
+    udp_sessions: int = 4096  # UDP: session table bound per listener per worker (oldest expire)
+    access_logs: tuple[AccessLogConfig, ...] = ()
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    servers: tuple[StreamServerConfig, ...] = ()
+    log_formats: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str  # the main config file, absolute
     prefix: str  # directory relative paths resolve against
@@ -171,6 +201,7 @@ class Config:
     worker_connections: int
     worker_shutdown_timeout_s: float
     http: HttpConfig
+    stream: StreamConfig = field(default_factory=StreamConfig)
     zone_size_bytes: int = 2 * 1024 * 1024
     user: str | None = None  # workers drop to this user when the master runs as root
     group: str | None = None
@@ -183,10 +214,21 @@ class Config:
         for server in self.http.servers:
             for loc in server.locations:
                 paths.update(al.path for al in loc.access_logs)
+        for ss in self.stream.servers:
+            paths.update(al.path for al in ss.access_logs)
         return sorted(paths)
 
     files: tuple[str, ...] = ()  # every file read (main + includes), for messages
 
     @property
     def listen_keys(self) -> set[tuple[str, str, int]]:
-        return {lc.key for server in self.http.servers for lc in server.listen}
+        keys = {lc.key for server in self.http.servers for lc in server.listen}
+        return keys | {lc.key for server in self.stream.servers for lc in server.listen}
+
+    def all_upstreams(self) -> list[UpstreamConfig]:
+        return [*self.http.upstreams.values(), *self.stream.upstreams.values()]
+
+    def all_listens(self) -> list[ListenConfig]:
+        return [lc for s in self.http.servers for lc in s.listen] + [
+            lc for s in self.stream.servers for lc in s.listen
+        ]

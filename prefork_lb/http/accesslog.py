@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import ClassVar, Final
 
@@ -133,8 +133,8 @@ class LogFormat:
 
     __slots__ = ("_parts", "_slots", "text", "variables")
 
-    def __init__(self, text: str) -> None:
-        parts, slots, names = build_parts(text, _log_getter)
+    def __init__(self, text: str, lookup: Callable[[str], Variable] | None = None) -> None:
+        parts, slots, names = build_parts(text, _log_getter, lookup)
         self.text = text
         self.variables = names
         self._parts = parts
@@ -150,9 +150,9 @@ class LogFormat:
         return f"LogFormat({self.text!r})"
 
 
-def compile_log_format(text: str) -> LogFormat:
+def compile_log_format(text: str, lookup: Callable[[str], Variable] | None = None) -> LogFormat:
     """Compile a log_format string; raises ``VariableError`` for unknown variables or bad syntax."""
-    return LogFormat(text)
+    return LogFormat(text, lookup)
 
 
 # --- writers -----------------------------------------------------------------------------------

@@ -547,7 +547,9 @@ class Template:
 
 
 def build_parts(
-    text: str, compile_one: Callable[[Variable], Getter | str]
+    text: str,
+    compile_one: Callable[[Variable], Getter | str],
+    lookup: Callable[[str], Variable] | None = None,
 ) -> tuple[list[str], tuple[tuple[int, Getter], ...], tuple[str, ...]]:
     """Compile ``text`` into (parts, slots, names) with ``compile_one`` choosing each getter.
 
@@ -562,7 +564,7 @@ def build_parts(
         if not is_var:
             pending += config_text(value)
             continue
-        var = lookup_variable(value)
+        var = (lookup or lookup_variable)(value)
         if var.name not in names:
             names.append(var.name)
         compiled = compile_one(var)
@@ -583,7 +585,8 @@ def _raw_value(var: Variable) -> Getter | str:
     return var.constant if var.constant is not None else var.get
 
 
-def compile_template(text: str) -> Template:
-    """Compile a proxy_set_header value or return text; raises ``VariableError``."""
-    parts, slots, names = build_parts(text, _raw_value)
+def compile_template(text: str, lookup: Callable[[str], Variable] | None = None) -> Template:
+    """Compile a proxy_set_header value or return text (``lookup``: another variable set,
+    e.g. the stream module's); raises ``VariableError``."""
+    parts, slots, names = build_parts(text, _raw_value, lookup)
     return Template(text, parts, slots, names)

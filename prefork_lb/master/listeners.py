@@ -55,7 +55,7 @@ def bind_one(lc: ListenConfig) -> socket.socket:
         target: str | tuple[str, int] = addr.host
     else:
         family = socket.AF_INET6 if addr.family == "inet6" else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_DGRAM if lc.udp else socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if lc.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -64,7 +64,8 @@ def bind_one(lc: ListenConfig) -> socket.socket:
         target = (addr.host, addr.port)
     try:
         sock.bind(target)
-        sock.listen(lc.backlog)
+        if not lc.udp:
+            sock.listen(lc.backlog)
     except OSError as e:
         sock.close()
         why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
@@ -85,11 +86,10 @@ def _remove_stale_unix(path: str) -> None:
 def wanted_listens(config: Config) -> dict[Key, ListenConfig]:
     """One ListenConfig per address, preferring a ``reuseport`` entry."""
     wanted: dict[Key, ListenConfig] = {}
-    for server in config.http.servers:
-        for lc in server.listen:
-            have = wanted.get(lc.key)
-            if have is None or (lc.reuseport and not have.reuseport):
-                wanted[lc.key] = lc
+    for lc in config.all_listens():
+        have = wanted.get(lc.key)
+        if have is None or (lc.reuseport and not have.reuseport):
+            wanted[lc.key] = lc
     return wanted
 
 

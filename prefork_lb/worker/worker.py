@@ -112,6 +112,11 @@ class Worker:
         if shared is not None:
             self.zone, slots, self.row = shared
         self.runtime = build_runtime(config, self.zone, slots, self.row)
+        from prefork_lb.stream.runtime import build_stream_runtime
+
+        self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)
+        self.udp: list[Any] = []
+        self.stream_sessions: set[Any] = set()
         gevent.get_hub()  # created (not run) as root: gevent imports its loop module lazily
         _drop_privileges(config, self.zone)
         self.connections: set[Any] = set()
@@ -134,10 +139,15 @@ class Worker:
             self.sockets = _bind_own_reuseport(list(self.runtime.routers))
         for key, sock in self.sockets.items():
             router = self.runtime.routers.get(key)
-            if router is None:
+            stream_rt = self.streams.get(key)
+            if router is None and stream_rt is None:
                 continue
             gsock = gevent.socket.socket(fileno=os.dup(sock.fileno()))
-            server = StreamServer(gsock, self._handler(key, router), spawn=pool)
+            if stream_rt is not None and key[0].endswith("-udp"):
+                self._serve_udp(gsock, key, stream_rt)
+                continue
+            handler = self._handler(key, router) if router is not None else self._tcp_handler(key, stream_rt)
+            server = StreamServer(gsock, handler, spawn=pool)
             # Measured (loadtest/anchors.sh, wrk -c50, 2 workers): gevent's default of 100
             # accepts per wake-up let one worker take every connection of a burst and left
             # the other idle (~5.5k vs ~10.8k req/s, bimodal). One accept per wake-up shares
@@ -195,6 +205,45 @@ class Worker:
 
         return handle
 
+    def _tcp_handler(self, key: tuple[str, str, int], rt: Any) -> Any:
+        from prefork_lb.stream.session import Session
+        from prefork_lb.stream.tcp import TcpSession
+
+        clock = self.clock
+        sessions = self.stream_sessions
+        counter = [(self.slot << 40) + (1 << 39)]
+        keepalive = any(lc.so_keepalive for lc in rt.config.listen if lc.key == key)
+
+        def handle(sock: Any, address: Any) -> None:
+            counter[0] += 1
+            sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+            if keepalive:
+                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_KEEPALIVE, 1)
+            session = Session("TCP", address[0], address[1], key[1], key[2], counter[0], clock())
+            tcp = TcpSession(sock, session, rt, clock)
+            sessions.add(tcp)
+            try:
+                tcp.run()
+            finally:
+                sessions.discard(tcp)
+                session.end_time = clock()
+                tcp.close()
+                rt.log(session)
+
+        return handle
+
+    def _serve_udp(self, gsock: Any, key: tuple[str, str, int], rt: Any) -> None:
+        from prefork_lb.stream.udp import UdpListener
+
+        counter = [(self.slot << 40) + (3 << 38)]
+
+        def next_id() -> int:
+            counter[0] += 1
+            return counter[0]
+
+        listener = UdpListener(gsock, rt, self.clock, key, next_id)
+        self.udp.append((listener, self.gevent.spawn(listener.serve)))
+
     def _stop(self, graceful: bool) -> None:
         self.graceful = self.graceful and graceful
         self.stop_event.set()
@@ -223,13 +272,16 @@ class Worker:
         setproctitle(self.title + " (shutting down)")
         for server in self.servers:
             server.close()
+        for listener, reader in self.udp:
+            listener.stop()
+            reader.kill(block=False)
         self.runtime.draining = True
         if not self.graceful:
             self._close_all()
             return
         timeout = self.config.worker_shutdown_timeout_s
         deadline = self.clock() + timeout if timeout else None
-        while self.connections:
+        while self.connections or self.stream_sessions or any(lst.active for lst, _ in self.udp):
             now = self.clock()
             if not self.graceful or (deadline is not None and now >= deadline):
                 self._close_all()
@@ -242,6 +294,12 @@ class Worker:
     def _close_all(self) -> None:
         for conn in list(self.connections):
             conn.abort()
+        for tcp in list(self.stream_sessions):
+            tcp._abort()
+        for listener, _ in self.udp:
+            for state in list(listener.active):
+                if state.reader is not None:
+                    state.reader.kill(block=False)
 
 
 # Test-only: reproduce the gunicorn reuse_port design, where every worker binds its own

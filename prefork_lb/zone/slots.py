@@ -24,7 +24,9 @@ def peer_keys(upstream: UpstreamConfig) -> list[str]:
     keys = []
     for s in upstream.servers:
         ident = (s.name, s.address.text, s.backup)
-        keys.append(f"http\0{upstream.name}\0{s.name}\0{s.address.text}\0{int(s.backup)}\0{seen[ident]}")
+        keys.append(
+            f"{upstream.context}\0{upstream.name}\0{s.name}\0{s.address.text}\0{int(s.backup)}\0{seen[ident]}"
+        )
         seen[ident] += 1
     return keys
 
@@ -36,7 +38,7 @@ def key_hash(key: str) -> int:
 
 
 def count_peers(config: Config) -> int:
-    return sum(len(u.servers) for u in config.http.upstreams.values())
+    return sum(len(u.servers) for u in config.all_upstreams())
 
 
 @dataclass(slots=True)
@@ -55,7 +57,7 @@ class SlotTable:
         Raises ZoneFullError (before touching the zone) if the peers do not fit.
         """
         wanted: dict[str, int] = {}  # key -> weight
-        for up in config.http.upstreams.values():
+        for up in config.all_upstreams():
             for key, server in zip(peer_keys(up), up.servers, strict=True):
                 wanted[key] = server.weight
         new_keys = [k for k in wanted if k not in self.by_key]
@@ -87,7 +89,7 @@ class SlotTable:
         for slot in range(self.zone.peers):
             if self.zone.peer_word(slot, L.P_USED):
                 by_hash[self.zone.peer_word(slot, L.P_KEY_HASH)] = slot
-        for up in config.http.upstreams.values():
+        for up in config.all_upstreams():
             for key in peer_keys(up):
                 slot = by_hash.pop(key_hash(key), -1)
                 if slot >= 0:

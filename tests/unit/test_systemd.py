@@ -435,8 +435,7 @@ def test_wanted_listens_prefers_reuseport() -> None:
     plain = _lc("inet", "0.0.0.0", 80)
     rp = _lc("inet", "0.0.0.0", 80, reuseport=True)
     other = _lc("unix", "/run/x.sock", 0)
-    servers = (SimpleNamespace(listen=(plain, other)), SimpleNamespace(listen=(rp,)))
-    config = SimpleNamespace(http=SimpleNamespace(servers=servers))
+    config = SimpleNamespace(all_listens=lambda: [plain, other, rp])
     from prefork_lb.master.listeners import wanted_listens
 
     assert wanted_listens(config) == {plain.key: rp, other.key: other}  # type: ignore[arg-type]
