@@ -17,5 +17,6 @@ lb="$repo/.venv/bin/prefork-lb"
 [ -x "$lb" ] || { echo "run 'make' targets first: $lb is missing (make test builds .venv)" >&2; exit 2; }
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-cp "$here/bench.toml" "$scratch/"
-bash "$anchors" "$mode" --lb "$lb -c $scratch/bench.toml" "$@"  # no exec: the trap cleans up
+conf=bench.toml; [ "$mode" = stream ] && conf=bench-stream.toml
+cp "$here/$conf" "$scratch/"
+bash "$anchors" "$mode" --lb "$lb -c $scratch/$conf" "$@"  # no exec: the trap cleans up

@@ -29,9 +29,12 @@ from prefork_lb.stream.session import Session, StreamAttempt
 if TYPE_CHECKING:
     from prefork_lb.stream.runtime import StreamServerRuntime
 
-# Measured with iperf3 through the relay (loadtest/anchors.sh stream): reads of 256 KiB
-# move bulk data with a quarter of the syscalls of 64 KiB, and more than nginx's 16k.
-MIN_READ = 256 * 1024
+# Read size, measured with iperf3 through the relay beside nginx's stream module
+# (loadtest/stream_bench.sh, 3 rounds, 2 cores): 256 KiB ~1.0x nginx (9.6-10.2 Gbit/s),
+# 1 MiB ~1.2x (12.3-13.2 vs 9.8-10.9 Gbit/s); 64 KiB was slower (6.8). A read allocates
+# only for its duration (the bytes object shrinks to what arrived), so idle connections
+# hold no buffer; proxy_buffer_size can only raise it.
+MIN_READ = 1048576
 
 
 class TcpSession:
