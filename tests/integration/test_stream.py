@@ -345,3 +345,48 @@ def test_dns_through_the_udp_balancer(tmp_path: Path) -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+
+
+def test_udp_silent_upstream_is_502_and_proxy_requests_rebind(tmp_path: Path) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent_addr = f"127.0.0.1:{silent.getsockname()[1]}"
+    a = UdpEcho()
+    port, http_port = free_port(), free_port()
+    cfg = stream_config(
+        port,
+        [silent_addr, a.addr],
+        listen_extra=" udp",
+        http_port=http_port,
+        server_extra="proxy_responses = 1\nproxy_requests = 1",
+    ).replace('proxy_timeout = "5s"', 'proxy_timeout = "1s"')
+    with LB(tmp_path, cfg, http_port) as lb:
+        assert udp_ask(port, b"1", timeout_s=2.5) is None  # the silent peer: nothing comes back
+        line = stream_log(tmp_path, 1)[0].split("|")
+        assert line[:3] == ["UDP", "502", silent_addr]
+        assert "upstream timed out" in lb.output()
+        answers = [udp_ask(port, b"n") for _ in range(3)]  # the silent peer is now charged
+        assert all(x is not None and x.startswith(str(a.port).encode()) for x in answers)
+    silent.close()
+    a.close()
+
+
+def test_udp_session_table_is_bounded(tmp_path: Path) -> None:
+    a = UdpEcho()
+    port, http_port = free_port(), free_port()
+    cfg = stream_config(
+        port, [a.addr], listen_extra=" udp", http_port=http_port, server_extra="udp_sessions = 2"
+    )
+    with LB(tmp_path, cfg, http_port):
+        # no proxy_responses: sessions live until proxy_timeout unless the table evicts them
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+        for c in clients:
+            c.settimeout(3)
+            c.sendto(b"hi", ("127.0.0.1", port))
+            assert c.recvfrom(100)[0].endswith(b"hi")
+        # five sessions in a table of two: three were ended (and logged) to make room
+        lines = stream_log(tmp_path, 3)
+        assert len(lines) >= 3 and all(line.startswith("UDP|200|") for line in lines)
+        for c in clients:
+            c.close()
+    a.close()
