@@ -273,7 +273,10 @@ def free(sel: Selection, peer: Peer, failed: bool, now_s: int, now_ms: int = 0) 
         if peer.slow_start_ms and peer.max_fails and mv[b + L.P_FAILS] >= peer.max_fails:
             mv[b + L.P_SLOW_START_MS] = now_s * 1000  # back from unavailable: ramp (pick's clock)
         mv[b + L.P_FAILS] = 0
-        mv[b + L.P_DOWNSTART_MS] = 0
+        down_ms = mv[b + L.P_DOWNSTART_MS]
+        if down_ms:
+            mv[b + L.P_S_DOWNTIME_MS] += max(0, (now_ms or now_s * 1000) - down_ms)
+            mv[b + L.P_DOWNSTART_MS] = 0
     if sel.tries:
         sel.tries -= 1
 

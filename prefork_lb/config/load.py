@@ -131,7 +131,7 @@ def load_config(path: str, prefix: str | None = None) -> Config:
     daemon = top.take("daemon", boolean, False)
     worker_connections = top.take("worker_connections", positive_int, 1024)
     shutdown_s = top.take("worker_shutdown_timeout", _duration, 0.0)
-    zone_size = top.take("zone_size", _size, 2 * 1024 * 1024)
+    zone_size = top.take("zone_size", _size, 8 * 1024 * 1024)
     user = top.take("user", string, None)
     group = top.take("group", string, None)
     if group is not None and user is None:
@@ -150,6 +150,7 @@ def load_config(path: str, prefix: str | None = None) -> Config:
     top.finish()
     _check_zone_size(source, zone_size, http, stream)
     _check_listen_conflicts(source, http, stream)
+    _check_status_exposure(source, http)
     return Config(
         path=main,
         prefix=prefix,
@@ -389,13 +390,23 @@ class _Loader:
         return_ = t.take("return", _return_action) if t.has("return") else None
         if return_ is None:
             t.raw("return", None)
+        status = ""
+        for key in ("api", "metrics", "dashboard"):
+            if t.take(key, boolean, False):
+                if status:
+                    raise t.error(key, f'cannot be combined with "{status}" in one location')
+                status = key
+        access = tuple((True, n) for n in t.take("allow", _networks, [])) + tuple(
+            (False, n) for n in t.take("deny", _networks, [])
+        )
         settings = self.location_settings(t, inherited)
         path, fmt = self.log_settings(t, logs) or ("off", "combined")
         t.finish()  # unknown keys first: a typo such as "proxy_pas" gets its hint
-        if proxy_pass is None and return_ is None:
-            raise t.error("match", 'location needs "proxy_pass" or "return"')
-        if proxy_pass is not None and return_ is not None:
-            raise t.error("return", 'cannot be combined with "proxy_pass" in one location')
+        actions = [k for k, v in (("proxy_pass", proxy_pass), ("return", return_), (status, status)) if v]
+        if not actions:
+            raise t.error("match", 'location needs "proxy_pass", "return", "api", "metrics" or "dashboard"')
+        if len(actions) > 1:
+            raise t.error(actions[1], f'cannot be combined with "{actions[0]}" in one location')
         if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
             raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
         access_logs = () if path == "off" else (AccessLogConfig(path, fmt, self.log_formats[fmt]),)
@@ -407,6 +418,8 @@ class _Loader:
             proxy_pass=proxy_pass,
             return_=return_,
             access_logs=access_logs,
+            status=status,  # type: ignore[arg-type]
+            access=access,
             **settings,
         )
 
@@ -602,6 +615,37 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+def _networks(v: object) -> list[str]:
+    import ipaddress
+
+    items = string_list(v)
+    for item in items:
+        if item != "all":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f'"{item}" is not an address, a CIDR network or "all"') from None
+    return items
+
+
+def _check_status_exposure(source: Source, http: HttpConfig) -> None:
+    """An api location on a non-loopback address needs an allow list (security checklist)."""
+    import ipaddress
+
+    for s in http.servers:
+        for i, loc in enumerate(s.locations):
+            if loc.status != "api" or any(allow for allow, _ in loc.access):
+                continue
+            for lc in s.listen:
+                if lc.address.family == "unix":
+                    continue
+                if not ipaddress.ip_address(lc.address.host).is_loopback:
+                    raise source.error(
+                        f"http.servers[{s.index}].locations[{i}].api",
+                        f"the status API listens on {lc.address.text}, which is not loopback: add an allow list",
+                    )
+
+
 def _random_options(v: object) -> bool:
     if not isinstance(v, dict) or set(v) - {"two"} or not isinstance(v.get("two", False), bool):
         raise ValueError("must be a table such as { two = true }")
@@ -677,6 +721,7 @@ def _check_zone_size(source: Source, size: int, http: HttpConfig, stream: Stream
     from prefork_lb.zone.layout import DEFAULT_ROWS, peer_capacity
 
     peers = sum(len(u.servers) for u in [*http.upstreams.values(), *stream.upstreams.values()])
+    peers += len(http.servers) + len(stream.servers)  # status zones take slots too
     capacity = peer_capacity(size, DEFAULT_ROWS)
     if peers > capacity:
         raise ConfigError(

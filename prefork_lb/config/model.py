@@ -146,6 +146,8 @@ class LocationConfig:
     keepalive_timeout_s: float = 75.0
     keepalive_requests: int = 1000
     access_logs: tuple[AccessLogConfig, ...] = ()
+    status: Literal["", "api", "metrics", "dashboard"] = ""  # served by prefork-lb itself
+    access: tuple[tuple[bool, str], ...] = ()  # (allow?, CIDR or "all") in order, first match wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,14 @@ class ServerConfig:
     client_header_timeout_s: float = 60.0
     keepalive_timeout_s: float = 75.0
     index: int = 0  # position in [[http.servers]], for messages
+
+
+def zone_name(server: ServerConfig | StreamServerConfig) -> str:
+    """A server's status zone: its first server_name, else its first listen address."""
+    names: tuple[str, ...] = getattr(server, "server_names", ())
+    if names and names[0] and not names[0].startswith("~"):
+        return names[0]
+    return server.listen[0].address.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +212,7 @@ class Config:
     worker_shutdown_timeout_s: float
     http: HttpConfig
     stream: StreamConfig = field(default_factory=StreamConfig)
-    zone_size_bytes: int = 2 * 1024 * 1024
+    zone_size_bytes: int = 8 * 1024 * 1024
     user: str | None = None  # workers drop to this user when the master runs as root
     group: str | None = None
     worker_rlimit_nofile: int = 0

@@ -31,7 +31,7 @@ from prefork_lb.http.uri import UriError, encode_path, normalize_path
 
 if TYPE_CHECKING:
     from prefork_lb.http.routing import ServerRouter
-    from prefork_lb.http.runtime import HttpRuntime, LocationRuntime
+    from prefork_lb.http.runtime import HttpRuntime, LocationRuntime, StatusZone
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -56,6 +56,7 @@ class ClientConnection:
         "router",
         "runtime",
         "sock",
+        "status_zone",
     )
 
     def __init__(
@@ -79,6 +80,7 @@ class ClientConnection:
         self.body_done = True
         self.body_timeout_s = 60.0
         self.continue_pending = False
+        self.status_zone: StatusZone | None = None
 
     # ---- the loop ----
 
@@ -121,14 +123,20 @@ class ClientConnection:
             else:
                 timeout = server.client_header_timeout_s
             self.sock.settimeout(timeout)
-            self.idle = not reader.in_head
+            idle = self.idle = not reader.in_head
             self.idle_since = now
+            mv = self.runtime.zone.mv
+            idle_cell = self.runtime.idle_cell
+            if idle:
+                mv[idle_cell] += 1
             try:
                 data = self.sock.recv(RECV_SIZE)
             except OSError:
                 return False
             finally:
                 self.idle = False
+                if idle:
+                    mv[idle_cell] -= 1
             if not data:
                 return False
             reader.feed(data)
@@ -158,6 +166,8 @@ class ClientConnection:
         )
         server = self.router.select(head.host)
         ex.server = server
+        self.status_zone = runtime.zones[id(server)]
+        self.status_zone.begin(runtime.zone.mv)
         # An error later in the pipeline is answered after this request, not instead of it.
         self.keep_alive = head.keep_alive and not runtime.draining and not head.upgrade
         try:
@@ -178,6 +188,14 @@ class ClientConnection:
             lr = runtime.locations[id(loc)]
             ex.location = loc
             self.body_timeout_s = loc.client_body_timeout_s
+            if lr.access and not lr.allows(self.info.remote_addr):
+                self._finish_body()
+                self.respond_error(ex, 403)
+                return self._done(ex, lr)
+            if loc.status:
+                self._finish_body()
+                self._status(ex, lr)
+                return self._done(ex, lr)
             if info.requests >= loc.keepalive_requests:
                 self.keep_alive = False
             max_body = loc.client_max_body_size_bytes
@@ -202,6 +220,11 @@ class ClientConnection:
 
     def _done(self, ex: Exchange, lr: LocationRuntime | None) -> bool:
         ex.end_time = self.clock()
+        if self.status_zone is not None:
+            self.status_zone.end(
+                self.runtime.zone, ex.status, ex.request_length, ex.bytes_sent, ex.status == 499
+            )
+            self.status_zone = None
         if lr is not None:
             for writer, fmt in lr.logs:
                 writer.write(fmt.render(ex))
@@ -321,6 +344,19 @@ class ClientConnection:
             ctype = b"text/html"
         head_only = ex.method == b"HEAD"
         out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
+        ex.body_bytes_sent = 0 if head_only else len(body)
+        ex.bytes_sent = len(out)
+        self.send(out)
+
+    def _status(self, ex: Exchange, lr: LocationRuntime) -> None:
+        """api / metrics / dashboard locations, answered from the shared zone."""
+        from prefork_lb.http import status_pages
+
+        status, ctype, body = status_pages.answer(ex, lr, self.runtime)
+        head_only = ex.method == b"HEAD"
+        extra = [(b"Cache-Control", b"no-store")]
+        out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
+        ex.status = status
         ex.body_bytes_sent = 0 if head_only else len(body)
         ex.bytes_sent = len(out)
         self.send(out)

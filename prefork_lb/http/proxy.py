@@ -35,6 +35,7 @@ from prefork_lb.http.request import HttpError, RequestHead
 from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError, parse_response_head
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
 from prefork_lb.http.uri import encode_path
+from prefork_lb.zone.stats import record_http_peer
 
 if TYPE_CHECKING:
     from prefork_lb.http.connection import ClientConnection
@@ -205,6 +206,7 @@ class Proxy:
                 conn = self._connect(peer.server.address, peer.addr, attempt, now)
                 sent = True
                 self._send(conn, request_head, has_body)
+                attempt.bytes_sent = len(request_head) + self.body.received
                 resp, leftover = self._read_head(conn, attempt, now)
             except AttemptFailed as fail:
                 attempt.status = fail.status
@@ -274,6 +276,17 @@ class Proxy:
                 if took is not None:
                     record_time(peer, int(took * 1000))
             release_inflight(peer, sel)
+            if attempt is not None and attempt.status is not None:
+                header = attempt.header_time_s
+                record_http_peer(
+                    peer._mv,
+                    peer._b,
+                    attempt.status,
+                    attempt.bytes_sent,
+                    attempt.bytes_received,
+                    None if header is None else int(header * 1000),
+                    int((attempt.response_time_s or 0.0) * 1000),
+                )
             free(sel, peer, failed, int(now), int(now * 1000))
         finally:
             zone.unlock()
@@ -400,6 +413,7 @@ class Proxy:
             resp.status, resp.reason, resp.headers, resp.connection_tokens, field, keep_alive, self.now()
         )
         ex.status = resp.status
+        ex.bytes_sent = len(head)
         client.keep_alive = keep_alive
         reusable = False
         try:
@@ -415,6 +429,7 @@ class Proxy:
             reusable = False
         finally:
             attempt.response_time_s = self.now() - start
+            ex.bytes_sent += ex.body_bytes_sent
             if reusable and self.body.complete:
                 self.up.pool.put(conn, self.now())
             else:

@@ -8,18 +8,32 @@ copy for all workers); keep-alive pools are per worker.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 from prefork_lb.balance.base import Balancer
 from prefork_lb.balance.peers import PeerGroup
 from prefork_lb.balance.registry import make_balancer
-from prefork_lb.config.model import Config, LocationConfig, ServerConfig, UpstreamConfig
+from prefork_lb.config.model import (
+    Config,
+    LocationConfig,
+    ServerConfig,
+    StreamServerConfig,
+    UpstreamConfig,
+    zone_name,
+)
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
 from prefork_lb.http.variables import Template, compile_template
-from prefork_lb.zone.slots import peer_keys
+from prefork_lb.zone import layout as L
+from prefork_lb.zone.slots import SlotTable, count_peers, peer_keys
+from prefork_lb.zone.stats import record_zone
 from prefork_lb.zone.zone import Zone
 
 
@@ -39,6 +53,66 @@ class LocationRuntime:
     plan: HeaderPlan | None
     return_text: Template | None
     logs: tuple[tuple[AccessLogWriter, LogFormat], ...]
+    access: tuple[tuple[bool, IPNetwork | None], ...] = ()  # None = "all"
+
+    def allows(self, addr: str) -> bool:
+        """allow/deny in order, first match wins (nginx); no match: allowed."""
+        if not self.access:
+            return True
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            ip = None
+        for allow, net in self.access:
+            if net is None or (ip is not None and ip.version == net.version and ip in net):
+                return allow
+        return True
+
+
+@dataclass(slots=True)
+class StatusZone:
+    """A server's status zone: its record (under the lock) and this worker's
+    "processing" cell (no lock: one writer)."""
+
+    name: str
+    base: int
+    processing: int
+
+    def begin(self, mv: memoryview) -> None:
+        mv[self.processing] += 1
+
+    def end(self, zone: Zone, status: int, received: int, sent: int, discarded: bool) -> None:
+        zone.mv[self.processing] -= 1
+        zone.lock()
+        try:
+            record_zone(zone.mv, self.base, status, received, sent, discarded)
+        finally:
+            zone.unlock()
+
+
+def shared_state(
+    config: Config, zone: Zone | None, slots: dict[str, int] | None
+) -> tuple[Zone, dict[str, int]]:
+    """The master's zone and slots, or (tests, tools) a private zone set up the same way."""
+    if zone is not None and slots is not None:
+        return zone, slots
+    private = Zone.for_peers(count_peers(config))
+    return private, SlotTable(private).assign(config, 1)
+
+
+def status_zones(
+    servers: Sequence[ServerConfig | StreamServerConfig],
+    context: str,
+    zone: Zone,
+    slots: dict[str, int],
+    row: int,
+) -> dict[int, StatusZone]:
+    out = {}
+    for server in servers:
+        name = zone_name(server)
+        slot = slots[f"zone\0{context}\0{name}"]
+        out[id(server)] = StatusZone(name, L.peer_base(slot), L.active_index(row, zone.peers, slot))
+    return out
 
 
 @dataclass(slots=True)
@@ -49,8 +123,15 @@ class HttpRuntime:
     locations: dict[int, LocationRuntime]  # id(LocationConfig) -> runtime
     upstreams: dict[str, UpstreamRuntime]
     access_logs: AccessLogs
+    zone: Zone
+    row: int
+    zones: dict[int, StatusZone]  # id(ServerConfig) -> its status zone
+    accepted_cell: int = 0  # this worker's row: connection counters (one writer, no lock)
+    active_cell: int = 0
+    idle_cell: int = 0
     draining: bool = False
     formats: dict[str, LogFormat] = field(default_factory=dict)
+    streams: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # set by the worker
 
     def matcher(self, server: ServerConfig) -> LocationMatcher:
         return self.matchers[id(server)]
@@ -59,14 +140,12 @@ class HttpRuntime:
 def build_runtime(
     config: Config, zone: Zone | None = None, slots: dict[str, int] | None = None, row: int = 0
 ) -> HttpRuntime:
-    """``zone``/``slots``/``row`` come from the master; without them each group gets a
-    private zone (unit tests and tools)."""
+    """``zone``/``slots``/``row`` come from the master; without them a private zone
+    (unit tests and tools)."""
+    zone, slots = shared_state(config, zone, slots)
     upstreams = {}
     for name, up in config.http.upstreams.items():
-        if zone is not None and slots is not None:
-            group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
-        else:
-            group = PeerGroup.build(up)
+        group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         queue = RequestQueue(up.queue_size, up.queue_timeout_s) if up.queue_size else None
         upstreams[name] = UpstreamRuntime(up, group, make_balancer(up, group), KeepalivePool(up), queue)
     logs = AccessLogs()
@@ -90,6 +169,10 @@ def build_runtime(
                 plan=HeaderPlan.compile(loc.proxy_set_header) if proxy else None,
                 return_text=compile_template(ret.text) if ret and ret.text else None,
                 logs=tuple(writers),
+                access=tuple(
+                    (allow, None if net == "all" else ipaddress.ip_network(net, strict=False))
+                    for allow, net in loc.access
+                ),
             )
     return HttpRuntime(
         config=config,
@@ -98,5 +181,11 @@ def build_runtime(
         locations=locations,
         upstreams=upstreams,
         access_logs=logs,
+        zone=zone,
+        row=row,
+        zones=status_zones(config.http.servers, "http", zone, slots, row),
         formats=formats,
+        accepted_cell=L.row_base(row, zone.peers) + L.R_ACCEPTED,
+        active_cell=L.row_base(row, zone.peers) + L.R_ACTIVE,
+        idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
     )

@@ -41,6 +41,7 @@ from prefork_lb.master import systemd
 from prefork_lb.master.listeners import BindError, Listener, ListenerSet, wanted_listens
 from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
 from prefork_lb.signals import MASTER_SIGNALS
+from prefork_lb.zone import layout as ZL
 from prefork_lb.zone.slots import RowTable, SlotTable
 from prefork_lb.zone.zone import Zone, ZoneFullError
 
@@ -97,6 +98,11 @@ class Master:
             self.slots.adopt(config)
         self.rows = RowTable(self.zone)
         self.peer_slots = self.slots.assign(config, 1)
+        now_ms = int(time.time() * 1000)
+        if not inherited:
+            self.zone.set(ZL.H_START_MS, now_ms)
+        self.zone.set(ZL.H_LOAD_MS, now_ms)
+        self.zone.set(ZL.H_GENERATION, 1)
 
     def _adopt_sockets(self, sockets: list[int]) -> None:
         import socket as stdsocket
@@ -420,6 +426,7 @@ class Master:
             if when <= now:
                 del self.respawn_at[slot]
                 self._spawn(slot)
+                self.zone.add(ZL.H_RESPAWNED)
 
     def _signal_all(self, sig: int, generation: int | None = None) -> None:
         for proc in self.workers.values():
@@ -482,6 +489,9 @@ class Master:
         self.config = config
         self.generation = generation
         self.peer_slots = peer_slots
+        self.zone.add(ZL.H_RELOADS)
+        self.zone.set(ZL.H_GENERATION, generation)
+        self.zone.set(ZL.H_LOAD_MS, int(time.time() * 1000))
         self.respawn_at.clear()
         self._signal_all(signal.SIGQUIT, old_generation)
         for proc in self.workers.values():

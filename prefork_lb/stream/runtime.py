@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prefork_lb.balance.base import Balancer
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Config, StreamServerConfig, UpstreamConfig
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat
-from prefork_lb.stream.session import Session
+from prefork_lb.stream.session import Session, StreamAttempt
 from prefork_lb.stream.variables import compile_stream_log_format
 from prefork_lb.zone.slots import peer_keys
+from prefork_lb.zone.stats import record_stream_peer
 from prefork_lb.zone.zone import Zone
+
+if TYPE_CHECKING:
+    from prefork_lb.http.runtime import StatusZone
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -36,13 +41,29 @@ class StreamUpstream:
         finally:
             zone.unlock()
 
-    def release(self, sel: Selection, peer: Peer, failed: bool, now: float) -> None:
+    def release(
+        self, sel: Selection, peer: Peer, failed: bool, now: float, attempt: StreamAttempt | None = None
+    ) -> None:
         zone = self.group.zone
         zone.lock()
         try:
+            if attempt is not None and not failed:
+                record_stream_peer(
+                    peer._mv,
+                    peer._b,
+                    attempt.bytes_sent,
+                    attempt.bytes_received,
+                    _ms(attempt.connect_time_s),
+                    _ms(attempt.first_byte_time_s),
+                    int(attempt.session_time_s * 1000),
+                )
             free(sel, peer, failed, int(now), int(now * 1000))
         finally:
             zone.unlock()
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
 
 
 @dataclass(slots=True)
@@ -50,6 +71,17 @@ class StreamServerRuntime:
     config: StreamServerConfig
     upstream: StreamUpstream
     logs: tuple[tuple[AccessLogWriter, LogFormat], ...]
+    zone: StatusZone
+
+    def begin(self) -> None:
+        self.zone.begin(self.upstream.group.zone.mv)
+
+    def end(self, session: Session) -> None:
+        """The session is over: status zone totals, then the access log."""
+        self.zone.end(
+            self.upstream.group.zone, session.status, session.bytes_received, session.bytes_sent, False
+        )
+        self.log(session)
 
     def log(self, session: Session) -> None:
         for writer, fmt in self.logs:
@@ -63,12 +95,13 @@ def build_stream_runtime(
     config: Config, zone: Zone | None, slots: dict[str, int] | None, row: int, logs: AccessLogs
 ) -> dict[tuple[str, str, int], StreamServerRuntime]:
     """Runtime per stream listen key."""
+    from prefork_lb.http.runtime import shared_state, status_zones
+
+    zone, slots = shared_state(config, zone, slots)
+    zones = status_zones(config.stream.servers, "stream", zone, slots, row)
     upstreams: dict[str, StreamUpstream] = {}
     for name, up in config.stream.upstreams.items():
-        if zone is not None and slots is not None:
-            group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
-        else:
-            group = PeerGroup.build(up)
+        group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         upstreams[name] = StreamUpstream(up, group, make_balancer(up, group))
     formats: dict[str, LogFormat] = {}
     out: dict[tuple[str, str, int], StreamServerRuntime] = {}
@@ -79,7 +112,7 @@ def build_stream_runtime(
             if fmt is None:
                 fmt = formats[al.format_name] = compile_stream_log_format(al.format)
             writers.append((logs.get(al.path), fmt))
-        rt = StreamServerRuntime(server, upstreams[server.proxy_pass], tuple(writers))
+        rt = StreamServerRuntime(server, upstreams[server.proxy_pass], tuple(writers), zones[id(server)])
         for lc in server.listen:
             out[lc.key] = rt
     return out

@@ -88,7 +88,7 @@ class TcpSession:
                 self._relay(attempt, now)
             finally:
                 attempt.session_time_s = self.clock() - now
-                rt.upstream.release(sel, peer, False, self.clock())
+                rt.upstream.release(sel, peer, False, self.clock(), attempt)
             return
 
     def _relay(self, attempt: StreamAttempt, start: float) -> None:

@@ -105,6 +105,7 @@ class UdpListener:
                 oldest.reader.kill(block=False)  # ends it now (logged as 200)
         now = self.clock()
         session = Session("UDP", addr[0], addr[1], self.server_addr, self.server_port, self.next_id(), now)
+        rt.begin()
         sel = new_selection(rt.upstream.group, 1)
         peer = rt.upstream.pick(sel, session, now)
         if peer is None:
@@ -114,7 +115,7 @@ class UdpListener:
             rt.log_error(
                 'no live upstreams while connecting to upstream, upstream: "%s"', rt.upstream.group.name
             )
-            rt.log(session)
+            rt.end(session)
             return None
         session.attempts.append(StreamAttempt(peer.addr, connect_time_s=0.0))
         address = peer.server.address
@@ -193,12 +194,12 @@ class UdpListener:
         now = self.clock()
         state.attempt.session_time_s = now - state.session.start_time
         state.session.end_time = now
-        self.rt.upstream.release(state.sel, state.peer, failed, now)
+        self.rt.upstream.release(state.sel, state.peer, failed, now, state.attempt)
         try:
             state.sock.close()
         except OSError:
             pass
-        self.rt.log(state.session)
+        self.rt.end(state.session)
 
     def stop(self) -> None:
         """Graceful stop: no new datagrams; sessions in flight finish on their own."""

@@ -115,6 +115,7 @@ class Worker:
         from prefork_lb.stream.runtime import build_stream_runtime
 
         self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)
+        self.runtime.streams = self.streams
         self.udp: list[Any] = []
         self.stream_sessions: set[Any] = set()
         gevent.get_hub()  # created (not run) as root: gevent imports its loop module lazily
@@ -187,6 +188,8 @@ class Worker:
         clock = self.clock
         family, host, port = key
         counter = [self.slot << 40]
+        mv = runtime.zone.mv
+        accepted, active = runtime.accepted_cell, runtime.active_cell
 
         def handle(sock: Any, address: Any) -> None:
             counter[0] += 1
@@ -198,9 +201,12 @@ class Worker:
             info = ConnectionInfo(remote, rport, host, port, counter[0])
             conn = ClientConnection(sock, info, router, runtime, clock)
             connections.add(conn)
+            mv[accepted] += 1
+            mv[active] += 1
             try:
                 conn.serve()
             finally:
+                mv[active] -= 1
                 connections.discard(conn)
 
         return handle
@@ -222,13 +228,14 @@ class Worker:
             session = Session("TCP", address[0], address[1], key[1], key[2], counter[0], clock())
             tcp = TcpSession(sock, session, rt, clock)
             sessions.add(tcp)
+            rt.begin()
             try:
                 tcp.run()
             finally:
                 sessions.discard(tcp)
                 session.end_time = clock()
                 tcp.close()
-                rt.log(session)
+                rt.end(session)
 
         return handle
 
@@ -270,6 +277,10 @@ class Worker:
         from setproctitle import setproctitle
 
         setproctitle(self.title + " (shutting down)")
+        if self.zone is not None:
+            from prefork_lb.zone import layout as ZL
+
+            self.zone.mv[ZL.row_base(self.row, self.zone.peers) + ZL.R_DRAINING] = 1
         for server in self.servers:
             server.close()
         for listener, reader in self.udp:

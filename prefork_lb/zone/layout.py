@@ -26,11 +26,24 @@ from __future__ import annotations
 from typing import Final
 
 MAGIC: Final = 0x706C627A6F6E6531  # "plbzone1"
-VERSION: Final = 1
-HEADER_WORDS: Final = 8
-H_MAGIC, H_VERSION, H_ROWS, H_PEERS, H_SIZE = range(5)
+VERSION: Final = 2
+HEADER_WORDS: Final = 16
+(
+    H_MAGIC,
+    H_VERSION,
+    H_ROWS,
+    H_PEERS,
+    H_SIZE,
+    H_RESPAWNED,  # workers respawned after dying (master)
+    H_RELOADS,  # successful reloads (master)
+    H_GENERATION,  # current generation (master)
+    H_START_MS,  # master start (ms since epoch)
+    H_LOAD_MS,  # last (re)load (ms since epoch)
+    H_ACCEPTED_GONE,  # connections accepted by workers that have exited (master folds rows in)
+    H_DROPPED_GONE,
+) = range(12)
 
-PEER_WORDS: Final = 16
+PEER_WORDS: Final = 64
 (
     P_USED,  # 1 while a peer owns the slot
     P_CW,  # smooth-WRR current_weight
@@ -48,13 +61,64 @@ PEER_WORDS: Final = 16
     P_DOWNSTART_MS,  # when it became unavailable (ms since epoch), 0 while usable
     P_INFLIGHT_MS,  # least_time inflight: sum of the start times (ms) of in-flight requests
     P_KEY_HASH,  # hash of the peer's identity: a new master after exec finds its slots
-) = range(PEER_WORDS)
+) = range(16)
+# Statistics (written under the lock when a request or session ends). Server zones use the
+# same slot records (keyed by zone name), reading P_S_PROCESSING and the response fields.
+P_S_1XX = 16  # responses by class: 1xx .. 5xx at P_S_1XX + 0 .. 4 (stream: 2xx/4xx/5xx)
+P_S_TOTAL = 21
+P_S_SENT = 22  # bytes to the upstream (zones: to the client)
+P_S_RECEIVED = 23  # bytes from the upstream (zones: from the client)
+P_S_HEADER_MS = 24  # sum of header times (stream: connect times); count in P_S_HEADER_N
+P_S_HEADER_N = 25
+P_S_RESPONSE_MS = 26  # sum of response times (stream: session times); count in P_S_RESPONSE_N
+P_S_RESPONSE_N = 27
+P_S_DOWNTIME_MS = 28  # accumulated time unavailable
+P_S_FIRST_BYTE_MS = 29  # stream: sum of first-byte times (count: P_S_HEADER_N)
+P_S_PROCESSING = 30  # zones: requests in progress
+P_S_DISCARDED = 31  # zones: requests answered without a response body sent (nginx "discarded")
+P_S_HIST = 32  # response-time histogram, one word per bucket of HIST_BOUNDS_MS (+Inf last)
+HIST_BOUNDS_MS: Final = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+P_S_CODES = P_S_HIST + len(HIST_BOUNDS_MS) + 1  # 44: counts for CODES, in order
+CODES: Final = (
+    200,
+    201,
+    204,
+    206,
+    301,
+    302,
+    304,
+    307,
+    308,
+    400,
+    401,
+    403,
+    404,
+    405,
+    408,
+    413,
+    429,
+    499,
+    500,
+    502,
+)
+assert P_S_CODES + len(CODES) <= PEER_WORDS
 
-ROW_HEADER_WORDS: Final = 8
-R_PID, R_GENERATION, R_SLOT, R_HEARTBEAT_NS, R_STARTED_MS = range(5)
+ROW_HEADER_WORDS: Final = 16
+(
+    R_PID,
+    R_GENERATION,
+    R_SLOT,
+    R_HEARTBEAT_NS,
+    R_STARTED_MS,
+    R_ACCEPTED,  # connections accepted by this worker (written by it alone)
+    R_DROPPED,
+    R_ACTIVE,  # client connections open now
+    R_IDLE,  # of which waiting for a request
+    R_DRAINING,  # 1 while the worker shuts down
+) = range(10)
 
 DEFAULT_ROWS: Final = 128  # up to 64 workers, with room for an old and a new generation
-DEFAULT_SIZE: Final = 2 * 1024 * 1024
+DEFAULT_SIZE: Final = 8 * 1024 * 1024  # ~2900 peer/zone slots with 128 rows
 
 
 ROW_PEER_WORDS: Final = 2  # active, inflight_ms

@@ -12,7 +12,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prefork_lb.config.model import Config, UpstreamConfig
+from prefork_lb.config.model import Config, UpstreamConfig, zone_name
 from prefork_lb.zone.zone import Zone, ZoneFullError
 
 FOREIGN = -1  # retiring slots that belong to a previous master's workers (binary upgrade)
@@ -31,6 +31,13 @@ def peer_keys(upstream: UpstreamConfig) -> list[str]:
     return keys
 
 
+def zone_keys(config: Config) -> dict[str, str]:
+    """Slot key per server-zone key ("http\0name" / "stream\0name")."""
+    names = {f"http\0{zone_name(s)}" for s in config.http.servers}
+    names |= {f"stream\0{zone_name(s)}" for s in config.stream.servers}
+    return {name: f"zone\0{name}" for name in sorted(names)}
+
+
 def key_hash(key: str) -> int:
     """A stable 63-bit hash of a peer key, stored in the zone (int64, never 0)."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
@@ -38,7 +45,7 @@ def key_hash(key: str) -> int:
 
 
 def count_peers(config: Config) -> int:
-    return sum(len(u.servers) for u in config.all_upstreams())
+    return sum(len(u.servers) for u in config.all_upstreams()) + len(zone_keys(config))
 
 
 @dataclass(slots=True)
@@ -60,6 +67,8 @@ class SlotTable:
         for up in config.all_upstreams():
             for key, server in zip(peer_keys(up), up.servers, strict=True):
                 wanted[key] = server.weight
+        for key in zone_keys(config).values():
+            wanted[key] = 1
         new_keys = [k for k in wanted if k not in self.by_key]
         free = self.free_slots()
         if len(new_keys) > len(free):
@@ -89,11 +98,12 @@ class SlotTable:
         for slot in range(self.zone.peers):
             if self.zone.peer_word(slot, L.P_USED):
                 by_hash[self.zone.peer_word(slot, L.P_KEY_HASH)] = slot
-        for up in config.all_upstreams():
-            for key in peer_keys(up):
-                slot = by_hash.pop(key_hash(key), -1)
-                if slot >= 0:
-                    self.by_key[key] = slot
+        for key in [k for up in config.all_upstreams() for k in peer_keys(up)] + list(
+            zone_keys(config).values()
+        ):
+            slot = by_hash.pop(key_hash(key), -1)
+            if slot >= 0:
+                self.by_key[key] = slot
         if by_hash:
             self.retiring.append((FOREIGN, list(by_hash.values())))
 

@@ -132,6 +132,8 @@ class Zone:
         least_time's in-flight start times) from the live rows, exact wherever it was killed."""
         with self:
             base = L.row_base(row, self.peers)
+            self.mv[L.H_ACCEPTED_GONE] += self.mv[base + L.R_ACCEPTED]  # counters never go back
+            self.mv[L.H_DROPPED_GONE] += self.mv[base + L.R_DROPPED]
             for i in range(L.row_words(self.peers)):
                 self.mv[base + i] = 0
             self._recount()
@@ -144,6 +146,14 @@ class Zone:
             if mv[base + L.P_USED]:
                 mv[base + L.P_CONNS] = sum(mv[L.active_index(r, peers, slot)] for r in live)
                 mv[base + L.P_INFLIGHT_MS] = sum(mv[L.inflight_index(r, peers, slot)] for r in live)
+
+    def add(self, word: int, value: int = 1) -> None:
+        """Master counters in the header (respawns, reloads)."""
+        with self:
+            self.mv[word] += value
+
+    def set(self, word: int, value: int) -> None:
+        self.mv[word] = value
 
     def set_row_pid(self, row: int, pid: int) -> None:
         self.mv[L.row_base(row, self.peers) + L.R_PID] = pid

@@ -90,9 +90,10 @@ def test_regions_do_not_overlap_and_fill_the_zone(peers: int, rows: int) -> None
 
 
 def test_field_indexes_fit_their_records() -> None:
-    assert max(L.H_MAGIC, L.H_VERSION, L.H_ROWS, L.H_PEERS, L.H_SIZE) < L.HEADER_WORDS
-    assert L.P_KEY_HASH == L.PEER_WORDS - 1
-    assert max(L.R_PID, L.R_GENERATION, L.R_SLOT, L.R_HEARTBEAT_NS, L.R_STARTED_MS) < L.ROW_HEADER_WORDS
+    assert max(L.H_MAGIC, L.H_VERSION, L.H_ROWS, L.H_PEERS, L.H_SIZE, L.H_DROPPED_GONE) < L.HEADER_WORDS
+    assert L.P_KEY_HASH < L.P_S_1XX  # state words come before the statistics
+    assert L.P_S_CODES + len(L.CODES) <= L.PEER_WORDS
+    assert max(L.R_PID, L.R_GENERATION, L.R_SLOT, L.R_HEARTBEAT_NS, L.R_DRAINING) < L.ROW_HEADER_WORDS
 
 
 # ---- Zone: header and peer records -----------------------------------------------------------------
