@@ -642,7 +642,8 @@ def _check_status_exposure(source: Source, http: HttpConfig) -> None:
                 if not ipaddress.ip_address(lc.address.host).is_loopback:
                     raise source.error(
                         f"http.servers[{s.index}].locations[{i}].api",
-                        f"the status API listens on {lc.address.text}, which is not loopback: add an allow list",
+                        f"the status API listens on {lc.address.text}, which is not loopback: "
+                        "add an allow list",
                     )
 
 

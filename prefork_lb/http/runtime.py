@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 from prefork_lb.balance.base import Balancer
 from prefork_lb.balance.peers import PeerGroup
 from prefork_lb.balance.registry import make_balancer
@@ -35,6 +33,8 @@ from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import SlotTable, count_peers, peer_keys
 from prefork_lb.zone.stats import record_zone
 from prefork_lb.zone.zone import Zone
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(slots=True)
