@@ -158,7 +158,8 @@ def test_allow_and_deny(tmp_path: Path) -> None:
 def test_api_on_a_public_address_needs_an_allow_list(tmp_path: Path) -> None:
     path = tmp_path / "lb.toml"
     path.write_text(
-        '[[http.servers]]\nlisten = ["0.0.0.0:18999"]\n[[http.servers.locations]]\nmatch = "/api/"\napi = true\n'
+        '[[http.servers]]\nlisten = ["0.0.0.0:18999"]\n'
+        '[[http.servers.locations]]\nmatch = "/api/"\napi = true\n'
     )
     with pytest.raises(ConfigError) as e:
         load_config(str(path))
