@@ -15,6 +15,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from prefork_lb.config.addresses import parse_address, parse_listen
@@ -52,6 +53,20 @@ METHODS = ("round_robin", "least_conn", "ip_hash", "hash", "random", "least_time
 STREAM_METHODS = ("round_robin", "least_conn", "hash", "random")  # nginx: no ip_hash (hash $remote_addr)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One access_log entry before its format is known (formats inherit separately)."""
+
+    path: str
+    format: str | None = None
+    buffer_bytes: int = 0
+    flush_s: float = 1.0
+    condition: str | None = None
+
+
+LogSpec = tuple[tuple[LogEntry, ...], str]
 
 
 def _duration(v: object) -> float:
@@ -316,13 +331,12 @@ class _Loader:
                 t.raw(key, None)  # known key, not set at this level
         return settings
 
-    def log_settings(self, t: Table, inherited: tuple[str, str] | None) -> tuple[str, str] | None:
-        """(path, format name) or None for "off"; nginx's default is access.log combined."""
-        path, fmt = inherited if inherited else ("off", "combined")
-        if inherited is None and not t.has("access_log"):
-            path = self.path("access.log")
+    def log_settings(self, t: Table, inherited: LogSpec | None) -> LogSpec:
+        """(access log entries, default format name); nginx's default is access.log combined.
+        A level that sets ``access_log`` replaces the inherited entries (nginx)."""
+        entries, fmt = inherited if inherited else ((LogEntry(self.path("access.log")),), "combined")
         if t.has("access_log"):
-            path = self.log_path(t.take("access_log", string))
+            entries = self._log_entries(t)
         else:
             t.raw("access_log", None)
         if t.has("log_format"):
@@ -331,13 +345,47 @@ class _Loader:
                 raise t.error("log_format", f'unknown log format "{fmt}" (define it in [http.log_formats])')
         else:
             t.raw("log_format", None)
-        return (path, fmt)
+        return entries, fmt
+
+    def _log_entries(self, t: Table) -> tuple[LogEntry, ...]:
+        """``access_log``: a path, "off", a table {path, format, buffer, flush, if}, or a list."""
+        value = t.raw("access_log")
+        items = value if isinstance(value, list) else [value]
+        out: list[LogEntry] = []
+        for i, item in enumerate(items):
+            key = f"{t.key_path('access_log')}[{i}]" if isinstance(value, list) else t.key_path("access_log")
+            if item == "off":
+                return ()
+            if isinstance(item, str):
+                out.append(LogEntry(self.log_path(item)))
+                continue
+            e = Table(self.source, item, key)
+            fmt = e.take("format", string, None)
+            if fmt is not None and fmt not in self.log_formats:
+                raise e.error("format", f'unknown log format "{fmt}" (define it in [http.log_formats])')
+            cond = e.take("if", string, None)
+            if cond is not None:
+                from prefork_lb.http.variables import VariableError, compile_template
+
+                try:
+                    compile_template(cond)
+                except VariableError as err:
+                    raise e.error("if", str(err)) from None
+            out.append(
+                LogEntry(
+                    self.log_path(e.take("path", string)),
+                    fmt,
+                    e.take("buffer", _size, 0),
+                    e.take("flush", _duration, 1.0),
+                    cond,
+                )
+            )
+            e.finish()
+        return tuple(out)
 
     # ---- servers and locations ----
 
-    def server(
-        self, index: int, t: Table, http_settings: dict[str, Any], http_logs: tuple[str, str] | None
-    ) -> ServerConfig:
+    def server(self, index: int, t: Table, http_settings: dict[str, Any], http_logs: LogSpec) -> ServerConfig:
         listen_texts = t.take("listen", string_list)
         if not listen_texts:
             raise t.error("listen", "must name at least one address")
@@ -374,7 +422,7 @@ class _Loader:
             index=index,
         )
 
-    def location(self, t: Table, inherited: dict[str, Any], logs: tuple[str, str] | None) -> LocationConfig:
+    def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:
         match = t.take("match", string)
         modifier, pattern, regex = _parse_match(match)
         if modifier in ("~", "~*"):
@@ -400,7 +448,7 @@ class _Loader:
             (False, n) for n in t.take("deny", _networks, [])
         )
         settings = self.location_settings(t, inherited)
-        path, fmt = self.log_settings(t, logs) or ("off", "combined")
+        entries, fmt = self.log_settings(t, logs)
         t.finish()  # unknown keys first: a typo such as "proxy_pas" gets its hint
         actions = [k for k, v in (("proxy_pass", proxy_pass), ("return", return_), (status, status)) if v]
         if not actions:
@@ -409,7 +457,18 @@ class _Loader:
             raise t.error(actions[1], f'cannot be combined with "{actions[0]}" in one location')
         if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
             raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
-        access_logs = () if path == "off" else (AccessLogConfig(path, fmt, self.log_formats[fmt]),)
+        access_logs = tuple(
+            AccessLogConfig(
+                e.path,
+                e.format or fmt,
+                self.log_formats[e.format or fmt],
+                e.buffer_bytes,
+                e.flush_s,
+                e.condition,
+            )
+            for e in entries
+            if e.path != "off"
+        )
         return LocationConfig(
             match=match,
             modifier=modifier,

@@ -107,6 +107,9 @@ class AccessLogConfig:
     path: str  # absolute path, or "stderr"/"stdout"
     format_name: str
     format: str
+    buffer_bytes: int = 0  # nginx's buffer=: write when full (0: every line)
+    flush_s: float = 1.0  # nginx's flush=: buffered lines wait at most this long
+    condition: str | None = None  # nginx's if=: logged when it renders neither "" nor "0"
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,7 +226,11 @@ class ClientConnection:
             )
             self.status_zone = None
         if lr is not None:
-            for writer, fmt in lr.logs:
+            for writer, fmt, cond in lr.logs:
+                if cond is not None:
+                    value = cond.render(ex)
+                    if not value or value == "0":
+                        continue
                 writer.write(fmt.render(ex))
         return self.keep_alive and self.body_done
 

@@ -52,7 +52,7 @@ class LocationRuntime:
     upstream: UpstreamRuntime | None
     plan: HeaderPlan | None
     return_text: Template | None
-    logs: tuple[tuple[AccessLogWriter, LogFormat], ...]
+    logs: tuple[tuple[AccessLogWriter, LogFormat, Template | None], ...]  # writer, format, if=
     access: tuple[tuple[bool, IPNetwork | None], ...] = ()  # None = "all"
 
     def allows(self, addr: str) -> bool:
@@ -160,7 +160,8 @@ def build_runtime(
                 fmt = formats.get(al.format_name)
                 if fmt is None:
                     fmt = formats[al.format_name] = compile_log_format(al.format)
-                writers.append((logs.get(al.path), fmt))
+                cond = compile_template(al.condition) if al.condition else None
+                writers.append((logs.get(al.path, al.buffer_bytes, al.flush_s), fmt, cond))
             proxy = loc.proxy_pass
             ret = loc.return_
             locations[id(loc)] = LocationRuntime(

@@ -268,7 +268,7 @@ class Worker:
             now = self.clock()
             for up in self.runtime.upstreams.values():
                 up.pool.sweep(now)
-            self.runtime.access_logs.flush_all()
+            self.runtime.access_logs.flush_expired()  # its own clock: time.monotonic()
             if os.getppid() != self.master_pid:
                 self._stop(True)
 

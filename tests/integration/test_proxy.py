@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, basic_config, raw_exchange, request, upstream_block
+from tests.harness import LB, basic_config, raw_exchange, request, upstream_block, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +331,49 @@ def test_upstream_protocol_errors_are_502_and_truncations_close(tmp_path: Path, 
             except ConnectionResetError:
                 pass
         assert b"Content-Length: 100000" in got and len(got.split(b"\r\n\r\n", 1)[1]) < 100000
+
+
+def test_access_log_buffer_flush_if_and_several_logs(tmp_path: Path, backends: Backend) -> None:
+    port = free_port()
+    up = upstream_block("backend", backends.addrs[:1])
+    cfg = f"""
+error_log = "error.log"
+[http]
+[http.log_formats]
+short = '$request_uri $status'
+{up}
+[[http.servers]]
+listen = ["127.0.0.1:{port}"]
+access_log = [
+  "all.log",
+  {{ path = "buffered.log", format = "short", buffer = "64k", flush = "1h" }},
+  {{ path = "errors.log", format = "short", if = "$arg_log" }},
+]
+  [[http.servers.locations]]
+  match = "/"
+  proxy_pass = "http://backend"
+  [[http.servers.locations]]
+  match = "/quiet"
+  access_log = "off"
+  return = "204"
+"""
+    with LB(tmp_path, cfg, port):
+        for path in ("/a", "/b?log=1", "/c?log=0", "/quiet"):
+            request(port, "GET", path)
+        wait_for(
+            lambda: (
+                (tmp_path / "all.log").exists() and len((tmp_path / "all.log").read_text().splitlines()) == 3
+            ),
+            what="combined log",
+        )
+        assert '"GET /a HTTP/1.1" 200' in (tmp_path / "all.log").read_text()
+        errors = wait_for(
+            lambda: (tmp_path / "errors.log").exists() and (tmp_path / "errors.log").read_text(),
+            what="conditional log",
+        )
+        assert errors.splitlines() == ["/b?log=1 200"]  # "0" and empty are not logged
+        # buffered (64k, flush=1h): nothing is written while the worker runs...
+        buffered = tmp_path / "buffered.log"
+        assert not buffered.exists() or buffered.read_text() == ""
+    # ...and everything when it exits (a graceful or fast stop flushes)
+    assert buffered.read_text().splitlines() == ["/a 200", "/b?log=1 200", "/c?log=0 200"]
