@@ -1,4 +1,4 @@
-"""``prefork-lb [-c FILE] [-p PREFIX] [-t] [-s reload|stop|quit|reopen] [-v]``
+"""``prefork-lb [-c FILE] [-p PREFIX] [-t] [-s reload|stop|quit|reopen] [-v]``; ``prefork-lb top``
 
 Signals (nginx's meanings): reload = HUP (re-read the config, new workers, old ones retire
 gracefully), stop = TERM (fast), quit = QUIT (graceful), reopen = USR1 (reopen log files).
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prefork-lb",
         description="nginx-style load balancer: a prefork master with gevent workers.",
-        epilog="signals: reload=HUP, stop=TERM (fast), quit=QUIT (graceful), reopen=USR1",
+        epilog="signals: reload=HUP, stop=TERM (fast), quit=QUIT (graceful), reopen=USR1; "
+        "`prefork-lb top --url http://127.0.0.1:8081/api/` shows the status API in a terminal",
     )
     p.add_argument(
         "-c",
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:  # prefork-lb top [--url URL] [--interval S] [--once]
+        from prefork_lb.top import main as top_main
+
+        return top_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.signal:
         return send_signal(args.config, args.prefix, args.signal)

@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     from prefork_lb.stream.runtime import StreamServerRuntime
 
 VERSIONS: Final = list(range(1, 10))
+EMPTY_COLLECTIONS: Final = (
+    "slabs",
+    "ssl",
+    "resolvers",
+    "http/caches",
+    "http/location_zones",
+    "http/limit_reqs",
+    "http/limit_conns",
+)
 _CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -318,6 +327,11 @@ class StatusReader:
             "stream": {"server_zones": self.stream_server_zones, "upstreams": self.stream_upstreams},
             "prefork": {"workers": self.workers},
         }
+        # NGINX Plus features we do not have: empty collections, as NGINX Plus answers when
+        # none is configured (a 404 makes nginx-plus-go-client fail the whole scrape)
+        for path in EMPTY_COLLECTIONS:
+            section, _, name = path.rpartition("/")
+            (tree[section] if section else tree)[name] = dict
         node: Any = tree
         for i, part in enumerate(parts):
             if isinstance(node, dict) and part in node:

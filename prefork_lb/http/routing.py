@@ -95,7 +95,7 @@ def _slash_redirects(exact: dict[str, LocationConfig], prefixes: list[LocationCo
     targets = {
         loc.pattern[:-1]
         for loc in (*exact.values(), *prefixes)
-        if loc.proxy_pass is not None and len(loc.pattern) > 1 and loc.pattern.endswith("/")
+        if (loc.proxy_pass is not None or loc.status) and len(loc.pattern) > 1 and loc.pattern.endswith("/")
     }
     return frozenset(targets - named)
 
