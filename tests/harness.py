@@ -251,7 +251,8 @@ class ZoneReader:
         return int(self.mv[self.L.peer_base(slot) + field])
 
     def used_slots(self) -> list[int]:
-        return [s for s in range(self.peers) if self.peer(s, self.L.P_USED)]
+        """Peer slots (status-zone slots are USED_ZONE)."""
+        return [s for s in range(self.peers) if self.peer(s, self.L.P_USED) == self.L.USED_PEER]
 
     def total_conns(self) -> int:
         return sum(self.peer(s, self.L.P_CONNS) for s in self.used_slots())

@@ -45,7 +45,7 @@ HEADER_WORDS: Final = 16
 
 PEER_WORDS: Final = 64
 (
-    P_USED,  # 1 while a peer owns the slot
+    P_USED,  # 1 while a peer owns the slot, 2 for a server status zone (USED_PEER / USED_ZONE)
     P_CW,  # smooth-WRR current_weight
     P_EW,  # effective_weight
     P_CONNS,  # active requests/sessions, all workers
@@ -102,6 +102,9 @@ CODES: Final = (
     502,
 )
 assert P_S_CODES + len(CODES) <= PEER_WORDS
+
+USED_PEER: Final = 1
+USED_ZONE: Final = 2
 
 ROW_HEADER_WORDS: Final = 16
 (

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from prefork_lb.config.model import Config, UpstreamConfig, zone_name
+from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone, ZoneFullError
 
 FOREIGN = -1  # retiring slots that belong to a previous master's workers (binary upgrade)
@@ -80,7 +81,8 @@ class SlotTable:
             dropped = [slot for key, slot in self.by_key.items() if key not in wanted]
             self.by_key = {k: s for k, s in self.by_key.items() if k in wanted}
             for key, slot in zip(new_keys, free, strict=False):
-                self.zone.init_peer(slot, wanted[key], key_hash(key))
+                used = L.USED_ZONE if key.startswith("zone\0") else L.USED_PEER
+                self.zone.init_peer(slot, wanted[key], key_hash(key), used)
                 self.by_key[key] = slot
             for key, slot in self.by_key.items():
                 self.zone.reweigh_peer(slot, wanted[key])
@@ -92,8 +94,6 @@ class SlotTable:
         """After a binary upgrade: take over the slots the previous master set up. Peers of
         ``config`` find their slot (and state) by key hash; slots of other peers stay
         reserved (``FOREIGN``) while the previous master's workers may use them."""
-        from prefork_lb.zone import layout as L
-
         by_hash: dict[int, int] = {}
         for slot in range(self.zone.peers):
             if self.zone.peer_word(slot, L.P_USED):

@@ -92,12 +92,12 @@ class Zone:
 
     # ---- peer slots (master, under the lock) ----
 
-    def init_peer(self, slot: int, weight: int, key_hash: int = 0) -> None:
+    def init_peer(self, slot: int, weight: int, key_hash: int = 0, used: int = L.USED_PEER) -> None:
         base = L.peer_base(slot)
         mv = self.mv
         for i in range(L.PEER_WORDS):
             mv[base + i] = 0
-        mv[base + L.P_USED] = 1
+        mv[base + L.P_USED] = used
         mv[base + L.P_KEY_HASH] = key_hash
         mv[base + L.P_EW] = weight
         mv[base + L.P_RT_MS] = -1
@@ -143,7 +143,7 @@ class Zone:
         live = [r for r in range(self.rows) if mv[L.row_base(r, peers) + L.R_PID]]
         for slot in range(peers):
             base = L.peer_base(slot)
-            if mv[base + L.P_USED]:
+            if mv[base + L.P_USED] == L.USED_PEER:  # zone slots' row cells count "processing"
                 mv[base + L.P_CONNS] = sum(mv[L.active_index(r, peers, slot)] for r in live)
                 mv[base + L.P_INFLIGHT_MS] = sum(mv[L.inflight_index(r, peers, slot)] for r in live)
 
