@@ -27,6 +27,7 @@ from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.headers import error_page, simple_response
 from prefork_lb.http.proxy import ClientGone, Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
+from prefork_lb.http.upstream import send_all
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
 
 if TYPE_CHECKING:
@@ -287,7 +288,7 @@ class ClientConnection:
 
     def send(self, data: bytes) -> None:
         try:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
         except OSError:
             raise ClientGone from None
 

@@ -33,7 +33,7 @@ from prefork_lb.http.exchange import Attempt, Exchange
 from prefork_lb.http.headers import build_response_head, build_upstream_head
 from prefork_lb.http.request import HttpError, RequestHead
 from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError, parse_response_head
-from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
+from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection, send_all
 from prefork_lb.http.uri import encode_path
 from prefork_lb.zone.stats import record_http_peer
 
@@ -327,9 +327,9 @@ class Proxy:
         body = self.body
         try:
             if not has_body:
-                sock.sendall(request_head)
+                send_all(sock, request_head)
             elif body.complete and body.replayable:
-                sock.sendall(request_head + self._framed_buffer())
+                send_all(sock, request_head + self._framed_buffer())
             else:
                 sock.sendall(request_head)
                 body.send_to(sock)

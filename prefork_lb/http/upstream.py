@@ -59,6 +59,18 @@ class UpstreamConnection:
             pass
 
 
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """sendall with a fast path: one non-blocking send() on the raw socket takes the whole
+    buffer almost always (responses fit the socket buffer); gevent's sendall, with its
+    Python loop and a getsockopt() per call, only handles the rest. Errors propagate."""
+    try:
+        sent = sock._sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def open_connection(address: Address, timeout_s: float, now: float) -> UpstreamConnection:
     """Connect with ``timeout_s``; raises OSError (refused, unreachable) or socket.timeout."""
     if address.family == "unix":
