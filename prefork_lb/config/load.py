@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -221,18 +221,8 @@ class _Loader:
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
-        from prefork_lb.http.variables import VariableError
 
-        formats = t.table("log_formats")
-        self.log_formats = dict(BUILTIN_FORMATS)
-        for name in formats.data:
-            text = formats.take(name, string)
-            try:
-                compile_log_format(text)
-            except VariableError as e:
-                raise formats.error(name, str(e)) from None
-            self.log_formats[name] = text
-        formats.finish()
+        self.log_formats = _log_formats(t, BUILTIN_FORMATS, compile_log_format)
         ups = t.table("upstreams")
         for name in list(ups.data):
             self.upstreams[name] = self.upstream(name, ups.table(name, default_empty=False))
@@ -518,19 +508,9 @@ class _Loader:
     # ---- stream ----
 
     def stream(self, t: Table) -> StreamConfig:
-        from prefork_lb.http.variables import VariableError
         from prefork_lb.stream.variables import BUILTIN_FORMATS, compile_stream_log_format
 
-        formats = t.table("log_formats")
-        log_formats = dict(BUILTIN_FORMATS)
-        for name in formats.data:
-            text = formats.take(name, string)
-            try:
-                compile_stream_log_format(text)
-            except VariableError as e:
-                raise formats.error(name, str(e)) from None
-            log_formats[name] = text
-        formats.finish()
+        log_formats = _log_formats(t, BUILTIN_FORMATS, compile_stream_log_format)
         ups = t.table("upstreams")
         upstreams: dict[str, UpstreamConfig] = {}
         for name in list(ups.data):
@@ -672,6 +652,26 @@ def _is_ip(host: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _log_formats(
+    t: Table, builtin: Mapping[str, str], compile_format: Callable[[str], object]
+) -> dict[str, str]:
+    """``[<context>.log_formats]``: the built-in formats plus the table, each compiled once
+    here so an unknown variable is a config error naming the format."""
+    from prefork_lb.http.variables import VariableError
+
+    formats = t.table("log_formats")
+    out = dict(builtin)
+    for name in formats.data:
+        text = formats.take(name, string)
+        try:
+            compile_format(text)
+        except VariableError as e:
+            raise formats.error(name, str(e)) from None
+        out[name] = text
+    formats.finish()
+    return out
 
 
 def _networks(v: object) -> list[str]:
