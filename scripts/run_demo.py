@@ -31,6 +31,8 @@ def main() -> int:
     time.sleep(0.3)
     print("demo backends on 127.0.0.1:9001 and 127.0.0.1:9002")
     print("prefork-lb on http://127.0.0.1:8080/  (try: curl http://127.0.0.1:8080/ twice)")
+    print("dashboard http://127.0.0.1:8081/dashboard, API http://127.0.0.1:8081/api/9/http/upstreams,")
+    print("metrics http://127.0.0.1:8081/metrics, terminal: .venv/bin/prefork-lb top")
     print(f"logs: {args.prefix}/access.log, {args.prefix}/error.log; Ctrl-C to stop")
     lb = subprocess.Popen(command)
     try:
