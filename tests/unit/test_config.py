@@ -101,7 +101,8 @@ def test_demo_config_loads() -> None:
     assert (first.weight, first.max_fails, first.fail_timeout_s) == (1, 3, 30.0)
     assert (second.weight, second.max_fails, second.fail_timeout_s) == (1, 1, 10.0)
 
-    (server,) = config.http.servers
+    server, status = config.http.servers  # the proxy, then the status API/dashboard server
+    assert [loc.status for loc in status.locations] == ["api", "metrics", "dashboard"]
     assert [lc.address.text for lc in server.listen] == ["127.0.0.1:8080"]
     assert server.server_names == ("localhost",)
     root, health = server.locations
