@@ -265,3 +265,52 @@ class ZoneReader:
 
     def row_active(self, row: int) -> int:
         return sum(int(self.mv[self.L.active_index(row, self.peers, s)]) for s in self.used_slots())
+
+
+STATUS_LOCATIONS = {
+    "api": '  [[http.servers.locations]]\n  match = "/api/"\n  api = true\n',
+    "metrics": '  [[http.servers.locations]]\n  match = "= /metrics"\n  metrics = true\n',
+    "dashboard": '  [[http.servers.locations]]\n  match = "/dashboard"\n  dashboard = true\n',
+}
+
+
+def status_config(
+    port: int,
+    api_port: int,
+    backends: list[str],
+    *,
+    workers: int = 2,
+    server_params: str = ', max_fails = 1, fail_timeout = "30s"',
+    proxy_extra: str = 'proxy_read_timeout = "5s"',
+    log_format: tuple[str, str] | None = None,
+    allow: bool = False,
+    status: tuple[str, ...] = ("api",),
+) -> str:
+    """A proxy server on ``port`` in front of ``backends`` and a status server on
+    ``api_port`` with the ``status`` locations (api, metrics, dashboard)."""
+    servers = ",\n".join(f'  {{ address = "{a}"{server_params} }}' for a in backends)
+    formats = f"[http.log_formats]\n{log_format[0]} = '{log_format[1]}'\n" if log_format else ""
+    use_format = f'log_format = "{log_format[0]}"\n' if log_format else ""
+    locations = "".join(STATUS_LOCATIONS[s] for s in status)
+    if allow:
+        locations = locations.replace("api = true\n", 'api = true\n  allow = ["127.0.0.1/32"]\n', 1)
+    return f"""
+workers = {workers}
+error_log = "error.log"
+error_log_level = "info"
+[http]
+access_log = "access.log"
+{formats}
+[http.upstreams.backend]
+servers = [
+{servers}
+]
+[[http.servers]]
+listen = ["127.0.0.1:{port}"]
+{use_format}  [[http.servers.locations]]
+  match = "/"
+  proxy_pass = "http://backend"
+  {proxy_extra}
+[[http.servers]]
+listen = ["127.0.0.1:{api_port}"]
+{use_format}{locations}"""

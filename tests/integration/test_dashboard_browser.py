@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, REPO, accepts, request, wait_for
+from tests.harness import LB, REPO, accepts, request, status_config, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -61,41 +61,14 @@ return [...document.querySelectorAll('tr.peer')].map((tr) => {
 
 
 def config(port: int, api_port: int, servers: list[str]) -> str:
-    peers = ",\n".join(f'  {{ address = "{s}", max_fails = 1, fail_timeout = "30s" }}' for s in servers)
-    return f"""
-workers = 2
-error_log = "error.log"
-error_log_level = "info"
-
-[http]
-access_log = "access.log"
-
-[http.upstreams.backend]
-servers = [
-{peers}
-]
-
-[[http.servers]]
-listen = ["127.0.0.1:{port}"]
-  [[http.servers.locations]]
-  match = "/"
-  proxy_pass = "http://backend"
-  proxy_connect_timeout = "2s"
-  proxy_read_timeout = "5s"
-
-[[http.servers]]
-listen = ["127.0.0.1:{api_port}"]
-  [[http.servers.locations]]
-  match = "/api/"
-  api = true
-  allow = ["127.0.0.1/32"]
-  [[http.servers.locations]]
-  match = "= /metrics"
-  metrics = true
-  [[http.servers.locations]]
-  match = "/dashboard"
-  dashboard = true
-"""
+    return status_config(
+        port,
+        api_port,
+        servers,
+        proxy_extra='proxy_connect_timeout = "2s"\n  proxy_read_timeout = "5s"',
+        allow=True,
+        status=("api", "metrics", "dashboard"),
+    )
 
 
 def rgb(css_colour: str) -> tuple[int, int, int]:

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, accepts, request, wait_for
+from tests.harness import LB, accepts, request, status_config, wait_for
 
 EXPORTER = shutil.which("prometheus-nginx-exporter")
 
@@ -36,41 +36,16 @@ REQUESTS = 6  # through the proxy; round robin over two peers with one worker: 3
 
 
 def lb_config(port: int, api_port: int, backends: list[str]) -> str:
-    servers = ",\n".join(f'  {{ address = "{a}" }}' for a in backends)
-    return f"""
-workers = 1
-error_log = "error.log"
-error_log_level = "info"
-
-[http]
-access_log = "access.log"
-[http.log_formats]
-probe = '$server_port|$request|$status|$upstream_addr'
-
-[http.upstreams.backend]
-servers = [
-{servers}
-]
-
-[[http.servers]]
-listen = ["127.0.0.1:{port}"]
-log_format = "probe"
-  [[http.servers.locations]]
-  match = "/"
-  proxy_pass = "http://backend"
-  proxy_read_timeout = "5s"
-
-[[http.servers]]
-listen = ["127.0.0.1:{api_port}"]
-log_format = "probe"
-  [[http.servers.locations]]
-  match = "/api/"
-  api = true
-  allow = ["127.0.0.1/32"]
-  [[http.servers.locations]]
-  match = "= /metrics"
-  metrics = true
-"""
+    return status_config(
+        port,
+        api_port,
+        backends,
+        workers=1,
+        server_params="",
+        log_format=("probe", "$server_port|$request|$status|$upstream_addr"),
+        allow=True,
+        status=("api", "metrics"),
+    )
 
 
 class Exporter:

@@ -19,7 +19,7 @@ import pytest
 
 from prefork_lb import top
 from tests.backends import Backend, free_port
-from tests.harness import LB, REPO, accepts, request, wait_for
+from tests.harness import LB, REPO, accepts, request, status_config, wait_for
 
 # ---------------------------------------------------------------- pure formatting
 
@@ -158,33 +158,7 @@ def test_unreachable_api_is_one_clear_line_and_exit_1(capsys: pytest.CaptureFixt
 
 
 def lb_config(port: int, api_port: int, backends: list[str]) -> str:
-    servers = ",\n".join(f'  {{ address = "{a}", max_fails = 1, fail_timeout = "30s" }}' for a in backends)
-    return f"""
-workers = 2
-error_log = "error.log"
-error_log_level = "info"
-
-[http]
-access_log = "access.log"
-
-[http.upstreams.backend]
-servers = [
-{servers}
-]
-
-[[http.servers]]
-listen = ["127.0.0.1:{port}"]
-  [[http.servers.locations]]
-  match = "/"
-  proxy_pass = "http://backend"
-  proxy_read_timeout = "5s"
-
-[[http.servers]]
-listen = ["127.0.0.1:{api_port}"]
-  [[http.servers.locations]]
-  match = "/api/"
-  api = true
-"""
+    return status_config(port, api_port, backends)
 
 
 class Running:

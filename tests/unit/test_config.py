@@ -338,7 +338,7 @@ def test_location_without_proxy_pass_or_return(tmp_path: Path) -> None:
     match = "/x"
     """
     assert error(tmp_path, make(more=more)) == (
-        f'{tmp_path / "lb.toml"}: http.servers[0].locations[1].match: '
+        f"{tmp_path / 'lb.toml'}: http.servers[0].locations[1].match: "
         'location needs "proxy_pass", "return", "api", "metrics" or "dashboard"'
     )
 
