@@ -27,7 +27,7 @@ from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.headers import error_page, simple_response
 from prefork_lb.http.proxy import ClientGone, Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
-from prefork_lb.http.upstream import send_all
+from prefork_lb.http.upstream import peek_readable, send_all
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork_lb.error")
 
 RECV_SIZE: Final = 65536
-_PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
@@ -301,13 +300,8 @@ class ClientConnection:
         """
         if not self.idle or now - self.idle_since < idle_s:
             return False
-        try:
-            if self.sock._sock.recv(1, _PEEK_FLAGS):
-                return False  # a request has arrived: let the loop answer it
-        except BlockingIOError:
-            pass
-        except OSError:
-            pass
+        if peek_readable(self.sock):
+            return False  # a request has arrived: let the loop answer it
         self.abort()
         return True
 

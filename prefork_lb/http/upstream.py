@@ -31,14 +31,21 @@ PEEK_AFTER_IDLE_S: Final = 1.0
 _PEEK_FLAGS: Final = stdsocket.MSG_PEEK | stdsocket.MSG_DONTWAIT
 
 
-def _alive(conn: UpstreamConnection) -> bool:
+def peek_readable(sock: socket.socket) -> bytes | None:
+    """Without blocking or consuming: None if nothing is there to read, else the first byte
+    (b"" for EOF or an error)."""
     try:
-        conn.sock._sock.recv(1, _PEEK_FLAGS)
+        data: bytes = sock._sock.recv(1, _PEEK_FLAGS)
     except BlockingIOError:
-        return True  # nothing to read: idle and open
+        return None
     except OSError:
-        return False
-    return False  # EOF, or bytes nobody asked for: either way unusable
+        return b""
+    return data
+
+
+def _alive(conn: UpstreamConnection) -> bool:
+    # nothing to read: idle and open; EOF, or bytes nobody asked for: unusable
+    return peek_readable(conn.sock) is None
 
 
 class UpstreamConnection:
