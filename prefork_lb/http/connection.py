@@ -27,8 +27,8 @@ from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.headers import error_page, simple_response
 from prefork_lb.http.proxy import ClientGone, Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
-from prefork_lb.http.upstream import peek_readable, send_all
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
+from prefork_lb.netio import peek_readable, recv, send_all
 
 if TYPE_CHECKING:
     from prefork_lb.http.routing import ServerRouter
@@ -55,6 +55,7 @@ class ClientConnection:
         "reader",
         "router",
         "runtime",
+        "send_timeout_s",
         "sock",
         "status_zone",
     )
@@ -79,6 +80,7 @@ class ClientConnection:
         self.head: RequestHead | None = None
         self.body_done = True
         self.body_timeout_s = 60.0
+        self.send_timeout_s = 60.0  # nginx's send_timeout; the location's once one matched
         self.continue_pending = False
         self.status_zone: StatusZone | None = None
 
@@ -122,7 +124,6 @@ class ClientConnection:
                 timeout = server.keepalive_timeout_s
             else:
                 timeout = server.client_header_timeout_s
-            self.sock.settimeout(timeout)
             idle = self.idle = not reader.in_head
             self.idle_since = now
             mv = self.runtime.zone.mv
@@ -130,8 +131,8 @@ class ClientConnection:
             if idle:
                 mv[idle_cell] += 1
             try:
-                data = self.sock.recv(RECV_SIZE)
-            except OSError:
+                data = recv(self.sock, RECV_SIZE, timeout)
+            except OSError:  # TimeoutError included
                 return False
             finally:
                 self.idle = False
@@ -188,6 +189,7 @@ class ClientConnection:
             lr = runtime.locations[id(loc)]
             ex.location = loc
             self.body_timeout_s = loc.client_body_timeout_s
+            self.send_timeout_s = loc.send_timeout_s
             if lr.access and not lr.allows(self.info.remote_addr):
                 self._finish_body()
                 self.respond_error(ex, 403)
@@ -265,9 +267,8 @@ class ClientConnection:
             if self.continue_pending:
                 self.continue_pending = False
                 self.send(CONTINUE)
-            self.sock.settimeout(self.body_timeout_s)
             try:
-                data = self.sock.recv(RECV_SIZE)
+                data = recv(self.sock, RECV_SIZE, self.body_timeout_s)
             except OSError:
                 raise ClientGone from None
             if not data:
@@ -287,7 +288,7 @@ class ClientConnection:
 
     def send(self, data: bytes) -> None:
         try:
-            send_all(self.sock, data)
+            send_all(self.sock, data, self.send_timeout_s)
         except OSError:
             raise ClientGone from None
 

@@ -82,12 +82,16 @@ class StatusZone:
         mv[self.processing] += 1
 
     def end(self, zone: Zone, status: int, received: int, sent: int, discarded: bool) -> None:
-        zone.mv[self.processing] -= 1
         zone.lock()
         try:
-            record_zone(zone.mv, self.base, status, received, sent, discarded)
+            self.end_locked(zone.mv, status, received, sent, discarded)
         finally:
             zone.unlock()
+
+    def end_locked(self, mv: memoryview, status: int, received: int, sent: int, discarded: bool) -> None:
+        """``end`` for a caller that holds the zone lock already (the proxy's last release)."""
+        mv[self.processing] -= 1
+        record_zone(mv, self.base, status, received, sent, discarded)
 
 
 def shared_state(

@@ -21,6 +21,7 @@ from gevent import socket
 from gevent.event import Event
 
 from prefork_lb.config.model import Address, UpstreamConfig
+from prefork_lb.netio import peek_readable
 
 T = TypeVar("T")
 RECV_SIZE: Final = 65536
@@ -28,19 +29,6 @@ RECV_SIZE: Final = 65536
 # sane upstream; after a second idle we pay one ~3 us MSG_PEEK to drop connections the
 # upstream has closed, instead of sending a request (maybe a POST) into a dead socket.
 PEEK_AFTER_IDLE_S: Final = 1.0
-_PEEK_FLAGS: Final = stdsocket.MSG_PEEK | stdsocket.MSG_DONTWAIT
-
-
-def peek_readable(sock: socket.socket) -> bytes | None:
-    """Without blocking or consuming: None if nothing is there to read, else the first byte
-    (b"" for EOF or an error)."""
-    try:
-        data: bytes = sock._sock.recv(1, _PEEK_FLAGS)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return b""
-    return data
 
 
 def _alive(conn: UpstreamConnection) -> bool:
@@ -64,18 +52,6 @@ class UpstreamConnection:
             self.sock.close()
         except OSError:
             pass
-
-
-def send_all(sock: socket.socket, data: bytes) -> None:
-    """sendall with a fast path: one non-blocking send() on the raw socket takes the whole
-    buffer almost always (responses fit the socket buffer); gevent's sendall, with its
-    Python loop and a getsockopt() per call, only handles the rest. Errors propagate."""
-    try:
-        sent = sock._sock.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
 
 
 def open_connection(address: Address, timeout_s: float, now: float) -> UpstreamConnection:

@@ -8,7 +8,8 @@ process: after fork each process opens ``/proc/self/fd/<memfd>`` again, so worke
 share one lock owner. The kernel releases a dead holder's lock, so a SIGKILLed worker can
 never leave the zone locked (measured: 0.8 us per lock/unlock pair). Critical sections are
 a few dozen loads and stores and never span I/O; a waiting worker blocks its hub for at
-most that long.
+most that long. Which fd is "ours" is reset by an at-fork hook in the child, not checked
+with ``getpid()`` per lock: on this Python that is a syscall, three per proxied request.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import fcntl
 import mmap
 import os
 import time
+import weakref
 from types import TracebackType
 
 from prefork_lb.zone import layout as L
@@ -24,6 +26,19 @@ from prefork_lb.zone import layout as L
 
 class ZoneFullError(Exception):
     pass
+
+
+_zones: weakref.WeakSet[Zone] = weakref.WeakSet()
+
+
+def _forget_lock_fds() -> None:
+    """In a forked child: the inherited lock fd shares the parent's lock owner; the next
+    lock() opens the child's own (the inherited one stays open, CLOEXEC, as before)."""
+    for zone in _zones:
+        zone._lock_fd = -1
+
+
+os.register_at_fork(after_in_child=_forget_lock_fds)
 
 
 class Zone:
@@ -35,7 +50,7 @@ class Zone:
         self.rows = self.mv[L.H_ROWS]
         self.peers = self.mv[L.H_PEERS]
         self._lock_fd = -1
-        self._pid = -1
+        _zones.add(self)
 
     @classmethod
     def create(cls, size: int = L.DEFAULT_SIZE, rows: int = L.DEFAULT_ROWS) -> Zone:
@@ -58,7 +73,7 @@ class Zone:
         zone.rows = rows
         zone.peers = peers
         zone._lock_fd = -1
-        zone._pid = -1
+        _zones.add(zone)
         return zone
 
     @classmethod
@@ -69,14 +84,13 @@ class Zone:
     # ---- the lock ----
 
     def _ensure_lock_fd(self) -> int:
-        pid = os.getpid()
-        if self._pid != pid:  # first use in this process (e.g. after fork): own lock owner
+        if self._lock_fd < 0:  # first use in this process (e.g. after fork): own lock owner
             self._lock_fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)
-            self._pid = pid
         return self._lock_fd
 
     def lock(self) -> None:
-        fcntl.flock(self._lock_fd if self._pid == os.getpid() else self._ensure_lock_fd(), fcntl.LOCK_EX)
+        fd = self._lock_fd
+        fcntl.flock(fd if fd >= 0 else self._ensure_lock_fd(), fcntl.LOCK_EX)
 
     def unlock(self) -> None:
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -173,6 +187,7 @@ class Zone:
     def close(self) -> None:
         self.mv.release()
         self._mmap.close()
-        if self._lock_fd >= 0 and self._pid == os.getpid():
+        if self._lock_fd >= 0:
             os.close(self._lock_fd)
+            self._lock_fd = -1
         os.close(self.fd)
