@@ -19,20 +19,21 @@ run: $(BIN)/prefork-lb
 	@$(BIN)/python scripts/run_demo.py --prefix $(RUN) -- $(BIN)/prefork-lb -c conf/prefork-lb.toml -p $(RUN)
 
 test: $(BIN)/prefork-lb
-	$(BIN)/ruff check prefork_lb tests scripts loadtest
+	$(BIN)/ruff check prefork_lb tests scripts loadtest loadtest/bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/prefork-lb
-	$(BIN)/ruff check prefork_lb tests scripts loadtest
+	$(BIN)/ruff check prefork_lb tests scripts loadtest loadtest/bench
 	$(BIN)/ruff format --check prefork_lb
 
 typecheck: $(BIN)/prefork-lb
 	$(BIN)/mypy
 
-# Side-by-side benchmark against nginx and HAProxy (needs nginx, haproxy, wrk): see README.
+# Side-by-side benchmark against nginx and HAProxy (needs nginx, haproxy, wrk): see
+# loadtest/README.md. BENCH_ARGS="--scenarios ka,close --rounds 1 --seconds 3" for a quick look.
 bench: $(BIN)/prefork-lb
-	loadtest/anchors.sh
+	loadtest/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(RUN) .mypy_cache .ruff_cache .pytest_cache *.egg-info
