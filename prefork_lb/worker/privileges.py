@@ -54,9 +54,23 @@ def drop(uid: int, gid: int) -> None:
         raise PrivilegeError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
 
 
-def raise_nofile(limit: int) -> None:
-    """worker_rlimit_nofile: soft and hard limit (raising the hard limit needs root)."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+def raise_nofile(limit: int) -> str | None:
+    """worker_rlimit_nofile: soft and hard limit (raising the hard limit needs root or
+    CAP_SYS_RESOURCE). If that is refused, the soft limit goes as high as the hard limit
+    allows and the returned message says so; as in nginx, a refused setrlimit is an alert,
+    never a worker that fails to start."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        return None
+    except (ValueError, OSError) as e:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < min(limit, hard):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
+                soft = min(limit, hard)
+            except (ValueError, OSError):
+                pass
+        return f"setrlimit(RLIMIT_NOFILE, {limit}) failed ({e}), using {soft}"
 
 
 def chown_files(paths: list[str], uid: int, gid: int) -> None:

@@ -24,11 +24,14 @@ Exit codes: 0 normal, 3 failed to boot (the master does not respawn in a loop on
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket as stdsocket
 import sys
 from typing import Any
+
+from prefork_lb.log import ALERT
 
 EXIT_BOOT_FAILED = 3
 # Draining: keep-alive connections idle this long with no request pending are closed; any
@@ -54,8 +57,6 @@ def run_worker(
     try:
         worker = Worker(config, sockets, generation, slot, master_pid, shared)
     except Exception as e:
-        import logging
-
         logging.getLogger("prefork_lb.error").critical("worker failed to start: %r", e)
         return EXIT_BOOT_FAILED
     return worker.run(ready_fd)
@@ -98,7 +99,9 @@ class Worker:
         from prefork_lb.worker import privileges
 
         if config.worker_rlimit_nofile:
-            privileges.raise_nofile(config.worker_rlimit_nofile)
+            refused = privileges.raise_nofile(config.worker_rlimit_nofile)
+            if refused:
+                logging.getLogger("prefork_lb.error").log(ALERT, "%s", refused)
         self.config = config
         self.generation = generation
         self.slot = slot

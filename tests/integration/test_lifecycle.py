@@ -218,3 +218,20 @@ def test_failed_reload_closes_the_addresses_it_bound(tmp_path: Path) -> None:
             assert {w.pid for w in lb.workers()} == before
             assert request(port, "GET", "/")[0] == 200
             wait_for(lambda: not accepts(port2), what="the new address to be closed again")
+
+
+def test_a_refused_worker_rlimit_nofile_is_an_alert_not_an_outage(tmp_path: Path) -> None:
+    """Above fs.nr_open no process may raise its hard limit: nginx logs an alert and serves."""
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    port = free_port()
+    with Backend() as b:
+        conf = basic_config(
+            port, upstream_block("backend", b.addrs), top_extra=f"worker_rlimit_nofile = {nr_open + 1}"
+        )
+        with LB(tmp_path, conf, port) as lb:
+            assert request(port, "GET", "/")[0] == 200
+            log = (tmp_path / "error.log").read_text()
+            assert "[alert]" in log and f"setrlimit(RLIMIT_NOFILE, {nr_open + 1}) failed" in log
+            (worker,) = lb.workers()
+            soft, hard = worker.rlimit(psutil.RLIMIT_NOFILE)
+            assert soft == hard or hard == psutil.RLIM_INFINITY  # as high as allowed
