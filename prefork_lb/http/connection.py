@@ -13,6 +13,13 @@ Rules:
 5. While the worker drains, every response carries ``Connection: close``; a connection
    waiting for its next request stays open for it (the worker closes only connections
    idle for a while with nothing pending), so no request on its way is reset.
+6. A ``parkable`` connection idle for ``PARK_AFTER_S`` between requests (nothing buffered,
+   no head started) is parked: ``serve`` returns True with the socket open and the
+   connection still counted as idle, and the worker watches the socket without a
+   greenlet until it is readable (then ``serve`` runs again in a new greenlet) or the
+   idle timeout, which keeps running from where it was, expires. A waiting greenlet
+   costs ~10 KiB; a parked connection keeps no greenlet and no request parser (~2 KiB
+   of it), measured with 4,000 socketpairs.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork_lb.error")
 
 RECV_SIZE: Final = 65536
+# Rule 6. Long enough that a client sending requests back to back never parks (a park and
+# resume cost a greenlet spawn), short next to keep-alive timeouts (75 s by default).
+PARK_AFTER_S: Final = 1.0
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
@@ -52,6 +62,8 @@ class ClientConnection:
         "idle_since",
         "info",
         "keep_alive",
+        "park_deadline",
+        "parkable",
         "reader",
         "router",
         "runtime",
@@ -83,32 +95,44 @@ class ClientConnection:
         self.send_timeout_s = 60.0  # nginx's send_timeout; the location's once one matched
         self.continue_pending = False
         self.status_zone: StatusZone | None = None
+        self.parkable = False  # set by the worker (rule 6)
+        self.park_deadline = 0.0  # while parked: when the idle wait times out
 
     # ---- the loop ----
 
-    def serve(self) -> None:
+    def serve(self) -> bool:
+        """Serve requests until the connection ends (False) or is parked (True, rule 6)."""
+        if not hasattr(self, "reader"):  # resumed after parking
+            self.reader = RequestReader()
         events = self.reader.events
+        parked = False
         try:
             while True:
                 if not events:
-                    if not self._fill_head():
-                        return
+                    more = self._fill_head()
+                    if more is None:
+                        parked = True
+                        return True
+                    if not more:
+                        return False
                     continue
                 event = events.popleft()
                 if type(event) is RequestHead:
                     if not self._handle(event):
-                        return
+                        return False
                 elif isinstance(event, HttpError):
                     self._reject(event)
-                    return
+                    return False
                 # bytes/MESSAGE_END of an unread body cannot reach here (rule 3)
         except ClientGone:
-            pass
+            return False
         finally:
-            self.close()
+            if not parked:
+                self.close()
 
-    def _fill_head(self) -> bool:
-        """Wait for request bytes; False when the connection should end quietly."""
+    def _fill_head(self) -> bool | None:
+        """Wait for request bytes: True once events are queued, False when the connection
+        should end quietly, None when it was parked (rule 6)."""
         server = self.router.default
         reader = self.reader
         deadline = 0.0
@@ -120,29 +144,49 @@ class ClientConnection:
                 timeout = deadline - now
                 if timeout <= 0:
                     return False  # rule 2: 408, silently
+            elif self.park_deadline:  # resumed: the idle time spent parked counts
+                timeout = self.park_deadline - now
+                self.park_deadline = 0.0
+                if timeout <= 0:
+                    return False
             elif self.info.requests:
                 timeout = server.keepalive_timeout_s
             else:
                 timeout = server.client_header_timeout_s
             idle = self.idle = not reader.in_head
             self.idle_since = now
+            park = idle and self.parkable and timeout > PARK_AFTER_S and not self.runtime.draining
             mv = self.runtime.zone.mv
             idle_cell = self.runtime.idle_cell
             if idle:
                 mv[idle_cell] += 1
+            parked = False
             try:
-                data = recv(self.sock, RECV_SIZE, timeout)
-            except OSError:  # TimeoutError included
+                data = recv(self.sock, RECV_SIZE, PARK_AFTER_S if park else timeout)
+            except TimeoutError:
+                if not park:
+                    return False
+                parked = True  # still idle, still counted as idle until unpark()
+                self.park_deadline = now + timeout
+                del self.reader  # nothing in it between requests; ~2 KiB per parked connection
+                return None
+            except OSError:
                 return False
             finally:
-                self.idle = False
-                if idle:
-                    mv[idle_cell] -= 1
+                if not parked:
+                    self.idle = False
+                    if idle:
+                        mv[idle_cell] -= 1
             if not data:
                 return False
             reader.feed(data)
             if reader.events:
                 return True
+
+    def unpark(self) -> None:
+        """The worker stopped watching a parked connection (readable, or timed out)."""
+        self.idle = False
+        self.runtime.zone.mv[self.runtime.idle_cell] -= 1
 
     def _handle(self, head: RequestHead) -> bool:
         runtime = self.runtime

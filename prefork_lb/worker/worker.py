@@ -124,6 +124,9 @@ class Worker:
         gevent.get_hub()  # created (not run) as root: gevent imports its loop module lazily
         _drop_privileges(config, self.zone)
         self.connections: set[Any] = set()
+        self.open_connections = 0  # accepted and not yet closed: HTTP (parked too) and TCP
+        self.accept_paused = False
+        self.group: Any = None
         self.servers: list[Any] = []
         self.sockets = sockets
         self.title = f"prefork-lb: worker process #{slot} gen {generation}"
@@ -131,14 +134,16 @@ class Worker:
 
     def run(self, ready_fd: int) -> int:
         gevent = self.gevent
-        from gevent.pool import Pool
+        from gevent.pool import Group
         from gevent.server import StreamServer
 
         from prefork_lb.log import reopen_error_log
 
         hub = gevent.get_hub()
         self.clock = hub.loop.now
-        pool = Pool(self.config.worker_connections)
+        # One Group for every connection greenlet; worker_connections counts connections
+        # (parked ones included, which have no greenlet), see _spawn_connection.
+        group = self.group = Group()
         if os.environ.get(BROKEN_REUSEPORT_ENV) == "1":
             self.sockets = _bind_own_reuseport(list(self.runtime.routers))
         for key, sock in self.sockets.items():
@@ -151,7 +156,9 @@ class Worker:
                 self._serve_udp(gsock, key, stream_rt)
                 continue
             handler = self._handler(key, router) if router is not None else self._tcp_handler(key, stream_rt)
-            server = StreamServer(gsock, handler, spawn=pool)
+            server = StreamServer(gsock, handler, spawn=self._spawn_connection)
+            server.do_close = _leave_open  # the handlers close; a parked socket stays open
+            server.full = self._full  # ends an accept batch at worker_connections
             # Measured (loadtest/anchors.sh, wrk -c50, 2 workers): gevent's default of 100
             # accepts per wake-up let one worker take every connection of a burst and left
             # the other idle (~5.5k vs ~10.8k req/s, bimodal). One accept per wake-up shares
@@ -176,7 +183,7 @@ class Worker:
             pass
         self.stop_event.wait()
         housekeeping.kill()
-        self._shutdown(pool)
+        self._shutdown(group)
         self.runtime.access_logs.close_all()
         for up in self.runtime.upstreams.values():
             up.pool.close_all()
@@ -196,23 +203,85 @@ class Worker:
 
         def handle(sock: Any, address: Any) -> None:
             counter[0] += 1
-            if family == "unix":
-                remote, rport = "unix:", 0
-            else:
-                remote, rport = address[0], address[1]
-                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-            info = ConnectionInfo(remote, rport, host, port, counter[0])
-            conn = ClientConnection(sock, info, router, runtime, clock)
+            try:
+                if family == "unix":
+                    remote, rport = "unix:", 0
+                else:
+                    remote, rport = address[0], address[1]
+                    sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                info = ConnectionInfo(remote, rport, host, port, counter[0])
+                conn = ClientConnection(sock, info, router, runtime, clock)
+            except BaseException:  # e.g. reset before we got to it
+                sock.close()
+                self._connection_closed()
+                raise
+            conn.parkable = True
             connections.add(conn)
             mv[accepted] += 1
             mv[active] += 1
-            try:
-                conn.serve()
-            finally:
-                mv[active] -= 1
-                connections.discard(conn)
+            self._serve(conn)
 
         return handle
+
+    def _serve(self, conn: Any) -> None:
+        """Run ``conn`` in this greenlet until it ends, or park it (connection.py rule 6)."""
+        parked = False
+        try:
+            parked = conn.serve()
+        finally:
+            if parked:
+                self._park(conn)
+            else:
+                self._connection_ended(conn)
+
+    def _connection_ended(self, conn: Any) -> None:
+        self.runtime.zone.mv[self.runtime.active_cell] -= 1
+        self.connections.discard(conn)
+        self._connection_closed()
+
+    def _park(self, conn: Any) -> None:
+        """Watch a parked connection without a greenlet: readable -> serve it again in a new
+        greenlet; its idle timeout -> close it quietly, as the waiting greenlet would have."""
+        loop = self.gevent.get_hub().loop
+        readable = loop.io(conn.sock.fileno(), 1)
+        expiry = loop.timer(max(0.0, conn.park_deadline - self.clock()))
+
+        def wake() -> None:
+            readable.close()
+            expiry.close()
+            conn.unpark()
+            self.group.spawn(self._serve, conn)
+
+        def expire() -> None:
+            readable.close()
+            expiry.close()
+            conn.unpark()
+            conn.close()
+            self._connection_ended(conn)
+
+        readable.start(wake)
+        expiry.start(expire)
+
+    def _spawn_connection(self, handle: Any, *args: Any) -> Any:
+        """StreamServer's spawn: counts the connection and pauses accepting at
+        worker_connections (connections, not greenlets: parked ones count too)."""
+        self.open_connections += 1
+        if self.open_connections >= self.config.worker_connections and not self.accept_paused:
+            self.accept_paused = True
+            for server in self.servers:
+                server.stop_accepting()
+        return self.group.spawn(handle, *args)
+
+    def _full(self) -> bool:
+        return self.accept_paused
+
+    def _connection_closed(self) -> None:
+        self.open_connections -= 1
+        if self.accept_paused and self.open_connections < self.config.worker_connections:
+            self.accept_paused = False
+            if not self.runtime.draining:
+                for server in self.servers:
+                    server.start_accepting()
 
     def _tcp_handler(self, key: tuple[str, str, int], rt: Any) -> Any:
         from prefork_lb.stream.session import Session
@@ -225,11 +294,16 @@ class Worker:
 
         def handle(sock: Any, address: Any) -> None:
             counter[0] += 1
-            sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-            if keepalive:
-                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_KEEPALIVE, 1)
-            session = Session("TCP", address[0], address[1], key[1], key[2], counter[0], clock())
-            tcp = TcpSession(sock, session, rt, clock)
+            try:
+                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                if keepalive:
+                    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_KEEPALIVE, 1)
+                session = Session("TCP", address[0], address[1], key[1], key[2], counter[0], clock())
+                tcp = TcpSession(sock, session, rt, clock)
+            except BaseException:
+                sock.close()
+                self._connection_closed()
+                raise
             sessions.add(tcp)
             rt.begin()
             try:
@@ -239,6 +313,7 @@ class Worker:
                 session.end_time = clock()
                 tcp.close()
                 rt.end(session)
+                self._connection_closed()
 
         return handle
 
@@ -275,7 +350,7 @@ class Worker:
             if os.getppid() != self.master_pid:
                 self._stop(True)
 
-    def _shutdown(self, pool: Any) -> None:
+    def _shutdown(self, group: Any) -> None:
         gevent = self.gevent
         from setproctitle import setproctitle
 
@@ -303,7 +378,7 @@ class Worker:
             for conn in list(self.connections):
                 conn.close_if_idle(DRAIN_IDLE_CLOSE_S, now)
             gevent.sleep(0.05)
-        pool.join(timeout=1.0)
+        group.join(timeout=1.0)
 
     def _close_all(self) -> None:
         for conn in list(self.connections):
@@ -314,6 +389,10 @@ class Worker:
             for state in list(listener.active):
                 if state.reader is not None:
                     state.reader.kill(block=False)
+
+
+def _leave_open(*args: Any) -> None:
+    """gevent's StreamServer closes the client socket when the handler returns."""
 
 
 # Test-only: reproduce the gunicorn reuse_port design, where every worker binds its own
