@@ -5,6 +5,7 @@
     .venv/bin/python loadtest/pick_bench.py --contention  # 1 process alone, then 2 on one zone
     .venv/bin/python loadtest/pick_bench.py --contention --work-us 50 --method least_conn
     .venv/bin/python loadtest/pick_bench.py --profile hash_consistent --peers 100
+    .venv/bin/python loadtest/pick_bench.py --quick --scattered  # slots out of order (reloads)
 
 One "request" is what ``http/proxy.py`` does around an upstream attempt that succeeds:
 ``new_selection``; ``zone.lock(); pick; zone.unlock()``; then ``zone.lock(); [record_time
@@ -16,7 +17,9 @@ The zone is a real shared zone (``Zone.create(2 MiB, rows)``, every row claimed)
 group built on row 0. Before timing, every peer holds 1..5 connections taken from the other
 rows, so least_conn, random two and least_time compare non-trivial counts; least_time also
 has per-peer response times of 20..100 ms. Client addresses and URIs vary per request
-(4096 distinct exchanges, cycled), so ip_hash and hash see changing keys.
+(4096 distinct exchanges, cycled), so ip_hash and hash see changing keys. ``--scattered``
+gives the servers their slots in a shuffled order, as after reloads that added peers (the
+balancers then gather the words instead of slicing them: ``balance/table.py``).
 
 ``--contention`` forks 2 workers (rows 0 and 1) that run the locked loop on the same zone
 for ``--seconds`` each, after one process alone; a control phase gives each worker a zone
@@ -33,6 +36,7 @@ import gc
 import os
 import platform
 import pstats
+import random
 import statistics
 import sys
 import time
@@ -54,6 +58,7 @@ NOW_MS = NOW_S * 1000
 ZONE_SIZE = L.DEFAULT_SIZE
 N_EXCHANGES = 4096
 MIXED_WEIGHTS = (5, 1, 3, 2, 1, 4)
+SCATTERED = False  # --scattered: server i gets a shuffled slot instead of slot i
 
 
 @dataclass(frozen=True)
@@ -137,16 +142,17 @@ EXCHANGES: list[Exchange] = [make_exchange(i) for i in range(N_EXCHANGES)]
 class Setup:
     zone: Zone
     upstream: UpstreamConfig
-    held: list[int]  # expected P_CONNS per slot while idle
+    held: list[int]  # expected P_CONNS per server while idle
+    slots: list[int]  # zone slot per server
 
     def group(self, row: int) -> tuple[PeerGroup, Balancer]:
-        group = PeerGroup.build(self.upstream, self.zone, list(range(len(self.upstream.servers))), row)
+        group = PeerGroup.build(self.upstream, self.zone, self.slots, row)
         return group, make_balancer(self.upstream, group)
 
     def check(self) -> None:
         """Every pick was freed: the zone holds exactly the background connections."""
         mv = self.zone.mv
-        got = [mv[L.peer_base(slot) + L.P_CONNS] for slot in range(len(self.held))]
+        got = [mv[L.peer_base(slot) + L.P_CONNS] for slot in self.slots]
         if got != self.held:
             raise AssertionError(f"conns drifted: {got[:8]}... != {self.held[:8]}...")
 
@@ -155,13 +161,16 @@ def make_setup(variant: Variant, n: int, rows: int) -> Setup:
     """A zone as the master leaves it: slots 0..n-1, rows claimed, background load from rows 1..rows-1."""
     zone = Zone.create(ZONE_SIZE, rows)
     upstream = make_upstream(variant, n)
+    slots = list(range(n))
+    if SCATTERED:
+        random.Random(n).shuffle(slots)
     with zone:
-        for slot, server in enumerate(upstream.servers):
+        for slot, server in zip(slots, upstream.servers, strict=True):
             zone.init_peer(slot, server.weight)
         for row in range(rows):
             zone.claim_row(row, 1, row)
             zone.set_row_pid(row, os.getpid())
-    setup = Setup(zone, upstream, [held_conns(i) for i in range(n)])
+    setup = Setup(zone, upstream, [held_conns(i) for i in range(n)], slots)
     others = [setup.group(row)[0] for row in range(1, rows)]
     with zone:
         for i in range(n):
@@ -338,7 +347,8 @@ def run_table(quick: bool, peer_counts: list[int], row_counts: list[int], only: 
     variants = [v for v in VARIANTS if not only or v.key in only]
     print(machine_note())
     print(
-        f"mode: {'quick' if quick else 'full'}, {repeat} repeats x ~{target_s * 1000:.0f} ms, median; "
+        f"mode: {'quick' if quick else 'full'}, {repeat} repeats x ~{target_s * 1000:.0f} ms, median, "
+        f"{'scattered' if SCATTERED else 'in-order'} slots; "
         f"bare zone lock+unlock pair: {bare_lock_us(repeat):.2f} us"
     )
     print("us per request = new_selection + pick + (record_time) + release_inflight + free")
@@ -501,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         "--work-us", type=float, default=0.0, help="contention: busy CPU per request outside the lock"
     )
     ap.add_argument("--requests", type=int, default=200_000, help="profile: requests")
+    ap.add_argument("--scattered", action="store_true", help="servers on shuffled zone slots")
     args = ap.parse_args(argv)
+    global SCATTERED
+    SCATTERED = args.scattered
     peers: list[int] = args.peers or [2, 10, 100]
     rows: list[int] = args.rows or [2, 16]
     if any(r < 2 for r in rows):

@@ -5,16 +5,24 @@ when several tie, smooth weighted round robin among the tied peers only, startin
 first of them (nginx's tie-break; the cw/ew state is the zone's, so it persists across
 requests and workers). ``conns`` is global through the zone. A single-server group uses
 the round-robin path, as nginx does.
+
+Both passes work on one integer key per position (``least_pick``): ``conns * (lcm of the
+weights // weight)``, so "lower ratio" is "lower key" and the first lowest key is nginx's
+choice (its strict ``<`` keeps the earliest); unusable positions get ``PeerTable.high``.
+With ``table.LEAST_MIN`` peers or more the keys come from one bulk read; shorter lists
+take nginx's loop as written (``least_conn_rows``), over the zone words.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
 
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
+from prefork_lb.balance.table import PeerTable
 from prefork_lb.config.model import UpstreamConfig
 from prefork_lb.http.exchange import Exchange
+from prefork_lb.zone import layout as L
 
 
 class LeastConn:
@@ -34,36 +42,52 @@ class LeastConn:
 
 
 def least_conn_pick(plist: PeerList, tried: int, now_s: int) -> Peer | None:
-    best: Peer | None = None
-    best_conns = 0
-    many = False
-    for peer in plist.peers:
-        if tried & (1 << peer.index) or not peer.usable(now_s):
-            continue
-        conns = peer.conns
-        if best is None or conns * best.weight < best_conns * peer.weight:
-            best, best_conns, many = peer, conns, False
-        elif conns * best.weight == best_conns * peer.weight:
-            many = True
-    if best is None or not many:
-        return best
-    weight = best.weight
-    return tie_break(plist, best, tried, now_s, lambda p: p.conns * weight == best_conns * p.weight)
+    table = plist.table
+    if table.bulk_least:
+        keys = table.read(L.P_CONNS)
+        skip = table.unusable(tried, now_s, keys)
+        if not table.uniform:
+            keys = list(map(operator.mul, keys, table.mult))
+        high = table.high
+        for i in skip:
+            keys[i] = high
+        i = least_pick(table, keys)
+    else:
+        i = least_conn_rows(table, tried, now_s)
+    return None if i < 0 else plist.peers[i]
 
 
-def tie_break(plist: PeerList, first: Peer, tried: int, now_s: int, tied: Callable[[Peer], bool]) -> Peer:
-    """Smooth WRR among the peers ``tied`` accepts, from ``first`` on (least_conn, least_time)."""
-    best = first
-    total = 0
-    for peer in plist.peers[first.index :]:
-        if tried & (1 << peer.index) or not peer.usable(now_s) or not tied(peer):
+def least_conn_rows(table: PeerTable, tried: int, now_s: int) -> int:
+    """nginx's loop as written, ``Peer.usable`` inlined, over the zone words (short lists)."""
+    mv = table.mv
+    fails_, checked_, conns_ = L.P_FAILS, L.P_CHECKED, L.P_CONNS
+    tied: list[int] = []
+    best_conns = best_weight = 0
+    for i, b, bit, weight, max_fails, fail_timeout, max_conns in table.rows:  # down peers left out
+        if tried & bit or (
+            max_fails and mv[b + fails_] >= max_fails and now_s - mv[b + checked_] <= fail_timeout
+        ):
             continue
-        ew = peer.effective_weight
-        peer.current_weight += ew
-        total += ew
-        if ew < peer.weight:
-            peer.effective_weight = ew + 1
-        if peer.current_weight > best.current_weight:
-            best = peer
-    best.current_weight -= total
-    return best
+        conns = mv[b + conns_]
+        if max_conns and conns >= max_conns:
+            continue
+        if not tied or conns * best_weight < best_conns * weight:
+            tied = [i]
+            best_conns, best_weight = conns, weight
+        elif conns * best_weight == best_conns * weight:
+            tied.append(i)
+    if len(tied) > 1:
+        return table.smooth_among(tied)
+    return tied[0] if tied else -1
+
+
+def least_pick(table: PeerTable, keys: list[int]) -> int:
+    """The position nginx picks given one key per position; -1 when none is usable."""
+    if not keys:
+        return -1
+    low = min(keys)
+    if low == table.high:
+        return -1
+    first = keys.index(low)
+    count = keys.count(low)
+    return first if count == 1 else table.tie_break(keys, low, count, first)

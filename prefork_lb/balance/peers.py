@@ -21,6 +21,9 @@ Rules:
    the backup list with a fresh tried-set and stays there.
 7. ``conns`` is global; each worker also counts its own share in its zone row, so the
    master can recount after a worker died.
+8. Methods that scan a whole list (round robin, least_conn, least_time) read and write it
+   through ``PeerList.table`` (``table.py``): the same words as the ``Peer`` properties,
+   many peers per call. ``Peer.usable`` and ``PeerTable.unusable`` are the same filter.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from prefork_lb.balance.table import PeerTable
 from prefork_lb.config.model import UpstreamConfig, UpstreamServer
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
@@ -151,10 +155,16 @@ class PeerList:
     peers: tuple[Peer, ...]
     total_weight: int  # including down peers (rule 5)
     tries: int  # peers that are not down
+    table: PeerTable  # whole-list zone access for round_robin, least_conn, least_time
 
     @classmethod
-    def build(cls, peers: list[Peer]) -> PeerList:
-        return cls(tuple(peers), sum(p.weight for p in peers), sum(1 for p in peers if not p.down))
+    def build(cls, peers: list[Peer], zone: Zone) -> PeerList:
+        return cls(
+            tuple(peers),
+            sum(p.weight for p in peers),
+            sum(1 for p in peers if not p.down),
+            PeerTable(peers, zone.mv),
+        )
 
 
 @dataclass(slots=True)
@@ -184,8 +194,8 @@ class PeerGroup:
         for server, slot in zip(upstream.servers, slots, strict=True):
             bucket = backups if server.backup else primary
             bucket.append(Peer(server, len(bucket), zone, slot, row))
-        plist = PeerList.build(primary)
-        blist = PeerList.build(backups) if backups else None
+        plist = PeerList.build(primary, zone)
+        blist = PeerList.build(backups, zone) if backups else None
         single = len(primary) == 1 and blist is None
         tries = plist.tries + (blist.tries if blist else 0)
         slow = any(s.slow_start_s for s in upstream.servers) and not single
