@@ -41,9 +41,15 @@ def _wait(sock: Any, watcher: Any, timeout_s: float | None) -> None:
         timer.close()
 
 
-def recv(sock: Any, size: int, timeout_s: float | None) -> bytes:
-    """Up to ``size`` bytes (b"" at EOF); ``TimeoutError`` if nothing came within ``timeout_s``."""
+def recv(sock: Any, size: int, timeout_s: float | None, wait_first: bool = False) -> bytes:
+    """Up to ``size`` bytes (b"" at EOF); ``TimeoutError`` if nothing came within ``timeout_s``.
+
+    ``wait_first``: the caller knows nothing can be there yet (a response right after its
+    request was sent), so the first recv() would only fail with EAGAIN: wait first.
+    """
     raw = sock._sock
+    if wait_first:
+        _wait(sock, sock._read_event, timeout_s)
     while True:
         try:
             data: bytes = raw.recv(size)

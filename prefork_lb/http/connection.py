@@ -162,7 +162,10 @@ class ClientConnection:
                 mv[idle_cell] += 1
             parked = False
             try:
-                data = recv(self.sock, RECV_SIZE, PARK_AFTER_S if park else timeout)
+                # After a response the next request cannot be there yet unless pipelined
+                # (then it is readable at once): wait before the recv (see Proxy._read_head).
+                wait_first = idle and self.info.requests > 0
+                data = recv(self.sock, RECV_SIZE, PARK_AFTER_S if park else timeout, wait_first)
             except TimeoutError:
                 if not park:
                     return False

@@ -371,7 +371,11 @@ class Proxy:
         interim = 0
         try:
             while True:
-                data = recv(sock, RECV_SIZE, timeout_s)
+                # The response cannot be there the moment the request was sent: waiting
+                # first saves a failing recv(), and measured (wrk -c50, 3 A/B pairs) it
+                # halves p99 (16-17 -> 7-8 ms) at the same throughput: the greenlet yields
+                # to the other connections before the response, not after.
+                data = recv(sock, RECV_SIZE, timeout_s, not buf)
                 if not data:
                     raise AttemptFailed("error", 502, "upstream prematurely closed connection")
                 attempt.bytes_received += len(data)
