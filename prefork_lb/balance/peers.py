@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from prefork_lb.balance.table import PeerTable
 from prefork_lb.config.model import UpstreamConfig, UpstreamServer
@@ -156,6 +157,7 @@ class PeerList:
     total_weight: int  # including down peers (rule 5)
     tries: int  # peers that are not down
     table: PeerTable  # whole-list zone access for round_robin, least_conn, least_time
+    weight_ends: tuple[int, ...]  # running sums of the static weights (hash, ip_hash walk)
 
     @classmethod
     def build(cls, peers: list[Peer], zone: Zone) -> PeerList:
@@ -164,6 +166,7 @@ class PeerList:
             sum(p.weight for p in peers),
             sum(1 for p in peers if not p.down),
             PeerTable(peers, zone.mv),
+            tuple(accumulate(p.weight for p in peers)),
         )
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from prefork_lb.balance.base import Balancer
 from prefork_lb.balance.hash import ConsistentHash, Hash
-from prefork_lb.balance.ip_hash import IpHash, ip_key
+from prefork_lb.balance.ip_hash import IpHash, ip_key, walk
 from prefork_lb.balance.least_conn import LeastConn
 from prefork_lb.balance.least_time import LeastTime, release_inflight
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free, new_selection, record_time, take
@@ -1054,3 +1054,14 @@ def test_hash_config_loads(tmp_path: Path) -> None:
     assert (up.method, up.hash_key, up.consistent) == ("hash", "$arg_k", True)
     group = PeerGroup.build(up)
     assert isinstance(make_balancer(up, group), ConsistentHash)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_walk_by_bisection_finds_the_peer_nginx_subtraction_finds(seed: int) -> None:
+    rng = _random.Random(seed)
+    weights = [rng.choice((1, 1, 2, 3, 5, 10)) for _ in range(rng.randint(1, 40))]
+    servers = [srv(LETTERS[i % len(LETTERS)], weight=w) for i, w in enumerate(weights)]
+    group, _ = build("hash", *servers, hash_key="$uri")
+    plist = group.primary
+    for w in range(sum(weights)):
+        assert walk(plist, w).index == ref_walk(weights, w)
