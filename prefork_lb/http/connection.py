@@ -172,6 +172,7 @@ class ClientConnection:
                 parked = True  # still idle, still counted as idle until unpark()
                 self.park_deadline = now + timeout
                 del self.reader  # nothing in it between requests; ~2 KiB per parked connection
+                self.head = None  # the last request's head (its header list and index)
                 return None
             except OSError:
                 return False
