@@ -121,6 +121,10 @@ class Worker:
         self.runtime.streams = self.streams
         self.udp: list[Any] = []
         self.stream_sessions: set[Any] = set()
+        if "GEVENT_LOOP" not in os.environ:
+            # Measured (loadtest/cpu_per_request.sh, 3 A/B pairs): libev's C extension costs
+            # 82-87 us of worker CPU per proxied request, libuv (cffi) 163-168 us.
+            gevent.config.loop = "libev-cext"
         gevent.get_hub()  # created (not run) as root: gevent imports its loop module lazily
         _drop_privileges(config, self.zone)
         self.connections: set[Any] = set()
