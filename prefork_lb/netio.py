@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import _socket
 import socket as stdsocket
 from typing import Any, Final
 
@@ -91,3 +92,38 @@ def peek_readable(sock: Any) -> bytes | None:
     except OSError:
         return b""
     return data
+
+
+class ClientSocket:
+    """An accepted client connection for the HTTP path: the real non-blocking socket plus
+    the two watchers ``recv``/``send_all`` wait on, and nothing else.
+
+    A gevent socket costs ~3 us to build and ~5 us to close in Python (its reference
+    counting of makefile() users, timeouts, detaching); with ``Connection: close`` clients
+    that is per request. Only the owning greenlet (or the worker's park watcher) closes it;
+    another greenlet ends a connection with ``shutdown``, which wakes the owner.
+    """
+
+    __slots__ = ("_read_event", "_sock", "_write_event", "hub")
+
+    def __init__(self, raw: _socket.socket, hub: Any) -> None:
+        self._sock = raw
+        self.hub = hub
+        fd = raw.fileno()
+        loop = hub.loop
+        self._read_event = loop.io(fd, 1)
+        self._write_event = loop.io(fd, 2)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        hub = self.hub
+        for watcher in (self._read_event, self._write_event):
+            if watcher.callback is not None:  # someone waits: wake it with EBADF, as gevent does
+                hub.cancel_wait(watcher, OSError(9, "File descriptor was closed in another greenlet"))
+            watcher.close()
+        self._sock.close()

@@ -35,7 +35,7 @@ from prefork_lb.http.headers import error_page, simple_response
 from prefork_lb.http.proxy import ClientGone, Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
-from prefork_lb.netio import peek_readable, recv, send_all
+from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
 
 if TYPE_CHECKING:
     from prefork_lb.http.routing import ServerRouter
@@ -74,7 +74,7 @@ class ClientConnection:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: ClientSocket,
         info: ConnectionInfo,
         router: ServerRouter,
         runtime: HttpRuntime,

@@ -29,6 +29,7 @@ import os
 import signal
 import socket as stdsocket
 import sys
+import traceback
 from typing import Any
 
 from prefork_lb.log import ALERT
@@ -130,7 +131,7 @@ class Worker:
         self.connections: set[Any] = set()
         self.open_connections = 0  # accepted and not yet closed: HTTP (parked too) and TCP
         self.accept_paused = False
-        self.group: Any = None
+        self.spawn_raw: Any = None
         self.servers: list[Any] = []
         self.sockets = sockets
         self.title = f"prefork-lb: worker process #{slot} gen {generation}"
@@ -138,16 +139,18 @@ class Worker:
 
     def run(self, ready_fd: int) -> int:
         gevent = self.gevent
-        from gevent.pool import Group
         from gevent.server import StreamServer
 
         from prefork_lb.log import reopen_error_log
+        from prefork_lb.worker.acceptor import Acceptor
 
         hub = gevent.get_hub()
         self.clock = hub.loop.now
-        # One Group for every connection greenlet; worker_connections counts connections
-        # (parked ones included, which have no greenlet), see _spawn_connection.
-        group = self.group = Group()
+        # Connection greenlets are raw greenlets (gevent.spawn_raw): a Group's bookkeeping
+        # was 8% of the worker's samples with Connection: close clients. worker_connections
+        # counts connections (parked ones included, which have no greenlet), see
+        # _spawn_connection; shutdown waits for that count to reach zero.
+        self.spawn_raw = gevent.spawn_raw
         if os.environ.get(BROKEN_REUSEPORT_ENV) == "1":
             self.sockets = _bind_own_reuseport(list(self.runtime.routers))
         for key, sock in self.sockets.items():
@@ -155,20 +158,28 @@ class Worker:
             stream_rt = self.streams.get(key)
             if router is None and stream_rt is None:
                 continue
-            gsock = gevent.socket.socket(fileno=os.dup(sock.fileno()))
-            if stream_rt is not None and key[0].endswith("-udp"):
-                self._serve_udp(gsock, key, stream_rt)
-                continue
-            handler = self._handler(key, router) if router is not None else self._tcp_handler(key, stream_rt)
-            server = StreamServer(gsock, handler, spawn=self._spawn_connection)
-            server.do_close = _leave_open  # the handlers close; a parked socket stays open
-            server.full = self._full  # ends an accept batch at worker_connections
             # Measured (loadtest/anchors.sh, wrk -c50, 2 workers): gevent's default of 100
             # accepts per wake-up let one worker take every connection of a burst and left
             # the other idle (~5.5k vs ~10.8k req/s, bimodal). One accept per wake-up shares
             # a burst between the workers woken by the shared socket (gunicorn does the same).
-            if self.config.workers > 1:
-                server.max_accept = 1
+            max_accept = 1 if self.config.workers > 1 else 100
+            if router is not None:
+                lsock = stdsocket.socket(fileno=os.dup(sock.fileno()))
+                lsock.setblocking(False)
+                if key[0] != "unix":  # accepted sockets inherit it: no setsockopt per connection
+                    lsock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                acceptor = Acceptor(lsock, hub, self._http_accepted(key, router), self._full, max_accept)
+                acceptor.start_accepting()
+                self.servers.append(acceptor)
+                continue
+            gsock = gevent.socket.socket(fileno=os.dup(sock.fileno()))
+            if stream_rt is not None and key[0].endswith("-udp"):
+                self._serve_udp(gsock, key, stream_rt)
+                continue
+            server = StreamServer(gsock, self._tcp_handler(key, stream_rt), spawn=self._spawn_connection)
+            server.do_close = _leave_open  # the handler closes
+            server.full = self._full  # ends an accept batch at worker_connections
+            server.max_accept = max_accept
             server.start()
             self.servers.append(server)
         for sock in self.sockets.values():
@@ -187,15 +198,26 @@ class Worker:
             pass
         self.stop_event.wait()
         housekeeping.kill()
-        self._shutdown(group)
+        self._shutdown()
         self.runtime.access_logs.close_all()
         for up in self.runtime.upstreams.values():
             up.pool.close_all()
         return 0
 
+    def _http_accepted(self, key: tuple[str, str, int], router: Any) -> Any:
+        """The acceptor's callback: count the connection, serve it in a new greenlet."""
+        handle = self._handler(key, router)
+        spawn = self._spawn_connection
+
+        def accepted(raw: Any, address: Any) -> None:
+            spawn(handle, raw, address)
+
+        return accepted
+
     def _handler(self, key: tuple[str, str, int], router: Any) -> Any:
         from prefork_lb.http.connection import ClientConnection
         from prefork_lb.http.exchange import ConnectionInfo
+        from prefork_lb.netio import ClientSocket
 
         runtime = self.runtime
         connections = self.connections
@@ -205,18 +227,19 @@ class Worker:
         mv = runtime.zone.mv
         accepted, active = runtime.accepted_cell, runtime.active_cell
 
-        def handle(sock: Any, address: Any) -> None:
+        hub = self.gevent.get_hub()
+
+        def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
             try:
                 if family == "unix":
                     remote, rport = "unix:", 0
                 else:
                     remote, rport = address[0], address[1]
-                    sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
                 info = ConnectionInfo(remote, rport, host, port, counter[0])
-                conn = ClientConnection(sock, info, router, runtime, clock)
-            except BaseException:  # e.g. reset before we got to it
-                sock.close()
+                conn = ClientConnection(ClientSocket(raw, hub), info, router, runtime, clock)
+            except BaseException:
+                raw.close()
                 self._connection_closed()
                 raise
             conn.parkable = True
@@ -254,7 +277,7 @@ class Worker:
             readable.close()
             expiry.close()
             conn.unpark()
-            self.group.spawn(self._serve, conn)
+            self.spawn_raw(_guarded, self._serve, conn)
 
         def expire() -> None:
             readable.close()
@@ -274,7 +297,7 @@ class Worker:
             self.accept_paused = True
             for server in self.servers:
                 server.stop_accepting()
-        return self.group.spawn(handle, *args)
+        return self.spawn_raw(_guarded, handle, *args)
 
     def _full(self) -> bool:
         return self.accept_paused
@@ -354,7 +377,7 @@ class Worker:
             if os.getppid() != self.master_pid:
                 self._stop(True)
 
-    def _shutdown(self, group: Any) -> None:
+    def _shutdown(self) -> None:
         gevent = self.gevent
         from setproctitle import setproctitle
 
@@ -382,7 +405,9 @@ class Worker:
             for conn in list(self.connections):
                 conn.close_if_idle(DRAIN_IDLE_CLOSE_S, now)
             gevent.sleep(0.05)
-        group.join(timeout=1.0)
+        deadline = self.clock() + 1.0  # aborted connections finish their logging
+        while self.open_connections > 0 and self.clock() < deadline:
+            gevent.sleep(0.02)
 
     def _close_all(self) -> None:
         for conn in list(self.connections):
@@ -393,6 +418,16 @@ class Worker:
             for state in list(listener.active):
                 if state.reader is not None:
                     state.reader.kill(block=False)
+
+
+def _guarded(function: Any, *args: Any) -> None:
+    """A connection greenlet's body: a bug in a handler is logged, never raised into the hub."""
+    try:
+        function(*args)
+    except Exception:
+        logging.getLogger("prefork_lb.error").log(
+            ALERT, "unexpected error in a connection handler: %s", traceback.format_exc().replace("\n", " | ")
+        )
 
 
 def _leave_open(*args: Any) -> None:

@@ -1,0 +1,109 @@
+"""Accepting client connections on one inherited listening socket (gevent shell).
+
+Rules:
+1. One libev io watcher on the listening socket; each wake-up accepts at most
+   ``max_accept`` connections (1 with several workers: see worker.py) and hands each one,
+   non-blocking, to ``on_accept(raw_socket, address)``, which must not block.
+2. ``full()`` is asked before every accept: at worker_connections the watcher stops until
+   ``start_accepting()`` is called again; the connections wait in the kernel's listen queue.
+3. EAGAIN ends the batch (another worker took it); ECONNABORTED and friends skip one
+   connection; anything else (EMFILE, ENFILE, ENOBUFS) is logged like nginx's
+   "accept() failed" and accepting pauses for ``PAUSE_S`` rather than spinning.
+4. ``close()`` stops watching and closes this worker's copy of the socket only; the
+   master keeps the listening socket (and its queue) open.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, Final
+
+log = logging.getLogger("prefork_lb.error")
+
+PAUSE_S: Final = 0.5
+_SKIP: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+
+
+class Acceptor:
+    __slots__ = (
+        "_closed",
+        "_family",
+        "_paused",
+        "_watcher",
+        "full",
+        "hub",
+        "max_accept",
+        "on_accept",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        hub: Any,
+        on_accept: Callable[[_socket.socket, Any], None],
+        full: Callable[[], bool],
+        max_accept: int,
+    ) -> None:
+        self.sock = sock
+        self.hub = hub
+        self.on_accept = on_accept
+        self.full = full
+        self.max_accept = max_accept
+        self._family = sock.family
+        self._watcher = hub.loop.io(sock.fileno(), 1)
+        self._paused: Any = None
+        self._closed = False
+
+    def start_accepting(self) -> None:
+        if not self._closed and not self._watcher.active and self._paused is None:
+            self._watcher.start(self._ready)
+
+    def stop_accepting(self) -> None:
+        self._watcher.stop()
+
+    def close(self) -> None:
+        self._closed = True
+        self._watcher.close()
+        if self._paused is not None:
+            self._paused.close()
+            self._paused = None
+        self.sock.close()
+
+    def _ready(self) -> None:
+        accept = self.sock._accept  # type: ignore[attr-defined]  # (fd, address), no socket object
+        family = self._family
+        for _ in range(self.max_accept):
+            if self.full():
+                self.stop_accepting()
+                return
+            try:
+                fd, address = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _SKIP:
+                    continue
+                log.error("accept() failed (%s: %s)", e.errno, e.strerror)
+                self._pause()
+                return
+            # the C socket type: socket.socket adds a Python __init__ and close() per connection
+            raw = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            raw.setblocking(False)
+            self.on_accept(raw, address)
+
+    def _pause(self) -> None:
+        self._watcher.stop()
+        timer = self._paused = self.hub.loop.timer(PAUSE_S)
+
+        def resume() -> None:
+            timer.close()
+            self._paused = None
+            if not self.full():
+                self.start_accepting()
+
+        timer.start(resume)
