@@ -44,10 +44,10 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$work/backend" "$work/nginx"
-setsid nginx -p "$work/backend" -c "$shared/backend-nginx.conf" >/dev/null 2>&1 &
+setsid nginx -p "$work/backend" -c "$shared/backend-nginx.conf" >/dev/null 2>&1 9>&- &
 pids+=($!)
 if [ "$which" = nginx ]; then
-  setsid nginx -p "$work/nginx" -c "$shared/lb-nginx.conf" >/dev/null 2>&1 &
+  setsid nginx -p "$work/nginx" -c "$shared/lb-nginx.conf" >/dev/null 2>&1 9>&- &
 else
   conf=$work/bench.toml
   cp "$here/bench.toml" "$conf"
@@ -55,7 +55,7 @@ else
     sed -i "s|^access_log = \"off\"|access_log = { path = \"$work/access.log\", format = \"combined\", buffer = \"64k\", flush = \"1s\" }|" "$conf"
   fi
   [ -n "$workers" ] && sed -i "s/^workers = 2/workers = $workers/" "$conf"
-  setsid "$repo/.venv/bin/prefork-lb" -c "$conf" >/dev/null 2>&1 &
+  setsid "$repo/.venv/bin/prefork-lb" -c "$conf" >/dev/null 2>&1 9>&- &
 fi
 lb=$!
 pids+=($lb)
