@@ -26,6 +26,7 @@ from prefork_lb.config.model import (
     Address,
     Config,
     HttpConfig,
+    ListenConfig,
     LocationConfig,
     Method,
     ProxyPass,
@@ -375,16 +376,22 @@ class _Loader:
 
     # ---- servers and locations ----
 
-    def server(self, index: int, t: Table, http_settings: dict[str, Any], http_logs: LogSpec) -> ServerConfig:
-        listen_texts = t.take("listen", string_list)
-        if not listen_texts:
+    def listen(self, t: Table) -> list[ListenConfig]:
+        """A server's ``listen`` list (http and stream): at least one, each parsed, errors
+        naming the entry's index."""
+        texts = t.take("listen", string_list)
+        if not texts:
             raise t.error("listen", "must name at least one address")
-        listen = []
-        for i, text in enumerate(listen_texts):
+        out = []
+        for i, text in enumerate(texts):
             try:
-                listen.append(parse_listen(text))
+                out.append(parse_listen(text))
             except ValueError as e:
                 raise self.source.error(f"{t.key_path('listen')}[{i}]", str(e)) from None
+        return out
+
+    def server(self, index: int, t: Table, http_settings: dict[str, Any], http_logs: LogSpec) -> ServerConfig:
+        listen = self.listen(t)
         names = tuple(n.lower() for n in t.take("server_name", string_list, [""]))
         for i, n in enumerate(names):
             if n.startswith("~"):
@@ -534,18 +541,10 @@ class _Loader:
         default_log: str,
         default_format: str,
     ) -> StreamServerConfig:
-        listen_texts = t.take("listen", string_list)
-        if not listen_texts:
-            raise t.error("listen", "must name at least one address")
-        listen = []
-        for i, text in enumerate(listen_texts):
-            try:
-                lc = parse_listen(text)
-            except ValueError as e:
-                raise self.source.error(f"{t.key_path('listen')}[{i}]", str(e)) from None
+        listen = self.listen(t)
+        for i, lc in enumerate(listen):
             if lc.default_server:
                 raise self.source.error(f"{t.key_path('listen')}[{i}]", "default_server is for http servers")
-            listen.append(lc)
         target = t.take("proxy_pass", string)
         if target not in upstreams:
             try:
