@@ -193,7 +193,12 @@ def upstream_block(name: str, addrs: list[str], extra: str = "", **server_params
 
 
 def basic_config(
-    port: int, upstream: str, workers: int = 1, location_extra: str = "", top_extra: str = ""
+    port: int,
+    upstream: str,
+    workers: int = 1,
+    location_extra: str = "",
+    top_extra: str = "",
+    server_extra: str = "",
 ) -> str:
     return f"""
 workers = {workers}
@@ -210,6 +215,7 @@ up = '$request|$status|$upstream_addr|$upstream_status|$upstream_connect_time'
 [[http.servers]]
 listen = ["127.0.0.1:{port}"]
 log_format = "up"
+{server_extra}
   [[http.servers.locations]]
   match = "/"
   proxy_pass = "http://backend"

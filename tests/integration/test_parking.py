@@ -14,30 +14,19 @@ from pathlib import Path
 
 from prefork_lb.http.connection import PARK_AFTER_S
 from tests.backends import Backend, free_port
-from tests.harness import LB, upstream_block, wait_for
+from tests.harness import LB, basic_config, upstream_block, wait_for
 
 PARKED_S = PARK_AFTER_S + 0.5
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def config(port: int, addrs: list[str], keepalive_timeout: str = "30s", top: str = "") -> str:
-    return f"""
-workers = 1
-error_log = "error.log"
-error_log_level = "info"
-{top}
-[http]
-access_log = "off"
-
-{upstream_block("backend", addrs)}
-
-[[http.servers]]
-listen = ["127.0.0.1:{port}"]
-keepalive_timeout = "{keepalive_timeout}"
-  [[http.servers.locations]]
-  match = "/"
-  proxy_pass = "http://backend"
-"""
+    return basic_config(
+        port,
+        upstream_block("backend", addrs),
+        top_extra=top,
+        server_extra=f'keepalive_timeout = "{keepalive_timeout}"',
+    )
 
 
 def read_response(sock: socket.socket) -> bytes:
