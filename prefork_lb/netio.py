@@ -1,9 +1,10 @@
 """Socket reads and writes for the gevent shell, with nginx's per-operation timeouts.
 
 Rules:
-1. The sockets are gevent sockets, whose real socket (``sock._sock``) is always
-   non-blocking: every operation is first one plain syscall, and only EAGAIN leads to a
-   wait on the socket's own read/write watcher. gevent's ``recv``/``sendall`` are bypassed
+1. The sockets are gevent sockets (upstream connections) or ``ClientSocket`` (accepted
+   HTTP clients); either way the real socket (``sock._sock``) is always non-blocking:
+   every operation is first one plain syscall, and only EAGAIN leads to a wait on the
+   socket's own read/write watcher. gevent's ``recv``/``sendall`` are bypassed
    on the hot path because with a timeout they build a ``gevent.Timeout`` per wait
    (measured with a gevent socketpair ping-pong: 19.8 us per round trip with gevent's
    timeouts, 11.9 us with one libev timer per wait as here).
@@ -11,8 +12,8 @@ Rules:
    read or write operations", not the whole transfer. It is raised as ``TimeoutError`` in
    the waiting greenlet by a libev timer that is stopped when the wait ends, however it
    ends. ``timeout_s`` of 0 (or None) means no deadline.
-3. Closing the socket in another greenlet wakes the waiter with an error (gevent cancels
-   the socket's watchers on close), so a drained or killed connection never hangs here.
+3. Closing the socket in another greenlet wakes the waiter with an error (gevent sockets
+   and ``ClientSocket.close`` cancel the watchers), so a closed connection never hangs here.
 4. This module touches gevent internals (``_sock``, ``_read_event``, ``_write_event``,
    ``hub``); the proxy tests exercise all of them, so a gevent upgrade that moves them
    fails loudly.
