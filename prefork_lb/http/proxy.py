@@ -4,11 +4,12 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
 1. Each attempt picks a peer, takes a pooled connection to it or connects, sends the head
    and body, and reads the response head. Connect/send/read errors, timeouts and invalid
    headers are failures: the peer is charged (``peers.free(failed=True)``) whether or not
-   the request is retried. A failure on a reused keep-alive connection gives the try back.
+   the request is retried.
 2. A retry needs: tries left, the condition listed in ``proxy_next_upstream`` ("off"
-   disables all), nothing sent to the client yet, a replayable body, POST/LOCK/PATCH only
-   with ``non_idempotent`` once the request was sent, and ``proxy_next_upstream_timeout``
-   not exceeded.
+   disables all), nothing sent to the client yet, a replayable body, a method nginx treats
+   as idempotent (``IDEMPOTENT``; any other method, unknown tokens included, only with
+   ``non_idempotent``) once the request was sent, and ``proxy_next_upstream_timeout`` not
+   exceeded.
 3. Status conditions (http_500 ...) are checked before anything reaches the client and
    need ``tries > 1``; on the last try the upstream's response is passed through and the
    peer is not charged. 403/404 never charge the peer.
@@ -17,11 +18,21 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    client connection and are not charged to the peer.
 6. Request bodies up to ``client_body_buffer_size`` are kept so a retry can resend them;
    a larger body is streamed and makes the request non-replayable once sent.
+7. A reused keep-alive connection the upstream closed under us is not the peer's failure
+   and costs no try: the request is resent once, on a new connection to the same peer,
+   and nothing is charged or logged as an attempt, when the failure proves the request was
+   not processed (``Unprocessed``: a send failed with EPIPE/ECONNRESET, or a reset arrived
+   before any response byte: the upstream closed the socket with our request unread, or
+   before it arrived; any method), or when the upstream closed cleanly before any response byte and the
+   request could be retried under rule 2 (the usual idle-close race). Timeouts and invalid
+   responses on reused connections are ordinary failures (charged, rule 2 applies).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket as stdsocket
 from typing import TYPE_CHECKING, Final
 
 from gevent import socket
@@ -32,7 +43,13 @@ from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
 from prefork_lb.http.headers import build_response_head, build_upstream_head
 from prefork_lb.http.request import HttpError, RequestHead
-from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError, parse_response_head
+from prefork_lb.http.response import (
+    ChunkedDecoder,
+    ResponseHead,
+    UpstreamProtocolError,
+    head_end,
+    parse_buffered_head,
+)
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
 from prefork_lb.http.uri import encode_path
 from prefork_lb.netio import recv, send_all
@@ -44,7 +61,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork_lb.error")
 
-NON_IDEMPOTENT: Final = frozenset({b"POST", b"LOCK", b"PATCH"})
+# nginx retries every method it knows except POST, LOCK and PATCH; a method it does not know
+# (any other token, RFC 9110 section 9.1) is treated as non-idempotent here.
+IDEMPOTENT: Final = frozenset(
+    {
+        b"GET",
+        b"HEAD",
+        b"PUT",
+        b"DELETE",
+        b"OPTIONS",
+        b"TRACE",
+        b"MKCOL",
+        b"COPY",
+        b"MOVE",
+        b"PROPFIND",
+        b"PROPPATCH",
+        b"UNLOCK",
+    }
+)
+RESET_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE})
 STATUS_CONDITIONS: Final = {
     500: "http_500",
     502: "http_502",
@@ -68,6 +103,14 @@ class AttemptFailed(Exception):
         super().__init__(message)
         self.condition = condition  # "error" | "timeout" | "invalid_header"
         self.status = status  # 502 or 504, as nginx logs the attempt
+
+
+class Unprocessed(AttemptFailed):
+    """The upstream reset the connection before it read the request (rule 7)."""
+
+
+class ClosedBeforeResponse(AttemptFailed):
+    """The upstream closed the connection cleanly before any response byte (rule 7)."""
 
 
 class RequestBody:
@@ -206,13 +249,20 @@ class Proxy:
             try:
                 conn = self._connect(peer.server.address, peer.addr, attempt, now)
                 sent = True
-                self._send(conn, request_head, has_body)
-                attempt.bytes_sent = len(request_head) + self.body.received
-                resp, leftover = self._read_head(conn, attempt, now)
+                try:
+                    resp, leftover = self._exchange(conn, request_head, has_body, attempt, now)
+                except (Unprocessed, ClosedBeforeResponse) as stale:
+                    if not conn.reused or not self._resend_allowed(stale, conditions, start):
+                        raise
+                    conn.close()
+                    log.info("%s on a keep-alive connection, request resent, upstream: %s", stale, peer.addr)
+                    conn = None
+                    conn = self._open(peer.server.address, attempt, now)
+                    attempt.bytes_received = 0
+                    resp, leftover = self._exchange(conn, request_head, has_body, attempt, now)
             except AttemptFailed as fail:
                 attempt.status = fail.status
                 attempt.response_time_s = self.now() - now
-                reused = conn is not None and conn.reused
                 if conn is not None:
                     conn.close()
                 log.error(
@@ -222,8 +272,6 @@ class Proxy:
                     peer.addr,
                 )
                 self._free(sel, peer, True, None)
-                if reused:
-                    sel.tries += 1
                 if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
                     continue
                 return self.client.respond_error(ex, fail.status)
@@ -311,12 +359,27 @@ class Proxy:
     ) -> bool:
         if tries <= 0 or condition not in conditions:
             return False
-        if sent and self.head.method in NON_IDEMPOTENT and "non_idempotent" not in conditions:
+        if sent and self.head.method not in IDEMPOTENT and "non_idempotent" not in conditions:
             return False
         if sent and not self.body.replayable:
             return False
         timeout = self.lr.config.proxy_next_upstream_timeout_s
         return not (timeout and self.now() - start >= timeout)
+
+    def _resend_allowed(self, stale: AttemptFailed, conditions: frozenset[str], start: float) -> bool:
+        """Rule 7: may the request go out again on a new connection to the same peer?"""
+        if not self.body.replayable:
+            return False
+        if isinstance(stale, Unprocessed):
+            return True
+        return self._may_retry(1, stale.condition, conditions, True, start)
+
+    def _exchange(
+        self, conn: UpstreamConnection, request_head: bytes, has_body: bool, attempt: Attempt, start: float
+    ) -> tuple[ResponseHead, bytes]:
+        self._send(conn, request_head, has_body)
+        attempt.bytes_sent = len(request_head) + self.body.received
+        return self._read_head(conn, attempt, start)
 
     def _connect(self, address: Address, addr: str, attempt: Attempt, start: float) -> UpstreamConnection:
         pool = self.up.pool
@@ -324,6 +387,9 @@ class Proxy:
         if conn is not None:
             attempt.connect_time_s = 0.0
             return conn
+        return self._open(address, attempt, start)
+
+    def _open(self, address: Address, attempt: Attempt, start: float) -> UpstreamConnection:
         loc = self.lr.config
         try:
             conn = open_connection(address, loc.proxy_connect_timeout_s, start)
@@ -349,7 +415,9 @@ class Proxy:
         except TimeoutError:
             raise AttemptFailed("timeout", 504, "upstream timed out (110: Connection timed out)") from None
         except OSError as e:
-            raise AttemptFailed("error", 502, f"send() failed ({e.errno}: {e.strerror})") from None
+            # a reset while we send: the upstream closed with our request (partly) unread
+            kind = Unprocessed if e.errno in RESET_ERRNOS else AttemptFailed
+            raise kind("error", 502, f"send() failed ({e.errno}: {e.strerror})") from None
         conn.requests += 1
 
     def _framed_buffer(self) -> bytes:
@@ -369,27 +437,40 @@ class Proxy:
         buf = b""
         scan = 0
         interim = 0
+        # The response cannot be there the moment the request was sent: waiting first saves
+        # a failing recv(), and measured (wrk -c50, 3 A/B pairs) it halves p99 (16-17 -> 7-8
+        # ms) at the same throughput: the greenlet yields to the other connections first.
+        wait_first = True
+        got_any = False
         try:
             while True:
-                # The response cannot be there the moment the request was sent: waiting
-                # first saves a failing recv(), and measured (wrk -c50, 3 A/B pairs) it
-                # halves p99 (16-17 -> 7-8 ms) at the same throughput: the greenlet yields
-                # to the other connections before the response, not after.
-                data = recv(sock, RECV_SIZE, timeout_s, not buf)
-                if not data:
-                    raise AttemptFailed("error", 502, "upstream prematurely closed connection")
-                attempt.bytes_received += len(data)
-                buf += data
-                end = buf.find(b"\r\n\r\n", scan)
+                end, after = head_end(buf, scan) if buf else (-1, -1)
                 if end < 0:
                     if len(buf) > limit:
                         raise AttemptFailed("invalid_header", 502, "upstream sent too big header")
                     scan = max(0, len(buf) - 3)
+                    try:
+                        data = recv(sock, RECV_SIZE, timeout_s, wait_first)
+                    except ConnectionResetError as e:
+                        if got_any:
+                            raise
+                        raise Unprocessed("error", 502, f"recv() failed ({e.errno}: {e.strerror})") from None
+                    wait_first = False
+                    if not data:
+                        if got_any:
+                            raise AttemptFailed("error", 502, "upstream prematurely closed connection")
+                        # A reset behind the FIN means our request reached a closed socket.
+                        if sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ERROR) in RESET_ERRNOS:
+                            raise Unprocessed("error", 502, "upstream closed the connection before reading")
+                        raise ClosedBeforeResponse("error", 502, "upstream prematurely closed connection")
+                    got_any = True
+                    attempt.bytes_received += len(data)
+                    buf += data
                     continue
                 if end > limit:
                     raise AttemptFailed("invalid_header", 502, "upstream sent too big header")
-                resp = parse_response_head(buf[:end], head_request)
-                buf = buf[end + 4 :]
+                resp, after = parse_buffered_head(buf, end, after, head_request)
+                buf = buf[after:]  # what follows may already hold the final head (after a 1xx)
                 scan = 0
                 if resp.status >= 200:
                     attempt.header_time_s = self.now() - start
@@ -397,6 +478,7 @@ class Proxy:
                 interim += 1
                 if resp.status == 101 or interim > MAX_INTERIM:
                     raise AttemptFailed("invalid_header", 502, "upstream sent an unexpected interim response")
+                wait_first = not buf
         except UpstreamProtocolError as e:
             raise AttemptFailed("invalid_header", 502, f"upstream sent invalid header: {e}") from None
         except TimeoutError:

@@ -16,6 +16,10 @@ Rules (RFC 9112, stricter than nginx 1.22 where nginx is lax):
 5. Framing: no body for 1xx/204/304 and responses to HEAD; chunked; Content-Length; else
    the body runs until the upstream closes (never reusable).
 6. The header block must fit ``proxy_buffer_size`` (nginx: "upstream sent too big header").
+7. Line ends: CRLF, or a bare LF as nginx accepts (RFC 9112 section 2.2 lets a recipient
+   accept it). A bare CR stays invalid. The CRLF head is the fast path (one ``find`` and
+   one regex match); bare LF costs only when no CRLF blank line is buffered or the CRLF
+   block does not parse.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ _HEAD = re.compile(
     rb"HTTP/1\.([0-9]) ([0-9]{3})(?: (" + _VALUE + rb"))?((?:\r\n" + _TOKEN + rb":" + _VALUE + rb")*)"
 )
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 MAX_CHUNK_LINE: Final = 4096
 MAX_TRAILERS: Final = 8192
 
@@ -124,6 +129,37 @@ def parse_response_head(block: bytes, head_request: bool) -> ResponseHead:
         content_length=content_length,
         keep_alive=keep_alive,
     )
+
+
+def head_end(buf: bytes, scan: int) -> tuple[int, int]:
+    """Where the head buffered in ``buf`` ends: (end of its last line, start of what
+    follows), or (-1, -1) while no blank line has arrived. ``scan``: no blank line ends
+    before it (the caller passes ``len(buf) - 3`` of its previous look)."""
+    end = buf.find(b"\r\n\r\n", scan)
+    if end >= 0:
+        return end, end + 4
+    m = _BLANK_LINE.search(buf, scan)
+    return (-1, -1) if m is None else (m.start(), m.end())
+
+
+def parse_buffered_head(buf: bytes, end: int, after: int, head_request: bool) -> tuple[ResponseHead, int]:
+    """Parse the head that ``head_end`` found; returns it and where the rest of ``buf``
+    starts. A CRLF head that fails to parse is tried once more with bare-LF line ends (rule
+    7): its blank line may be an earlier LF one, or its lines may end in bare LF."""
+    try:
+        return parse_response_head(buf[:end], head_request), after
+    except UpstreamProtocolError:
+        m = _BLANK_LINE.search(buf)
+        if m is None:
+            raise
+        block = buf[: m.start()]
+        if block.count(b"\n") == block.count(b"\r\n"):
+            if m.start() == end:
+                raise
+            return parse_response_head(block, head_request), m.end()
+        lines = block.split(b"\n")
+        block = b"\r\n".join(line[:-1] if line[-1:] == b"\r" else line for line in lines)
+        return parse_response_head(block, head_request), m.end()
 
 
 class ChunkedDecoder:

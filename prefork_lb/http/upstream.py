@@ -8,7 +8,13 @@ Rules (nginx's keepalive module, shared/reference/nginx-semantics.md section 7):
 3. A connection goes back to the pool only after a clean, fully read response whose
    upstream allows keep-alive, while ``requests < keepalive_requests`` and its age is
    within ``keepalive_time``; idle connections are closed after ``keepalive_timeout``.
-4. Bytes that arrive beyond a response make the connection unusable (never pooled).
+4. Bytes that arrive beyond a response make the connection unusable (never pooled), and
+   a pooled connection that becomes readable while idle (stray bytes, a late HEAD/204
+   body, EOF, RST) is closed, never reused: nginx closes a cached connection on any read
+   event. Two guards, so that no client ever receives bytes meant for nobody (or for
+   another client): an idle read watcher closes it the moment anything arrives, and
+   ``get`` peeks (one non-blocking MSG_PEEK recv) at every reuse, for bytes that arrived
+   in the same loop iteration as the reuse.
 """
 
 from __future__ import annotations
@@ -25,15 +31,6 @@ from prefork_lb.netio import peek_readable
 
 T = TypeVar("T")
 RECV_SIZE: Final = 65536
-# Under load pooled connections sit idle for microseconds and cannot have been closed by a
-# sane upstream; after a second idle we pay one ~3 us MSG_PEEK to drop connections the
-# upstream has closed, instead of sending a request (maybe a POST) into a dead socket.
-PEEK_AFTER_IDLE_S: Final = 1.0
-
-
-def _alive(conn: UpstreamConnection) -> bool:
-    # nothing to read: idle and open; EOF, or bytes nobody asked for: unusable
-    return peek_readable(conn.sock) is None
 
 
 class UpstreamConnection:
@@ -116,7 +113,7 @@ class RequestQueue:
 class KeepalivePool:
     """Idle connections of one upstream group in one worker."""
 
-    __slots__ = ("capacity", "idle", "max_age_s", "max_requests", "timeout_s")
+    __slots__ = ("capacity", "discarded", "idle", "max_age_s", "max_requests", "timeout_s")
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self.capacity = upstream.keepalive
@@ -124,6 +121,7 @@ class KeepalivePool:
         self.timeout_s = upstream.keepalive_timeout_s
         self.max_age_s = upstream.keepalive_time_s
         self.idle: list[UpstreamConnection] = []  # oldest first
+        self.discarded = 0  # idle connections closed because they became readable (rule 4)
 
     @property
     def enabled(self) -> bool:
@@ -135,8 +133,12 @@ class KeepalivePool:
             conn = idle[i]
             if conn.addr == addr:
                 del idle[i]
-                idle_s = now - conn.idle_since
-                if idle_s > self.timeout_s or (idle_s > PEEK_AFTER_IDLE_S and not _alive(conn)):
+                conn.sock._read_event.stop()
+                if now - conn.idle_since > self.timeout_s:
+                    conn.close()
+                    continue
+                if peek_readable(conn.sock) is not None:  # rule 4: bytes, EOF or RST
+                    self.discarded += 1
                     conn.close()
                     continue
                 conn.reused = True
@@ -150,20 +152,37 @@ class KeepalivePool:
             return
         conn.idle_since = now
         self.idle.append(conn)
+        # rule 4: anything arriving while idle closes it (the watcher costs no syscall while
+        # the fd stays in libev's epoll set from the response's own reads)
+        conn.sock._read_event.start(self._readable_while_idle, conn)
         if len(self.idle) > self.capacity:
-            self.idle.pop(0).close()
+            self._drop(self.idle.pop(0))
+
+    def _readable_while_idle(self, conn: UpstreamConnection) -> None:
+        """libev callback (on the hub): an idle connection became readable; never reuse it."""
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        self.discarded += 1
+        self._drop(conn)
+
+    @staticmethod
+    def _drop(conn: UpstreamConnection) -> None:
+        conn.sock._read_event.stop()
+        conn.close()
 
     def sweep(self, now: float) -> None:
         """Close idle connections past ``keepalive_timeout`` (called once a second)."""
         keep = []
         for conn in self.idle:
             if now - conn.idle_since > self.timeout_s:
-                conn.close()
+                self._drop(conn)
             else:
                 keep.append(conn)
         self.idle = keep
 
     def close_all(self) -> None:
         for conn in self.idle:
-            conn.close()
+            self._drop(conn)
         self.idle = []
