@@ -253,8 +253,14 @@ def take(sel: Selection, peer: Peer, now_s: int) -> Peer:
     return peer
 
 
-def free(sel: Selection, peer: Peer, failed: bool, now_s: int, now_ms: int = 0) -> None:
-    """Release ``peer`` after an attempt; ``failed`` charges it (nginx's NGX_PEER_FAILED)."""
+def free(sel: Selection, peer: Peer, failed: bool, now_s: int, now_ms: int = 0) -> bool:
+    """Release ``peer`` after an attempt; ``failed`` charges it (nginx's NGX_PEER_FAILED).
+
+    Runs under the zone lock, so it never logs: True means the failure left the peer at
+    ``max_fails`` (nginx's "upstream server temporarily disabled"), for the caller to log
+    once the lock is released, naming the phase that failed.
+    """
+    disabled = False
     mv, b = peer._mv, peer._b
     mv[b + L.P_CONNS] -= 1
     mv[peer._a] -= 1
@@ -262,7 +268,7 @@ def free(sel: Selection, peer: Peer, failed: bool, now_s: int, now_ms: int = 0) 
         mv[b + L.P_FAILED_TOTAL] += 1
     if sel.group.single:
         sel.tries = 0
-        return
+        return False
     if failed:
         fails = mv[b + L.P_FAILS] + 1
         mv[b + L.P_FAILS] = fails
@@ -278,10 +284,7 @@ def free(sel: Selection, peer: Peer, failed: bool, now_s: int, now_ms: int = 0) 
                 if fails == peer.max_fails:
                     mv[b + L.P_UNAVAIL] += 1
                     mv[b + L.P_DOWNSTART_MS] = now_ms or now_s * 1000
-                log.warning(
-                    "upstream server temporarily disabled while connecting to upstream, upstream: %s",
-                    peer.addr,
-                )
+                disabled = True
     elif mv[b + L.P_ACCESSED] < mv[b + L.P_CHECKED]:
         if peer.slow_start_ms and peer.max_fails and mv[b + L.P_FAILS] >= peer.max_fails:
             mv[b + L.P_SLOW_START_MS] = now_s * 1000  # back from unavailable: ramp (pick's clock)
@@ -292,6 +295,12 @@ def free(sel: Selection, peer: Peer, failed: bool, now_s: int, now_ms: int = 0) 
             mv[b + L.P_DOWNSTART_MS] = 0
     if sel.tries:
         sel.tries -= 1
+    return disabled
+
+
+def log_disabled(peer: Peer, phase: str) -> None:
+    """nginx's warning for a peer that reached max_fails (call it outside the zone lock)."""
+    log.warning("upstream server temporarily disabled while %s, upstream: %s", phase, peer.addr)
 
 
 def _slow_start_failure(peer: Peer, fails: int) -> None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final
 from gevent import socket
 
 from prefork_lb.balance.least_time import release_inflight
-from prefork_lb.balance.peers import Peer, Selection, free, new_selection, record_time
+from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection, record_time
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
 from prefork_lb.http.headers import build_response_head, build_upstream_head
@@ -98,11 +98,17 @@ class ClientGone(Exception):
     """The client connection failed while we were writing to it."""
 
 
+CONNECTING: Final = "connecting to upstream"
+SENDING: Final = "sending request to upstream"
+READING_HEAD: Final = "reading response header from upstream"
+
+
 class AttemptFailed(Exception):
-    def __init__(self, condition: str, status: int, message: str) -> None:
+    def __init__(self, condition: str, status: int, message: str, phase: str = READING_HEAD) -> None:
         super().__init__(message)
         self.condition = condition  # "error" | "timeout" | "invalid_header"
         self.status = status  # 502 or 504, as nginx logs the attempt
+        self.phase = phase  # what nginx's error log says we were doing
 
 
 class Unprocessed(AttemptFailed):
@@ -265,13 +271,8 @@ class Proxy:
                 attempt.response_time_s = self.now() - now
                 if conn is not None:
                     conn.close()
-                log.error(
-                    "%s while %s, upstream: %s",
-                    fail,
-                    "connecting to upstream" if not sent else "reading response header from upstream",
-                    peer.addr,
-                )
-                self._free(sel, peer, True, None)
+                log.error("%s while %s, upstream: %s", fail, fail.phase, peer.addr)
+                self._free(sel, peer, True, None, phase=fail.phase)
                 if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
                     continue
                 return self.client.respond_error(ex, fail.status)
@@ -314,7 +315,13 @@ class Proxy:
         return any(p.max_conns and not p.down and p.conns >= p.max_conns for p in group.all_peers())
 
     def _free(
-        self, sel: Selection, peer: Peer, failed: bool, attempt: Attempt | None, last: bool = False
+        self,
+        sel: Selection,
+        peer: Peer,
+        failed: bool,
+        attempt: Attempt | None,
+        last: bool = False,
+        phase: str = READING_HEAD,
     ) -> None:
         """Release the peer under the zone lock; a completed attempt feeds least_time.
 
@@ -342,7 +349,7 @@ class Proxy:
                     None if header is None else int(header * 1000),
                     int((attempt.response_time_s or 0.0) * 1000),
                 )
-            free(sel, peer, failed, int(now), int(now * 1000))
+            disabled = free(sel, peer, failed, int(now), int(now * 1000))
             client = self.client
             status_zone = client.status_zone
             if last and status_zone is not None:
@@ -351,6 +358,8 @@ class Proxy:
                 client.status_zone = None
         finally:
             zone.unlock()
+        if disabled:  # logged outside the lock: no I/O in the critical section
+            log_disabled(peer, phase)
         if up.queue is not None:
             up.queue.notify()
 
@@ -394,9 +403,13 @@ class Proxy:
         try:
             conn = open_connection(address, loc.proxy_connect_timeout_s, start)
         except TimeoutError:
-            raise AttemptFailed("timeout", 504, "upstream timed out (110: Connection timed out)") from None
+            raise AttemptFailed(
+                "timeout", 504, "upstream timed out (110: Connection timed out)", CONNECTING
+            ) from None
         except OSError as e:
-            raise AttemptFailed("error", 502, f"connect() failed ({e.errno}: {e.strerror})") from None
+            raise AttemptFailed(
+                "error", 502, f"connect() failed ({e.errno}: {e.strerror})", CONNECTING
+            ) from None
         attempt.connect_time_s = self.now() - start
         return conn
 
@@ -413,11 +426,13 @@ class Proxy:
                 send_all(sock, request_head, timeout_s)
                 body.send_to(sock, timeout_s)
         except TimeoutError:
-            raise AttemptFailed("timeout", 504, "upstream timed out (110: Connection timed out)") from None
+            raise AttemptFailed(
+                "timeout", 504, "upstream timed out (110: Connection timed out)", SENDING
+            ) from None
         except OSError as e:
             # a reset while we send: the upstream closed with our request (partly) unread
             kind = Unprocessed if e.errno in RESET_ERRNOS else AttemptFailed
-            raise kind("error", 502, f"send() failed ({e.errno}: {e.strerror})") from None
+            raise kind("error", 502, f"send() failed ({e.errno}: {e.strerror})", SENDING) from None
         conn.requests += 1
 
     def _framed_buffer(self) -> bytes:

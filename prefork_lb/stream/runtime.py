@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prefork_lb.balance.base import Balancer
-from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free
+from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free, log_disabled
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Config, StreamServerConfig, UpstreamConfig
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat
@@ -57,9 +57,11 @@ class StreamUpstream:
                     _ms(attempt.first_byte_time_s),
                     int(attempt.session_time_s * 1000),
                 )
-            free(sel, peer, failed, int(now), int(now * 1000))
+            disabled = free(sel, peer, failed, int(now), int(now * 1000))
         finally:
             zone.unlock()
+        if disabled:
+            log_disabled(peer, "connecting to upstream")
 
 
 def _ms(seconds: float | None) -> int | None:

@@ -143,3 +143,27 @@ def test_bare_lf_upstream_head_is_accepted_once(tmp_path: Path) -> None:
             status, headers, body = request(port, "GET", f"/lfonly?id=l{i}")
             assert (status, body, headers.get("x-mode")) == (200, f"l{i}".encode(), "lfonly")
         assert b.count("/lfonly") == 3
+
+
+def test_disabled_peer_is_logged_with_the_phase_that_failed(tmp_path: Path) -> None:
+    """Issue 12 item 5(c): the "temporarily disabled" warning is logged after the zone lock
+    is released and names the phase; before, it always said "while connecting" (and was
+    written while holding the cross-process lock)."""
+    port = free_port()
+    dead = free_port()  # nothing listens: connect() is refused
+    with RawBackend() as slow:
+        params = {a: ', max_fails = 1, fail_timeout = "60s"' for a in (slow.addr, f"127.0.0.1:{dead}")}
+        upstream = upstream_block("backend", [slow.addr, f"127.0.0.1:{dead}"], **params)
+        conf = basic_config(port, upstream).replace('proxy_read_timeout = "5s"', 'proxy_read_timeout = "1s"')
+        with LB(tmp_path, conf, port):
+            for _ in range(2):
+                request(port, "GET", "/slow?id=s&ms=3000")
+            log = tmp_path / "error.log"
+            wait_for(
+                lambda: "temporarily disabled while reading response header from upstream, upstream: "
+                + slow.addr
+                in log.read_text(),
+                what="the read-phase warning",
+            )
+            text = log.read_text()
+            assert f"temporarily disabled while connecting to upstream, upstream: 127.0.0.1:{dead}" in text
