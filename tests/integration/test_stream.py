@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -321,7 +320,18 @@ def test_dns_through_the_udp_balancer(tmp_path: Path) -> None:
         for p in dns_ports
     ]
     try:
-        time.sleep(0.3)
+
+        def answers(dns_port: int) -> bool:
+            out = subprocess.run(
+                ["dig", "@127.0.0.1", "-p", str(dns_port), "+short", "+tries=1", "+time=1", "a.svc.test"],
+                capture_output=True,
+                text=True,
+                timeout=15,
+            )
+            return out.stdout.strip() == "10.9.8.7"
+
+        for p in dns_ports:  # each dnsmasq answers directly before we balance over them
+            wait_for(lambda p=p: answers(p), what=f"dnsmasq on port {p}")
         port, http_port = free_port(), free_port()
         cfg = stream_config(
             port,
