@@ -25,7 +25,7 @@ Rules:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from gevent import socket
@@ -49,6 +49,7 @@ RECV_SIZE: Final = 65536
 PARK_AFTER_S: Final = 1.0
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_NO_STORE: Final = ((b"Cache-Control", b"no-store"),)
 
 
 class ClientConnection:
@@ -363,67 +364,55 @@ class ClientConnection:
             pass
 
     def respond_error(self, ex: Exchange, status: int) -> bool:
-        ex.status = status
-        head_only = ex.method == b"HEAD"
-        body = error_page(status)
-        out = simple_response(status, body, self.keep_alive, self.clock(), head_only=head_only)
-        ex.bytes_sent += len(out)
-        ex.body_bytes_sent += 0 if head_only else len(body)
-        self.send(out)
+        self._send_local(ex, status, error_page(status))
         return self.keep_alive
+
+    def _send_local(
+        self,
+        ex: Exchange,
+        status: int,
+        body: bytes,
+        ctype: bytes = b"text/html",
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Every response the proxy makes itself goes out here; whether it has a body is
+        decided from the method and status in ``simple_response`` (headers.py rule 7)."""
+        out, body_len = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, ex.method)
+        ex.status = status
+        ex.bytes_sent += len(out)
+        ex.body_bytes_sent += body_len
+        self.send(out)
 
     def _return(self, ex: Exchange, lr: LocationRuntime) -> None:
         action = lr.config.return_
         assert action is not None
         status = action.status
         text = lr.return_text.render(ex) if lr.return_text is not None else None
-        ex.status = status
-        extra: list[tuple[bytes, bytes]] = []
         if status in _REDIRECTS:
             assert text is not None
-            extra.append((b"Location", _safe_location(text)))
-            body = error_page(status)
-            ctype = b"text/html"
+            self._send_local(ex, status, error_page(status), extra=[(b"Location", _safe_location(text))])
         elif text is not None:
-            body = text.encode("latin-1")
-            ctype = b"text/plain"
+            self._send_local(ex, status, text.encode("latin-1"), b"text/plain")
         else:
-            body = error_page(status) if status >= 400 else b""
-            ctype = b"text/html"
-        head_only = ex.method == b"HEAD"
-        out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
-        ex.body_bytes_sent = 0 if head_only else len(body)
-        ex.bytes_sent = len(out)
-        self.send(out)
+            self._send_local(ex, status, error_page(status) if status >= 400 else b"")
 
     def _status(self, ex: Exchange, lr: LocationRuntime) -> None:
         """api / metrics / dashboard locations, answered from the shared zone."""
         from prefork_lb.http import status_pages
 
         status, ctype, body = status_pages.answer(ex, lr, self.runtime)
-        head_only = ex.method == b"HEAD"
-        extra = [(b"Cache-Control", b"no-store")]
-        out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
-        ex.status = status
-        ex.body_bytes_sent = 0 if head_only else len(body)
-        ex.bytes_sent = len(out)
-        self.send(out)
+        self._send_local(ex, status, body, ctype, _NO_STORE)
 
     def _slash_redirect(self, ex: Exchange) -> None:
         """nginx's auto-redirect: ``/api`` -> ``/api/`` when only ``location /api/`` proxies."""
         query = b"?" + ex.args.encode("latin-1") if ex.args else b""
         location = encode_path(ex.path + "/") + query
-        ex.status = 301
-        body = error_page(301)
-        out = simple_response(301, body, self.keep_alive, self.clock(), extra=[(b"Location", location)])
-        ex.body_bytes_sent = len(body)
-        ex.bytes_sent = len(out)
-        self.send(out)
+        self._send_local(ex, 301, error_page(301), extra=[(b"Location", location)])
 
     def _reject(self, error: HttpError) -> None:
         """A request that could not even be parsed: answer and close (nginx logs it too)."""
         self.keep_alive = False
-        out = simple_response(error.status, error_page(error.status), False, self.clock())
+        out, _ = simple_response(error.status, error_page(error.status), False, self.clock())
         try:
             self.send(out)
         except ClientGone:

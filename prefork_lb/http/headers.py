@@ -13,6 +13,12 @@ Rules:
    ``Connection: keep-alive|close``; upstream framing fields are replaced by ours.
 6. A head is built with one ``b"".join`` and never contains CR, LF or NUL inside a field:
    template values are checked as the last line of defence.
+7. Whether a response the proxy generates itself has a body is decided in one place,
+   ``has_body`` (as h11's ``_body_framing``): never for HEAD requests (the head still
+   describes the body a GET would get, Content-Length included), never for 1xx, 204 and
+   304 (no Content-Length either). Every local response (``return``, redirects, error
+   pages, api, metrics, dashboard) is built by ``simple_response`` with the request
+   method, so a pipelined next response always starts right after the head.
 """
 
 from __future__ import annotations
@@ -164,6 +170,11 @@ def error_page(status: int) -> bytes:
     return _ERROR_PAGE.format(code=status, phrase=phrase).encode()
 
 
+def has_body(method: bytes, status: int) -> bool:
+    """Rule 7: does a response to ``method`` with ``status`` carry a message body?"""
+    return method != b"HEAD" and status >= 200 and status != 204 and status != 304
+
+
 def simple_response(
     status: int,
     body: bytes,
@@ -171,11 +182,12 @@ def simple_response(
     now: float | None = None,
     content_type: bytes = b"text/html",
     extra: Sequence[tuple[bytes, bytes]] = (),
-    head_only: bool = False,
-) -> bytes:
-    """A complete response the proxy generates itself (errors, ``return``)."""
+    method: bytes = b"GET",
+) -> tuple[bytes, int]:
+    """A complete response the proxy generates itself (errors, ``return``, status pages):
+    (the bytes to send, how many of them are body). ``method`` is the request's (rule 7)."""
     parts = [status_line(status), SERVER_HEADER, DATES.field(time.time() if now is None else now)]
-    if body or (status >= 200 and status not in (204, 304)):
+    if status >= 200 and status != 204 and status != 304:
         parts += [
             b"Content-Type: ",
             content_type,
@@ -187,6 +199,7 @@ def simple_response(
     for name, value in extra:
         parts += [name, b": ", value, b"\r\n"]
     parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-    if not head_only:
-        parts.append(body)
-    return b"".join(parts)
+    if not has_body(method, status) or not body:
+        return b"".join(parts), 0
+    parts.append(body)
+    return b"".join(parts), len(body)
