@@ -20,6 +20,15 @@ Rules:
    idle timeout, which keeps running from where it was, expires. A waiting greenlet
    costs ~10 KiB; a parked connection keeps no greenlet and no request parser (~2 KiB
    of it), measured with 4,000 socketpairs.
+7. Lingering close (nginx's ``lingering_close``/``lingering_time``/``lingering_timeout``):
+   when the connection closes after a response, with ``on`` (the default) and client data
+   still unread (a body answered early, e.g. 413 or ``return``, or pipelined bytes), the
+   write side is shut down after the response and input is read and discarded until the
+   client closes, for at most ``lingering_timeout`` per wait and ``lingering_time`` in
+   total. Closing with unread data would send an RST, and the client's kernel may then drop
+   the response before the client reads it (RFC 9112 section 9.6). ``always`` lingers
+   after every closing response, ``off`` never. The settings are the matched location's,
+   else the server's. A draining worker ends a lingering connection like an idle one.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from prefork_lb.http.uri import UriError, encode_path, normalize_path
 from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
 
 if TYPE_CHECKING:
+    from prefork_lb.config.model import LocationConfig, ServerConfig
     from prefork_lb.http.routing import ServerRouter
     from prefork_lb.http.runtime import HttpRuntime, LocationRuntime, StatusZone
 
@@ -63,6 +73,8 @@ class ClientConnection:
         "idle_since",
         "info",
         "keep_alive",
+        "linger_from",
+        "lingering",
         "park_deadline",
         "parkable",
         "reader",
@@ -97,6 +109,8 @@ class ClientConnection:
         self.continue_pending = False
         self.status_zone: StatusZone | None = None
         self.parkable = False  # set by the worker (rule 6)
+        self.linger_from: ServerConfig | LocationConfig = router.default  # rule 7
+        self.lingering = False
         self.park_deadline = 0.0  # while parked: when the idle wait times out
 
     # ---- the loop ----
@@ -120,9 +134,11 @@ class ClientConnection:
                 event = events.popleft()
                 if type(event) is RequestHead:
                     if not self._handle(event):
+                        self._linger()
                         return False
                 elif isinstance(event, HttpError):
                     self._reject(event)
+                    self._linger()
                     return False
                 # bytes/MESSAGE_END of an unread body cannot reach here (rule 3)
         except ClientGone:
@@ -216,6 +232,7 @@ class ClientConnection:
         )
         server = self.router.select(head.host)
         ex.server = server
+        self.linger_from = server
         self.status_zone = runtime.zones[id(server)]
         self.status_zone.begin(runtime.zone.mv)
         # An error later in the pipeline is answered after this request, not instead of it.
@@ -237,6 +254,7 @@ class ClientConnection:
                 return self._done(ex, None)
             lr = runtime.locations[id(loc)]
             ex.location = loc
+            self.linger_from = loc
             self.body_timeout_s = loc.client_body_timeout_s
             self.send_timeout_s = loc.send_timeout_s
             if lr.access and not lr.allows(self.info.remote_addr):
@@ -284,6 +302,37 @@ class ClientConnection:
                         continue
                 writer.write(fmt.render(ex))
         return self.keep_alive and self.body_done
+
+    def _linger(self) -> None:
+        """Rule 7: after the last response, read and discard what the client still sends."""
+        cfg = self.linger_from
+        mode = cfg.lingering_close
+        if mode == "off" or cfg.lingering_time_s <= 0:
+            return
+        if mode == "on" and self.body_done and not self.reader.events:
+            head = self.head
+            if head is not None and not head.keep_alive and not self.reader.closed:
+                return  # the client itself closes after this request: no syscall spent
+            if not peek_readable(self.sock):
+                return  # nothing unread (peek: None = nothing there, b"" = EOF or error)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # the response is complete: FIN after it
+        except OSError:
+            return
+        now = self.clock()
+        deadline = now + cfg.lingering_time_s
+        wait_s = cfg.lingering_timeout_s
+        self.lingering = True
+        self.idle_since = now
+        while True:
+            left_s = deadline - self.clock()
+            if left_s <= 0:
+                return
+            try:
+                if not recv(self.sock, RECV_SIZE, min(wait_s, left_s) if wait_s > 0 else left_s):
+                    return  # the client closed: nothing was lost
+            except OSError:  # TimeoutError included: lingering_timeout without data
+                return
 
     def _finish_body(self) -> None:
         """Drop the rest of an unread body if it is already queued; else close after (rule 3)."""
@@ -348,6 +397,11 @@ class ClientConnection:
         left alone: that request is answered with ``Connection: close``. nginx closes
         every idle connection at once, which resets requests already on their way.
         """
+        if self.lingering:  # rule 7: only discarding input; the response is out
+            if now - self.idle_since < idle_s:
+                return False
+            self.abort()
+            return True
         if not self.idle or now - self.idle_since < idle_s:
             return False
         if peek_readable(self.sock):
@@ -412,6 +466,7 @@ class ClientConnection:
     def _reject(self, error: HttpError) -> None:
         """A request that could not even be parsed: answer and close (nginx logs it too)."""
         self.keep_alive = False
+        self.linger_from = self.router.default
         out, _ = simple_response(error.status, error_page(error.status), False, self.clock())
         try:
             self.send(out)
