@@ -107,8 +107,8 @@ def _header_table(v: object) -> tuple[tuple[str, str], ...]:
             raise ValueError(f'invalid header name "{name}"')
         if not isinstance(value, str):
             raise ValueError(f'value of "{name}" must be a string')
-        if "\r" in value or "\n" in value or "\0" in value:
-            raise ValueError(f'value of "{name}" must not contain CR, LF or NUL')
+        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise ValueError(f'value of "{name}" must not contain control characters (HTAB is allowed)')
         out.append((name, value))
     return tuple(out)
 

@@ -11,8 +11,12 @@ Rules:
 4. ``Connection: close`` goes upstream only when the group has no keep-alive pool.
 5. Responses carry our ``Server`` and ``Date`` (as nginx replaces them) and an explicit
    ``Connection: keep-alive|close``; upstream framing fields are replaced by ours.
-6. A head is built with one ``b"".join`` and never contains CR, LF or NUL inside a field:
-   template values are checked as the last line of defence.
+6. A head is built with one ``b"".join`` and never contains a control character inside a
+   field value except HTAB: values rendered from variables (``proxy_set_header``) have every
+   byte 0x00-0x1f but HTAB, and 0x7f, percent-encoded (``%0B``), whatever the source (a
+   decoded ``$uri``, a header, an argument, a cookie, config text). Encoding, not 400: the
+   value came through the request checks, and one rendered field must not fail a request
+   the backend may not even look at (the redirect ``Location`` of ``return`` does the same).
 7. Whether a response the proxy generates itself has a body is decided in one place,
    ``has_body`` (as h11's ``_body_framing``): never for HEAD requests (the head still
    describes the body a GET would get, Content-Length included), never for 1xx, 204 and
@@ -50,7 +54,8 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"pr
 # Dropped from upstream responses: framing is ours; Server and Date are replaced (nginx does).
 _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"server", b"date"}
 SERVER_HEADER: Final = b"Server: prefork-lb\r\n"
-_UNSAFE = str.maketrans({"\r": "%0D", "\n": "%0A", "\0": "%00"})
+# Rule 6: every CTL except HTAB (0x09), and DEL.
+_UNSAFE: Final = str.maketrans({c: f"%{c:02X}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)})
 
 
 @dataclass(frozen=True, slots=True)
