@@ -60,3 +60,27 @@ def test_decoded_uri_control_characters_reach_the_backend_encoded(lb_port: int) 
     assert headers["x-uri"] == "/ctl/%0B%0C%1C%1F%7F\tx"
     assert headers["x-arg"] == "%0B"
     assert headers["x-h"] == "a\tb"
+
+
+def test_token_methods_are_forwarded(lb_port: int) -> None:
+    """``FOO`` (any token of nginx's alphabet) is a method (RFC 9110): forwarded with its body,
+    also pipelined after a chunked request on one connection. The old code answered 400
+    (llhttp knows only a fixed list of methods). ``foo`` stays 400 (nginx too)."""
+    out = raw_exchange(
+        lb_port,
+        b"POST /?echo=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\nab\r\n\r\n\r\n0\r\n\r\n"
+        b"FOO /?echo=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz"
+        b"BAR-BAZ /?echo=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    statuses, echoes = [], []
+    while out:
+        head, _, rest = out.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        statuses.append(head[:12])
+        echoes.append(json.loads(rest[:length]) if head.startswith(b"HTTP/1.1 200") else {})
+        out = rest[length:]
+    assert statuses == [b"HTTP/1.1 200"] * 3
+    assert [(e["method"], e["body_len"]) for e in echoes] == [("POST", 6), ("FOO", 3), ("BAR-BAZ", 0)]
+    lower = raw_exchange(lb_port, b"foo / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert lower.startswith(b"HTTP/1.1 400 ")
