@@ -8,6 +8,7 @@ then sends an RST instead of a FIN):
 - ``test_lingering_timeout_*`` / ``test_lingering_time_*``: after the 413 the client got an
   RST (ECONNRESET on recv) instead of a clean EOF, and its next send failed at once;
 - ``test_lingering_close_off_*`` checks the switch: with ``off`` the old behaviour is back.
+- ``test_a_draining_worker_ends_lingering``: a drain that waited out lingering_timeout.
 The end of the connection is observed in the worker's own socket table (psutil), never
 timed with sleeps.
 """
@@ -182,3 +183,20 @@ def test_lingering_keys_inherit_and_validate(tmp_path: Path) -> None:
     conf.write_text(text.replace('lingering_close = "off"', 'lingering_close = "yes"'))
     with pytest.raises(ConfigError, match=r"lingering_close.*must be one of: off, on, always"):
         load_config(str(conf))
+
+
+def test_a_draining_worker_ends_lingering(tmp_path: Path, backend: str) -> None:
+    """On reload the old worker ends a lingering connection like an idle one (after 1 s)
+    instead of waiting out ``lingering_timeout`` (30 s here): without that, the old worker
+    would outlive this test's 20 s deadline."""
+    lb, port = _lb(tmp_path, backend, 'lingering_timeout = "30s"')
+    with lb, socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        (old,) = lb.workers()
+        s.sendall(_head("/upload", BIG_BODY) + b"x" * 65536)
+        assert _read_to_eof(s).startswith(b"HTTP/1.1 413 ")  # lingering now: the FIN came
+        assert _server_side_open(lb, s.getsockname()[1])
+        assert lb.signal("reload").returncode == 0
+        wait_for(
+            lambda: not old.is_running() or old.status() == psutil.STATUS_ZOMBIE,
+            what="the old worker to exit",
+        )
