@@ -21,6 +21,7 @@ from typing import Any, cast
 from prefork_lb.config.addresses import parse_address, parse_listen
 from prefork_lb.config.errors import ConfigError
 from prefork_lb.config.model import (
+    LINGERING_CLOSE,
     NEXT_UPSTREAM_CONDITIONS,
     AccessLogConfig,
     Address,
@@ -106,10 +107,16 @@ def _header_table(v: object) -> tuple[tuple[str, str], ...]:
             raise ValueError(f'invalid header name "{name}"')
         if not isinstance(value, str):
             raise ValueError(f'value of "{name}" must be a string')
-        if "\r" in value or "\n" in value or "\0" in value:
-            raise ValueError(f'value of "{name}" must not contain CR, LF or NUL')
+        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise ValueError(f'value of "{name}" must not contain control characters (HTAB is allowed)')
         out.append((name, value))
     return tuple(out)
+
+
+def _lingering_close(v: object) -> str:
+    if v not in LINGERING_CLOSE:
+        raise ValueError(f"must be one of: {', '.join(LINGERING_CLOSE)}")
+    return str(v)
 
 
 # Location-level directives, inheritable from [http] and the server: key -> (field, converter).
@@ -128,6 +135,9 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "send_timeout": ("send_timeout_s", _duration),
     "keepalive_timeout": ("keepalive_timeout_s", _duration),
     "keepalive_requests": ("keepalive_requests", positive_int),
+    "lingering_close": ("lingering_close", _lingering_close),
+    "lingering_time": ("lingering_time_s", _duration),
+    "lingering_timeout": ("lingering_timeout_s", _duration),
 }
 # Access logging is inherited too, but needs the log_formats table to resolve.
 _LOG_KEYS = ("access_log", "log_format")
@@ -416,6 +426,9 @@ class _Loader:
             locations=locations,
             client_header_timeout_s=header_timeout,
             keepalive_timeout_s=settings.get("keepalive_timeout_s", 75.0),
+            lingering_close=settings.get("lingering_close", "on"),
+            lingering_time_s=settings.get("lingering_time_s", 30.0),
+            lingering_timeout_s=settings.get("lingering_timeout_s", 5.0),
             index=index,
         )
 

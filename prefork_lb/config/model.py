@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+LingeringClose = Literal["off", "on", "always"]
+LINGERING_CLOSE: tuple[LingeringClose, ...] = ("off", "on", "always")
 Method = Literal["round_robin", "least_conn", "ip_hash", "hash", "random", "least_time"]
 NEXT_UPSTREAM_CONDITIONS = frozenset(
     {
@@ -148,6 +150,9 @@ class LocationConfig:
     send_timeout_s: float = 60.0
     keepalive_timeout_s: float = 75.0
     keepalive_requests: int = 1000
+    lingering_close: LingeringClose = "on"  # after a response sent before the body was read
+    lingering_time_s: float = 30.0  # reading and discarding, in total
+    lingering_timeout_s: float = 5.0  # one wait for more client data
     access_logs: tuple[AccessLogConfig, ...] = ()
     status: Literal["", "api", "metrics", "dashboard"] = ""  # served by prefork-lb itself
     access: tuple[tuple[bool, str], ...] = ()  # (allow?, CIDR or "all") in order, first match wins
@@ -160,6 +165,10 @@ class ServerConfig:
     locations: tuple[LocationConfig, ...]
     client_header_timeout_s: float = 60.0
     keepalive_timeout_s: float = 75.0
+    # the server's own lingering settings: for answers given before a location matched
+    lingering_close: LingeringClose = "on"
+    lingering_time_s: float = 30.0
+    lingering_timeout_s: float = 5.0
     index: int = 0  # position in [[http.servers]], for messages
 
 

@@ -20,12 +20,21 @@ Rules:
    idle timeout, which keeps running from where it was, expires. A waiting greenlet
    costs ~10 KiB; a parked connection keeps no greenlet and no request parser (~2 KiB
    of it), measured with 4,000 socketpairs.
+7. Lingering close (nginx's ``lingering_close``/``lingering_time``/``lingering_timeout``):
+   when the connection closes after a response, with ``on`` (the default) and client data
+   still unread (a body answered early, e.g. 413 or ``return``, or pipelined bytes), the
+   write side is shut down after the response and input is read and discarded until the
+   client closes, for at most ``lingering_timeout`` per wait and ``lingering_time`` in
+   total. Closing with unread data would send an RST, and the client's kernel may then drop
+   the response before the client reads it (RFC 9112 section 9.6). ``always`` lingers
+   after every closing response, ``off`` never. The settings are the matched location's,
+   else the server's. A draining worker ends a lingering connection like an idle one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from gevent import socket
@@ -38,6 +47,7 @@ from prefork_lb.http.uri import UriError, encode_path, normalize_path
 from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
 
 if TYPE_CHECKING:
+    from prefork_lb.config.model import LocationConfig, ServerConfig
     from prefork_lb.http.routing import ServerRouter
     from prefork_lb.http.runtime import HttpRuntime, LocationRuntime, StatusZone
 
@@ -49,6 +59,7 @@ RECV_SIZE: Final = 65536
 PARK_AFTER_S: Final = 1.0
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_NO_STORE: Final = ((b"Cache-Control", b"no-store"),)
 
 
 class ClientConnection:
@@ -62,6 +73,8 @@ class ClientConnection:
         "idle_since",
         "info",
         "keep_alive",
+        "linger_from",
+        "lingering",
         "park_deadline",
         "parkable",
         "reader",
@@ -96,6 +109,8 @@ class ClientConnection:
         self.continue_pending = False
         self.status_zone: StatusZone | None = None
         self.parkable = False  # set by the worker (rule 6)
+        self.linger_from: ServerConfig | LocationConfig = router.default  # rule 7
+        self.lingering = False
         self.park_deadline = 0.0  # while parked: when the idle wait times out
 
     # ---- the loop ----
@@ -119,9 +134,11 @@ class ClientConnection:
                 event = events.popleft()
                 if type(event) is RequestHead:
                     if not self._handle(event):
+                        self._linger()
                         return False
                 elif isinstance(event, HttpError):
                     self._reject(event)
+                    self._linger()
                     return False
                 # bytes/MESSAGE_END of an unread body cannot reach here (rule 3)
         except ClientGone:
@@ -215,6 +232,7 @@ class ClientConnection:
         )
         server = self.router.select(head.host)
         ex.server = server
+        self.linger_from = server
         self.status_zone = runtime.zones[id(server)]
         self.status_zone.begin(runtime.zone.mv)
         # An error later in the pipeline is answered after this request, not instead of it.
@@ -236,6 +254,7 @@ class ClientConnection:
                 return self._done(ex, None)
             lr = runtime.locations[id(loc)]
             ex.location = loc
+            self.linger_from = loc
             self.body_timeout_s = loc.client_body_timeout_s
             self.send_timeout_s = loc.send_timeout_s
             if lr.access and not lr.allows(self.info.remote_addr):
@@ -283,6 +302,37 @@ class ClientConnection:
                         continue
                 writer.write(fmt.render(ex))
         return self.keep_alive and self.body_done
+
+    def _linger(self) -> None:
+        """Rule 7: after the last response, read and discard what the client still sends."""
+        cfg = self.linger_from
+        mode = cfg.lingering_close
+        if mode == "off" or cfg.lingering_time_s <= 0:
+            return
+        if mode == "on" and self.body_done and not self.reader.events:
+            head = self.head
+            if head is not None and not head.keep_alive and not self.reader.closed:
+                return  # the client itself closes after this request: no syscall spent
+            if not peek_readable(self.sock):
+                return  # nothing unread (peek: None = nothing there, b"" = EOF or error)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # the response is complete: FIN after it
+        except OSError:
+            return
+        now = self.clock()
+        deadline = now + cfg.lingering_time_s
+        wait_s = cfg.lingering_timeout_s
+        self.lingering = True
+        self.idle_since = now
+        while True:
+            left_s = deadline - self.clock()
+            if left_s <= 0:
+                return
+            try:
+                if not recv(self.sock, RECV_SIZE, min(wait_s, left_s) if wait_s > 0 else left_s):
+                    return  # the client closed: nothing was lost
+            except OSError:  # TimeoutError included: lingering_timeout without data
+                return
 
     def _finish_body(self) -> None:
         """Drop the rest of an unread body if it is already queued; else close after (rule 3)."""
@@ -347,6 +397,11 @@ class ClientConnection:
         left alone: that request is answered with ``Connection: close``. nginx closes
         every idle connection at once, which resets requests already on their way.
         """
+        if self.lingering:  # rule 7: only discarding input; the response is out
+            if now - self.idle_since < idle_s:
+                return False
+            self.abort()
+            return True
         if not self.idle or now - self.idle_since < idle_s:
             return False
         if peek_readable(self.sock):
@@ -363,67 +418,56 @@ class ClientConnection:
             pass
 
     def respond_error(self, ex: Exchange, status: int) -> bool:
-        ex.status = status
-        head_only = ex.method == b"HEAD"
-        body = error_page(status)
-        out = simple_response(status, body, self.keep_alive, self.clock(), head_only=head_only)
-        ex.bytes_sent += len(out)
-        ex.body_bytes_sent += 0 if head_only else len(body)
-        self.send(out)
+        self._send_local(ex, status, error_page(status))
         return self.keep_alive
+
+    def _send_local(
+        self,
+        ex: Exchange,
+        status: int,
+        body: bytes,
+        ctype: bytes = b"text/html",
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Every response the proxy makes itself goes out here; whether it has a body is
+        decided from the method and status in ``simple_response`` (headers.py rule 7)."""
+        out, body_len = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, ex.method)
+        ex.status = status
+        ex.bytes_sent += len(out)
+        ex.body_bytes_sent += body_len
+        self.send(out)
 
     def _return(self, ex: Exchange, lr: LocationRuntime) -> None:
         action = lr.config.return_
         assert action is not None
         status = action.status
         text = lr.return_text.render(ex) if lr.return_text is not None else None
-        ex.status = status
-        extra: list[tuple[bytes, bytes]] = []
         if status in _REDIRECTS:
             assert text is not None
-            extra.append((b"Location", _safe_location(text)))
-            body = error_page(status)
-            ctype = b"text/html"
+            self._send_local(ex, status, error_page(status), extra=[(b"Location", _safe_location(text))])
         elif text is not None:
-            body = text.encode("latin-1")
-            ctype = b"text/plain"
+            self._send_local(ex, status, text.encode("latin-1"), b"text/plain")
         else:
-            body = error_page(status) if status >= 400 else b""
-            ctype = b"text/html"
-        head_only = ex.method == b"HEAD"
-        out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
-        ex.body_bytes_sent = 0 if head_only else len(body)
-        ex.bytes_sent = len(out)
-        self.send(out)
+            self._send_local(ex, status, error_page(status) if status >= 400 else b"")
 
     def _status(self, ex: Exchange, lr: LocationRuntime) -> None:
         """api / metrics / dashboard locations, answered from the shared zone."""
         from prefork_lb.http import status_pages
 
         status, ctype, body = status_pages.answer(ex, lr, self.runtime)
-        head_only = ex.method == b"HEAD"
-        extra = [(b"Cache-Control", b"no-store")]
-        out = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, head_only)
-        ex.status = status
-        ex.body_bytes_sent = 0 if head_only else len(body)
-        ex.bytes_sent = len(out)
-        self.send(out)
+        self._send_local(ex, status, body, ctype, _NO_STORE)
 
     def _slash_redirect(self, ex: Exchange) -> None:
         """nginx's auto-redirect: ``/api`` -> ``/api/`` when only ``location /api/`` proxies."""
         query = b"?" + ex.args.encode("latin-1") if ex.args else b""
         location = encode_path(ex.path + "/") + query
-        ex.status = 301
-        body = error_page(301)
-        out = simple_response(301, body, self.keep_alive, self.clock(), extra=[(b"Location", location)])
-        ex.body_bytes_sent = len(body)
-        ex.bytes_sent = len(out)
-        self.send(out)
+        self._send_local(ex, 301, error_page(301), extra=[(b"Location", location)])
 
     def _reject(self, error: HttpError) -> None:
         """A request that could not even be parsed: answer and close (nginx logs it too)."""
         self.keep_alive = False
-        out = simple_response(error.status, error_page(error.status), False, self.clock())
+        self.linger_from = self.router.default
+        out, _ = simple_response(error.status, error_page(error.status), False, self.clock())
         try:
             self.send(out)
         except ClientGone:

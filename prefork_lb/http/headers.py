@@ -11,8 +11,18 @@ Rules:
 4. ``Connection: close`` goes upstream only when the group has no keep-alive pool.
 5. Responses carry our ``Server`` and ``Date`` (as nginx replaces them) and an explicit
    ``Connection: keep-alive|close``; upstream framing fields are replaced by ours.
-6. A head is built with one ``b"".join`` and never contains CR, LF or NUL inside a field:
-   template values are checked as the last line of defence.
+6. A head is built with one ``b"".join`` and never contains a control character inside a
+   field value except HTAB: values rendered from variables (``proxy_set_header``) have every
+   byte 0x00-0x1f but HTAB, and 0x7f, percent-encoded (``%0B``), whatever the source (a
+   decoded ``$uri``, a header, an argument, a cookie, config text). Encoding, not 400: the
+   value came through the request checks, and one rendered field must not fail a request
+   the backend may not even look at (the redirect ``Location`` of ``return`` does the same).
+7. Whether a response the proxy generates itself has a body is decided in one place,
+   ``has_body`` (as h11's ``_body_framing``): never for HEAD requests (the head still
+   describes the body a GET would get, Content-Length included), never for 1xx, 204 and
+   304 (no Content-Length either). Every local response (``return``, redirects, error
+   pages, api, metrics, dashboard) is built by ``simple_response`` with the request
+   method, so a pipelined next response always starts right after the head.
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"pr
 # Dropped from upstream responses: framing is ours; Server and Date are replaced (nginx does).
 _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"server", b"date"}
 SERVER_HEADER: Final = b"Server: prefork-lb\r\n"
-_UNSAFE = str.maketrans({"\r": "%0D", "\n": "%0A", "\0": "%00"})
+# Rule 6: every CTL except HTAB (0x09), and DEL.
+_UNSAFE: Final = str.maketrans({c: f"%{c:02X}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +175,11 @@ def error_page(status: int) -> bytes:
     return _ERROR_PAGE.format(code=status, phrase=phrase).encode()
 
 
+def has_body(method: bytes, status: int) -> bool:
+    """Rule 7: does a response to ``method`` with ``status`` carry a message body?"""
+    return method != b"HEAD" and status >= 200 and status != 204 and status != 304
+
+
 def simple_response(
     status: int,
     body: bytes,
@@ -171,11 +187,12 @@ def simple_response(
     now: float | None = None,
     content_type: bytes = b"text/html",
     extra: Sequence[tuple[bytes, bytes]] = (),
-    head_only: bool = False,
-) -> bytes:
-    """A complete response the proxy generates itself (errors, ``return``)."""
+    method: bytes = b"GET",
+) -> tuple[bytes, int]:
+    """A complete response the proxy generates itself (errors, ``return``, status pages):
+    (the bytes to send, how many of them are body). ``method`` is the request's (rule 7)."""
     parts = [status_line(status), SERVER_HEADER, DATES.field(time.time() if now is None else now)]
-    if body or (status >= 200 and status not in (204, 304)):
+    if status >= 200 and status != 204 and status != 304:
         parts += [
             b"Content-Type: ",
             content_type,
@@ -187,6 +204,7 @@ def simple_response(
     for name, value in extra:
         parts += [name, b": ", value, b"\r\n"]
     parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-    if not head_only:
-        parts.append(body)
-    return b"".join(parts)
+    if not has_body(method, status) or not body:
+        return b"".join(parts), 0
+    parts.append(body)
+    return b"".join(parts), len(body)
