@@ -6,28 +6,35 @@ RUN    := .run
 
 .PHONY: run test lint typecheck check bench clean
 
+# `make run` needs only the package and its runtime dependencies; the test extras (pytest,
+# mypy, ruff, h11, selenium) come with the first `make test`/`lint`/`typecheck`.
 $(BIN)/prefork-lb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-extras: $(BIN)/prefork-lb pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
 # Two demo backends (127.0.0.1:9001, :9002) and prefork-lb on http://127.0.0.1:8080/ in the
-# foreground; Ctrl-C stops everything. Logs and the pid file go to .run/.
+# foreground; Ctrl-C stops everything (the master gracefully: run_demo.py sends it QUIT).
+# Logs and the pid file go to .run/: `.venv/bin/prefork-lb -s reload -c conf/prefork-lb.toml -p .run`.
 run: $(BIN)/prefork-lb
 	@mkdir -p $(RUN)
 	@$(BIN)/python scripts/run_demo.py --prefix $(RUN) -- $(BIN)/prefork-lb -c conf/prefork-lb.toml -p $(RUN)
 
-test: $(BIN)/prefork-lb
+test: $(VENV)/.test-extras
 	$(BIN)/ruff check prefork_lb tests scripts loadtest loadtest/bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/prefork-lb
+lint: $(VENV)/.test-extras
 	$(BIN)/ruff check prefork_lb tests scripts loadtest loadtest/bench
 	$(BIN)/ruff format --check prefork_lb
 
-typecheck: $(BIN)/prefork-lb
+typecheck: $(VENV)/.test-extras
 	$(BIN)/mypy
 
 # Side-by-side benchmark against nginx and HAProxy (needs nginx, haproxy, wrk): see

@@ -1,11 +1,21 @@
-"""``prefork-lb [-c FILE] [-p PREFIX] [-t] [-s reload|stop|quit|reopen] [-v]``; ``prefork-lb top``
+"""``prefork-lb [-c FILE] [-p PREFIX] [-t | -T] [-q] [-s reload|stop|quit|reopen] [-v | -V]``;
+``prefork-lb top``
 
 Signals (nginx's meanings): reload = HUP (re-read the config, new workers, old ones retire
 gracefully), stop = TERM (fast), quit = QUIT (graceful), reopen = USR1 (reopen log files).
 
-``-s`` only needs to find the pid file: it reads the ``pid`` key from the config if the
-file parses as TOML at all, and otherwise falls back to the default, so a broken config
-never blocks ``-s stop`` (unlike ``nginx -s``).
+Rules (nginx's ``main``):
+1. ``-t`` tests the config and every startup check (preflight.check_startup: prefix, log
+   files opened for append, pid directory, a bind probe of each address the running master
+   does not already hold) and exits 0 or 1; ``-T`` also dumps every file read, includes
+   resolved, to stdout, each after a ``# configuration file PATH:`` line; ``-q`` keeps only
+   errors. ``-t``/``-T`` win over ``-s``: the signal is not sent (as nginx), a warning says so.
+2. ``-v`` / ``-V`` print the version (``-V``: Python, gevent, libev, OpenSSL too) to stdout
+   and exit, unless ``-t``/``-T`` is given too (then the test runs as well, as nginx).
+3. ``-s`` only needs to find the pid file: it reads the ``pid`` key from the config if the
+   file parses as TOML at all, and otherwise falls back to the default, so a broken config
+   never blocks ``-s stop`` (unlike ``nginx -s``). A missing pid file is an error saying where
+   it looked and why there (the ``pid`` key, the prefix and where the prefix came from).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prefork-lb",
         description="nginx-style load balancer: a prefork master with gevent workers.",
-        epilog="signals: reload=HUP, stop=TERM (fast), quit=QUIT (graceful), reopen=USR1; "
+        epilog="signals: reload=HUP, stop=TERM/INT (fast), quit=QUIT (graceful), reopen=USR1; "
         "`prefork-lb top --url http://127.0.0.1:8081/api/` shows the status API in a terminal",
     )
     p.add_argument(
@@ -43,9 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prefix for relative paths (default: the configuration file's directory)",
     )
-    p.add_argument("-t", dest="test", action="store_true", help="test the configuration and exit")
-    p.add_argument("-s", dest="signal", choices=sorted(SIGNALS), help="send a signal to the master process")
+    p.add_argument(
+        "-t",
+        dest="test",
+        action="store_true",
+        help="test the configuration and what startup needs (log files, pid directory, addresses), exit",
+    )
+    p.add_argument("-T", dest="dump", action="store_true", help="as -t, then dump the configuration files")
+    p.add_argument("-q", dest="quiet", action="store_true", help="with -t/-T: print only errors")
+    p.add_argument(
+        "-s",
+        dest="signal",
+        choices=sorted(SIGNALS),
+        help="send a signal to the master process (ignored with -t/-T, as nginx)",
+    )
     p.add_argument("-v", "--version", action="version", version=f"prefork-lb/{__version__}")
+    p.add_argument(
+        "-V", dest="versions", action="store_true", help="show versions of prefork-lb and its stack"
+    )
     return p
 
 
@@ -56,10 +81,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return top_main(argv[1:])
     args = build_parser().parse_args(argv)
+    testing = args.test or args.dump
+    if args.versions:
+        sys.stdout.write(version_info())
+        if not testing:
+            return 0
+    if testing:
+        if args.signal and not args.quiet:
+            _err(f"[warn] -s {args.signal} ignored: -t/-T only test the configuration (as nginx)")
+        return test_config(args.config, args.prefix, quiet=args.quiet, dump=args.dump)
     if args.signal:
         return send_signal(args.config, args.prefix, args.signal)
-    if args.test:
-        return test_config(args.config, args.prefix)
     return serve(args.config, args.prefix)
 
 
@@ -67,48 +99,104 @@ def _err(message: str) -> None:
     sys.stderr.write(f"prefork-lb: {message}\n")
 
 
-def test_config(path: str, prefix: str | None) -> int:
+def version_info() -> str:
+    """``-V``: the versions that decide behaviour and performance."""
+    import platform
+    import ssl
+
+    import gevent
+
     try:
-        load_config(path, prefix)
+        from gevent.libev import corecext
+
+        libev = str(corecext.get_version())
+    except Exception:  # another gevent loop (libuv) or no compiled core
+        libev = "not available"
+    return (
+        f"prefork-lb version: prefork-lb/{__version__}\n"
+        f"Python {platform.python_version()} ({platform.python_implementation()}, {sys.executable})\n"
+        f"gevent {gevent.__version__}, {libev}\n"
+        f"built with {ssl.OPENSSL_VERSION}\n"
+    )
+
+
+def test_config(path: str, prefix: str | None, quiet: bool = False, dump: bool = False) -> int:
+    from prefork_lb.preflight import StartupError, check_startup
+
+    where = os.path.abspath(path)
+    try:
+        config = load_config(path, prefix)
     except ConfigError as e:
         _err(f"[emerg] {e}")
-        _err(f"configuration file {os.path.abspath(path)} test failed")
+        _err(f"configuration file {where} test failed")
         return 1
-    _err(f"the configuration file {os.path.abspath(path)} syntax is ok")
-    _err(f"configuration file {os.path.abspath(path)} test is successful")
+    if not quiet:
+        _err(f"the configuration file {where} syntax is ok")
+    try:
+        check_startup(config, probe_binds=True)
+    except StartupError as e:
+        _err(f"[emerg] {e}")
+        _err(f"configuration file {where} test failed")
+        return 1
+    if not quiet:
+        _err(f"configuration file {where} test is successful")
+    if dump:
+        out = sys.stdout.buffer
+        for file in config.files:
+            out.write(f"# configuration file {file}:\n".encode())
+            with open(file, "rb") as f:
+                out.write(f.read())
+            out.write(b"\n")
+        out.flush()
     return 0
 
 
 def pid_path_for(path: str, prefix: str | None) -> str:
     """The pid file ``-s`` should read; needs no valid config (see module docstring)."""
+    return _pid_lookup(path, prefix)[0]
+
+
+def _pid_lookup(path: str, prefix: str | None) -> tuple[str, str]:
+    """(pid file path, why that path) for ``-s``."""
     base = os.path.abspath(prefix) if prefix else os.path.dirname(os.path.abspath(path))
-    pid = DEFAULT_PID
+    pid, source = DEFAULT_PID, f'the default "{DEFAULT_PID}"'
     try:
         with open(path, "rb") as f:
             value = tomllib.load(f).get("pid")
         if isinstance(value, str) and value:
-            pid = value
-    except (OSError, tomllib.TOMLDecodeError):
-        pass
-    return pid if os.path.isabs(pid) else os.path.join(base, pid)
+            pid, source = value, f'pid = "{value}" in {path}'
+        else:
+            source += f" ({path} sets no pid)"
+    except OSError as e:
+        source += f" ({path} could not be read: {e.strerror})"
+    except tomllib.TOMLDecodeError:
+        source += f" ({path} is not valid TOML)"
+    if os.path.isabs(pid):
+        return pid, source
+    origin = f"-p {prefix}" if prefix else "the config file's directory, as no -p was given"
+    return os.path.join(base, pid), f"{source}, relative to the prefix {base} ({origin})"
 
 
 def send_signal(path: str, prefix: str | None, name: str) -> int:
     from prefork_lb.master.pidfile import read_pidfile
 
-    pid_path = pid_path_for(path, prefix)
+    pid_path, why = _pid_lookup(path, prefix)
     try:
         pid = read_pidfile(pid_path)
-    except FileNotFoundError:
-        _err(f'[error] open() "{pid_path}" failed (2: No such file or directory)')
+    except OSError as e:
+        _err(f'[error] open() "{pid_path}" failed ({e.errno}: {e.strerror})')
+        _err(
+            f"[error] looked there because of {why}; is the master running, "
+            "and was it started with the same -c and -p?"
+        )
         return 1
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         _err(f"[error] {e}")
         return 1
     try:
         os.kill(pid, SIGNALS[name])
     except ProcessLookupError:
-        _err(f"[error] kill({pid}, {int(SIGNALS[name])}) failed (3: No such process)")
+        _err(f"[error] kill({pid}, {int(SIGNALS[name])}) failed (3: No such process) (pid file {pid_path})")
         return 1
     except PermissionError:
         _err(f"[error] kill({pid}, {int(SIGNALS[name])}) failed (1: Operation not permitted)")
@@ -122,9 +210,16 @@ def serve(path: str, prefix: str | None) -> int:
     from prefork_lb.master.listeners import BindError
 
     fallback_stderr()
+    from prefork_lb.preflight import StartupError, check_startup
+
     try:
         config = load_config(path, prefix)
     except ConfigError as e:
+        _err(f"[emerg] {e}")
+        return 1
+    try:
+        check_startup(config)  # the same checks as -t (binding follows for real below)
+    except StartupError as e:
         _err(f"[emerg] {e}")
         return 1
     try:

@@ -1,4 +1,6 @@
-"""`make run`: two demo backends plus prefork-lb in the foreground; Ctrl-C stops all three.
+"""`make run`: two demo backends plus prefork-lb in the foreground; Ctrl-C stops all three
+(the master gracefully, with QUIT; the children run in their own process groups so the
+terminal's SIGINT, a fast stop for the master, never reaches them).
 
 Usage: run_demo.py --prefix DIR -- PREFORK_LB_COMMAND...
 """
@@ -22,9 +24,14 @@ def main() -> int:
     args = parser.parse_args()
     command = [c for c in args.command if c != "--"]
     backend = os.path.join(HERE, "demo_backend.py")
+    # Every child in its own process group: the terminal's Ctrl-C (SIGINT to the foreground
+    # group) reaches only this script, which then stops the master gracefully with QUIT
+    # (SIGINT itself means fast stop to the master, as TERM does; README's signal table).
     backends = [
         subprocess.Popen(
-            [sys.executable, backend, "--port", str(port), "--name", name], stdout=subprocess.DEVNULL
+            [sys.executable, backend, "--port", str(port), "--name", name],
+            stdout=subprocess.DEVNULL,
+            process_group=0,
         )
         for port, name in ((9001, "backend-a"), (9002, "backend-b"))
     ]
@@ -33,11 +40,13 @@ def main() -> int:
     print("prefork-lb on http://127.0.0.1:8080/  (try: curl http://127.0.0.1:8080/ twice)")
     print("dashboard http://127.0.0.1:8081/dashboard, API http://127.0.0.1:8081/api/9/http/upstreams,")
     print("metrics http://127.0.0.1:8081/metrics, terminal: .venv/bin/prefork-lb top")
-    print(f"logs: {args.prefix}/access.log, {args.prefix}/error.log; Ctrl-C to stop")
-    lb = subprocess.Popen(command)
+    print(f"logs: {args.prefix}/access.log, {args.prefix}/error.log; Ctrl-C to stop (graceful)")
+    print(f"reload: .venv/bin/prefork-lb -s reload -c conf/prefork-lb.toml -p {args.prefix}")
+    lb = subprocess.Popen(command, process_group=0)
     try:
         return lb.wait()
     except KeyboardInterrupt:
+        print("\nCtrl-C: graceful stop (QUIT to the master; in-flight requests finish)")
         lb.send_signal(signal.SIGQUIT)
         return lb.wait()
     finally:

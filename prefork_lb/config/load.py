@@ -11,6 +11,7 @@ table such as ``proxy_set_header`` is replaced as a whole, never merged, as in n
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -66,6 +67,7 @@ class LogEntry:
     buffer_bytes: int = 0
     flush_s: float = 1.0
     condition: str | None = None
+    key: str = ""  # the key path that set it, for messages
 
 
 LogSpec = tuple[tuple[LogEntry, ...], str]
@@ -226,6 +228,7 @@ class _Loader:
         return p if os.path.isabs(p) else os.path.join(self.prefix, p)
 
     def log_path(self, p: str) -> str:
+        p = {"/dev/stdout": "stdout", "/dev/stderr": "stderr"}.get(p, p)  # symlinks: never opened
         return p if p in ("stderr", "stdout", "off") else self.path(p)
 
     # ---- http ----
@@ -335,7 +338,11 @@ class _Loader:
     def log_settings(self, t: Table, inherited: LogSpec | None) -> LogSpec:
         """(access log entries, default format name); nginx's default is access.log combined.
         A level that sets ``access_log`` replaces the inherited entries (nginx)."""
-        entries, fmt = inherited if inherited else ((LogEntry(self.path("access.log")),), "combined")
+        entries, fmt = (
+            inherited
+            if inherited
+            else ((LogEntry(self.path("access.log"), key="http.access_log (default)"),), "combined")
+        )
         if t.has("access_log"):
             entries = self._log_entries(t)
         else:
@@ -358,7 +365,7 @@ class _Loader:
             if item == "off":
                 return ()
             if isinstance(item, str):
-                out.append(LogEntry(self.log_path(item)))
+                out.append(LogEntry(self.log_path(item), key=key))
                 continue
             e = Table(self.source, item, key)
             fmt = e.take("format", string, None)
@@ -379,6 +386,7 @@ class _Loader:
                     e.take("buffer", _size, 0),
                     e.take("flush", _duration, 1.0),
                     cond,
+                    key,
                 )
             )
             e.finish()
@@ -441,7 +449,7 @@ class _Loader:
             except re.error as e:
                 raise t.error("match", f"invalid regex: {e}") from None
         elif not pattern.startswith("/") and pattern != "":
-            raise t.error("match", 'a prefix location must start with "/" (or use "~ regex")')
+            raise t.error("match", _match_hint(match))
         proxy_pass = self.proxy_pass(t) if t.has("proxy_pass") else None
         if proxy_pass is None:
             t.raw("proxy_pass", None)
@@ -475,6 +483,7 @@ class _Loader:
                 e.buffer_bytes,
                 e.flush_s,
                 e.condition,
+                e.key,
             )
             for e in entries
             if e.path != "off"
@@ -573,6 +582,7 @@ class _Loader:
                 implicit=True,
                 context="stream",
             )
+        log_key = t.key_path("access_log") if t.has("access_log") else "stream.access_log"
         log_path = self.log_path(t.take("access_log", string, default_log))
         fmt = t.take("log_format", string, default_format)
         if fmt not in log_formats:
@@ -591,7 +601,9 @@ class _Loader:
             proxy_responses=t.take("proxy_responses", non_negative_int, 0),
             proxy_requests=t.take("proxy_requests", non_negative_int, 0),
             udp_sessions=t.take("udp_sessions", positive_int, 4096),
-            access_logs=() if log_path == "off" else (AccessLogConfig(log_path, fmt, log_formats[fmt]),),
+            access_logs=()
+            if log_path == "off"
+            else (AccessLogConfig(log_path, fmt, log_formats[fmt], key=log_key),),
             index=index,
         )
         t.finish()
@@ -611,10 +623,36 @@ class _Loader:
 
 
 def _parse_match(match: str) -> tuple[Any, str, re.Pattern[str] | None]:
-    for modifier in ("=", "^~", "~*", "~"):
+    for modifier in _MODIFIERS:
         if match.startswith(modifier + " "):
             return modifier, match[len(modifier) + 1 :].strip(), None
     return "", match.strip(), None
+
+
+_MODIFIERS = ("=", "^~", "~*", "~")
+
+
+def _match_hint(match: str) -> str:
+    """The error for a prefix ``match`` not starting with "/": most often a mistyped or
+    unspaced modifier, so suggest the modifier meant."""
+    text = match.strip()
+    head, _, rest = text.partition(" ")
+    rest = rest.strip()
+    if rest and not head.startswith("/"):
+        guesses = [m for m in _MODIFIERS if sorted(m) == sorted(head)]  # "~^" for "^~"
+        guesses += difflib.get_close_matches(head, _MODIFIERS, n=1, cutoff=0.3)
+        hint = f' (did you mean "{guesses[0]} {rest}"?)' if guesses else ""
+        return (
+            f'unknown location modifier "{head}"{hint}; '
+            'use "/prefix", "= /exact", "^~ /prefix", "~ regex" or "~* regex"'
+        )
+    for m in _MODIFIERS:
+        if text.startswith(m) and len(text) > len(m) and text[len(m)] != " ":
+            return (
+                f'a prefix location must start with "/" (did you mean "{m} {text[len(m) :]}"? '
+                "a modifier needs a space after it)"
+            )
+    return 'a prefix location must start with "/" (or use "~ regex")'
 
 
 def _return_action(v: object) -> ReturnAction:
@@ -700,20 +738,22 @@ def _networks(v: object) -> list[str]:
 
 
 def _check_status_exposure(source: Source, http: HttpConfig) -> None:
-    """An api location on a non-loopback address needs an allow list (security checklist)."""
+    """A status location (api, metrics, dashboard) on a non-loopback address needs an allow
+    list (security checklist): each shows the whole upstream state, the api can change it."""
     import ipaddress
 
+    what = {"api": "the status API", "metrics": "the metrics page", "dashboard": "the dashboard"}
     for s in http.servers:
         for i, loc in enumerate(s.locations):
-            if loc.status != "api" or any(allow for allow, _ in loc.access):
+            if not loc.status or any(allow for allow, _ in loc.access):
                 continue
             for lc in s.listen:
                 if lc.address.family == "unix":
                     continue
                 if not ipaddress.ip_address(lc.address.host).is_loopback:
                     raise source.error(
-                        f"http.servers[{s.index}].locations[{i}].api",
-                        f"the status API listens on {lc.address.text}, which is not loopback: "
+                        f"http.servers[{s.index}].locations[{i}].{loc.status}",
+                        f"{what[loc.status]} listens on {lc.address.text}, which is not loopback: "
                         "add an allow list",
                     )
 
@@ -793,24 +833,25 @@ def _check_zone_size(source: Source, size: int, http: HttpConfig, stream: Stream
     from prefork_lb.zone.layout import DEFAULT_ROWS, peer_capacity
 
     peers = sum(len(u.servers) for u in [*http.upstreams.values(), *stream.upstreams.values()])
-    peers += len(http.servers) + len(stream.servers)  # status zones take slots too
+    zones = len(http.servers) + len(stream.servers)  # each server's status zone takes a slot too
     capacity = peer_capacity(size, DEFAULT_ROWS)
-    if peers > capacity:
+    if peers + zones > capacity:
         raise ConfigError(
             source.main_path,
             "zone_size",
-            f"{size} bytes hold {capacity} peers, the configuration has {peers}",
+            f"{size} bytes hold {capacity} slots, the configuration needs {peers + zones}: "
+            f"{peers} upstream peers + {zones} server status zones",
         )
 
 
 def _check_default_servers(source: Source, servers: tuple[ServerConfig, ...]) -> None:
     seen: dict[tuple[str, str, int], int] = {}
     for server in servers:
-        for lc in server.listen:
+        for j, lc in enumerate(server.listen):
             if lc.default_server:
                 if lc.key in seen:
                     raise source.error(
-                        f"http.servers[{server.index}].listen",
+                        f"http.servers[{server.index}].listen[{j}]",
                         f"a duplicate default server for {lc.address.text} "
                         f"(already http.servers[{seen[lc.key]}])",
                     )

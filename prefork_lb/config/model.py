@@ -112,6 +112,7 @@ class AccessLogConfig:
     buffer_bytes: int = 0  # nginx's buffer=: write when full (0: every line)
     flush_s: float = 1.0  # nginx's flush=: buffered lines wait at most this long
     condition: str | None = None  # nginx's if=: logged when it renders neither "" nor "0"
+    key: str = field(default="", compare=False)  # where it was configured, for messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +240,18 @@ class Config:
         for ss in self.stream.servers:
             paths.update(al.path for al in ss.access_logs)
         return sorted(paths)
+
+    def log_files(self) -> dict[str, str]:
+        """Every log file path (as ``log_paths``) -> the key that configures it first."""
+        out = {self.error_log_path: "error_log"}
+        for server in self.http.servers:
+            for loc in server.locations:
+                for al in loc.access_logs:
+                    out.setdefault(al.path, al.key)
+        for ss in self.stream.servers:
+            for al in ss.access_logs:
+                out.setdefault(al.path, al.key)
+        return out
 
     files: tuple[str, ...] = ()  # every file read (main + includes), for messages
 

@@ -11,7 +11,8 @@ Rules:
   nginx (``Referer:`` with no value, ``$is_args``, ``$server_name`` of an unnamed server).
   ``"``, ``\\`` and every char outside 0x20..0x7e are written as ``\\xHH`` (uppercase hex, as
   nginx). Literal text is copied as written (as its UTF-8 bytes). The line has no newline.
-- ``AccessLogWriter`` owns one file descriptor, opened ``O_WRONLY|O_APPEND|O_CREAT`` (0644),
+- ``AccessLogWriter`` owns one file descriptor, opened ``O_WRONLY|O_APPEND|O_CREAT`` (0644,
+  ``O_NOFOLLOW``, regular files only: ``prefork_lb.log.open_log_file``),
   and writes whole lines with one ``os.write`` per line (unbuffered) or per buffer flush, so
   lines from several workers never interleave. With ``buffer_bytes`` a flush happens before a
   line would overflow the buffer, when a line fills it, and when the oldest buffered line is
@@ -39,6 +40,7 @@ from typing import ClassVar, Final
 
 from prefork_lb.http.exchange import Exchange
 from prefork_lb.http.variables import ENTRY_DASH, Getter, Variable, VariableError, build_parts
+from prefork_lb.log import open_log_file
 
 __all__ = [
     "BUILTIN_FORMATS",
@@ -161,7 +163,7 @@ _STD_FDS: Final = {"stderr": 2, "stdout": 1}
 
 
 def _open(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    return open_log_file(path)  # O_APPEND|O_CREAT|O_NOFOLLOW, regular files only (prefork_lb.log)
 
 
 class AccessLogWriter:

@@ -119,12 +119,15 @@ class Master:
         self.listeners.sync(self.config, self.config.workers)
 
     def _prepare_logs(self, config: Config) -> None:
-        """Log files belong to the worker user, so workers can reopen them (nginx does so)."""
+        """Log files we create belong to the worker user, so workers can reopen them
+        (log.prepare_log_files: never a file we did not create, never through a symlink)."""
         if config.user is not None and os.getuid() == 0:
-            from prefork_lb.worker.privileges import chown_files, resolve
+            from prefork_lb.log import prepare_log_files
+            from prefork_lb.worker.privileges import resolve
 
             uid, gid = resolve(config.user, config.group)
-            chown_files(config.log_paths(), uid, gid)
+            for warning in prepare_log_files(config.log_paths(), uid, gid):
+                log.warning("%s", warning)
         elif config.user is not None:
             log.warning('the "user" key makes sense only if the master runs as root, ignored')
 
@@ -294,8 +297,8 @@ class Master:
 
     def handle_usr1(self) -> None:
         log.log(25, "signal %d (SIGUSR1) received, reopening logs", signal.SIGUSR1)
+        self._prepare_logs(self.config)  # first: files we create go to the worker user
         reopen_error_log()
-        self._prepare_logs(self.config)
         self._signal_all(signal.SIGUSR1)
 
     def _fast_stop(self) -> None:
@@ -445,6 +448,13 @@ class Master:
         try:
             config = load_config(self.config_path, self.prefix)
         except ConfigError as e:
+            log.error("%s; reload aborted, still running the previous configuration", e)
+            return False
+        from prefork_lb.preflight import StartupError, check_startup
+
+        try:
+            check_startup(config)  # log files, pid directory: the checks of -t and startup
+        except StartupError as e:
             log.error("%s; reload aborted, still running the previous configuration", e)
             return False
         old_generation = self.generation

@@ -12,8 +12,9 @@ from tests.backends import Backend, free_port
 from tests.harness import LB, accepts, basic_config, request, run_cli, upstream_block, wait_for
 
 
-def test_t_accepts_the_demo_config() -> None:
-    result = run_cli("-t", "-c", "conf/prefork-lb.toml")
+def test_t_accepts_the_demo_config(tmp_path: Path) -> None:
+    # -p: -t opens the log files (as startup does), which must not land in conf/
+    result = run_cli("-t", "-c", "conf/prefork-lb.toml", "-p", str(tmp_path))
     assert result.returncode == 0
     assert "test is successful" in result.stderr
 

@@ -286,7 +286,7 @@ def test_duplicate_default_server(tmp_path: Path) -> None:
     """
     text = make(more=more).replace('"127.0.0.1:8080"', '"127.0.0.1:8080 default_server"', 1)
     assert error(tmp_path, text) == (
-        f"{tmp_path / 'lb.toml'}: http.servers[1].listen: "
+        f"{tmp_path / 'lb.toml'}: http.servers[1].listen[1]: "
         "a duplicate default server for 127.0.0.1:8080 (already http.servers[0])"
     )
 
@@ -954,3 +954,66 @@ def test_misspelt_proxy_pass_gets_a_hint_not_a_missing_action(tmp_path: Path) ->
     with pytest.raises(ConfigError) as e:
         load_config(str(main))
     assert 'http.servers[0].locations[0].proxy_pas: unknown key (did you mean "proxy_pass"?)' in str(e.value)
+
+
+# ---- issue 12: operator checks -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["api", "metrics", "dashboard"])
+def test_every_status_location_off_loopback_needs_allow(tmp_path: Path, kind: str) -> None:
+    """Catches metrics/dashboard on a public address accepted without allow (only api was refused)."""
+    more = f"""
+    [[http.servers]]
+    listen = ["0.0.0.0:8081"]
+      [[http.servers.locations]]
+      match = "/s/"
+      {kind} = true
+    """
+    msg = error(tmp_path, make(more=more))
+    assert msg.startswith(f"{tmp_path / 'lb.toml'}: http.servers[1].locations[0].{kind}: ")
+    assert "listens on 0.0.0.0:8081, which is not loopback: add an allow list" in msg
+    allowed = make(more=more.replace(f"{kind} = true", f'{kind} = true\n      allow = ["10.0.0.0/8"]'))
+    assert location(load(tmp_path, allowed), 1).status == kind
+
+
+@pytest.mark.parametrize(
+    ("match", "hint"),
+    [
+        ("~^ /images/", '(did you mean "^~ /images/"?)'),
+        ("*~ \\\\.php$", '(did you mean "~* \\.php$"?)'),
+        ("== /exact", '(did you mean "= /exact"?)'),
+        ("^~/images/", '(did you mean "^~ /images/"? a modifier needs a space after it)'),
+    ],
+)
+def test_mistyped_match_modifier_gets_a_hint(tmp_path: Path, match: str, hint: str) -> None:
+    """Catches a mistyped modifier reported only as 'must start with "/"' with no hint."""
+    more = f"""
+    [[http.servers.locations]]
+    match = "{match}"
+    return = 204
+    """
+    msg = error(tmp_path, make(more=more))
+    assert msg.startswith(f"{tmp_path / 'lb.toml'}: http.servers[0].locations[1].match: ")
+    assert hint in msg
+
+
+def test_zone_size_error_counts_peers_and_zones_apart(tmp_path: Path) -> None:
+    """Catches one lumped "peers" figure that silently included the server status zones."""
+    msg = error(tmp_path, make(top='zone_size = "1k"'))
+    assert msg.startswith(f"{tmp_path / 'lb.toml'}: zone_size: 1024 bytes hold 0 slots, ")
+    assert msg.endswith("the configuration needs 3: 2 upstream peers + 1 server status zones")
+
+
+def test_access_logs_know_their_key_and_dev_stdout_maps_to_stdout(tmp_path: Path) -> None:
+    """Catches startup errors that cannot name the key, and /dev/stdout opened as a path
+    (a symlink, which log files refuse)."""
+    config = load(
+        tmp_path,
+        make(http='access_log = "/dev/stdout"', server='access_log = ["a.log", { path = "b.log" }]'),
+    )
+    files = config.log_files()
+    assert files[str(tmp_path / "a.log")] == "http.servers[0].access_log[0]"
+    assert files[str(tmp_path / "b.log")] == "http.servers[0].access_log[1]"
+    assert files[str(tmp_path / "error.log")] == "error_log"
+    other = load(tmp_path, make(http='access_log = "/dev/stdout"'))
+    assert other.log_files() == {str(tmp_path / "error.log"): "error_log", "stdout": "http.access_log"}
