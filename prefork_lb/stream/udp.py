@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 MAX_DATAGRAM: Final = 65535
 BATCH: Final = 64  # datagrams read per wake-up of one socket: the others get their turn
 PAUSE_S: Final = 0.5  # after a receive error on the listener other than EAGAIN
+_REPORTED_ONCE: Final = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+)
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -128,6 +131,8 @@ class UdpListener:
             except OSError as e:
                 if self._stopped:
                     return
+                if e.errno in _REPORTED_ONCE:
+                    continue  # an ICMP error for an earlier reply, consumed by this call
                 alert("udp recvmsg", "recvmsg() failed (%s: %s) on a UDP listener", e.errno, e.strerror)
                 self._pause()
                 return

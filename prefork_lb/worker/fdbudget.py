@@ -64,8 +64,9 @@ _throttle = Throttle()
 
 
 def alert(kind: str, message: str, *args: object) -> None:
-    """Log ``message`` at alert unless a message of this ``kind`` was logged within
-    ``LOG_INTERVAL_S`` (a flood of failures must not become a flood of log lines)."""
+    """Log ``message % args`` at alert unless a message of this ``kind`` was logged within
+    ``LOG_INTERVAL_S`` (a flood of failures must not become a flood of log lines; the
+    message is only formatted when it is logged)."""
     if _throttle.due(kind, time.monotonic()):
         log.log(ALERT, message, *args)
 
@@ -112,14 +113,15 @@ class Budget:
             return True
         return False
 
-    def full_reason(self, cost: int) -> tuple[str, str]:
-        """(kind, message) saying which limit leaves no room for ``cost``."""
+    def full_reason(self) -> tuple[str, str, tuple[int, ...]]:
+        """(kind, message, args) saying which limit is full (formatted only if logged)."""
         if self.connections >= self.max_connections:
-            return "worker_connections", f"{self.max_connections} worker_connections are not enough"
-        return "nofile", (
-            f"open file resource limit: {self.nofile} is not enough: {self.connections} connections "
-            f"use or keep {self.descriptors} of the {self.max_descriptors} descriptors left for "
-            "connections (one per connection, one per upstream leg)"
+            return "worker_connections", "%d worker_connections are not enough", (self.max_connections,)
+        return (
+            "nofile",
+            "open file resource limit: %d is not enough: %d connections use or keep %d of the %d "
+            "descriptors left for connections (one per connection, one per upstream leg)",
+            (self.nofile, self.connections, self.descriptors, self.max_descriptors),
         )
 
     def capacity_warning(self) -> str | None:

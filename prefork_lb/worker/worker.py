@@ -319,8 +319,8 @@ class Worker:
 
         for server in self.servers:
             server.stop_accepting()
-        kind, message = self.budget.full_reason(STREAM_COST)
-        alert(kind + " accept", "%s, accepting paused", message)
+        kind, message, args = self.budget.full_reason()
+        alert(kind + " accept", message + ", accepting paused", *args)
 
     def _connection_closed(self, cost: int = STREAM_COST) -> None:
         if self.budget.closed(cost) and not self.runtime.draining:
@@ -333,8 +333,8 @@ class Worker:
 
         budget = self.budget
         if not budget.fits(cost):
-            kind, message = budget.full_reason(cost)
-            alert(kind + " udp", "%s, UDP session dropped", message)
+            kind, message, args = budget.full_reason()
+            alert(kind + " udp", message + ", UDP session dropped", *args)
             return False
         if budget.opened(cost):
             self._pause_accepting()

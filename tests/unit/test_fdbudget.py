@@ -15,7 +15,7 @@ def test_each_connection_keeps_a_descriptor_for_its_upstream_leg() -> None:
         accepted += 1
     assert paused and b.paused
     assert accepted == b.max_descriptors // STREAM_COST
-    assert b.full_reason(STREAM_COST)[0] == "nofile"
+    assert b.full_reason()[0] == "nofile"
     assert b.closed(STREAM_COST) and not b.paused  # the first close resumes accepting
     assert not b.closed(STREAM_COST)  # already accepting
 
@@ -26,7 +26,8 @@ def test_udp_sessions_share_worker_connections() -> None:
     assert not b.opened(UDP_COST)
     assert b.opened(STREAM_COST)  # the third connection fills worker_connections
     assert not b.fits(UDP_COST)
-    assert b.full_reason(UDP_COST) == ("worker_connections", "3 worker_connections are not enough")
+    kind, message, args = b.full_reason()
+    assert (kind, message % args) == ("worker_connections", "3 worker_connections are not enough")
     assert b.closed(UDP_COST) and b.fits(UDP_COST)
 
 
