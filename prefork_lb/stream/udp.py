@@ -23,10 +23,10 @@ Rules:
 7. No greenlet per session or per listener: one io watcher reads the listener, one per
    session reads its upstream socket, all sockets are non-blocking C sockets (a reply
    that finds a full socket buffer is dropped, as UDP may), and one timer per listener
-   ends idle sessions (``active`` is kept in order of last activity). Measured: 10.5 KiB
-   of worker RSS per open session with a greenlet and a gevent socket each, see
-   docs/performance.md for the figure now. Errors inside a callback are logged, never
-   raised into the hub.
+   ends idle sessions (``active`` is kept in order of last activity). Measured
+   (loadtest/udp_session_memory.py): 1.15 KiB of worker RSS per open session, against
+   10.5 KiB with a greenlet and a gevent socket each. Errors inside a callback are
+   logged, never raised into the hub.
 """
 
 from __future__ import annotations

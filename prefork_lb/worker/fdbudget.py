@@ -1,4 +1,5 @@
-"""This worker's budget of connections and file descriptors (sans-IO but for the log).
+"""This worker's budget of connections and file descriptors (sans-IO but for the log
+and one read of /proc at start).
 
 Rules:
 1. Every client connection (HTTP, parked keep-alive ones included, TCP stream) and every UDP
