@@ -4,7 +4,9 @@ TcpEcho: on connect sends "<port>\\n", then echoes everything; when the client h
 it sends "EOF <n>\\n" (bytes received) and closes. With ``server_first`` it instead sends
 ``server_first`` bytes and half-closes its side first, then keeps reading until EOF and
 answers nothing more (tests the other half-close direction).
-UdpEcho: answers every datagram with "<port> " + the datagram.
+UdpEcho: answers every datagram with "<port> " + the datagram; ``peers`` is the set of
+source addresses seen (one per proxied UDP session). With ``hold=True`` it answers nothing
+until ``release()``, which answers everything held and every later datagram at once.
 """
 
 from __future__ import annotations
@@ -65,20 +67,34 @@ class TcpEcho:
 
 
 class UdpEcho:
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.addr = f"127.0.0.1:{self.port}"
+        self.peers: set[tuple[str, int]] = set()
+        self._held: list[tuple[bytes, tuple[str, int]]] | None = [] if hold else None
+        self._lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
         while True:
             try:
                 data, peer = self.sock.recvfrom(65535)
+                with self._lock:
+                    self.peers.add(peer)
+                    if self._held is not None:
+                        self._held.append((data, peer))
+                        continue
                 self.sock.sendto(f"{self.port} ".encode() + data, peer)
             except OSError:
                 return
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+        for data, peer in held:
+            self.sock.sendto(f"{self.port} ".encode() + data, peer)
 
     def close(self) -> None:
         self.sock.close()

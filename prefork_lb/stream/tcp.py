@@ -11,6 +11,11 @@ Rules (shared/reference/nginx-semantics.md section 8):
 3. ``proxy_timeout`` is inactivity: the session ends when neither direction moved data for
    that long.
 4. Session status: 200 once connected; 502 when no upstream could be reached.
+5. A connect that fails for lack of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM from
+   socket()) is not the peer's failure: as nginx, status 500, the peer is not charged and
+   not retried, and the error is logged at alert at most once a second. The worker's
+   budget (worker/fdbudget.py) keeps a descriptor for every accepted connection, so this
+   happens only when the limit changed under the worker.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from gevent import socket
 from prefork_lb.balance.peers import new_selection
 from prefork_lb.http.upstream import open_connection
 from prefork_lb.stream.session import Session, StreamAttempt
+from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
 
 if TYPE_CHECKING:
     from prefork_lb.stream.runtime import StreamServerRuntime
@@ -71,6 +77,21 @@ class TcpSession:
                 conn = open_connection(peer.server.address, rt.config.proxy_connect_timeout_s, now)
             except OSError as e:
                 attempt.session_time_s = self.clock() - now
+                if e.errno in RESOURCE_ERRORS:  # rule 5
+                    rt.upstream.release(sel, peer, False, self.clock())
+                    alert(
+                        "tcp socket",
+                        "socket() failed (%s: %s) while connecting to upstream, client: %s, server: %s:%s, "
+                        'upstream: "%s"',
+                        e.errno,
+                        e.strerror,
+                        session.remote_addr,
+                        session.server_addr,
+                        session.server_port,
+                        peer.addr,
+                    )
+                    session.status = 500
+                    return
                 rt.upstream.release(sel, peer, True, self.clock())
                 rt.log_error("connect() failed (%s) while connecting to upstream, upstream: %s", e, peer.addr)
                 timeout = rt.config.proxy_next_upstream_timeout_s

@@ -4,11 +4,14 @@ Rules:
 1. One libev io watcher on the listening socket; each wake-up accepts at most
    ``max_accept`` connections (1 with several workers: see worker.py) and hands each one,
    non-blocking, to ``on_accept(raw_socket, address)``, which must not block.
-2. ``full()`` is asked before every accept: at worker_connections the watcher stops until
-   ``start_accepting()`` is called again; the connections wait in the kernel's listen queue.
+2. ``full()`` is asked before every accept: when the worker's budget (fdbudget.py:
+   worker_connections, and descriptors for the connection and its upstream leg) has no
+   room, the watcher stops until ``start_accepting()`` is called again; the connections
+   wait in the kernel's listen queue.
 3. EAGAIN ends the batch (another worker took it); ECONNABORTED and friends skip one
-   connection; anything else (EMFILE, ENFILE, ENOBUFS) is logged like nginx's
-   "accept() failed" and accepting pauses for ``PAUSE_S`` rather than spinning.
+   connection; anything else (EMFILE, ENFILE, ENOBUFS, ENOMEM: the budget's count was
+   wrong) is logged like nginx's "accept() failed (24: Too many open files)" at alert, at
+   most once per second, and accepting pauses for ``PAUSE_S`` rather than spinning.
 4. ``close()`` stops watching and closes this worker's copy of the socket only; the
    master keeps the listening socket (and its queue) open.
 """
@@ -17,12 +20,11 @@ from __future__ import annotations
 
 import _socket
 import errno
-import logging
 import socket
 from collections.abc import Callable
 from typing import Any, Final
 
-log = logging.getLogger("prefork_lb.error")
+from prefork_lb.worker.fdbudget import alert
 
 PAUSE_S: Final = 0.5
 _SKIP: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
@@ -88,7 +90,7 @@ class Acceptor:
             except OSError as e:
                 if e.errno in _SKIP:
                     continue
-                log.error("accept() failed (%s: %s)", e.errno, e.strerror)
+                alert("accept", "accept() failed (%s: %s)", e.errno, e.strerror)
                 self._pause()
                 return
             # the C socket type: socket.socket adds a Python __init__ and close() per connection

@@ -33,6 +33,7 @@ import traceback
 from typing import Any
 
 from prefork_lb.log import ALERT
+from prefork_lb.worker.fdbudget import STREAM_COST, Budget
 
 EXIT_BOOT_FAILED = 3
 # Draining: keep-alive connections idle this long with no request pending are closed; any
@@ -120,7 +121,7 @@ class Worker:
 
         self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)
         self.runtime.streams = self.streams
-        self.udp: list[Any] = []
+        self.udp: list[Any] = []  # UdpListener
         self.stream_sessions: set[Any] = set()
         if "GEVENT_LOOP" not in os.environ:
             # Measured (loadtest/cpu_per_request.sh, 3 A/B pairs): libev's C extension costs
@@ -129,8 +130,8 @@ class Worker:
         gevent.get_hub()  # created (not run) as root: gevent imports its loop module lazily
         _drop_privileges(config, self.zone)
         self.connections: set[Any] = set()
-        self.open_connections = 0  # accepted and not yet closed: HTTP (parked too) and TCP
-        self.accept_paused = False
+        # connections accepted and not yet closed (HTTP, parked too, and TCP) and UDP sessions
+        self.budget = Budget(config.worker_connections)
         self.spawn_raw: Any = None
         self.servers: list[Any] = []
         self.sockets = sockets
@@ -139,8 +140,6 @@ class Worker:
 
     def run(self, ready_fd: int) -> int:
         gevent = self.gevent
-        from gevent.server import StreamServer
-
         from prefork_lb.log import reopen_error_log
         from prefork_lb.worker.acceptor import Acceptor
 
@@ -163,25 +162,20 @@ class Worker:
             # the other idle (~5.5k vs ~10.8k req/s, bimodal). One accept per wake-up shares
             # a burst between the workers woken by the shared socket (gunicorn does the same).
             max_accept = 1 if self.config.workers > 1 else 100
-            if router is not None:
-                lsock = stdsocket.socket(fileno=os.dup(sock.fileno()))
-                lsock.setblocking(False)
-                if key[0] != "unix":  # accepted sockets inherit it: no setsockopt per connection
-                    lsock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-                acceptor = Acceptor(lsock, hub, self._http_accepted(key, router), self._full, max_accept)
-                acceptor.start_accepting()
-                self.servers.append(acceptor)
-                continue
-            gsock = gevent.socket.socket(fileno=os.dup(sock.fileno()))
+            lsock = stdsocket.socket(fileno=os.dup(sock.fileno()))
+            lsock.setblocking(False)
             if stream_rt is not None and key[0].endswith("-udp"):
-                self._serve_udp(gsock, key, stream_rt)
+                self._serve_udp(lsock, key, stream_rt)
                 continue
-            server = StreamServer(gsock, self._tcp_handler(key, stream_rt), spawn=self._spawn_connection)
-            server.do_close = _leave_open  # the handler closes
-            server.full = self._full  # ends an accept batch at worker_connections
-            server.max_accept = max_accept
-            server.start()
-            self.servers.append(server)
+            if key[0] != "unix":  # accepted sockets inherit it: no setsockopt per connection
+                lsock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+            if router is not None:
+                accepted = self._http_accepted(key, router)
+            else:
+                accepted = self._tcp_accepted(key, stream_rt)
+            acceptor = Acceptor(lsock, hub, accepted, self._full, max_accept)
+            acceptor.start_accepting()
+            self.servers.append(acceptor)
         for sock in self.sockets.values():
             sock.close()  # only the worker's inherited copies; the master keeps its own
         gevent.signal_handler(signal.SIGQUIT, self._stop, True)
@@ -190,6 +184,7 @@ class Worker:
         gevent.signal_handler(signal.SIGUSR1, self._reopen, reopen_error_log)
         for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGWINCH):
             signal.signal(sig, signal.SIG_IGN)
+        self._limit_descriptors()
         housekeeping = gevent.spawn(self._housekeeping)
         try:
             os.write(ready_fd, b"R")
@@ -203,6 +198,25 @@ class Worker:
         for up in self.runtime.upstreams.values():
             up.pool.close_all()
         return 0
+
+    def _limit_descriptors(self) -> None:
+        """Everything the worker keeps open is open now: what is left of the soft limit is
+        for connections (fdbudget.py rule 2)."""
+        import resource
+
+        from prefork_lb.worker.fdbudget import open_descriptors
+
+        if self.zone is not None:  # its lock descriptor now, not at the first pick (maybe at EMFILE)
+            self.zone.lock()
+            self.zone.unlock()
+        pooled = sum(up.pool.capacity for up in self.runtime.upstreams.values())
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            return
+        self.budget.limit_descriptors(nofile, open_descriptors(), pooled)
+        warning = self.budget.capacity_warning()
+        if warning:
+            logging.getLogger("prefork_lb.error").warning("%s", warning)
 
     def _http_accepted(self, key: tuple[str, str, int], router: Any) -> Any:
         """The acceptor's callback: count the connection, serve it in a new greenlet."""
@@ -290,27 +304,55 @@ class Worker:
         expiry.start(expire)
 
     def _spawn_connection(self, handle: Any, *args: Any) -> Any:
-        """StreamServer's spawn: counts the connection and pauses accepting at
-        worker_connections (connections, not greenlets: parked ones count too)."""
-        self.open_connections += 1
-        if self.open_connections >= self.config.worker_connections and not self.accept_paused:
-            self.accept_paused = True
-            for server in self.servers:
-                server.stop_accepting()
+        """The acceptors' spawn: counts the connection and pauses accepting when the budget
+        (worker_connections, descriptors) has no room for another (connections, not
+        greenlets: parked ones count too)."""
+        if self.budget.opened(STREAM_COST):
+            self._pause_accepting()
         return self.spawn_raw(_guarded, handle, *args)
 
     def _full(self) -> bool:
-        return self.accept_paused
+        return self.budget.paused
 
-    def _connection_closed(self) -> None:
-        self.open_connections -= 1
-        if self.accept_paused and self.open_connections < self.config.worker_connections:
-            self.accept_paused = False
-            if not self.runtime.draining:
-                for server in self.servers:
-                    server.start_accepting()
+    def _pause_accepting(self) -> None:
+        from prefork_lb.worker.fdbudget import alert
+
+        for server in self.servers:
+            server.stop_accepting()
+        kind, message, args = self.budget.full_reason()
+        alert(kind + " accept", message + ", accepting paused", *args)
+
+    def _connection_closed(self, cost: int = STREAM_COST) -> None:
+        if self.budget.closed(cost) and not self.runtime.draining:
+            for server in self.servers:
+                server.start_accepting()
+
+    def _udp_opened(self, cost: int) -> bool:
+        """A UDP session may start (UdpListener's ``admit``): False, and logged, when full."""
+        from prefork_lb.worker.fdbudget import alert
+
+        budget = self.budget
+        if not budget.fits(cost):
+            kind, message, args = budget.full_reason()
+            alert(kind + " udp", message + ", UDP session dropped", *args)
+            return False
+        if budget.opened(cost):
+            self._pause_accepting()
+        return True
+
+    def _tcp_accepted(self, key: tuple[str, str, int], rt: Any) -> Any:
+        """The acceptor's callback for a TCP stream listener."""
+        handle = self._tcp_handler(key, rt)
+        spawn = self._spawn_connection
+
+        def accepted(raw: Any, address: Any) -> None:
+            spawn(handle, raw, address)
+
+        return accepted
 
     def _tcp_handler(self, key: tuple[str, str, int], rt: Any) -> Any:
+        from gevent.socket import socket as gsocket
+
         from prefork_lb.stream.session import Session
         from prefork_lb.stream.tcp import TcpSession
 
@@ -319,10 +361,11 @@ class Worker:
         counter = [(self.slot << 40) + (1 << 39)]
         keepalive = any(lc.so_keepalive for lc in rt.config.listen if lc.key == key)
 
-        def handle(sock: Any, address: Any) -> None:
+        def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
+            sock: Any = raw
             try:
-                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                sock = gsocket(raw.family, raw.type, 0, raw.detach())
                 if keepalive:
                     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_KEEPALIVE, 1)
                 session = Session("TCP", address[0], address[1], key[1], key[2], counter[0], clock())
@@ -344,7 +387,7 @@ class Worker:
 
         return handle
 
-    def _serve_udp(self, gsock: Any, key: tuple[str, str, int], rt: Any) -> None:
+    def _serve_udp(self, sock: Any, key: tuple[str, str, int], rt: Any) -> None:
         from prefork_lb.stream.udp import UdpListener
 
         counter = [(self.slot << 40) + (3 << 38)]
@@ -353,8 +396,11 @@ class Worker:
             counter[0] += 1
             return counter[0]
 
-        listener = UdpListener(gsock, rt, self.clock, key, next_id)
-        self.udp.append((listener, self.gevent.spawn(listener.serve)))
+        listener = UdpListener(
+            sock, rt, self.gevent.get_hub().loop, key, next_id, self._udp_opened, self._connection_closed
+        )
+        listener.start()
+        self.udp.append(listener)
 
     def _stop(self, graceful: bool) -> None:
         self.graceful = self.graceful and graceful
@@ -388,16 +434,15 @@ class Worker:
             self.zone.mv[ZL.row_base(self.row, self.zone.peers) + ZL.R_DRAINING] = 1
         for server in self.servers:
             server.close()
-        for listener, reader in self.udp:
+        for listener in self.udp:
             listener.stop()
-            reader.kill(block=False)
         self.runtime.draining = True
         if not self.graceful:
             self._close_all()
             return
         timeout = self.config.worker_shutdown_timeout_s
         deadline = self.clock() + timeout if timeout else None
-        while self.connections or self.stream_sessions or any(lst.active for lst, _ in self.udp):
+        while self.connections or self.stream_sessions or any(lst.active for lst in self.udp):
             now = self.clock()
             if not self.graceful or (deadline is not None and now >= deadline):
                 self._close_all()
@@ -406,7 +451,7 @@ class Worker:
                 conn.close_if_idle(DRAIN_IDLE_CLOSE_S, now)
             gevent.sleep(0.05)
         deadline = self.clock() + 1.0  # aborted connections finish their logging
-        while self.open_connections > 0 and self.clock() < deadline:
+        while self.budget.connections > 0 and self.clock() < deadline:
             gevent.sleep(0.02)
 
     def _close_all(self) -> None:
@@ -414,10 +459,8 @@ class Worker:
             conn.abort()
         for tcp in list(self.stream_sessions):
             tcp._abort()
-        for listener, _ in self.udp:
-            for state in list(listener.active):
-                if state.reader is not None:
-                    state.reader.kill(block=False)
+        for listener in self.udp:
+            listener.close_all()
 
 
 def _guarded(function: Any, *args: Any) -> None:
@@ -428,10 +471,6 @@ def _guarded(function: Any, *args: Any) -> None:
         logging.getLogger("prefork_lb.error").log(
             ALERT, "unexpected error in a connection handler: %s", traceback.format_exc().replace("\n", " | ")
         )
-
-
-def _leave_open(*args: Any) -> None:
-    """gevent's StreamServer closes the client socket when the handler returns."""
 
 
 # Test-only: reproduce the gunicorn reuse_port design, where every worker binds its own
