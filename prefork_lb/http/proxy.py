@@ -26,6 +26,9 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    before it arrived; any method), or when the upstream closed cleanly before any response byte and the
    request could be retried under rule 2 (the usual idle-close race). Timeouts and invalid
    responses on reused connections are ordinary failures (charged, rule 2 applies).
+8. ``socket()`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+   ENOMEM) is the worker's problem: 500, the peer is not charged, no retry (nginx); the
+   line is logged at alert, at most once a second.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from prefork_lb.http.response import (
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
 from prefork_lb.http.uri import encode_path
 from prefork_lb.netio import recv, send_all
+from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
 from prefork_lb.zone.stats import record_http_peer
 
 if TYPE_CHECKING:
@@ -109,6 +113,11 @@ class AttemptFailed(Exception):
         self.condition = condition  # "error" | "timeout" | "invalid_header"
         self.status = status  # 502 or 504, as nginx logs the attempt
         self.phase = phase  # what nginx's error log says we were doing
+
+
+class OutOfResources(Exception):
+    """``socket()`` failed for lack of descriptors or memory: the worker's fault, not the
+    peer's. nginx ends the request with 500, charges nobody and does not retry (rule 8)."""
 
 
 class Unprocessed(AttemptFailed):
@@ -266,6 +275,10 @@ class Proxy:
                     conn = self._open(peer.server.address, attempt, now)
                     attempt.bytes_received = 0
                     resp, leftover = self._exchange(conn, request_head, has_body, attempt, now)
+            except OutOfResources:
+                attempt.response_time_s = self.now() - now
+                self._free(sel, peer, False, None)
+                return self.client.respond_error(ex, 500)
             except AttemptFailed as fail:
                 attempt.status = fail.status
                 attempt.response_time_s = self.now() - now
@@ -407,6 +420,9 @@ class Proxy:
                 "timeout", 504, "upstream timed out (110: Connection timed out)", CONNECTING
             ) from None
         except OSError as e:
+            if e.errno in RESOURCE_ERRORS:  # rule 8: local, not the peer's
+                alert("socket", "socket() failed (%s: %s) while %s", e.errno, e.strerror, CONNECTING)
+                raise OutOfResources from None
             raise AttemptFailed(
                 "error", 502, f"connect() failed ({e.errno}: {e.strerror})", CONNECTING
             ) from None

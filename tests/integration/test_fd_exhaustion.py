@@ -128,3 +128,31 @@ def test_tcp_stream_socket_failure_is_500_and_not_charged_to_the_peer(tmp_path: 
         assert "[alert]" in line and "(24: Too many open files) while connecting to upstream" in line
     a.close()
     b.close()
+
+
+def test_http_upstream_socket_failure_is_500_and_not_charged_to_the_peer(tmp_path: Path) -> None:
+    """Catches: an upstream socket() failing with EMFILE in the HTTP proxy was a connect
+    failure: 502, charged to the peer (max_fails = 1 took it out for fail_timeout) and
+    retried on the next peer, charged too. nginx: 500, nobody charged, no retry. The
+    worker's limit is lowered under it to leave exactly one free descriptor: accept() takes
+    it, the upstream socket() fails."""
+    port = free_port()
+    with Backend(count=2) as b:
+        params = {x: ', max_fails = 1, fail_timeout = "60s"' for x in b.addrs}
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs, **params)), port) as lb:
+            (worker,) = lb.workers()
+            wait_for(
+                lambda: all(c.status == psutil.CONN_LISTEN for c in worker.net_connections("tcp")),
+                what="the readiness probe's connection closed",
+            )
+            soft, hard = worker.rlimit(psutil.RLIMIT_NOFILE)
+            worker.rlimit(psutil.RLIMIT_NOFILE, (second_free_descriptor(worker.pid), hard))
+            try:
+                status, _, _ = request(port, "GET", "/")
+            finally:
+                worker.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+            assert status == 500
+            seen = {request(port, "GET", "/")[1]["x-port"] for _ in range(4)}
+            assert seen == {a.split(":")[1] for a in b.addrs}  # neither peer was charged
+            line = next(x for x in lb.output().splitlines() if "socket() failed" in x)
+            assert "[alert]" in line and "(24: Too many open files) while connecting to upstream" in line
