@@ -122,7 +122,7 @@ class Master:
         objs = [stdsocket.socket(fileno=fd) for fd in sockets]
         for obj in objs:
             obj.set_inheritable(True)
-        self.listeners.adopt(systemd.adopt(objs, wanted), wanted)
+        self.listeners.adopt_slots(systemd.adopt_slots(objs, wanted), wanted)
 
     # ---- startup ----
 

@@ -144,6 +144,12 @@ class ListenerSet:
         for key, sock in sockets.items():
             self.by_key[key] = Listener(wanted[key], [sock])
 
+    def adopt_slots(self, sockets: dict[Key, list[socket.socket]], wanted: dict[Key, ListenConfig]) -> None:
+        """Sockets inherited from the previous master (binary upgrade), every reuseport slot
+        included; call before the first ``sync``."""
+        for key, socks in sockets.items():
+            self.by_key[key] = Listener(wanted[key], list(socks))
+
     def for_worker(self, worker: int, workers: int) -> list[tuple[Key, socket.socket]]:
         """(address, socket) pairs worker ``worker`` of ``workers`` accepts on; an address
         repeats when the worker serves several reuseport slots."""

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import selectors
+import signal
 import socket
 import time
 from pathlib import Path
@@ -87,3 +89,58 @@ def test_shrinking_workers_keeps_every_reuseport_slot_served_and_growing_back_wo
             assert slot_sockets(lb.master_pid, port) == 3
             assert [slot_sockets(w.pid, port) for w in lb.workers()] == [1, 1, 1]
             assert answered(port, 30) == 30
+
+
+def socket_inodes(pid: int) -> set[str]:
+    fd_dir = f"/proc/{pid}/fd"
+    links = set()
+    for name in os.listdir(fd_dir):
+        try:
+            links.add(os.readlink(f"{fd_dir}/{name}"))
+        except OSError:
+            pass
+    return {link for link in links if link.startswith("socket:")}
+
+
+def test_binary_upgrade_adopts_every_reuseport_slot(tmp_path: Path) -> None:
+    """USR2 with 2 ``reuseport`` slots: the new master holds the very same slot sockets
+    (same inodes) as the old one, not slot 0 plus a freshly bound socket whose
+    predecessor's queue is reset when the old master exits; after committing, 30 new
+    connections are all answered.
+
+    Catches: the new master adopting one inherited socket per address (the old code closed
+    the other slots as "more than one socket for this address" and bound new ones)."""
+    port = free_port()
+    with Backend(count=1) as b:
+        cfg = basic_config(port, upstream_block("backend", b.addrs), workers=2).replace(
+            f'"127.0.0.1:{port}"', f'"127.0.0.1:{port} reuseport"'
+        )
+        with LB(tmp_path, cfg, port) as lb:
+            old = lb.master_pid
+            slots = socket_inodes(old)
+            assert slot_sockets(old, port) == 2 and len(slots) == 2
+            os.kill(old, signal.SIGUSR2)
+            pid_path = tmp_path / "prefork-lb.pid"
+
+            def new_master() -> int:
+                if not (tmp_path / "prefork-lb.pid.oldbin").exists() or not pid_path.exists():
+                    return 0
+                pid = int(pid_path.read_text())
+                return pid if pid != old and len(psutil.Process(pid).children()) == 2 else 0
+
+            new = wait_for(new_master, what="the new master and its workers")
+            try:
+                assert socket_inodes(new) == slots
+                assert "more than one socket" not in lb.output()
+                os.kill(old, signal.SIGQUIT)
+                assert lb.proc is not None and lb.proc.wait(timeout=20) == 0
+                assert answered(port, 30) == 30
+            finally:
+                if psutil.pid_exists(new):
+                    os.kill(new, signal.SIGQUIT)
+                    wait_for(
+                        lambda: (
+                            not psutil.pid_exists(new) or psutil.Process(new).status() == psutil.STATUS_ZOMBIE
+                        ),
+                        what="the new master to exit",
+                    )
