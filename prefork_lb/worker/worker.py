@@ -101,6 +101,9 @@ class Worker:
         self.graceful = True
         self.zone: Any = spec.zone
         self.row = spec.zone_row
+        from prefork_lb.zone import layout as ZL
+
+        self.parked_cell = ZL.row_base(self.row, self.zone.peers) + ZL.R_PARKED
         slots = dict(spec.peer_slots)
         self.runtime = build_runtime(config, self.zone, slots, self.row)
         from prefork_lb.stream.runtime import build_stream_runtime
@@ -259,16 +262,20 @@ class Worker:
         loop = self.gevent.get_hub().loop
         readable = loop.io(conn.sock.fileno(), 1)
         expiry = loop.timer(max(0.0, conn.park_deadline - self.clock()))
+        mv, parked = self.zone.mv, self.parked_cell
+        mv[parked] += 1  # the row's parked count: observable in the zone (one writer)
 
         def wake() -> None:
             readable.close()
             expiry.close()
+            mv[parked] -= 1
             conn.unpark()
             self.spawn_raw(_guarded, self._serve, conn)
 
         def expire() -> None:
             readable.close()
             expiry.close()
+            mv[parked] -= 1
             conn.unpark()
             conn.close()
             self._connection_ended(conn)
