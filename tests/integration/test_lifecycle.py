@@ -32,12 +32,14 @@ def refused(port: int) -> bool:
 
 
 def test_t_accepts_the_demo_config() -> None:
+    """Mutation caught: ``-t`` not printing nginx's "test is successful"."""
     result = run_cli("-t", "-c", "conf/prefork-lb.toml")
     assert result.returncode == 0
     assert "test is successful" in result.stderr
 
 
 def test_t_names_file_and_key_path(tmp_path: Path) -> None:
+    """Mutation caught: ConfigError leaving the file name out of its message."""
     conf = tmp_path / "bad.toml"
     conf.write_text(
         "[http.upstreams.backend]\n"
@@ -50,6 +52,7 @@ def test_t_names_file_and_key_path(tmp_path: Path) -> None:
 
 
 def test_t_suggests_the_key_meant(tmp_path: Path) -> None:
+    """Mutation caught: ``did_you_mean`` finding no close match."""
     conf = tmp_path / "typo.toml"
     conf.write_text("wokers = 2\n")
     result = run_cli("-t", "-c", str(conf))
@@ -57,11 +60,13 @@ def test_t_suggests_the_key_meant(tmp_path: Path) -> None:
 
 
 def test_version() -> None:
+    """Mutation caught: ``--version`` not in nginx's ``name/version`` form."""
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("prefork-lb/")
 
 
 def test_signal_without_a_running_master_is_a_clear_error(tmp_path: Path) -> None:
+    """Mutation caught: the error not naming the pid file it looked for."""
     conf = tmp_path / "x.toml"
     conf.write_text("this is not toml [[[")
     result = run_cli("-c", str(conf), "-s", "stop")
