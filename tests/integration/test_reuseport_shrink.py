@@ -60,7 +60,7 @@ def test_shrinking_workers_keeps_every_reuseport_slot_served_and_growing_back_wo
 
     Catches: a slot socket without an acceptor (the old code: worker 0 of 1 served slot 0
     only, the kernel kept hashing onto slots 1 and 2, and ~2/3 of the connections hung:
-    7 of 30 answered)."""
+    7 and 9 of 30 answered in two runs)."""
     port = free_port()
     with Backend(count=1) as b:
         cfg = basic_config(port, upstream_block("backend", b.addrs), workers=3).replace(
