@@ -75,7 +75,8 @@ def test_signal_without_a_running_master_is_a_clear_error(tmp_path: Path) -> Non
 
 def test_reload_switches_upstreams_and_retires_old_workers(tmp_path: Path) -> None:
     """Mutations caught: the reload not sending QUIT to the old generation (old workers
-    stay); new workers spawned with the old config (responses still from backend a)."""
+    stay); new workers spawned with the old config (not ready: the reload is aborted and
+    the old workers are never replaced)."""
     port = free_port()
     with Backend(count=2) as b:
         a_addr, b_addr = b.addrs
