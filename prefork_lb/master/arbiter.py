@@ -13,10 +13,13 @@ Rules:
 4. A worker that dies unexpectedly is respawned at once; if workers keep dying within a
    second of starting, respawns back off (up to 5 s) so a crash loop cannot spin.
 5. Fast stop sends TERM, then KILL after ``FAST_STOP_GRACE_S``.
-6. The master creates the shared zone before the first fork and keeps it for its life:
+6. Each child gets one frozen spec of what it owns (``spec.py``: config, listener fds,
+   zone, row, readiness pipe, log fds) and closes every other inherited descriptor first
+   thing after fork, so no worker keeps a listener a reload removed.
+7. The master creates the shared zone before the first fork and keeps it for its life:
    it assigns each peer a slot (kept across reloads while the peer exists) and each worker
    a row (claimed before fork, released and repaired when the worker is reaped).
-7. Binary upgrade, as nginx: USR2 renames the pid file to ``.oldbin`` and fork+execs a new
+8. Binary upgrade, as nginx: USR2 renames the pid file to ``.oldbin`` and fork+execs a new
    master that inherits the listening sockets and the zone (``PREFORK_LB_INHERIT``); both
    generations serve. WINCH retires the old master's workers (it keeps its sockets); QUIT
    to the old master commits. Rollback: HUP to the old master respawns its workers, QUIT
@@ -30,8 +33,10 @@ import logging
 import os
 import select
 import signal
+import socket as stdsocket
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from prefork_lb.config.errors import ConfigError
 from prefork_lb.config.load import load_config
@@ -40,6 +45,14 @@ from prefork_lb.log import reopen_error_log, setup_error_log
 from prefork_lb.master import systemd
 from prefork_lb.master.listeners import BindError, Listener, ListenerSet, wanted_listens
 from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
+from prefork_lb.master.spec import (
+    STDIO,
+    UpgradeSpec,
+    WorkerSpec,
+    enter_child,
+    error_log_fds,
+    zone_descriptors,
+)
 from prefork_lb.signals import MASTER_SIGNALS
 from prefork_lb.zone import layout as ZL
 from prefork_lb.zone.slots import RowTable, SlotTable
@@ -105,13 +118,11 @@ class Master:
         self.zone.set(ZL.H_GENERATION, 1)
 
     def _adopt_sockets(self, sockets: list[int]) -> None:
-        import socket as stdsocket
-
         wanted = wanted_listens(self.config)
         objs = [stdsocket.socket(fileno=fd) for fd in sockets]
         for obj in objs:
             obj.set_inheritable(True)
-        self.listeners.adopt(systemd.adopt(objs, wanted), wanted)
+        self.listeners.adopt_slots(systemd.adopt_slots(objs, wanted), wanted)
 
     # ---- startup ----
 
@@ -227,21 +238,20 @@ class Master:
         except OSError as e:
             log.error("rename() %s to %s.oldbin failed: %s; upgrade aborted", pid_path, pid_path, e.strerror)
             return
-        fds = [s.fileno() for lst in self.listeners.by_key.values() for s in lst.sockets]
-        spec = f"zone={self.zone.fd};sockets={','.join(map(str, fds))}"
+        spec = UpgradeSpec(self.zone.fd, tuple(s.fileno() for s in self.listeners.all_sockets()))
         import sys
 
         argv = [sys.executable, "-m", "prefork_lb", *sys.argv[1:]]
+        env = dict(os.environ, **{INHERIT_ENV: spec.env_value()})
         pid = os.fork()
         if pid == 0:
             try:
-                os.set_inheritable(self.zone.fd, True)
-                for fd in fds:
+                enter_child(spec.keep_fds(), self._all_sockets())  # spec.py rule 2
+                for fd in spec.keep_fds() - STDIO:
                     os.set_inheritable(fd, True)
-                signal.set_wakeup_fd(-1)
                 for sig in HANDLED:
                     signal.signal(sig, signal.SIG_DFL)
-                os.execve(sys.executable, argv, dict(os.environ, **{INHERIT_ENV: spec}))
+                os.execve(sys.executable, argv, env)
             finally:
                 os._exit(EXIT_BOOT_FAILED)
         self.upgrade_pid = pid
@@ -332,24 +342,40 @@ class Master:
     ) -> WorkerProc:
         config = config or self.config
         generation = generation or self.generation
-        shared = (self.zone, peer_slots or self.peer_slots, self.rows.claim(generation, slot))
-        sockets = self.listeners.for_worker(slot)
+        row = self.rows.claim(generation, slot)
         r, w = os.pipe2(os.O_CLOEXEC)
+        spec = WorkerSpec(
+            config=config,
+            generation=generation,
+            slot=slot,
+            master_pid=os.getpid(),
+            listeners=tuple(
+                (key, sock.fileno()) for key, sock in self.listeners.for_worker(slot, config.workers)
+            ),
+            zone=self.zone,
+            zone_fds=zone_descriptors(self.zone),
+            zone_row=row,
+            peer_slots=MappingProxyType(peer_slots or self.peer_slots),
+            ready_fd=w,
+            log_fds=error_log_fds(),
+        )
         pid = os.fork()
         if pid == 0:  # the worker; never returns
-            os.close(r)
-            signal.set_wakeup_fd(-1)
-            os.close(self.wakeup_r)
-            systemd.forget_notify_socket()  # only the master talks to systemd
+            enter_child(spec.keep_fds(), self._all_sockets())  # spec.py rule 2: before anything else
             from prefork_lb.worker.worker import worker_main
 
-            worker_main(config, sockets, w, generation, slot, os.getppid(), shared)
+            worker_main(spec)
         os.close(w)
-        self.rows.bind(shared[2], pid)
-        proc = WorkerProc(pid, slot, generation, config, time.monotonic(), r, shared[2])
+        self.rows.bind(row, pid)
+        proc = WorkerProc(pid, slot, generation, config, time.monotonic(), r, row)
         self.workers[pid] = proc
         log.log(25, "start worker process %d", pid)
         return proc
+
+    def _all_sockets(self) -> list[stdsocket.socket]:
+        """Every socket object the master holds (current and retired listeners)."""
+        retired = [s for _, lists in self.retired for lst in lists for s in lst.sockets]
+        return self.listeners.all_sockets() + retired
 
     def _reap(self) -> None:
         while True:

@@ -6,8 +6,12 @@ Rules:
    closing a socket resets the connections queued on it; see
    shared/reference/process-model-zone-and-style.md section A.3).
 2. Default: one socket per address, shared by every worker. ``reuseport`` on a listen
-   entry: one SO_REUSEPORT socket per worker slot, all opened by the master; worker slot i
-   accepts only on socket i (nginx's clones). Slots are never closed while running.
+   entry: one SO_REUSEPORT socket per worker slot, all opened by the master (nginx's
+   clones). Slots are never closed while running: closing one resets its queue.
+   Every bound socket has an acceptor: with K slot sockets and N workers, worker w
+   accepts on every socket i with i % N == w, so after ``workers`` shrinks the surviving
+   workers serve the orphaned slots too (the kernel keeps hashing new connections onto
+   all K sockets; a socket nobody accepts from would hang them, issue 12).
 3. On reload, sockets are matched by (family, host, port) and kept (same fd); new addresses
    are bound; removed ones are closed only after the old workers have exited.
 """
@@ -36,10 +40,11 @@ class Listener:
     config: ListenConfig
     sockets: list[socket.socket] = field(default_factory=list)  # 1, or one per slot
 
-    def for_slot(self, slot: int) -> socket.socket:
-        if not self.config.reuseport:
-            return self.sockets[0]
-        return self.sockets[slot % len(self.sockets)]
+    def for_worker(self, worker: int, workers: int) -> list[socket.socket]:
+        """The sockets worker ``worker`` of ``workers`` accepts on (rule 2)."""
+        if len(self.sockets) == 1:
+            return list(self.sockets)
+        return [s for i, s in enumerate(self.sockets) if i % workers == worker]
 
     def close(self) -> None:
         for s in self.sockets:
@@ -139,8 +144,19 @@ class ListenerSet:
         for key, sock in sockets.items():
             self.by_key[key] = Listener(wanted[key], [sock])
 
-    def for_worker(self, slot: int) -> dict[Key, socket.socket]:
-        return {key: lst.for_slot(slot) for key, lst in self.by_key.items()}
+    def adopt_slots(self, sockets: dict[Key, list[socket.socket]], wanted: dict[Key, ListenConfig]) -> None:
+        """Sockets inherited from the previous master (binary upgrade), every reuseport slot
+        included; call before the first ``sync``."""
+        for key, socks in sockets.items():
+            self.by_key[key] = Listener(wanted[key], list(socks))
+
+    def for_worker(self, worker: int, workers: int) -> list[tuple[Key, socket.socket]]:
+        """(address, socket) pairs worker ``worker`` of ``workers`` accepts on; an address
+        repeats when the worker serves several reuseport slots."""
+        return [(key, s) for key, lst in self.by_key.items() for s in lst.for_worker(worker, workers)]
+
+    def all_sockets(self) -> list[socket.socket]:
+        return [s for lst in self.by_key.values() for s in lst.sockets]
 
     def close_all(self) -> None:
         for lst in self.by_key.values():

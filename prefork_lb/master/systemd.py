@@ -22,6 +22,8 @@ Rules:
    An adopted socket is used *instead of* binding: systemd keeps its own copy of the fd,
    so the accept queue outlives restarts of the service. Passed sockets no config entry
    wants are closed (and logged), never silently served.
+6. A binary upgrade's new master adopts with ``adopt_slots``: a ``reuseport`` address
+   keeps every inherited slot socket (same queues), instead of slot 0 plus fresh binds.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ NOTIFY_TIMEOUT_S = 2.0  # a blocked notify socket must not stall the master's lo
 __all__ = [
     "Key",
     "adopt",
+    "adopt_slots",
     "forget_notify_socket",
     "listen_fds",
     "mainpid",
@@ -209,12 +212,35 @@ def adopt(sockets: list[socket.socket], wanted: dict[Key, ListenConfig]) -> dict
     and the rest are bound by the master, which works only if systemd's socket has
     SO_REUSEPORT too (``ReusePort=yes`` in the .socket unit); a warning says so otherwise.
     """
+    return {key: found[0] for key, found in _match(sockets, wanted, slots=False).items()}
+
+
+def adopt_slots(
+    sockets: list[socket.socket], wanted: dict[Key, ListenConfig]
+) -> dict[Key, list[socket.socket]]:
+    """As ``adopt``, for sockets inherited from the previous master (binary upgrade): a
+    ``reuseport`` entry keeps every passed SO_REUSEPORT socket of its address, in order,
+    as its slots. Closing a slot here would not lose connections at once (the old master
+    still holds it) but the new master would bind a fresh one, and the old slot's queue
+    would be reset when the old master exits."""
+    return _match(sockets, wanted, slots=True)
+
+
+def _match(
+    sockets: list[socket.socket], wanted: dict[Key, ListenConfig], slots: bool
+) -> dict[Key, list[socket.socket]]:
     by_value = {_normal(key): key for key in wanted}
-    adopted: dict[Key, socket.socket] = {}
+    adopted: dict[Key, list[socket.socket]] = {}
     for sock in sockets:
         key = socket_key(sock)
         want = by_value.get(_normal(key)) if key is not None else None
-        if want is None or want in adopted:
+        extra_slot = (
+            slots
+            and want in adopted
+            and wanted[want].reuseport
+            and bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+        )
+        if want is None or (want in adopted and not extra_slot):
             if key is None:
                 why = "not a listening stream socket"
             elif want is None:
@@ -224,13 +250,16 @@ def adopt(sockets: list[socket.socket], wanted: dict[Key, ListenConfig]) -> dict
             log.warning("socket activation: closing passed socket %s (%s)", _text(key), why)
             sock.close()
             continue
+        if want in adopted:
+            adopted[want].append(sock)
+            continue
         if wanted[want].reuseport and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
             log.warning(
                 "socket activation: %s is marked reuseport but the passed socket lacks "
                 "SO_REUSEPORT (set ReusePort=yes in the .socket unit)",
                 _text(key),
             )
-        adopted[want] = sock
+        adopted[want] = [sock]
     return adopted
 
 

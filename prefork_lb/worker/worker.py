@@ -1,12 +1,14 @@
 """A worker process: gevent is imported here, after fork, never in the master.
 
 Life of a worker:
-1. Created by ``os.fork`` in the master with the Config already parsed and the listening
-   sockets inherited. It restores default signal dispositions, raises its file limit,
-   imports what it needs, builds its runtime tables (opening access logs), then drops
-   privileges when ``user`` is set and the master is root (before the hub runs or any
-   connection is accepted), names itself with setproctitle and starts one accept loop
-   per listener.
+1. Created by ``os.fork`` in the master with one ``WorkerSpec`` (master/spec.py): the
+   Config already parsed, the listening sockets it serves, its zone row, its readiness
+   pipe; every other inherited descriptor was closed before this module runs. It
+   restores default signal dispositions, raises its file limit, imports what it needs,
+   builds its runtime tables (opening access logs), then drops privileges when ``user``
+   is set and the master is root (before the hub runs or any connection is accepted),
+   names itself with setproctitle and starts one accept loop per listening socket (with
+   ``reuseport``, possibly several slot sockets of one address).
 2. Writes one byte to its readiness pipe, so the master knows it serves (a reload retires
    the old generation only after every new worker is ready).
 3. Signals (run in the hub, never in handler context): QUIT graceful stop, TERM/INT fast
@@ -30,38 +32,32 @@ import signal
 import socket as stdsocket
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefork_lb.log import ALERT
 from prefork_lb.worker.fdbudget import STREAM_COST, Budget
 
+if TYPE_CHECKING:
+    from prefork_lb.master.spec import WorkerSpec
+
 EXIT_BOOT_FAILED = 3
+Key = tuple[str, str, int]
 # Draining: keep-alive connections idle this long with no request pending are closed; any
 # other connection gets its next response with "Connection: close" first.
 DRAIN_IDLE_CLOSE_S = 1.0
 
 
-def run_worker(
-    config: Any,
-    sockets: dict[tuple[str, str, int], stdsocket.socket],
-    ready_fd: int,
-    generation: int,
-    slot: int,
-    master_pid: int,
-    shared: Any = None,
-) -> int:
-    """``shared``: (zone, peer slots, zone row) from the master."""
+def run_worker(spec: WorkerSpec) -> int:
     from prefork_lb.signals import MASTER_SIGNALS
 
     for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
     try:
-        worker = Worker(config, sockets, generation, slot, master_pid, shared)
+        worker = Worker(spec)
     except Exception as e:
         logging.getLogger("prefork_lb.error").critical("worker failed to start: %r", e)
         return EXIT_BOOT_FAILED
-    return worker.run(ready_fd)
+    return worker.run(spec.ready_fd)
 
 
 def _drop_privileges(config: Any, zone: Any) -> None:
@@ -80,15 +76,7 @@ def _drop_privileges(config: Any, zone: Any) -> None:
 
 
 class Worker:
-    def __init__(
-        self,
-        config: Any,
-        sockets: dict[tuple[str, str, int], stdsocket.socket],
-        generation: int,
-        slot: int,
-        master_pid: int,
-        shared: Any = None,
-    ) -> None:
+    def __init__(self, spec: WorkerSpec) -> None:
         import gevent
         import gevent.event
         import gevent.pool
@@ -100,22 +88,24 @@ class Worker:
         from prefork_lb.http.runtime import build_runtime
         from prefork_lb.worker import privileges
 
+        config = spec.config
         if config.worker_rlimit_nofile:
             refused = privileges.raise_nofile(config.worker_rlimit_nofile)
             if refused:
                 logging.getLogger("prefork_lb.error").log(ALERT, "%s", refused)
         self.config = config
-        self.generation = generation
-        self.slot = slot
-        self.master_pid = master_pid
+        self.generation = generation = spec.generation
+        self.slot = slot = spec.slot
+        self.master_pid = spec.master_pid
         self.gevent = gevent
         self.stop_event = gevent.event.Event()
         self.graceful = True
-        self.zone: Any = None
-        self.row = 0
-        slots = None
-        if shared is not None:
-            self.zone, slots, self.row = shared
+        self.zone: Any = spec.zone
+        self.row = spec.zone_row
+        from prefork_lb.zone import layout as ZL
+
+        self.parked_cell = ZL.row_base(self.row, self.zone.peers) + ZL.R_PARKED
+        slots = dict(spec.peer_slots)
         self.runtime = build_runtime(config, self.zone, slots, self.row)
         from prefork_lb.stream.runtime import build_stream_runtime
 
@@ -134,7 +124,7 @@ class Worker:
         self.budget = Budget(config.worker_connections)
         self.spawn_raw: Any = None
         self.servers: list[Any] = []
-        self.sockets = sockets
+        self.sockets = [(key, stdsocket.socket(fileno=fd)) for key, fd in spec.listeners]
         self.title = f"prefork-lb: worker process #{slot} gen {generation}"
         setproctitle(self.title)
 
@@ -152,7 +142,7 @@ class Worker:
         self.spawn_raw = gevent.spawn_raw
         if os.environ.get(BROKEN_REUSEPORT_ENV) == "1":
             self.sockets = _bind_own_reuseport(list(self.runtime.routers))
-        for key, sock in self.sockets.items():
+        for key, sock in self.sockets:
             router = self.runtime.routers.get(key)
             stream_rt = self.streams.get(key)
             if router is None and stream_rt is None:
@@ -176,7 +166,7 @@ class Worker:
             acceptor = Acceptor(lsock, hub, accepted, self._full, max_accept)
             acceptor.start_accepting()
             self.servers.append(acceptor)
-        for sock in self.sockets.values():
+        for _, sock in self.sockets:
             sock.close()  # only the worker's inherited copies; the master keeps its own
         gevent.signal_handler(signal.SIGQUIT, self._stop, True)
         gevent.signal_handler(signal.SIGTERM, self._stop, False)
@@ -286,16 +276,20 @@ class Worker:
         loop = self.gevent.get_hub().loop
         readable = loop.io(conn.sock.fileno(), 1)
         expiry = loop.timer(max(0.0, conn.park_deadline - self.clock()))
+        mv, parked = self.zone.mv, self.parked_cell
+        mv[parked] += 1  # the row's parked count: observable in the zone (one writer)
 
         def wake() -> None:
             readable.close()
             expiry.close()
+            mv[parked] -= 1
             conn.unpark()
             self.spawn_raw(_guarded, self._serve, conn)
 
         def expire() -> None:
             readable.close()
             expiry.close()
+            mv[parked] -= 1
             conn.unpark()
             conn.close()
             self._connection_ended(conn)
@@ -479,8 +473,8 @@ def _guarded(function: Any, *args: Any) -> None:
 BROKEN_REUSEPORT_ENV = "PREFORK_LB_TEST_BROKEN_REUSEPORT"
 
 
-def _bind_own_reuseport(keys: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], stdsocket.socket]:
-    own = {}
+def _bind_own_reuseport(keys: list[Key]) -> list[tuple[Key, stdsocket.socket]]:
+    own = []
     for family, host, port in keys:
         if family == "unix":
             continue
@@ -490,11 +484,11 @@ def _bind_own_reuseport(keys: list[tuple[str, str, int]]) -> dict[tuple[str, str
         s.bind((host, port))
         s.listen(128)
         s.setblocking(False)
-        own[(family, host, port)] = s
+        own.append(((family, host, port), s))
     return own
 
 
-def worker_main(*args: Any) -> None:
+def worker_main(spec: WorkerSpec) -> None:
     """Entry point after fork: never returns into the master's code."""
     code = EXIT_BOOT_FAILED
     profile_dir = os.environ.get("PREFORK_LB_PROFILE_DIR")
@@ -503,10 +497,10 @@ def worker_main(*args: Any) -> None:
             import cProfile
 
             profiler = cProfile.Profile()
-            code = profiler.runcall(run_worker, *args)
+            code = profiler.runcall(run_worker, spec)
             profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
         else:
-            code = run_worker(*args)
+            code = run_worker(spec)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -118,7 +118,8 @@ ROW_HEADER_WORDS: Final = 16
     R_ACTIVE,  # client connections open now
     R_IDLE,  # of which waiting for a request
     R_DRAINING,  # 1 while the worker shuts down
-) = range(10)
+    R_PARKED,  # of the idle ones, parked without a greenlet (http/connection.py rule 6)
+) = range(11)
 
 DEFAULT_ROWS: Final = 128  # up to 64 workers, with room for an old and a new generation
 DEFAULT_SIZE: Final = 8 * 1024 * 1024  # ~2900 peer/zone slots with 128 rows

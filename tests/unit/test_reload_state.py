@@ -76,7 +76,12 @@ def test_reuseport_slots_grow_with_workers_and_never_shrink(tmp_path: Path) -> N
     assert len(ls.by_key[("inet", "127.0.0.1", port)].sockets) == 4
     ls.sync(config(tmp_path, [f"127.0.0.1:{port} reuseport"], ["127.0.0.1:9"]), 1)
     assert len(ls.by_key[("inet", "127.0.0.1", port)].sockets) == 4  # closing one would reset its queue
-    assert ls.for_worker(5)[("inet", "127.0.0.1", port)] is ls.by_key[("inet", "127.0.0.1", port)].sockets[1]
+    key = ("inet", "127.0.0.1", port)
+    slots = ls.by_key[key].sockets
+    # every slot socket keeps an acceptor: the surviving worker serves all four
+    assert ls.for_worker(0, 1) == [(key, s) for s in slots]
+    assert ls.for_worker(1, 3) == [(key, slots[1])]
+    assert ls.for_worker(0, 3) == [(key, slots[0]), (key, slots[3])]
     ls.close_all()
 
 

@@ -407,6 +407,28 @@ def test_adopt_duplicates_and_nothing_passed() -> None:
         b.close()
 
 
+def test_adopt_slots_keeps_every_reuseport_slot_in_order() -> None:
+    """Binary upgrade: the new master keeps all inherited slot sockets (systemd rule 6);
+    a plain (not reuseport) address still keeps one."""
+    socks = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", socks[0].getsockname()[1] if socks else 0))
+        s.listen(8)
+        socks.append(s)
+    port = socks[0].getsockname()[1]
+    try:
+        lc = _lc("inet", "127.0.0.1", port, reuseport=True)
+        assert systemd.adopt_slots(list(socks), {lc.key: lc}) == {lc.key: socks}
+        plain = _lc("inet", "127.0.0.1", port)
+        assert systemd.adopt_slots(list(socks), {plain.key: plain}) == {plain.key: socks[:1]}
+        assert socks[1].fileno() == -1 and socks[2].fileno() == -1
+    finally:
+        for s in socks:
+            s.close()
+
+
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
 def test_adopt_compares_ip_literals_by_value() -> None:
     s = _listening(socket.AF_INET6, "::1")
