@@ -90,8 +90,10 @@ def test_a_removed_listener_is_refused_held_by_nobody_and_can_come_back(tmp_path
 
 def test_workers_hold_only_what_their_spec_names(tmp_path: Path) -> None:
     """A worker's descriptors: stdio, the error log, the zone memfd (and the mapping's own
-    duplicate), its access log, its listener, and gevent's loop; none of the master's pipes
-    (wakeup, other workers' readiness pipes) and no memfd lock descriptor of the master.
+    duplicate, and the worker's own lock descriptor, opened at start so that a pick never
+    needs a descriptor), its access log, its listener, and gevent's loop; none of the
+    master's pipes (wakeup, other workers' readiness pipes) and no memfd lock descriptor
+    of the master.
 
     Catches: a child that closes only its own listener copies and leaves the rest open
     (the old code: every worker held the master's wakeup pipe and the readiness pipes of
@@ -104,7 +106,7 @@ def test_workers_hold_only_what_their_spec_names(tmp_path: Path) -> None:
                 pipes = [t for t in fds.values() if t.startswith("pipe:")]
                 stdio_pipes = {fds.get(1), fds.get(2)}
                 assert all(p in stdio_pipes for p in pipes), fds  # the harness's stdout only
-                assert sum("prefork-lb-zone" in t for t in fds.values()) == 2, fds
+                assert sum("prefork-lb-zone" in t for t in fds.values()) == 3, fds
                 assert tcp_ports_held(w.pid) == [port]
 
 
