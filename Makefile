@@ -6,7 +6,9 @@ RUN    := .run
 
 .PHONY: run test lint typecheck check bench clean
 
-$(BIN)/prefork-lb: pyproject.toml
+# setup.py builds the optional C loops (prefork_lb/balance/_pickloop.c) in place: an edit of
+# either reinstalls. PREFORK_LB_PURE=1 make test runs the suite on the pure-Python loops.
+$(BIN)/prefork-lb: pyproject.toml setup.py prefork_lb/balance/_pickloop.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -36,4 +38,4 @@ bench: $(BIN)/prefork-lb
 	loadtest/bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(RUN) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(RUN) .mypy_cache .ruff_cache .pytest_cache *.egg-info build prefork_lb/balance/*.so
