@@ -8,13 +8,16 @@
  *
  * Arguments shared by every function:
  *   zone  a writable buffer of int64 words (the zone's memoryview, cast "q")
- *   cfg   a bytes object of int64 words built once per peer list at config load
- *         (``PeerTable.cfg``): a header of CFG_HEADER words, then CFG_PEER words per
- *         position, in position order:
- *           header  n, limit (max base + PEER_WORDS: every word touched is below it),
- *                   the word offsets P_CW, P_EW, P_CONNS, P_FAILS, P_CHECKED, P_SLOW_START_MS
- *                   (from zone/layout.py, so the layout stays defined in one place)
- *           peer    base, weight, max_fails, fail_timeout_s, max_conns, down, slow_start_ms, 0
+ *   cfg   a bytes object built once per peer list at config load (``table.native_cfg``):
+ *           header  CFG_HEADER int64: n, limit (max base + PEER_WORDS: every word touched
+ *                   is below it), the word offsets P_CW, P_EW, P_CONNS, P_FAILS, P_CHECKED,
+ *                   P_SLOW_START_MS (from zone/layout.py: the layout is defined in one place)
+ *           hot     n records of 4 int32, read on every pass: base, weight, max_conns,
+ *                   max_fails, where a down peer has weight 0 (a real weight is >= 1)
+ *           cold    n records of 2 int64, read only when needed: fail_timeout_s, slow_start_ms
+ *         Peers' zone records are PEER_WORDS (512 bytes) apart, so a pass over a large list
+ *         touches one cache line per peer there; the hot records keep the configuration to a
+ *         quarter line per peer, and the loops prefetch the zone lines a few peers ahead.
  *   tried the request's tried bitmap over positions (a Python int, usually 0)
  *
  * Returns the chosen position, or -1 when no position is usable.
@@ -25,18 +28,26 @@
 #include <stdint.h>
 #include <string.h>
 
-#define CFG_HEADER 8
-#define CFG_PEER 8
+#define CFG_HEADER 8 /* int64 words */
+#define PREFETCH 8   /* peers ahead */
 
 enum { H_N, H_LIMIT, H_CW, H_EW, H_CONNS, H_FAILS, H_CHECKED, H_SLOW };
-enum { C_BASE, C_WEIGHT, C_MAX_FAILS, C_FAIL_TIMEOUT, C_MAX_CONNS, C_DOWN, C_SLOW_MS };
+
+typedef struct {
+    int32_t base, weight, max_conns, max_fails; /* weight 0: down */
+} Hot;
+
+typedef struct {
+    int64_t fail_timeout_s, slow_start_ms;
+} Cold;
 
 typedef struct {
     Py_buffer zone;
     Py_buffer cfg;
     int64_t *z;
-    const int64_t *h;   /* cfg header */
-    const int64_t *rec; /* cfg peer records */
+    const int64_t *h; /* cfg header */
+    const Hot *hot;
+    const Cold *cold;
     Py_ssize_t n;
     PyObject *tried_bytes; /* little-endian bytes of a non-zero tried bitmap, else NULL */
     const unsigned char *tried;
@@ -55,9 +66,14 @@ static int pass_open(Pass *p, PyObject *zone, PyObject *cfg, PyObject *tried) {
     if (PyObject_GetBuffer(cfg, &p->cfg, PyBUF_SIMPLE) < 0) goto fail;
     if (p->cfg.len < (Py_ssize_t)(CFG_HEADER * 8) || p->cfg.len % 8) goto bad_cfg;
     p->h = (const int64_t *)p->cfg.buf;
-    p->rec = p->h + CFG_HEADER;
     p->n = (Py_ssize_t)p->h[H_N];
-    if (p->n < 0 || (Py_ssize_t)((CFG_HEADER + p->n * CFG_PEER) * 8) != p->cfg.len) goto bad_cfg;
+    if (p->n < 0 || p->n > (1 << 24) ||
+        (Py_ssize_t)(CFG_HEADER * 8 + p->n * (sizeof(Hot) + sizeof(Cold))) != p->cfg.len)
+        goto bad_cfg;
+    p->hot = (const Hot *)(p->h + CFG_HEADER);
+    p->cold = (const Cold *)(p->hot + p->n);
+    for (int f = H_CW; f <= H_SLOW; f++)
+        if (p->h[f] < 0 || p->h[f] >= 64) goto bad_cfg; /* offsets inside a peer record */
     if (p->h[H_LIMIT] < 0 || p->h[H_LIMIT] > (int64_t)(p->zone.len / 8)) {
         PyErr_SetString(PyExc_ValueError, "_pickloop: peer table reaches past the zone");
         goto fail;
@@ -86,14 +102,21 @@ static inline int tried_bit(const Pass *p, Py_ssize_t i) {
     return p->tried != NULL && (p->tried[i >> 3] >> (i & 7)) & 1;
 }
 
-/* nginx's peer filter (Peer.usable) plus the tried bit. */
-static inline int usable(const Pass *p, const int64_t *r, int64_t now_s) {
+/* Start loading the zone line of position i + PREFETCH (the loops walk positions in order). */
+static inline void prefetch_ahead(const Pass *p, Py_ssize_t i) {
+    if (i + PREFETCH < p->n) __builtin_prefetch(p->z + p->hot[i + PREFETCH].base + p->h[H_CW], 1, 0);
+}
+
+/* nginx's peer filter (Peer.usable) plus the tried bit, for position i. */
+static inline int usable(const Pass *p, Py_ssize_t i, int64_t now_s) {
     const int64_t *z = p->z, *h = p->h;
-    int64_t b = r[C_BASE];
-    int64_t mf = r[C_MAX_FAILS];
-    if (r[C_DOWN]) return 0;
-    if (mf && z[b + h[H_FAILS]] >= mf && now_s - z[b + h[H_CHECKED]] <= r[C_FAIL_TIMEOUT]) return 0;
-    if (r[C_MAX_CONNS] && z[b + h[H_CONNS]] >= r[C_MAX_CONNS]) return 0;
+    const Hot *r = &p->hot[i];
+    int64_t b = r->base;
+    if (!r->weight || tried_bit(p, i)) return 0; /* down, tried */
+    if (r->max_fails && z[b + h[H_FAILS]] >= r->max_fails &&
+        now_s - z[b + h[H_CHECKED]] <= p->cold[i].fail_timeout_s)
+        return 0;
+    if (r->max_conns && z[b + h[H_CONNS]] >= r->max_conns) return 0;
     return 1;
 }
 
@@ -104,10 +127,11 @@ static inline int64_t floordiv(int64_t a, int64_t d) {
 }
 
 /* Peer.weight_pct: slow_start's scale in percent; ends the ramp (word := 0) at 100. */
-static inline int64_t weight_pct(const Pass *p, const int64_t *r, int64_t now_ms) {
-    int64_t *t0 = p->z + r[C_BASE] + p->h[H_SLOW];
-    if (!*t0 || !r[C_SLOW_MS]) return 100;
-    int64_t pct = floordiv((now_ms - *t0) * 100, r[C_SLOW_MS]);
+static inline int64_t weight_pct(const Pass *p, Py_ssize_t i, int64_t now_ms) {
+    int64_t *t0 = p->z + p->hot[i].base + p->h[H_SLOW];
+    int64_t slow_ms = p->cold[i].slow_start_ms;
+    if (!*t0 || !slow_ms) return 100;
+    int64_t pct = floordiv((now_ms - *t0) * 100, slow_ms);
     if (pct >= 100) {
         *t0 = 0;
         return 100;
@@ -134,21 +158,21 @@ static PyObject *pl_smooth(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t best = -1;
     int64_t best_cw = 0, total = 0;
     for (Py_ssize_t i = 0; i < p.n; i++) {
-        const int64_t *r = p.rec + i * CFG_PEER;
-        if (tried_bit(&p, i) || !usable(&p, r, now_s)) continue;
-        int64_t b = r[C_BASE];
+        prefetch_ahead(&p, i);
+        if (!usable(&p, i, now_s)) continue;
+        int64_t b = p.hot[i].base;
         int64_t ew = z[b + ew_];
-        int64_t w = scaled ? ew * weight_pct(&p, r, now_ms) : ew;
+        int64_t w = scaled ? ew * weight_pct(&p, i, now_ms) : ew;
         int64_t cw = z[b + cw_] + w;
         z[b + cw_] = cw;
         total += w;
-        if (ew < r[C_WEIGHT]) z[b + ew_] = ew + 1;
+        if (ew < p.hot[i].weight) z[b + ew_] = ew + 1;
         if (best < 0 || cw > best_cw) {
             best = i;
             best_cw = cw;
         }
     }
-    if (best >= 0) z[p.rec[best * CFG_PEER + C_BASE] + cw_] = best_cw - total;
+    if (best >= 0) z[p.hot[best].base + cw_] = best_cw - total;
     pass_release(&p);
     return PyLong_FromSsize_t(best);
 }
@@ -170,9 +194,9 @@ static PyObject *pl_least_conn(PyObject *self, PyObject *const *args, Py_ssize_t
     int64_t best_conns = 0, best_weight = 0;
     int many = 0;
     for (Py_ssize_t i = 0; i < p.n; i++) {
-        const int64_t *r = p.rec + i * CFG_PEER;
-        if (tried_bit(&p, i) || !usable(&p, r, now_s)) continue;
-        int64_t conns = z[r[C_BASE] + conns_], weight = r[C_WEIGHT];
+        prefetch_ahead(&p, i);
+        if (!usable(&p, i, now_s)) continue;
+        int64_t conns = z[p.hot[i].base + conns_], weight = p.hot[i].weight;
         if (best < 0 || conns * best_weight < best_conns * weight) {
             best = i;
             best_conns = conns;
@@ -186,9 +210,9 @@ static PyObject *pl_least_conn(PyObject *self, PyObject *const *args, Py_ssize_t
         Py_ssize_t first = best;
         int64_t top_cw = 0, total = 0;
         for (Py_ssize_t i = first; i < p.n; i++) {
-            const int64_t *r = p.rec + i * CFG_PEER;
-            if (tried_bit(&p, i) || !usable(&p, r, now_s)) continue;
-            int64_t b = r[C_BASE], weight = r[C_WEIGHT];
+            prefetch_ahead(&p, i);
+            if (!usable(&p, i, now_s)) continue;
+            int64_t b = p.hot[i].base, weight = p.hot[i].weight;
             if (z[b + conns_] * best_weight != best_conns * weight) continue;
             int64_t ew = z[b + ew_];
             int64_t cw = z[b + cw_] + ew;
@@ -200,7 +224,7 @@ static PyObject *pl_least_conn(PyObject *self, PyObject *const *args, Py_ssize_t
                 top_cw = cw;
             }
         }
-        z[p.rec[best * CFG_PEER + C_BASE] + cw_] = top_cw - total;
+        z[p.hot[best].base + cw_] = top_cw - total;
     }
     pass_release(&p);
     return PyLong_FromSsize_t(best);
@@ -225,8 +249,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__pickloop(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddIntConstant(m, "CFG_HEADER", CFG_HEADER) < 0 ||
-        PyModule_AddIntConstant(m, "CFG_PEER", CFG_PEER) < 0) {
+    if (PyModule_AddIntConstant(m, "CFG_HEADER", CFG_HEADER) < 0) {
         Py_DECREF(m);
         return NULL;
     }

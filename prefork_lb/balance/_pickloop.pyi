@@ -1,6 +1,5 @@
 # Stub for the optional C extension _pickloop.c (see native.py).
 CFG_HEADER: int
-CFG_PEER: int
 
 def smooth(zone: memoryview, cfg: bytes, tried: int, now_s: int, now_ms: int, scaled: bool, /) -> int: ...
 def least_conn(zone: memoryview, cfg: bytes, tried: int, now_s: int, /) -> int: ...

@@ -126,7 +126,11 @@ class PeerTable:
         self.native = NATIVE
         self.cfg = b""
         if NATIVE is not None:
-            self.cfg = native_cfg(peers)
+            cfg = native_cfg(peers)
+            if cfg is None:  # a value beyond the compiled loops' int32 fields: the pure loops
+                self.native = None
+            else:
+                self.cfg = cfg
         self._slices: list[slice] | None = None
         self._getters: dict[int, Callable[[memoryview], tuple[int, ...]]] = {}  # made on first use
         step = self.bases[1] - self.bases[0] if n > 1 else L.PEER_WORDS
@@ -271,12 +275,19 @@ class PeerTable:
         return best
 
 
-def native_cfg(peers: Sequence[Peer]) -> bytes:
-    """A list's configuration for ``_pickloop.c``: a header (count, word limit, the field
-    offsets it uses) and one record per position (base, weight, max_fails, fail_timeout_s,
-    max_conns, down, slow_start_ms, 0)."""
+def native_cfg(peers: Sequence[Peer]) -> bytes | None:
+    """A list's configuration for ``_pickloop.c`` (its header comment): a header (count, word
+    limit, the field offsets it uses), then per position a hot record (base, weight or 0 when
+    down, max_conns, max_fails: int32) and a cold one (fail_timeout_s, slow_start_ms: int64).
+    None when a value does not fit in int32."""
     limit = max((p._b for p in peers), default=0) + L.PEER_WORDS
-    words = [len(peers), limit, L.P_CW, L.P_EW, L.P_CONNS, L.P_FAILS, L.P_CHECKED, L.P_SLOW_START_MS]
+    head = (len(peers), limit, L.P_CW, L.P_EW, L.P_CONNS, L.P_FAILS, L.P_CHECKED, L.P_SLOW_START_MS)
+    hot: list[int] = []
+    cold: list[int] = []
     for p in peers:
-        words += (p._b, p.weight, p.max_fails, p.fail_timeout_s, p.max_conns, int(p.down), p.slow_start_ms, 0)
-    return struct.pack(f"{len(words)}q", *words)
+        hot += (p._b, 0 if p.down else p.weight, p.max_conns, p.max_fails)
+        cold += (p.fail_timeout_s, p.slow_start_ms)
+    if any(not 0 <= v < 1 << 31 for v in hot) or limit >= 1 << 31:
+        return None
+    n = len(peers)
+    return struct.pack(f"8q{4 * n}i{2 * n}q", *head, *hot, *cold)

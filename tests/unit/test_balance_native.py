@@ -281,3 +281,26 @@ def test_the_compiled_loops_refuse_a_table_that_reaches_past_the_zone() -> None:
         COMPILED.smooth(small.mv, cfg, 0, 1000, 0, False)
     with pytest.raises(ValueError, match="malformed"):
         COMPILED.least_conn(big.mv, cfg[:-8], 0, 1000)
+
+
+def test_a_list_with_values_beyond_int32_takes_the_pure_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled loops keep weight, max_conns and max_fails in int32: a list with a larger
+    value (the config puts no upper bound on them) runs on the pure loops, not on a truncation."""
+    if COMPILED is None:
+        pytest.fail("extension not built")
+    monkeypatch.setattr(table_mod, "NATIVE", COMPILED)
+    servers = tuple(
+        UpstreamServer(address=Address("inet", "10.0.0.8", 9000 + i), name=f"s{i}", weight=w)
+        for i, w in enumerate((1, 1 << 31, 2))
+    )
+    upstream = UpstreamConfig(name="u", method="round_robin", servers=servers)
+    group = PeerGroup.build(upstream)
+    assert group.primary.table.native is None
+    assert table_mod.native_cfg(group.primary.peers) is None
+    small = UpstreamConfig(name="u", method="round_robin", servers=servers[:1] + servers[2:])
+    assert PeerGroup.build(small).primary.table.native is COMPILED
+    bal = make_balancer(upstream, group)
+    sel = new_selection(group, 0)
+    with group.zone:
+        peer = bal.pick(sel, None, 1000)
+    assert peer is not None and peer.name == "s1"
