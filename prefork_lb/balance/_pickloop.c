@@ -86,7 +86,13 @@ static int pass_open(Pass *p, PyObject *zone, PyObject *cfg, PyObject *tried) {
     int nonzero = PyObject_IsTrue(tried);
     if (nonzero < 0) goto fail;
     if (nonzero) { /* a retry: rare, so the bitmap goes through int.to_bytes */
-        p->tried_bytes = PyObject_CallMethod(tried, "to_bytes", "ns", (p->n + 7) / 8, "little");
+        PyObject *bits = PyObject_CallMethod(tried, "bit_length", NULL);
+        if (bits == NULL) goto fail;
+        Py_ssize_t nbytes = (PyLong_AsSsize_t(bits) + 7) / 8; /* bits past n are never read */
+        Py_DECREF(bits);
+        if (nbytes < 0) goto fail;
+        if (nbytes < (p->n + 7) / 8) nbytes = (p->n + 7) / 8;
+        p->tried_bytes = PyObject_CallMethod(tried, "to_bytes", "ns", nbytes, "little");
         if (p->tried_bytes == NULL) goto fail;
         p->tried = (const unsigned char *)PyBytes_AS_STRING(p->tried_bytes);
     }

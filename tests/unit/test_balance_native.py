@@ -261,7 +261,8 @@ def test_compiled_and_pure_builds_agree_on_random_states(method: str) -> None:
 
 
 def test_the_compiled_loops_refuse_a_table_that_reaches_past_the_zone() -> None:
-    """cfg is built per list at config load; a mismatch with the zone raises, never writes out of bounds."""
+    """cfg is built per list at config load; a mismatch with the zone raises, never writes out
+    of bounds. Tried bitmaps of any width are read bit by bit (wider than 64 peers: a retry)."""
     if COMPILED is None:
         pytest.fail("extension not built")
     servers = tuple(
@@ -276,11 +277,15 @@ def test_the_compiled_loops_refuse_a_table_that_reaches_past_the_zone() -> None:
             big.init_peer(slot, 1)
     group = PeerGroup.build(upstream, big, [30, 31, 32])
     cfg = table_mod.native_cfg(group.primary.peers)
+    assert cfg is not None
     assert COMPILED.smooth(big.mv, cfg, 0, 1000, 0, False) == 0
     with pytest.raises(ValueError, match="past the zone"):
         COMPILED.smooth(small.mv, cfg, 0, 1000, 0, False)
     with pytest.raises(ValueError, match="malformed"):
         COMPILED.least_conn(big.mv, cfg[:-8], 0, 1000)
+    # tried bits: positions 0 and 2 out; bits beyond the list are ignored, as in Python
+    assert COMPILED.least_conn(big.mv, cfg, 0b101 | 1 << 200, 1000) == 1
+    assert COMPILED.smooth(big.mv, cfg, 0b111, 1000, 0, False) == -1
 
 
 def test_a_list_with_values_beyond_int32_takes_the_pure_loops(monkeypatch: pytest.MonkeyPatch) -> None:
