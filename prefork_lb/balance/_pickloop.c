@@ -59,7 +59,8 @@ static void pass_release(Pass *p) {
     if (p->zone.obj) PyBuffer_Release(&p->zone);
 }
 
-/* Acquire the buffers and check that every word the pass can touch lies inside the zone. */
+/* Acquire the buffers and check that every word the pass can touch lies inside the zone
+ * (cfg comes from table.native_cfg: bases >= 0 and below the header's limit). */
 static int pass_open(Pass *p, PyObject *zone, PyObject *cfg, PyObject *tried) {
     memset(p, 0, sizeof(*p));
     if (PyObject_GetBuffer(zone, &p->zone, PyBUF_WRITABLE) < 0) return -1;
@@ -88,9 +89,10 @@ static int pass_open(Pass *p, PyObject *zone, PyObject *cfg, PyObject *tried) {
     if (nonzero) { /* a retry: rare, so the bitmap goes through int.to_bytes */
         PyObject *bits = PyObject_CallMethod(tried, "bit_length", NULL);
         if (bits == NULL) goto fail;
-        Py_ssize_t nbytes = (PyLong_AsSsize_t(bits) + 7) / 8; /* bits past n are never read */
+        Py_ssize_t nbits = PyLong_AsSsize_t(bits);
         Py_DECREF(bits);
-        if (nbytes < 0) goto fail;
+        if (nbits < 0) goto fail; /* an error (bit_length is never negative) */
+        Py_ssize_t nbytes = (nbits + 7) / 8; /* bits past n are never read */
         if (nbytes < (p->n + 7) / 8) nbytes = (p->n + 7) / 8;
         p->tried_bytes = PyObject_CallMethod(tried, "to_bytes", "ns", nbytes, "little");
         if (p->tried_bytes == NULL) goto fail;
