@@ -8,7 +8,9 @@ RUN    := .run
 
 # `make run` needs only the package and its runtime dependencies; the test extras (pytest,
 # mypy, ruff, h11, selenium) come with the first `make test`/`lint`/`typecheck`.
-$(BIN)/prefork-lb: pyproject.toml
+# setup.py builds the optional C loops (prefork_lb/balance/_pickloop.c) in place: an edit of
+# either reinstalls. PREFORK_LB_PURE=1 make test runs the suite on the pure-Python loops.
+$(BIN)/prefork-lb: pyproject.toml setup.py prefork_lb/balance/_pickloop.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
@@ -43,4 +45,4 @@ bench: $(BIN)/prefork-lb
 	loadtest/bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(RUN) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(RUN) .mypy_cache .ruff_cache .pytest_cache *.egg-info build prefork_lb/balance/*.so

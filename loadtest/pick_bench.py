@@ -6,6 +6,10 @@
     .venv/bin/python loadtest/pick_bench.py --contention --work-us 50 --method least_conn
     .venv/bin/python loadtest/pick_bench.py --profile hash_consistent --peers 100
     .venv/bin/python loadtest/pick_bench.py --quick --scattered  # slots out of order (reloads)
+    .venv/bin/python loadtest/pick_bench.py --ab --method least_conn --peers 100 --peers 1000 --peers 2000
+
+``--ab`` measures every cell twice, on the compiled loops (``balance/_pickloop.c``) and on
+the pure-Python ones (what ``PREFORK_LB_PURE=1`` runs), alternating, in one process.
 
 One "request" is what ``http/proxy.py`` does around an upstream attempt that succeeds:
 ``new_selection``; ``zone.lock(); pick; zone.unlock()``; then ``zone.lock(); [record_time
@@ -44,6 +48,7 @@ import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prefork_lb.balance import native
 from prefork_lb.balance.base import Balancer
 from prefork_lb.balance.least_time import release_inflight
 from prefork_lb.balance.peers import PeerGroup, free, new_selection, record_time, take
@@ -145,8 +150,13 @@ class Setup:
     held: list[int]  # expected P_CONNS per server while idle
     slots: list[int]  # zone slot per server
 
-    def group(self, row: int) -> tuple[PeerGroup, Balancer]:
+    def group(self, row: int, pure: bool = False) -> tuple[PeerGroup, Balancer]:
+        """``pure``: the group's lists skip the compiled loops, as with PREFORK_LB_PURE=1."""
         group = PeerGroup.build(self.upstream, self.zone, self.slots, row)
+        if pure:
+            for plist in (group.primary, group.backup):
+                if plist is not None:
+                    plist.table.native = None
         return group, make_balancer(self.upstream, group)
 
     def check(self) -> None:
@@ -282,9 +292,9 @@ class Cell:
     nolock_us: float
 
 
-def measure(variant: Variant, n: int, rows: int, target_s: float, repeat: int) -> Cell:
+def measure(variant: Variant, n: int, rows: int, target_s: float, repeat: int, pure: bool = False) -> Cell:
     setup = make_setup(variant, n, rows)
-    group, bal = setup.group(0)
+    group, bal = setup.group(0, pure)
     lt = variant.method == "least_time"
     # calibrate: batch size so that one locked repeat takes about target_s
     probe = batch_of(200)
@@ -342,10 +352,13 @@ def machine_note() -> str:
 # ---- modes -----------------------------------------------------------------------------------------
 
 
-def run_table(quick: bool, peer_counts: list[int], row_counts: list[int], only: list[str]) -> None:
+def run_table(quick: bool, peer_counts: list[int], row_counts: list[int], only: list[str], ab: bool) -> None:
     target_s, repeat = (0.03, 3) if quick else (0.08, 7)
     variants = [v for v in VARIANTS if not only or v.key in only]
     print(machine_note())
+    print(f"balancer build: {native.describe()}{'; --ab: every cell compiled and pure' if ab else ''}")
+    if ab and native.PICKLOOP is None:
+        raise SystemExit("--ab needs the compiled loops (pip install -e ., PREFORK_LB_PURE unset)")
     print(
         f"mode: {'quick' if quick else 'full'}, {repeat} repeats x ~{target_s * 1000:.0f} ms, median, "
         f"{'scattered' if SCATTERED else 'in-order'} slots; "
@@ -354,19 +367,22 @@ def run_table(quick: bool, peer_counts: list[int], row_counts: list[int], only: 
     print("us per request = new_selection + pick + (record_time) + release_inflight + free")
     print()
     heads = [f"{r} rows {kind}" for r in row_counts for kind in ("lock", "no lock")]
-    first = 22
+    first = 29
     header = f"{'method':<{first}} {'peers':>5}  " + "  ".join(f"{h:>13}" for h in heads)
     header += "   lock share"
     print(header)
     print("-" * len(header))
     started = time.perf_counter()
+    builds = (False, True) if ab else (False,)
     for variant in variants:
         for n in peer_counts:
-            cells = [measure(variant, n, rows, target_s, repeat) for rows in row_counts]
-            values = "  ".join(f"{x:>13.2f}" for c in cells for x in (c.lock_us, c.nolock_us))
-            c0 = cells[0]
-            share = (c0.lock_us - c0.nolock_us) / c0.lock_us * 100 if c0.lock_us else 0.0
-            print(f"{variant.label:<{first}} {n:>5}  {values}   {share:>9.0f}%", flush=True)
+            for pure in builds:
+                cells = [measure(variant, n, rows, target_s, repeat, pure) for rows in row_counts]
+                values = "  ".join(f"{x:>13.2f}" for c in cells for x in (c.lock_us, c.nolock_us))
+                c0 = cells[0]
+                share = (c0.lock_us - c0.nolock_us) / c0.lock_us * 100 if c0.lock_us else 0.0
+                label = variant.label + (" [pure]" if pure else " [C]" if ab else "")
+                print(f"{label:<{first}} {n:>5}  {values}   {share:>9.0f}%", flush=True)
     print(
         f"\n(total {time.perf_counter() - started:.1f} s; lock share = (lock - no lock) / lock, "
         f"{row_counts[0]} rows)"
@@ -504,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contention", action="store_true", help="2 processes picking on one zone")
     ap.add_argument("--profile", metavar="METHOD", choices=sorted(BY_KEY), help="cProfile one method")
     ap.add_argument("--method", action="append", choices=sorted(BY_KEY), help="only these (table)")
-    ap.add_argument("--peers", type=int, action="append", help="peer counts (default 2 10 100)")
+    ap.add_argument("--peers", type=int, action="append", help="peer counts (default 2 10 100 1000 2000)")
     ap.add_argument("--rows", type=int, action="append", help="zone rows (default 2 16)")
     ap.add_argument("--seconds", type=float, default=3.0, help="contention: seconds per phase")
     ap.add_argument(
@@ -512,10 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--requests", type=int, default=200_000, help="profile: requests")
     ap.add_argument("--scattered", action="store_true", help="servers on shuffled zone slots")
+    ap.add_argument("--ab", action="store_true", help="table: every cell on the compiled and the pure loops")
     args = ap.parse_args(argv)
     global SCATTERED
     SCATTERED = args.scattered
-    peers: list[int] = args.peers or [2, 10, 100]
+    peers: list[int] = args.peers or [2, 10, 100, 1000, 2000]
     rows: list[int] = args.rows or [2, 16]
     if any(r < 2 for r in rows):
         ap.error("--rows: at least 2 (row 0 picks, the others hold background connections)")
@@ -528,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                 print()
             run_contention(key, peers[-1] if args.peers else 10, args.seconds, args.work_us)
     else:
-        run_table(args.quick, peers, rows, args.method or [])
+        run_table(args.quick, peers, rows, args.method or [], args.ab)
     return 0
 
 

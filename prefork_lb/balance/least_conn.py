@@ -10,7 +10,8 @@ Both passes work on one integer key per position (``least_pick``): ``conns * (lc
 weights // weight)``, so "lower ratio" is "lower key" and the first lowest key is nginx's
 choice (its strict ``<`` keeps the earliest); unusable positions get ``PeerTable.high``.
 With ``table.LEAST_MIN`` peers or more the keys come from one bulk read; shorter lists
-take nginx's loop as written (``least_conn_rows``), over the zone words.
+take nginx's loop as written (``least_conn_rows``), over the zone words. With the compiled
+loops built (``native.py``) every list takes that loop in C (``_pickloop.least_conn``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class LeastConn:
 
 def least_conn_pick(plist: PeerList, tried: int, now_s: int) -> Peer | None:
     table = plist.table
-    if table.bulk_least:
+    if table.native is not None:
+        i = table.native.least_conn(table.mv, table.cfg, tried, now_s)
+    elif table.bulk_least:
         keys = table.read(L.P_CONNS)
         skip = table.unusable(tried, now_s, keys)
         if not table.uniform:

@@ -142,7 +142,7 @@ class Peer:
     def weight_pct(self, now_ms: int) -> int:
         """slow_start: effective weight scale in percent (100 when not ramping)."""
         t0 = self._mv[self._b + L.P_SLOW_START_MS]
-        if not t0:
+        if not t0 or not self.slow_start_ms:  # a ramp left by a reload that dropped slow_start
             return 100
         pct = (now_ms - t0) * 100 // self.slow_start_ms
         if pct >= 100:

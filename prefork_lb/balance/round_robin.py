@@ -5,11 +5,12 @@ weights live in the shared zone and every pick holds the zone lock, so the order
 nginx-with-``zone``'s global order across all workers (``aabacaa`` repeated).
 With ``slow_start`` in the group, weights are scaled by the ramp percentage (Angie).
 
-A whole peer list (``smooth_list``) is walked by ``PeerTable.smooth`` (bulk reads, one
-``map`` and one ``max``) from ``table.SMOOTH_MIN`` peers on, by ``smooth_rows`` (one loop
-over the zone words, locals only) below that; ``smooth_pick`` walks any sequence of
-``Peer`` objects (the peers of one server string, for consistent hash). All three are the
-same pass: same choice, same words written.
+A whole peer list (``smooth_list``) is walked by ``_pickloop.smooth`` (``smooth_rows`` in
+C, when built: ``native.py``), else by ``PeerTable.smooth`` (bulk reads, one ``map`` and one
+``max``) from ``table.SMOOTH_MIN`` peers on, by ``smooth_rows`` (one loop over the zone
+words, locals only) below that; ``smooth_pick`` walks any sequence of ``Peer`` objects (the
+peers of one server string, for consistent hash). All four are the same pass: same choice,
+same words written.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def pick_round_robin(group: PeerGroup, sel: Selection, now_s: int) -> Peer | Non
 def smooth_list(plist: PeerList, tried: int, now_s: int, now_ms: int, scaled: bool) -> Peer | None:
     """``smooth_pick`` over a whole list, through its table."""
     table = plist.table
-    if table.bulk_smooth:
+    if table.native is not None:
+        i = table.native.smooth(table.mv, table.cfg, tried, now_s, now_ms, scaled)
+    elif table.bulk_smooth:
         i = table.smooth(table.unusable(tried, now_s), now_ms, scaled)
     else:
         i = smooth_rows(table, tried, now_s, now_ms, scaled)

@@ -22,6 +22,10 @@ Invariants:
    only of peers with ``fails`` > 0 and ``conns`` only when some peer has ``max_conns``.
 4. A write stores every peer's word of the field; callers pass the value they read for
    peers they do not change, so the zone ends up exactly as with per-peer stores.
+5. With the compiled loops built (``native.py``), ``native`` is that module and ``cfg`` the
+   list's configuration as int64 words (``_pickloop.c`` describes them); round robin and
+   least_conn then run nginx's per-peer loop in C for every list of two or more peers,
+   and the bulk passes above serve least_time and the pure build.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from itertools import compress, repeat
 from math import lcm
 from typing import TYPE_CHECKING
 
+from prefork_lb.balance import native
 from prefork_lb.zone import layout as L
 
 if TYPE_CHECKING:
@@ -46,6 +51,8 @@ LOW = -(1 << 64)
 # 10-12 peers, least_conn and least_time 6-8.
 SMOOTH_MIN = 12
 LEAST_MIN = 8
+# The compiled loops (rule 5), or None: the pure build, or PREFORK_LB_PURE=1.
+NATIVE = native.PICKLOOP
 
 
 class PeerTable:
@@ -62,6 +69,7 @@ class PeerTable:
         "bulk_least",
         "bulk_smooth",
         "caps",
+        "cfg",
         "down",
         "fail_timeouts",
         "high",
@@ -70,6 +78,7 @@ class PeerTable:
         "mult",
         "mv",
         "n",
+        "native",
         "peers",
         "periods",
         "rows",
@@ -114,6 +123,14 @@ class PeerTable:
         self._zeros = [0] * n
         self._zeros_mv = memoryview(self._pack.pack(*self._zeros)).cast("q")
         self._weights_mv = memoryview(self._pack.pack(*self.weights)).cast("q")
+        self.native = NATIVE
+        self.cfg = b""
+        if NATIVE is not None:
+            cfg = native_cfg(peers)
+            if cfg is None:  # a value beyond the compiled loops' int32 fields: the pure loops
+                self.native = None
+            else:
+                self.cfg = cfg
         self._slices: list[slice] | None = None
         self._getters: dict[int, Callable[[memoryview], tuple[int, ...]]] = {}  # made on first use
         step = self.bases[1] - self.bases[0] if n > 1 else L.PEER_WORDS
@@ -256,3 +273,21 @@ class PeerTable:
                 best, best_cw = i, cw
         mv[bases[best] + L.P_CW] = best_cw - total
         return best
+
+
+def native_cfg(peers: Sequence[Peer]) -> bytes | None:
+    """A list's configuration for ``_pickloop.c`` (its header comment): a header (count, word
+    limit, the field offsets it uses), then per position a hot record (base, weight or 0 when
+    down, max_conns, max_fails: int32) and a cold one (fail_timeout_s, slow_start_ms: int64).
+    None when a value does not fit in int32."""
+    limit = max((p._b for p in peers), default=0) + L.PEER_WORDS
+    head = (len(peers), limit, L.P_CW, L.P_EW, L.P_CONNS, L.P_FAILS, L.P_CHECKED, L.P_SLOW_START_MS)
+    hot: list[int] = []
+    cold: list[int] = []
+    for p in peers:
+        hot += (p._b, 0 if p.down else p.weight, p.max_conns, p.max_fails)
+        cold += (p.fail_timeout_s, p.slow_start_ms)
+    if any(not 0 <= v < 1 << 31 for v in hot) or limit >= 1 << 31:
+        return None
+    n = len(peers)
+    return struct.pack(f"8q{4 * n}i{2 * n}q", *head, *hot, *cold)

@@ -7,8 +7,9 @@ returned, and every word of the zone identical after every step. Random configur
 (weights, down, backup, max_fails, fail_timeout, max_conns, slow_start, scattered slots)
 run random traffic: requests held open (conns, max_conns), failures and retries (tried
 bits, fails, effective_weight recovery, slow_start ramps), response times, a clock that
-moves. Each case runs three times: with the thresholds as shipped, with every list on the
-bulk path and with every list on the per-peer loops.
+moves. Each case runs three times: as shipped (the compiled loops when built, else the
+thresholds), with every list on the pure bulk path and with every list on the pure per-peer
+loops. ``test_balance_native.py`` compares the compiled and the pure builds directly.
 """
 
 from __future__ import annotations
@@ -323,6 +324,8 @@ def check_etas(bal: LeastTime, group: PeerGroup, now: int) -> None:
 @pytest.fixture(params=["shipped", "bulk", "loops"])
 def paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     mode = cast(str, request.param)
+    if mode != "shipped":
+        monkeypatch.setattr(table_mod, "NATIVE", None)
     if mode == "bulk":
         monkeypatch.setattr(table_mod, "SMOOTH_MIN", 0)
         monkeypatch.setattr(table_mod, "LEAST_MIN", 0)
@@ -388,3 +391,26 @@ def test_table_reads_and_writes_scattered_slots_like_contiguous_ones() -> None:
         assert table.at_weight() and table.all_zero(L.P_FAILS)
         zone.mv[L.peer_base(slots[2]) + L.P_FAILS] = 1
         assert not table.all_zero(L.P_FAILS)
+
+
+def test_a_ramp_word_left_by_a_reload_that_dropped_slow_start_is_ignored(paths: str) -> None:
+    """A reload keeps a server's slot (and its slow_start ramp word) when only its options
+    change; without slow_start the ramp has no length. Caught: the pure loops divided by the
+    zero ``slow_start_ms`` (ZeroDivisionError on every pick while another server ramps)."""
+    servers = (
+        UpstreamServer(address=Address("inet", "10.0.0.4", 9000), name="a", slow_start_s=10.0),
+        UpstreamServer(address=Address("inet", "10.0.0.4", 9001), name="b"),
+    )
+    upstream = UpstreamConfig(name="u", method="round_robin", servers=servers)
+    group, bal = make_pair(upstream, 2, [0, 1])[0]
+    now = 1000
+    group.zone.mv[L.peer_base(1) + L.P_SLOW_START_MS] = now * 1000 - 2000  # b "ramping"
+    got = []
+    for _ in range(4):
+        sel = new_selection(group, 0)
+        with group.zone:
+            peer = bal.pick(sel, None, now)
+            assert peer is not None
+            free(sel, peer, False, now)
+        got.append(peer.name)
+    assert got == ["a", "b", "a", "b"]
