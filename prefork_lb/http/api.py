@@ -247,7 +247,7 @@ class StatusReader:
 
     def http_upstreams(self) -> dict[str, Any]:
         return {
-            name: self._upstream(name, up.group, len(up.pool.idle), self._http_peer)
+            name: self._upstream(name, up.group, len(up.pool), self._http_peer)
             for name, up in self.http.upstreams.items()
             if not up.config.implicit
         }

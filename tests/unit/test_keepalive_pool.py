@@ -71,7 +71,7 @@ def test_idle_connection_that_becomes_readable_is_closed(server: Any, late: byte
     else:
         peer.shutdown(stdsocket.SHUT_WR)
     wait_until(lambda: pool.discarded == 1)
-    assert pool.idle == []
+    assert len(pool) == 0
     assert pool.get("a", 0.0) is None
     peer.close()
 
@@ -111,3 +111,28 @@ def test_clean_idle_connection_is_reused_and_fd_reuse_keeps_watching(server: Any
     wait_until(lambda: pool.discarded == 2)
     peer.close()
     peer2.close()
+
+
+def test_lru_eviction_per_address_reuse_and_sweep(server: Any) -> None:
+    """Rules 1-3 over the two indexes: the most recent idle connection of the asked peer is
+    reused, the oldest idle connection of any peer is evicted at capacity, and the sweep
+    closes exactly those idle past keepalive_timeout."""
+    pool = make_pool()  # capacity 4, keepalive_timeout 60 s
+    conns = {}
+    peers = []
+    for i, addr in enumerate(["a", "b", "a", "c", "b"]):
+        client, peer = pair(server)
+        peers.append(peer)
+        conns[i] = UpstreamConnection(client, addr, float(i))
+        pool.put(conns[i], float(i))
+    assert len(pool) == 4
+    assert conns[0].sock.fileno() == -1  # the oldest ("a" at t=0) was evicted and closed
+    assert pool.get("a", 5.0) is conns[2]
+    assert pool.get("a", 5.0) is None
+    assert pool.get("b", 5.0) is conns[4]  # most recent first
+    pool.put(conns[4], 10.0)
+    pool.sweep(65.0)  # b@1 and c@3 are past the 60 s timeout, b@10 is not
+    assert len(pool) == 1
+    assert pool.get("b", 65.0) is conns[4]
+    for p in peers:
+        p.close()
