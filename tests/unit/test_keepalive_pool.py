@@ -134,5 +134,7 @@ def test_lru_eviction_per_address_reuse_and_sweep(server: Any) -> None:
     pool.sweep(65.0)  # b@1 and c@3 are past the 60 s timeout, b@10 is not
     assert len(pool) == 1
     assert pool.get("b", 65.0) is conns[4]
+    for c in conns.values():
+        c.close()
     for p in peers:
         p.close()
