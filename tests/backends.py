@@ -186,9 +186,10 @@ class GatedBackend:
     """A raw-socket upstream that holds every request at a gate until the test opens it.
 
     Each connection's request head is read and counted (``arrived``), then the handler
-    waits for ``release()``; after that (and for every later request) it answers
-    ``200 ok`` with ``Connection: close``. Unlike ``delay=<ms>`` no request finishes on its
-    own, so a test can observe the held state for as long as it needs, on any machine.
+    waits for ``release()``; after that (and for every later request, until ``shut()``)
+    it answers ``200`` with ``X-Port``, body ``"<port>\\n"`` and ``Connection: close``.
+    Unlike ``delay=<ms>`` no request finishes on its own, so a test can observe the held
+    state for as long as it needs, on any machine.
 
         with GatedBackend() as gate:
             ...                      # requests through prefork-lb to gate.addr
@@ -227,7 +228,11 @@ class GatedBackend:
                 with self._lock:
                     self.arrived += 1
                 self._open.wait()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                body = b"%d\n" % self.port
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nX-Port: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (self.port, len(body), body)
+                )
                 with self._lock:
                     self.answered += 1
             except OSError:
@@ -243,6 +248,12 @@ class GatedBackend:
 
     def release(self) -> None:
         self._open.set()
+
+    def shut(self) -> None:
+        """Close the gate again for the next requests and reset the counts."""
+        with self._lock:
+            self._open.clear()
+            self.arrived = self.answered = 0
 
     def close(self) -> None:
         self._closed = True
