@@ -73,7 +73,7 @@ def hold_one(lb: LB, backend: Backend) -> tuple[socket.socket, int]:
         for w in lb.workers():
             row = zone.row_of(w.pid)
             if row is not None and zone.row_active(row) == 1:
-                return w.pid
+                return int(w.pid)
         return None
 
     return client, int(wait_for(holder, what="the worker holding the request"))
