@@ -89,8 +89,8 @@ def documents_by_worker(port: int, workers: int, *paths: str) -> dict[int, list[
 def test_documents_are_the_same_from_every_worker(tmp_path: Path) -> None:
     """Each worker answers with the zone's figures, not its own share.
 
-    Catches: an API that reads the answering worker's counters (its zone row) instead of
-    the shared peer words; a document served from per-worker state."""
+    Catches: a worker-private zone (each worker's copy of the mapping after fork: the two
+    workers' documents differ, each counting only its own share)."""
     with Backend(count=2) as b:
         port, api_port = free_port(), free_port()
         with LB(tmp_path, config(port, api_port, b.addrs), api_port) as lb:
