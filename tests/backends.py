@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -179,3 +180,88 @@ class Backend:
             if predicate(st) or time.monotonic() >= deadline:
                 return st
             time.sleep(0.02)
+
+
+class GatedBackend:
+    """A raw-socket upstream that holds every request at a gate until the test opens it.
+
+    Each connection's request head is read and counted (``arrived``), then the handler
+    waits for ``release()``; after that (and for every later request, until ``shut()``)
+    it answers ``200`` with ``X-Port``, body ``"<port>\\n"`` and ``Connection: close``.
+    Unlike ``delay=<ms>`` no request finishes on its own, so a test can observe the held
+    state for as long as it needs, on any machine.
+
+        with GatedBackend() as gate:
+            ...                      # requests through prefork-lb to gate.addr
+            gate.wait_arrived(3)     # three requests are being held
+            gate.release()
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self._listener.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.arrived = 0
+        self.answered = 0
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                with self._lock:
+                    self.arrived += 1
+                self._open.wait()
+                body = b"%d\n" % self.port
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nX-Port: %d\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (self.port, len(body), body)
+                )
+                with self._lock:
+                    self.answered += 1
+            except OSError:
+                return
+
+    def wait_arrived(self, count: int, timeout_s: float = 20.0) -> None:
+        """Until ``count`` requests have reached the gate (raises AssertionError on timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while self.arrived < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.arrived} of {count} requests reached {self.addr}")
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        self._open.set()
+
+    def shut(self) -> None:
+        """Close the gate again for the next requests and reset the counts."""
+        with self._lock:
+            self._open.clear()
+            self.arrived = self.answered = 0
+
+    def close(self) -> None:
+        self._closed = True
+        self._open.set()
+        self._listener.close()
+
+    def __enter__(self) -> GatedBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -55,6 +55,7 @@ PEER_ROWS_JS = """
 return [...document.querySelectorAll('tr.peer')].map((tr) => {
   const badge = tr.querySelector('.badge');
   return {upstream: tr.dataset.upstream, server: tr.dataset.server, state: tr.dataset.state,
+          requests: tr.cells[3] ? tr.cells[3].textContent : '',
           badge: badge ? badge.className : '', colour: badge ? getComputedStyle(badge).backgroundColor : ''};
 });
 """
@@ -88,10 +89,14 @@ def greenish(css_colour: str) -> bool:
     return g > r and g > b
 
 
-def api_peer_states(api_port: int) -> dict[str, str]:
+def api_peers(api_port: int) -> dict[str, dict[str, Any]]:
     status, _, body = request(api_port, "GET", "/api/9/http/upstreams/backend")
     assert status == 200, body
-    return {p["server"]: p["state"] for p in json.loads(body)["peers"]}
+    return {p["server"]: p for p in json.loads(body)["peers"]}
+
+
+def api_peer_states(api_port: int) -> dict[str, str]:
+    return {server: p["state"] for server, p in api_peers(api_port).items()}
 
 
 @pytest.fixture
@@ -137,6 +142,11 @@ def save_screenshot(driver: Any, name: str = "dashboard.png") -> Path | None:
 
 
 def test_dashboard_shows_peers_and_marks_a_failed_one_unavailable(tmp_path: Path, browser: Any) -> None:
+    """The page follows the API live: states, badge colours and the request counts.
+
+    Catches: rows not updated in place after the first poll (``tr.dataset.state`` set
+    once: the failed peer would stay "up"); cells not refreshed (``fillRow`` writing only
+    empty cells: the requests column would stay at its first figure); polling that stops."""
     # Two Backend objects with one port each, so that one of them can be stopped on its own.
     with Backend(1, name="a") as a, Backend(1, name="b") as b:
         good, bad = a.addrs[0], b.addrs[0]
@@ -160,6 +170,14 @@ def test_dashboard_shows_peers_and_marks_a_failed_one_unavailable(tmp_path: Path
                 )
                 assert all(r["upstream"] == "backend" and "state-up" in r["badge"] for r in rows().values())
                 assert all(greenish(r["colour"]) for r in rows().values()), rows()
+                # the figures are the API's: round robin gave each peer 5 of the 10 requests
+                assert {s: p["requests"] for s, p in api_peers(api_port).items()} == {good: 5, bad: 5}
+                wait_page(
+                    browser,
+                    lambda _: {s: r["requests"] for s, r in rows().items()} == {good: "5", bad: "5"},
+                    "the request counts",
+                    rows,
+                )
                 wait_page(
                     browser,
                     lambda d: len(d.find_elements(By.CSS_SELECTOR, "#workers-table tr.worker")) == 2,
@@ -180,6 +198,8 @@ def test_dashboard_shows_peers_and_marks_a_failed_one_unavailable(tmp_path: Path
 
                 wait_for(failed_over, what=f"prefork-lb to mark {bad} unavailable")
                 assert api_peer_states(api_port)[good] == "up"
+                served = api_peers(api_port)[good]["requests"]
+                assert served > 5
 
                 # 3. The page follows: that row is unavail (or down) with a red badge.
                 wait_page(
@@ -198,6 +218,13 @@ def test_dashboard_shows_peers_and_marks_a_failed_one_unavailable(tmp_path: Path
                 good_badge = browser.find_element(By.CSS_SELECTOR, f'tr.peer[data-server="{good}"] .badge')
                 assert greenish(good_badge.value_of_css_property("background-color"))
                 assert browser.find_element(By.ID, "banner").is_displayed() is False
+                # the live figures moved with the traffic since the first poll
+                wait_page(
+                    browser,
+                    lambda _: rows()[good]["requests"] == str(served),
+                    f"{good}'s request count to reach {served}",
+                    rows,
+                )
 
                 errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
                 assert not errors, f"browser console errors: {errors}"

@@ -81,9 +81,8 @@ def test_name() -> None:
         assert resp.getheader("X-Port") == str(backend.ports[0])
         assert backend.proc is not None
         proc = backend.proc
-        t0 = time.monotonic()
-    assert proc.returncode == 0  # SIGTERM -> clean exit
-    assert time.monotonic() - t0 < 3
+    # SIGTERM -> clean exit (one that ignored it would be killed after STOP_TIMEOUT: -9)
+    assert proc.returncode == 0
 
 
 def test_keepalive_counting_and_stats(be: Backend) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import Backend, free_port
+from tests.backends import Backend, GatedBackend, free_port
 from tests.harness import LB, accepts, request, wait_for
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -63,7 +63,7 @@ http {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_read_timeout 5s;
+            proxy_read_timeout 60s;
             {location_extra}
         }}
     }}
@@ -134,7 +134,7 @@ log_format = "diff"
   [[http.servers.locations]]
   match = "/"
   proxy_pass = "http://backend"
-  proxy_read_timeout = "5s"
+  proxy_read_timeout = "60s"
   {location_extra}
 """
 
@@ -284,62 +284,79 @@ def test_ip_hash_client_maps(tmp_path: Path, backends: Backend, weights: tuple[s
     assert ours == ngx and our_log == ngx_log
 
 
-def held_requests(count: int, backends: Backend) -> Ask:
-    """``count`` concurrent requests, each started once the previous one reached a backend
-    (observed through the backends' open-connection counts: no timing margins)."""
+@pytest.fixture(scope="module")
+def gates() -> Iterator[list[GatedBackend]]:
+    held = [GatedBackend() for _ in range(3)]
+    yield held
+    for gate in held:
+        gate.close()
+
+
+def held_requests(count: int, gates: list[GatedBackend]) -> Ask:
+    """``count`` concurrent requests held at the gates, each started once the previous one
+    reached a gate (or was answered without one, e.g. a 502); the gates open only when all
+    are in. Nothing finishes early, so the balancer sees exactly ``count`` connections
+    however slow the machine (a ``delay`` could run out while requests were still being
+    started, and change the counts both balancers decide on)."""
 
     def ask(port: int) -> list[tuple[int, str]]:
-        results: list[tuple[int, str]] = [(0, "")] * count
+        for gate in gates:
+            gate.shut()
+        results: list[tuple[int, str] | None] = [None] * count
         threads = []
-        base = sum(backends.stats(p)["open"] for p in backends.ports)
         for i in range(count):
+            before = sum(g.arrived for g in gates)
 
             def run(i: int = i) -> None:
-                results[i] = _ask(port, "/?delay=2500")
+                results[i] = _ask(port, f"/held{i}")
 
             t = threading.Thread(target=run)
             t.start()
             threads.append(t)
             wait_for(
-                lambda i=i: (
-                    sum(backends.stats(p)["open"] for p in backends.ports) >= base + i + 1
-                    or sum(1 for r in results if r[0]) > 0
-                ),
+                lambda i=i, before=before: sum(g.arrived for g in gates) > before or results[i] is not None,
                 what=f"request {i} to reach a backend",
             )
+        assert all(g.answered == 0 for g in gates)
+        for gate in gates:
+            gate.release()
         for t in threads:
             t.join(30)
-        return results
+        assert all(r is not None for r in results), results
+        return [r for r in results if r is not None]
 
     return ask
 
 
-def test_least_conn_with_held_requests(tmp_path: Path, backends: Backend) -> None:
-    a, b, _ = backends.addrs
+def test_least_conn_with_held_requests(tmp_path: Path, gates: list[GatedBackend]) -> None:
+    """Catches: least_conn ignoring the connection counts (plain weighted round robin)."""
+    a, b, _ = (g.addr for g in gates)
     ngx, ours, _, _ = run_both(
         tmp_path,
         [(a, "weight=3"), (b, "")],
-        held_requests(8, backends),
+        held_requests(8, gates),
         nginx_method="least_conn;",
         toml_method='method = "least_conn"',
     )
     assert ours == ngx
 
 
-def test_least_conn_ties_use_round_robin(tmp_path: Path, backends: Backend) -> None:
+def test_least_conn_ties_use_round_robin(tmp_path: Path, gates: list[GatedBackend]) -> None:
+    """Catches: least_conn ignoring the connection counts."""
     ngx, ours, _, _ = run_both(
         tmp_path,
-        [(x, "") for x in backends.addrs],
-        held_requests(7, backends),
+        [(g.addr, "") for g in gates],
+        held_requests(7, gates),
         nginx_method="least_conn;",
         toml_method='method = "least_conn"',
     )
     assert ours == ngx
 
 
-def test_max_conns_and_backup(tmp_path: Path, backends: Backend) -> None:
-    a, b, c = backends.addrs
+def test_max_conns_and_backup(tmp_path: Path, gates: list[GatedBackend]) -> None:
+    """Catches: max_conns off by one (``conns > max_conns``): one request too many on a."""
+    a, b, c = (g.addr for g in gates)
     ngx, ours, _, _ = run_both(
-        tmp_path, [(a, "max_conns=2"), (b, "max_conns=1"), (c, "backup")], held_requests(5, backends)
+        tmp_path, [(a, "max_conns=2"), (b, "max_conns=1"), (c, "backup")], held_requests(5, gates)
     )
     assert ours == ngx

@@ -192,10 +192,13 @@ def top_once(url: str) -> str:
     return proc.stdout
 
 
-def peer_state(url: str, server: str) -> str:
+def api_peers(url: str) -> dict[str, dict[str, Any]]:
     with urllib.request.urlopen(url + "9/http/upstreams/backend", timeout=5) as resp:
-        peers = json.load(resp)["peers"]
-    return str(next(p["state"] for p in peers if p["server"] == server))
+        return {p["server"]: p for p in json.load(resp)["peers"]}
+
+
+def peer_state(url: str, server: str) -> str:
+    return str(api_peers(url)[server]["state"])
 
 
 def test_once_shows_peers_up_then_unavail(running: Running) -> None:
@@ -270,12 +273,26 @@ def tmux() -> Iterator[Tmux]:
 
 
 def test_curses_screen_in_tmux(running: Running, tmux: Tmux) -> None:
+    """The live screen: peers, rates from the second sample, the figures following new
+    traffic, a redraw on resize, q quits.
+
+    Catches: a loop that stops sampling after the first two samples (rates would show,
+    but the request counts would stay at their first figures)."""
     tmux.start_top(running.url)
     screen = tmux.wait_screen(*running.addrs, "Workers", "q quit")
     for addr in running.addrs:
         assert cells(screen, addr)[1] == "up", screen
     # Rates appear from the second sample on.
     wait_for(lambda: cells(tmux.screen(), running.addrs[0])[4] != "-", what="a req/s figure")
+    # New traffic shows up: each peer's requests column reaches the API's figure.
+    for _ in range(4):
+        assert request(running.port, "GET", "/")[0] == 200
+    want = {addr: str(p["requests"]) for addr, p in api_peers(running.url).items()}
+    assert want == {addr: "5" for addr in running.addrs}  # 6 + 4 requests, round robin
+    wait_for(
+        lambda: all(cells(tmux.screen(), addr)[3] == want[addr] for addr in running.addrs),
+        what=f"the screen to show the request counts {want}",
+    )
 
     tmux.run("resize-window", "-t", "top", "-x", "60", "-y", "12")
     small = tmux.wait_screen(running.addrs[0], what="the redrawn screen")
