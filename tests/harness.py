@@ -44,6 +44,19 @@ def accepts(port: int) -> bool:
         return False
 
 
+def refused(port: int) -> bool:
+    """True when a connect to 127.0.0.1:port is refused: no socket is bound there. (``not
+    accepts`` is not enough: a socket bound but unserved is "not accepting" too, once
+    probes have filled its backlog; a timeout means something holds the port.)"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "prefork_lb", *args],

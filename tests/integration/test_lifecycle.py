@@ -15,20 +15,7 @@ from pathlib import Path
 import psutil
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, accepts, basic_config, request, run_cli, upstream_block, wait_for
-
-
-def refused(port: int) -> bool:
-    """A connect to 127.0.0.1:port is refused: no socket is bound there. (``not accepts``
-    is not enough: a socket bound but unserved also ends up "not accepting", once probes
-    have filled its backlog.)"""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
+from tests.harness import LB, accepts, basic_config, refused, request, run_cli, upstream_block, wait_for
 
 
 def test_t_accepts_the_demo_config(tmp_path: Path) -> None:

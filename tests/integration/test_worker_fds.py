@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 from pathlib import Path
 
 import psutil
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, accepts, basic_config, request, upstream_block, wait_for
-
-
-def refused(port: int) -> bool:
-    """True when a connect to 127.0.0.1:port is refused (no socket bound), not queued."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False  # a timeout: something holds the port but nobody accepts
+from tests.harness import LB, accepts, basic_config, refused, request, upstream_block, wait_for
 
 
 def tcp_ports_held(pid: int) -> list[int]:

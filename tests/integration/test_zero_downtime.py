@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, basic_config, request, upstream_block, wait_for
+from tests.harness import LB, basic_config, refused, request, upstream_block, wait_for
 
 ROOT = os.geteuid() == 0
 
@@ -352,16 +352,7 @@ def test_quit_refuses_new_connections_at_once(tmp_path: Path) -> None:
             wait_for(lambda: b.stats()["open"] >= 1, what="the request to reach the backend")
             assert lb.signal("quit").returncode == 0
 
-            def refused() -> bool:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        return False
-                except ConnectionRefusedError:
-                    return True
-                except OSError:
-                    return False
-
-            wait_for(refused, what="new connections to be refused while draining")
+            wait_for(lambda: refused(port), what="new connections to be refused while draining")
             assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE  # still draining
             held.sendall(b"67890")
             response = b""
