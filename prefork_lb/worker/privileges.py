@@ -4,8 +4,8 @@ Order (shared/reference/http-conformance-and-faults.md section 6.7): first thing
 child, before the gevent hub starts: ``setgroups([])``, ``setgid``, ``setuid``; then
 verify that ``setuid(0)`` now fails, and set PR_SET_NO_NEW_PRIVS so nothing exec'd later
 can regain privileges. Anything that must be opened as root (the zone's lock descriptor)
-is opened before. The master chowns log files to the worker user so workers can reopen
-them on USR1 (nginx does the same).
+is opened before. Log files the master creates are given to the worker user so workers can
+reopen them on USR1; an existing file is never chowned (log.prepare_log_files).
 """
 
 from __future__ import annotations
@@ -72,16 +72,3 @@ def raise_nofile(limit: int) -> str | None:
                 pass
         return f"setrlimit(RLIMIT_NOFILE, {limit}) failed ({e}), using {soft}"
 
-
-def chown_files(paths: list[str], uid: int, gid: int) -> None:
-    """Create (if missing) and hand log files to the worker user; errors are ignored here
-    and reported by whoever opens the file."""
-    for path in paths:
-        if path in ("stderr", "stdout", "off"):
-            continue
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            os.fchown(fd, uid, gid)
-            os.close(fd)
-        except OSError:
-            pass
