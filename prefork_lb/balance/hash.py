@@ -28,7 +28,7 @@ from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin, smooth_pick
 from prefork_lb.config.model import UpstreamConfig
 from prefork_lb.http.exchange import Exchange
-from prefork_lb.http.variables import Template, compile_template
+from prefork_lb.http.template import Template, compile_template
 
 _PORT = re.compile(r":([0-9]+)$")
 

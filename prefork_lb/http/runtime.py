@@ -27,8 +27,8 @@ from prefork_lb.config.model import (
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
+from prefork_lb.http.template import Template, compile_template
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
-from prefork_lb.http.variables import Template, compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import SlotTable, count_peers, peer_keys
 from prefork_lb.zone.stats import record_zone
