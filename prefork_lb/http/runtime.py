@@ -151,7 +151,9 @@ def build_runtime(
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         queue = RequestQueue(up.queue_size, up.queue_timeout_s) if up.queue_size else None
-        upstreams[name] = UpstreamRuntime(up, group, make_balancer(up, group), KeepalivePool(up), queue)
+        upstreams[name] = UpstreamRuntime(
+            up, group, make_balancer(up, group, compile_template), KeepalivePool(up), queue
+        )
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}
