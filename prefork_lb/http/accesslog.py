@@ -314,10 +314,6 @@ class AccessLogs:
         for writer in self:
             writer.reopen()
 
-    def flush_all(self) -> None:
-        for writer in self:
-            writer.flush()
-
     def flush_expired(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         for writer in self:
