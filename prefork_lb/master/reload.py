@@ -11,6 +11,9 @@ Rules:
    generation keeps serving.
 4. Listeners the new config dropped are closed, and retired peer slots released, only
    once every worker of an older generation is gone: they still serve from them.
+
+The master is seen through the ``Master`` protocol below: exactly what a reload touches
+(``arbiter.Master`` satisfies it), so this module does not import the arbiter.
 """
 
 from __future__ import annotations
@@ -20,23 +23,51 @@ import os
 import select
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prefork_lb.config.errors import ConfigError
 from prefork_lb.config.load import load_config
+from prefork_lb.config.model import Config
 from prefork_lb.log import setup_error_log
-from prefork_lb.master.listeners import BindError
+from prefork_lb.master.listeners import BindError, Listener, ListenerSet
 from prefork_lb.master.pidfile import write_pidfile
 from prefork_lb.master.procs import WorkerProc, kill
 from prefork_lb.zone import layout as ZL
-from prefork_lb.zone.zone import ZoneFullError
-
-if TYPE_CHECKING:
-    from prefork_lb.master.arbiter import Master
+from prefork_lb.zone.slots import RowTable, SlotTable
+from prefork_lb.zone.zone import Zone, ZoneFullError
 
 log = logging.getLogger("prefork_lb.error")
 
 READY_TIMEOUT_S = 10.0
+
+
+class Master(Protocol):
+    """What a reload reads and changes of the master (``arbiter.Master``)."""
+
+    config: Config
+    config_path: str
+    prefix: str | None
+    generation: int
+    peer_slots: dict[str, int]
+    listeners: ListenerSet
+    slots: SlotTable
+    rows: RowTable
+    zone: Zone
+    workers: dict[int, WorkerProc]
+    respawn_at: dict[int, float]
+    retired: list[tuple[int, list[Listener]]]
+
+    def spawn(
+        self,
+        slot: int,
+        config: Config | None = None,
+        generation: int | None = None,
+        peer_slots: dict[str, int] | None = None,
+    ) -> WorkerProc: ...
+
+    def signal_all(self, sig: int, generation: int | None = None) -> None: ...
+
+    def prepare_logs(self, config: Config) -> None: ...
 
 
 def reload(master: Master) -> bool:

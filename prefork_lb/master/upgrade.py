@@ -10,6 +10,9 @@ Rules:
 3. WINCH retires the old master's workers (it keeps its sockets); QUIT to the old master
    commits. Rollback: HUP to the old master respawns its workers, QUIT to the new one; when
    the new master exits, the old one renames ``.oldbin`` back.
+
+The master is seen through the ``Master`` protocol below: exactly what an upgrade touches
+(``arbiter.Master`` satisfies it), so this module does not import the arbiter.
 """
 
 from __future__ import annotations
@@ -17,20 +20,34 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from prefork_lb.config.model import Config
+from prefork_lb.master.listeners import ListenerSet
 from prefork_lb.master.pidfile import write_pidfile
 from prefork_lb.master.procs import EXIT_BOOT_FAILED, alive
 from prefork_lb.master.spec import STDIO, UpgradeSpec, enter_child
 from prefork_lb.signals import MASTER_SIGNALS
-
-if TYPE_CHECKING:
-    from prefork_lb.master.arbiter import Master
+from prefork_lb.zone.zone import Zone
 
 log = logging.getLogger("prefork_lb.error")
 
 INHERIT_ENV = "PREFORK_LB_INHERIT"  # binary upgrade: "zone=<fd>;sockets=<fd>,<fd>..."
+
+
+class Master(Protocol):
+    """What a binary upgrade reads and changes of the master (``arbiter.Master``)."""
+
+    config: Config
+    stopping: str | None
+    upgrade_pid: int  # the new master, while it runs
+    parent_master: int  # the old master that started us, 0 if none
+    zone: Zone
+    listeners: ListenerSet
+
+    def all_sockets(self) -> list[socket.socket]: ...
 
 
 def start_upgrade(master: Master) -> None:
