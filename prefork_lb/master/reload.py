@@ -57,13 +57,7 @@ class Master(Protocol):
     respawn_at: dict[int, float]
     retired: list[tuple[int, list[Listener]]]
 
-    def spawn(
-        self,
-        slot: int,
-        config: Config | None = None,
-        generation: int | None = None,
-        peer_slots: dict[str, int] | None = None,
-    ) -> WorkerProc: ...
+    def spawn(self, slot: int, config: Config, generation: int, peer_slots: dict[str, int]) -> WorkerProc: ...
 
     def signal_all(self, sig: int, generation: int | None = None) -> None: ...
 
