@@ -55,6 +55,7 @@ from prefork_lb.balance.peers import PeerGroup, free, new_selection, record_time
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamServer
 from prefork_lb.http.exchange import ConnectionInfo, Exchange
+from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
 
@@ -157,7 +158,7 @@ class Setup:
             for plist in (group.primary, group.backup):
                 if plist is not None:
                     plist.table.native = None
-        return group, make_balancer(self.upstream, group)
+        return group, make_balancer(self.upstream, group, compile_template)
 
     def check(self) -> None:
         """Every pick was freed: the zone holds exactly the background connections."""

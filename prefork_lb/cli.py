@@ -227,7 +227,7 @@ def serve(path: str, prefix: str | None) -> int:
     except OSError as e:
         _err(f'[emerg] open() "{config.error_log_path}" failed ({e.errno}: {e.strerror})')
         return 1
-    from prefork_lb.master.arbiter import INHERIT_ENV
+    from prefork_lb.master.upgrade import INHERIT_ENV
 
     inherited = os.environ.pop(INHERIT_ENV, None)  # binary upgrade: sockets and zone
     master = Master(config, path, prefix, inherited)

@@ -4,17 +4,40 @@ A method is constructed once per worker per upstream group and answers ``pick`` 
 attempt of one request. It must call ``peers.take`` on the peer it returns, and return
 None when no peer is usable (nginx's BUSY: "no live upstreams"). Releasing a peer and
 failure accounting are shared (``peers.free``), never method-specific.
+
+Rules:
+- A method reads the request only through ``RequestKey`` (http's ``Exchange`` and the
+  stream ``Session`` both satisfy it), so this package never imports ``http`` or
+  ``stream``: it serves both contexts alike.
+- A ``hash`` key is compiled by the context that owns the variables (``KeyCompiler``,
+  passed to ``registry.make_balancer``) and rendered only against that context's requests.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection
-from prefork_lb.http.exchange import Exchange
+
+
+class RequestKey(Protocol):
+    """What a method may read of the request it places."""
+
+    @property
+    def remote_addr(self) -> str: ...  # the client address as text (ip_hash's key)
+
+
+class KeyTemplate(Protocol):
+    """A compiled ``hash`` key; ``render`` takes the compiling context's request."""
+
+    def render(self, key: Any, /) -> str: ...
+
+
+KeyCompiler = Callable[[str], KeyTemplate]
 
 
 class Balancer(Protocol):
     group: PeerGroup
 
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None: ...
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None: ...

@@ -23,12 +23,11 @@ import re
 import struct
 import zlib
 
+from prefork_lb.balance.base import KeyCompiler, RequestKey
 from prefork_lb.balance.ip_hash import MAX_TRIES, walk
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin, smooth_pick
 from prefork_lb.config.model import UpstreamConfig
-from prefork_lb.http.exchange import Exchange
-from prefork_lb.http.variables import Template, compile_template
 
 _PORT = re.compile(r":([0-9]+)$")
 
@@ -36,21 +35,16 @@ _PORT = re.compile(r":([0-9]+)$")
 class Hash:
     __slots__ = ("group", "key")
 
-    def __init__(self, group: PeerGroup, upstream: UpstreamConfig) -> None:
+    def __init__(self, group: PeerGroup, upstream: UpstreamConfig, compile_key: KeyCompiler) -> None:
         self.group = group
-        if upstream.context == "stream":
-            from prefork_lb.stream.variables import compile_stream_template
+        self.key = compile_key(upstream.hash_key)  # the upstream's context's variables
 
-            self.key: Template = compile_stream_template(upstream.hash_key)
-        else:
-            self.key = compile_template(upstream.hash_key)
+    def key_bytes(self, req: RequestKey | None) -> bytes:
+        return self.key.render(req).encode("latin-1") if req is not None else b""
 
-    def key_bytes(self, ex: Exchange | None) -> bytes:  # ``ex``: an Exchange or a stream Session
-        return self.key.render(ex).encode("latin-1") if ex is not None else b""
-
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         group = self.group
-        key = self.key_bytes(ex)
+        key = self.key_bytes(req)
         if sel.hash_tries > MAX_TRIES or group.single or not key:
             return pick_round_robin(group, sel, now_s)
         plist = group.primary
@@ -74,8 +68,8 @@ class Hash:
 class ConsistentHash(Hash):
     __slots__ = ("by_server", "points", "servers")
 
-    def __init__(self, group: PeerGroup, upstream: UpstreamConfig) -> None:
-        super().__init__(group, upstream)
+    def __init__(self, group: PeerGroup, upstream: UpstreamConfig, compile_key: KeyCompiler) -> None:
+        super().__init__(group, upstream, compile_key)
         self.points, self.servers = build_ring(group)
         # the peers behind each server string (several when a hostname resolved to several)
         by_server: dict[str, list[Peer]] = {}
@@ -83,9 +77,9 @@ class ConsistentHash(Hash):
             by_server.setdefault(peer.name, []).append(peer)
         self.by_server = {name: tuple(peers) for name, peers in by_server.items()}
 
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         group = self.group
-        key = self.key_bytes(ex)
+        key = self.key_bytes(req)
         if sel.hash_tries > MAX_TRIES or group.single or not key or not self.points:
             return pick_round_robin(group, sel, now_s)
         if sel.hash < 0:

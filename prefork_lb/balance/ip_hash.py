@@ -13,10 +13,10 @@ from __future__ import annotations
 import socket
 from bisect import bisect_right
 
+from prefork_lb.balance.base import RequestKey
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.config.model import UpstreamConfig
-from prefork_lb.http.exchange import Exchange
 
 MAX_TRIES = 20
 
@@ -27,11 +27,11 @@ class IpHash:
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig | None = None) -> None:
         self.group = group
 
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         group = self.group
         if sel.hash_tries > MAX_TRIES or group.single:
             return pick_round_robin(group, sel, now_s)
-        key = ip_key(ex.conn.remote_addr) if ex is not None else b"\0\0\0"
+        key = ip_key(req.remote_addr) if req is not None else b"\0\0\0"
         plist = group.primary
         h = 89 if sel.hash < 0 else sel.hash
         while True:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import operator
 
+from prefork_lb.balance.base import RequestKey
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.balance.table import PeerTable
 from prefork_lb.config.model import UpstreamConfig
-from prefork_lb.http.exchange import Exchange
 from prefork_lb.zone import layout as L
 
 
@@ -32,7 +32,7 @@ class LeastConn:
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig | None = None) -> None:
         self.group = group
 
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         group = self.group
         if group.single:
             return pick_round_robin(group, sel, now_s)

@@ -17,12 +17,12 @@ loop as written (``LeastTime.rows``); ``eta_of`` is the formula for one peer.
 
 from __future__ import annotations
 
+from prefork_lb.balance.base import RequestKey
 from prefork_lb.balance.least_conn import least_pick
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.balance.table import PeerTable
 from prefork_lb.config.model import UpstreamConfig
-from prefork_lb.http.exchange import Exchange
 from prefork_lb.zone import layout as L
 
 
@@ -34,7 +34,7 @@ class LeastTime:
         self.measure = upstream.least_time  # "header" | "last_byte"
         self.inflight = upstream.least_time_inflight
 
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         group = self.group
         if group.single:
             return pick_round_robin(group, sel, now_s)

@@ -24,6 +24,9 @@ Rules:
 8. Methods that scan a whole list (round robin, least_conn, least_time) read and write it
    through ``PeerList.table`` (``table.py``): the same words as the ``Peer`` properties,
    many peers per call. ``Peer.usable`` and ``PeerTable.unusable`` are the same filter.
+9. Every zone word a peer owns has a read property on ``Peer``, including words only
+   tests read today (``accessed_s``, ``rt_ms``, ``slow_start_t0_ms``): tests check the
+   accounting through them, never through raw offsets.
 """
 
 from __future__ import annotations

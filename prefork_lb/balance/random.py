@@ -14,11 +14,11 @@ import bisect
 import itertools
 import random as _random
 
+from prefork_lb.balance.base import RequestKey
 from prefork_lb.balance.ip_hash import MAX_TRIES
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.config.model import UpstreamConfig
-from prefork_lb.http.exchange import Exchange
 
 
 class Random:
@@ -36,7 +36,7 @@ class Random:
         x = self.rng.randrange(self.total)
         return self.group.primary.peers[bisect.bisect_right(self.bounds, x)]
 
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         group = self.group
         peers = group.primary.peers
         if sel.hash_tries > MAX_TRIES or group.single or (self.two and len(peers) < 2):

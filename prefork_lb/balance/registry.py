@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prefork_lb.balance.base import Balancer
+from prefork_lb.balance.base import Balancer, KeyCompiler
 from prefork_lb.balance.hash import ConsistentHash, Hash
 from prefork_lb.balance.ip_hash import IpHash
 from prefork_lb.balance.least_conn import LeastConn
@@ -14,13 +14,22 @@ from prefork_lb.balance.random import Random
 from prefork_lb.balance.round_robin import RoundRobin
 from prefork_lb.config.model import UpstreamConfig
 
-METHODS: dict[str, Callable[[PeerGroup, UpstreamConfig], Balancer]] = {
-    "round_robin": lambda group, upstream: RoundRobin(group),
-    "least_conn": LeastConn,
-    "ip_hash": IpHash,
-    "hash": lambda group, upstream: (ConsistentHash if upstream.consistent else Hash)(group, upstream),
-    "random": Random,
-    "least_time": LeastTime,
+Factory = Callable[[PeerGroup, UpstreamConfig, KeyCompiler | None], Balancer]
+
+
+def _hash(group: PeerGroup, upstream: UpstreamConfig, compile_key: KeyCompiler | None) -> Balancer:
+    if compile_key is None:
+        raise ValueError(f'upstream "{upstream.name}": method "hash" needs the context\'s key compiler')
+    return (ConsistentHash if upstream.consistent else Hash)(group, upstream, compile_key)
+
+
+METHODS: dict[str, Factory] = {
+    "round_robin": lambda group, upstream, _: RoundRobin(group),
+    "least_conn": lambda group, upstream, _: LeastConn(group, upstream),
+    "ip_hash": lambda group, upstream, _: IpHash(group, upstream),
+    "hash": _hash,
+    "random": lambda group, upstream, _: Random(group, upstream),
+    "least_time": lambda group, upstream, _: LeastTime(group, upstream),
 }
 # Methods that pick among primary servers only (nginx rejects "backup" with them).
 NO_BACKUP = frozenset({"ip_hash", "hash", "random"})
@@ -28,5 +37,9 @@ NO_BACKUP = frozenset({"ip_hash", "hash", "random"})
 SLOW_START = frozenset({"round_robin"})
 
 
-def make_balancer(upstream: UpstreamConfig, group: PeerGroup) -> Balancer:
-    return METHODS[upstream.method](group, upstream)
+def make_balancer(
+    upstream: UpstreamConfig, group: PeerGroup, compile_key: KeyCompiler | None = None
+) -> Balancer:
+    """``compile_key`` compiles a ``hash`` key with the variables of the upstream's context
+    (http's ``compile_template``, the stream one's ``compile_stream_template``)."""
+    return METHODS[upstream.method](group, upstream, compile_key)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prefork_lb.balance.base import RequestKey
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.table import PeerTable
-from prefork_lb.http.exchange import Exchange
 from prefork_lb.zone import layout as L
 
 
@@ -29,7 +29,7 @@ class RoundRobin:
     def __init__(self, group: PeerGroup) -> None:
         self.group = group
 
-    def pick(self, sel: Selection, ex: Exchange | None, now_s: int) -> Peer | None:
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         return pick_round_robin(self.group, sel, now_s)
 
 

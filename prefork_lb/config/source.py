@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prefork_lb.config.errors import ConfigError, did_you_mean
-from prefork_lb.units import UnitError
+from prefork_lb.units import UnitError, parse_duration_s, parse_size_bytes
 
 T = TypeVar("T")
 CONCATENATED = frozenset({"http.servers"})  # arrays that several files may extend
@@ -221,3 +221,27 @@ def string_list(value: object) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("must be a string or a list of strings")
     return list(value)
+
+
+def duration(value: object) -> float:
+    return parse_duration_s(value)
+
+
+def whole_seconds(value: object) -> float:
+    seconds = parse_duration_s(value)
+    if seconds != int(seconds):
+        raise ValueError('must be whole seconds, as in nginx (e.g. "10s")')
+    return seconds
+
+
+def size(value: object) -> int:
+    return parse_size_bytes(value)
+
+
+def choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return str(value)
+
+    return convert

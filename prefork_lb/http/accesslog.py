@@ -39,7 +39,8 @@ from types import MappingProxyType
 from typing import ClassVar, Final
 
 from prefork_lb.http.exchange import Exchange
-from prefork_lb.http.variables import ENTRY_DASH, Getter, Variable, VariableError, build_parts
+from prefork_lb.http.template import build_parts
+from prefork_lb.http.variables import ENTRY_DASH, Getter, Variable, VariableError
 from prefork_lb.log import open_log_file
 
 __all__ = [
@@ -312,10 +313,6 @@ class AccessLogs:
     def reopen_all(self) -> None:
         for writer in self:
             writer.reopen()
-
-    def flush_all(self) -> None:
-        for writer in self:
-            writer.flush()
 
     def flush_expired(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -69,6 +69,10 @@ class Exchange:
     attempts: list[Attempt | None] = field(default_factory=list)
 
     @property
+    def remote_addr(self) -> str:  # balance.base.RequestKey
+        return self.conn.remote_addr
+
+    @property
     def request_line(self) -> str:
         major, minor = self.version
         return f"{self.method.decode('latin-1')} {self.target.decode('latin-1')} HTTP/{major}.{minor}"

@@ -35,7 +35,7 @@ from http import HTTPStatus
 from typing import Final
 
 from prefork_lb.http.exchange import Exchange
-from prefork_lb.http.variables import Template, compile_template
+from prefork_lb.http.template import Template, compile_template
 
 HOP_BY_HOP: Final = frozenset(
     {

@@ -27,8 +27,8 @@ from prefork_lb.config.model import (
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
+from prefork_lb.http.template import Template, compile_template
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
-from prefork_lb.http.variables import Template, compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import SlotTable, count_peers, peer_keys
 from prefork_lb.zone.stats import record_zone
@@ -151,7 +151,9 @@ def build_runtime(
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         queue = RequestQueue(up.queue_size, up.queue_timeout_s) if up.queue_size else None
-        upstreams[name] = UpstreamRuntime(up, group, make_balancer(up, group), KeepalivePool(up), queue)
+        upstreams[name] = UpstreamRuntime(
+            up, group, make_balancer(up, group, compile_template), KeepalivePool(up), queue
+        )
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}

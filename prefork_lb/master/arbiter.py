@@ -5,11 +5,8 @@ Rules:
    acts, logs and forks. Nothing is logged from handler context.
 2. Signals as nginx: HUP reload, QUIT graceful stop, TERM/INT fast stop, USR1 reopen logs
    (forwarded to workers), CHLD reap and respawn.
-3. Reload: the new config is loaded with the same code as ``-t``; on any error the old
-   config keeps running. New listeners are bound before forking; the new generation must
-   report ready before the old one is told to quit; if it fails to become ready, it is
-   stopped and the old generation keeps serving. Listeners the new config dropped are
-   closed once the old workers are gone.
+3. Reload (HUP) is ``reload.py``: the old config keeps running unless the new generation
+   reports ready; its rules are in that module's header.
 4. A worker that dies unexpectedly is respawned at once; if workers keep dying within a
    second of starting, respawns back off (up to 5 s) so a crash loop cannot spin.
 5. Fast stop sends TERM, then KILL after ``FAST_STOP_GRACE_S``.
@@ -19,65 +16,45 @@ Rules:
 7. The master creates the shared zone before the first fork and keeps it for its life:
    it assigns each peer a slot (kept across reloads while the peer exists) and each worker
    a row (claimed before fork, released and repaired when the worker is reaped).
-8. Binary upgrade, as nginx: USR2 renames the pid file to ``.oldbin`` and fork+execs a new
-   master that inherits the listening sockets and the zone (``PREFORK_LB_INHERIT``); both
-   generations serve. WINCH retires the old master's workers (it keeps its sockets); QUIT
-   to the old master commits. Rollback: HUP to the old master respawns its workers, QUIT
-   to the new one; when the new master exits, the old one renames ``.oldbin`` back.
+8. Binary upgrade (USR2, then WINCH and QUIT, or HUP to roll back) is ``upgrade.py``.
+   WINCH retires this master's workers and keeps its sockets; HUP after WINCH spawns them
+   again with the config this master has.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
 import signal
 import socket as stdsocket
 import time
-from dataclasses import dataclass
 from types import MappingProxyType
 
-from prefork_lb.config.errors import ConfigError
-from prefork_lb.config.load import load_config
 from prefork_lb.config.model import Config
-from prefork_lb.log import reopen_error_log, setup_error_log
+from prefork_lb.log import reopen_error_log
 from prefork_lb.master import systemd
-from prefork_lb.master.listeners import BindError, Listener, ListenerSet, wanted_listens
+from prefork_lb.master.listeners import Listener, ListenerSet, wanted_listens
 from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
-from prefork_lb.master.spec import (
-    STDIO,
-    UpgradeSpec,
-    WorkerSpec,
-    enter_child,
-    error_log_fds,
-    zone_descriptors,
+from prefork_lb.master.procs import EXIT_BOOT_FAILED, WorkerProc, kill
+from prefork_lb.master.reload import (
+    READY_TIMEOUT_S,
+    close_retired_listeners,
+    release_retired_slots,
+    reload,
+    wait_ready,
 )
+from prefork_lb.master.spec import WorkerSpec, enter_child, error_log_fds, zone_descriptors
+from prefork_lb.master.upgrade import parse_inherit, start_upgrade, upgrade_exited
 from prefork_lb.signals import MASTER_SIGNALS
 from prefork_lb.zone import layout as ZL
 from prefork_lb.zone.slots import RowTable, SlotTable
-from prefork_lb.zone.zone import Zone, ZoneFullError
+from prefork_lb.zone.zone import Zone
 
 log = logging.getLogger("prefork_lb.error")
 
 HANDLED = MASTER_SIGNALS
-INHERIT_ENV = "PREFORK_LB_INHERIT"  # binary upgrade: "zone=<fd>;sockets=<fd>,<fd>..."
-READY_TIMEOUT_S = 10.0
 FAST_STOP_GRACE_S = 5.0
-EXIT_BOOT_FAILED = 3
-
-
-@dataclass(slots=True)
-class WorkerProc:
-    pid: int
-    slot: int
-    generation: int
-    config: Config
-    started: float
-    ready_fd: int  # read end of the readiness pipe; -1 once ready
-    row: int = -1  # zone row
-    ready: bool = False
-    quitting: bool = False
 
 
 class Master:
@@ -101,7 +78,7 @@ class Master:
         self.parent_master = os.getppid() if inherited else 0  # the old master, after USR2
         self.winched = False  # WINCH: no workers, keep the sockets (binary upgrade step)
         if inherited:
-            zone_fd, sockets = _parse_inherit(inherited)
+            zone_fd, sockets = parse_inherit(inherited)
             self.zone = Zone(zone_fd, os.fstat(zone_fd).st_size)
             self._adopt_sockets(sockets)
         else:
@@ -129,7 +106,7 @@ class Master:
     def bind(self) -> None:
         self.listeners.sync(self.config, self.config.workers)
 
-    def _prepare_logs(self, config: Config) -> None:
+    def prepare_logs(self, config: Config) -> None:
         """Log files we create belong to the worker user, so workers can reopen them
         (log.prepare_log_files: never a file we did not create, never through a symlink)."""
         if config.user is not None and os.getuid() == 0:
@@ -147,13 +124,13 @@ class Master:
 
         setproctitle(f"prefork-lb: master process {' '.join(_argv())}")
         self._install_signals()
-        self._prepare_logs(self.config)
+        self.prepare_logs(self.config)
         write_pidfile(self.config.pid_path)
         log.log(25, "prefork-lb started, %d worker(s)", self.config.workers)
         try:
             self.generation = 1
-            first = [self._spawn(slot) for slot in range(self.config.workers)]
-            if not self._wait_ready(first):
+            first = [self.spawn(slot) for slot in range(self.config.workers)]
+            if not wait_ready(first):
                 log.critical("worker processes failed to start")
                 self._kill_all(signal.SIGKILL)
                 self.stopping = "fast"
@@ -188,8 +165,8 @@ class Master:
             self._reap()
             self._check_heartbeats()
             self._respawn_due()
-            self._close_retired_listeners()
-            self._release_retired_slots()
+            close_retired_listeners(self)
+            release_retired_slots(self)
             if self.stopping:
                 if not self.workers:
                     log.log(25, "exit")
@@ -225,37 +202,7 @@ class Master:
 
     def handle_usr2(self) -> None:
         """Binary upgrade: exec a new master that inherits our sockets and the zone."""
-        if self.stopping or self.upgrade_pid:
-            log.warning("binary upgrade already in progress or stopping, USR2 ignored")
-            return
-        if self.parent_master and _alive(self.parent_master):
-            log.warning("the previous master is still running, USR2 ignored")
-            return
-        log.log(25, "signal %d (SIGUSR2) received, upgrading the binary", signal.SIGUSR2)
-        pid_path = self.config.pid_path
-        try:
-            os.replace(pid_path, pid_path + ".oldbin")
-        except OSError as e:
-            log.error("rename() %s to %s.oldbin failed: %s; upgrade aborted", pid_path, pid_path, e.strerror)
-            return
-        spec = UpgradeSpec(self.zone.fd, tuple(s.fileno() for s in self.listeners.all_sockets()))
-        import sys
-
-        argv = [sys.executable, "-m", "prefork_lb", *sys.argv[1:]]
-        env = dict(os.environ, **{INHERIT_ENV: spec.env_value()})
-        pid = os.fork()
-        if pid == 0:
-            try:
-                enter_child(spec.keep_fds(), self._all_sockets())  # spec.py rule 2
-                for fd in spec.keep_fds() - STDIO:
-                    os.set_inheritable(fd, True)
-                for sig in HANDLED:
-                    signal.signal(sig, signal.SIG_DFL)
-                os.execve(sys.executable, argv, env)
-            finally:
-                os._exit(EXIT_BOOT_FAILED)
-        self.upgrade_pid = pid
-        log.log(25, "started new master process %d", pid)
+        start_upgrade(self)
 
     def handle_winch(self) -> None:
         """Retire our workers but keep the sockets (after USR2, before committing)."""
@@ -264,7 +211,7 @@ class Master:
         )
         self.winched = True
         self.respawn_at.clear()
-        self._signal_all(signal.SIGQUIT)
+        self.signal_all(signal.SIGQUIT)
 
     def handle_hup(self) -> None:
         if self.stopping:
@@ -274,12 +221,12 @@ class Master:
             self.winched = False
             self.generation += 1
             for slot in range(self.config.workers):
-                self._spawn(slot)
+                self.spawn(slot)
             return
         log.log(25, "signal %d (SIGHUP) received, reconfiguring", signal.SIGHUP)
         systemd.reloading()
         try:
-            ok = self.reload()
+            ok = reload(self)
         finally:
             systemd.ready()  # also after an aborted reload: the old generation still serves
         systemd.status(
@@ -294,7 +241,7 @@ class Master:
             systemd.stopping()
         self.stopping = self.stopping or "graceful"
         self.respawn_at.clear()
-        self._signal_all(signal.SIGQUIT)
+        self.signal_all(signal.SIGQUIT)
         self._stop_listening()
 
     def handle_term(self) -> None:
@@ -307,9 +254,9 @@ class Master:
 
     def handle_usr1(self) -> None:
         log.log(25, "signal %d (SIGUSR1) received, reopening logs", signal.SIGUSR1)
-        self._prepare_logs(self.config)  # first: files we create go to the worker user
+        self.prepare_logs(self.config)  # first: files we create go to the worker user
         reopen_error_log()
-        self._signal_all(signal.SIGUSR1)
+        self.signal_all(signal.SIGUSR1)
 
     def _fast_stop(self) -> None:
         if self.stopping is None:
@@ -318,7 +265,7 @@ class Master:
             self.stopping = "fast"
             self.stop_deadline = time.monotonic() + FAST_STOP_GRACE_S
         self.respawn_at.clear()
-        self._signal_all(signal.SIGTERM)
+        self.signal_all(signal.SIGTERM)
         self._stop_listening()
 
     def _stop_listening(self) -> None:
@@ -333,7 +280,7 @@ class Master:
 
     # ---- workers ----
 
-    def _spawn(
+    def spawn(
         self,
         slot: int,
         config: Config | None = None,
@@ -361,7 +308,7 @@ class Master:
         )
         pid = os.fork()
         if pid == 0:  # the worker; never returns
-            enter_child(spec.keep_fds(), self._all_sockets())  # spec.py rule 2: before anything else
+            enter_child(spec.keep_fds(), self.all_sockets())  # spec.py rule 2: before anything else
             from prefork_lb.worker.worker import worker_main
 
             worker_main(spec)
@@ -372,7 +319,7 @@ class Master:
         log.log(25, "start worker process %d", pid)
         return proc
 
-    def _all_sockets(self) -> list[stdsocket.socket]:
+    def all_sockets(self) -> list[stdsocket.socket]:
         """Every socket object the master holds (current and retired listeners)."""
         retired = [s for _, lists in self.retired for lst in lists for s in lst.sockets]
         return self.listeners.all_sockets() + retired
@@ -386,7 +333,7 @@ class Master:
             if pid == 0:
                 return
             if pid == self.upgrade_pid:
-                self._upgrade_child_exited(status)
+                upgrade_exited(self, status)
                 continue
             proc = self.workers.pop(pid, None)
             if proc is None:
@@ -430,22 +377,7 @@ class Master:
                     proc.pid,
                     age_ns / 1e9,
                 )
-                _kill(proc.pid, signal.SIGKILL)
-
-    def _upgrade_child_exited(self, status: int) -> None:
-        """The new master is gone: we are the master again (nginx renames .oldbin back)."""
-        log.log(
-            25,
-            "new master process %d exited with code %d",
-            self.upgrade_pid,
-            os.waitstatus_to_exitcode(status),
-        )
-        self.upgrade_pid = 0
-        pid_path = self.config.pid_path
-        try:
-            os.replace(pid_path + ".oldbin", pid_path)
-        except OSError:
-            write_pidfile(pid_path)
+                kill(proc.pid, signal.SIGKILL)
 
     def _respawn_due(self) -> None:
         if self.stopping or self.winched:
@@ -454,151 +386,19 @@ class Master:
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
                 del self.respawn_at[slot]
-                self._spawn(slot)
+                self.spawn(slot)
                 self.zone.add(ZL.H_RESPAWNED)
 
-    def _signal_all(self, sig: int, generation: int | None = None) -> None:
+    def signal_all(self, sig: int, generation: int | None = None) -> None:
         for proc in self.workers.values():
             if generation is None or proc.generation == generation:
                 if sig in (signal.SIGQUIT, signal.SIGTERM):
                     proc.quitting = True
-                _kill(proc.pid, sig)
+                kill(proc.pid, sig)
 
     def _kill_all(self, sig: int) -> None:
         for proc in self.workers.values():
-            _kill(proc.pid, sig)
-
-    # ---- reload ----
-
-    def reload(self) -> bool:
-        try:
-            config = load_config(self.config_path, self.prefix)
-        except ConfigError as e:
-            log.error("%s; reload aborted, still running the previous configuration", e)
-            return False
-        from prefork_lb.preflight import StartupError, check_startup
-
-        try:
-            check_startup(config)  # log files, pid directory: the checks of -t and startup
-        except StartupError as e:
-            log.error("%s; reload aborted, still running the previous configuration", e)
-            return False
-        old_generation = self.generation
-        generation = old_generation + 1
-        if config.zone_size_bytes != self.config.zone_size_bytes:
-            log.warning("zone_size changes take effect only after a restart")
-        snapshot = self.slots.snapshot()
-        try:
-            peer_slots = self.slots.assign(config, generation)
-        except ZoneFullError as e:
-            log.error("%s; reload aborted, still running the previous configuration", e)
-            return False
-        try:
-            removed = self.listeners.sync(config, config.workers)
-        except BindError as e:
-            self.slots.restore(snapshot)
-            log.error("%s; reload aborted, still running the previous configuration", e)
-            return False
-        self._prepare_logs(config)
-        if (
-            config.error_log_path != self.config.error_log_path
-            or config.error_log_level != self.config.error_log_level
-        ):
-            setup_error_log(config.error_log_path, config.error_log_level)
-        new = [self._spawn(slot, config, generation, peer_slots) for slot in range(config.workers)]
-        if not self._wait_ready(new):
-            log.error(
-                "new worker processes did not become ready; reload aborted, "
-                "still running the previous configuration"
-            )
-            for proc in new:
-                proc.quitting = True
-                _kill(proc.pid, signal.SIGKILL)
-            for lst in removed:  # the old generation still uses these: put them back
-                self.listeners.by_key[lst.config.key] = lst
-            # ...and nobody serves the addresses only the new config wanted: close them,
-            # or clients would wait in an accept queue that no worker drains.
-            for lst in self.listeners.sync(self.config, self.config.workers):
-                lst.close()
-            self.slots.restore(snapshot)
-            return False
-        self.config = config
-        self.generation = generation
-        self.peer_slots = peer_slots
-        self.zone.add(ZL.H_RELOADS)
-        self.zone.set(ZL.H_GENERATION, generation)
-        self.zone.set(ZL.H_LOAD_MS, int(time.time() * 1000))
-        self.respawn_at.clear()
-        self._signal_all(signal.SIGQUIT, old_generation)
-        for proc in self.workers.values():
-            if proc.generation < generation:
-                proc.quitting = True
-        if removed:
-            self.retired.append((old_generation, removed))
-        write_pidfile(config.pid_path)
-        log.log(25, "reconfigured: generation %d, %d worker(s)", generation, config.workers)
-        return True
-
-    def _wait_ready(self, procs: list[WorkerProc]) -> bool:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        waiting = {p.ready_fd: p for p in procs}
-        while waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                readable, _, _ = select.select(list(waiting), [], [], min(left, 0.2))
-            except InterruptedError:
-                continue
-            for fd in readable:
-                proc = waiting.pop(fd)
-                data = b""
-                try:
-                    data = os.read(fd, 1)
-                except OSError:
-                    pass
-                os.close(fd)
-                proc.ready_fd = -1
-                if data != b"R":
-                    return False  # exited before becoming ready
-                proc.ready = True
-        return True
-
-    def _release_retired_slots(self) -> None:
-        oldest = min((p.generation for p in self.workers.values()), default=None)
-        self.slots.release_retired(oldest, self.rows.foreign_live())
-
-    def _close_retired_listeners(self) -> None:
-        keep = []
-        for generation, lists in self.retired:
-            if any(p.generation <= generation for p in self.workers.values()):
-                keep.append((generation, lists))
-            else:
-                for lst in lists:
-                    lst.close()
-        self.retired = keep
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _parse_inherit(spec: str) -> tuple[int, list[int]]:
-    parts = dict(item.split("=", 1) for item in spec.split(";") if "=" in item)
-    sockets = [int(fd) for fd in parts.get("sockets", "").split(",") if fd]
-    return int(parts["zone"]), sockets
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except OSError as e:
-        if e.errno != errno.ESRCH:
-            raise
+            kill(proc.pid, sig)
 
 
 def _argv() -> list[str]:

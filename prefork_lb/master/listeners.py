@@ -14,6 +14,12 @@ Rules:
    all K sockets; a socket nobody accepts from would hang them, issue 12).
 3. On reload, sockets are matched by (family, host, port) and kept (same fd); new addresses
    are bound; removed ones are closed only after the old workers have exited.
+4. One deliberately broken mode stays in production code: with
+   ``PREFORK_LB_TEST_BROKEN_REUSEPORT=1`` the master binds nothing and each worker binds
+   its own SO_REUSEPORT socket (``worker.py``), gunicorn's ``reuse_port`` design, which
+   loses the connections queued on a closing socket. ``loadtest/reload_under_load.sh
+   --lb broken`` runs it to prove its harness detects lost connections; it must live in
+   the processes under test, and it is read once per ``sync``, never per request.
 """
 
 from __future__ import annotations

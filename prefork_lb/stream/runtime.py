@@ -16,7 +16,7 @@ from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Config, StreamServerConfig, UpstreamConfig
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat
 from prefork_lb.stream.session import Session, StreamAttempt
-from prefork_lb.stream.variables import compile_stream_log_format
+from prefork_lb.stream.variables import compile_stream_log_format, compile_stream_template
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_stream_peer
 from prefork_lb.zone.zone import Zone
@@ -37,7 +37,7 @@ class StreamUpstream:
         zone = self.group.zone
         zone.lock()
         try:
-            return self.balancer.pick(sel, session, int(now))  # type: ignore[arg-type]
+            return self.balancer.pick(sel, session, int(now))
         finally:
             zone.unlock()
 
@@ -104,7 +104,7 @@ def build_stream_runtime(
     upstreams: dict[str, StreamUpstream] = {}
     for name, up in config.stream.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
-        upstreams[name] = StreamUpstream(up, group, make_balancer(up, group))
+        upstreams[name] = StreamUpstream(up, group, make_balancer(up, group, compile_stream_template))
     formats: dict[str, LogFormat] = {}
     out: dict[tuple[str, str, int], StreamServerRuntime] = {}
     for server in config.stream.servers:

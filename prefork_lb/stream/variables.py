@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 
 from prefork_lb.http.accesslog import LogFormat, compile_log_format
-from prefork_lb.http.variables import Template, Variable, VariableError, compile_template
+from prefork_lb.http.template import Template, compile_template
+from prefork_lb.http.variables import Variable, VariableError
 from prefork_lb.stream.session import Session, StreamAttempt
 
 BASIC: Final = "$remote_addr [$time_local] $protocol $status $bytes_sent $bytes_received $session_time"

@@ -355,7 +355,8 @@ def test_access_logs_share_one_writer_per_path(tmp_path: Path) -> None:
     assert b is not a and len(logs) == 2
     a.write("1")
     assert (tmp_path / "a.log").read_bytes() == b""
-    logs.flush_all()
+    for writer in logs:
+        writer.flush()
     assert (tmp_path / "a.log").read_bytes() == b"1\n"
     os.rename(tmp_path / "b.log", tmp_path / "b.log.1")
     logs.reopen_all()

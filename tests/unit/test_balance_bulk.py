@@ -36,6 +36,7 @@ from prefork_lb.balance.peers import (
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamServer
 from prefork_lb.http.exchange import Exchange
+from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
 
@@ -245,7 +246,9 @@ def make_pair(
             for i, (slot, s) in enumerate(zip(slots, upstream.servers, strict=True)):
                 zone.init_peer(slot, start_weights[i] if start_weights else s.weight)
         group = PeerGroup.build(upstream, zone, slots, row=0)
-        pair.append((group, make_balancer(upstream, group) if real else reference(upstream, group)))
+        pair.append(
+            (group, make_balancer(upstream, group, compile_template) if real else reference(upstream, group))
+        )
     return pair
 
 

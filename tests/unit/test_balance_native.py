@@ -32,6 +32,7 @@ from prefork_lb.balance.native import PickLoop
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free, new_selection
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamServer
+from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
 
@@ -104,7 +105,7 @@ def build_sides(
             if kind == "compiled" and not t.cfg:  # PREFORK_LB_PURE=1 with the extension built
                 t.cfg = table_mod.native_cfg(plist.peers)
             t.bulk_smooth = t.bulk_least = kind == "bulk"
-        sides.append((group, make_balancer(upstream, group)))
+        sides.append((group, make_balancer(upstream, group, compile_template)))
     return sides
 
 
@@ -304,7 +305,7 @@ def test_a_list_with_values_beyond_int32_takes_the_pure_loops(monkeypatch: pytes
     assert table_mod.native_cfg(group.primary.peers) is None
     small = UpstreamConfig(name="u", method="round_robin", servers=servers[:1] + servers[2:])
     assert PeerGroup.build(small).primary.table.native is COMPILED
-    bal = make_balancer(upstream, group)
+    bal = make_balancer(upstream, group, compile_template)
     sel = new_selection(group, 0)
     with group.zone:
         peer = bal.pick(sel, None, 1000)

@@ -34,6 +34,7 @@ from prefork_lb.config.errors import ConfigError
 from prefork_lb.config.load import load_config
 from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamServer
 from prefork_lb.http.exchange import ConnectionInfo, Exchange
+from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
 from tests.unit.test_variables import make_exchange
@@ -60,7 +61,7 @@ def build(method: str, *servers: UpstreamServer, **options: Any) -> tuple[PeerGr
         name=options.pop("group_name", "u"), method=cast(Method, method), servers=servers, **options
     )
     group = PeerGroup.build(upstream)
-    return group, make_balancer(upstream, group)
+    return group, make_balancer(upstream, group, compile_template)
 
 
 def peer(group: PeerGroup, letter: str) -> Peer:
@@ -541,7 +542,7 @@ def shared_zone_groups(
     workers = []
     for row in range(2):
         group = PeerGroup.build(upstream, zone, list(range(len(servers))), row)
-        workers.append((group, make_balancer(upstream, group)))
+        workers.append((group, make_balancer(upstream, group, compile_template)))
     return zone, workers
 
 
@@ -1053,7 +1054,7 @@ def test_hash_config_loads(tmp_path: Path) -> None:
     up = config.http.upstreams["u"]
     assert (up.method, up.hash_key, up.consistent) == ("hash", "$arg_k", True)
     group = PeerGroup.build(up)
-    assert isinstance(make_balancer(up, group), ConsistentHash)
+    assert isinstance(make_balancer(up, group, compile_template), ConsistentHash)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -10,8 +10,8 @@ import pytest
 
 from prefork_lb.config.load import load_config
 from prefork_lb.config.model import Config
-from prefork_lb.master.arbiter import _parse_inherit
 from prefork_lb.master.listeners import BindError, ListenerSet
+from prefork_lb.master.upgrade import parse_inherit
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import SlotTable, peer_keys
 from prefork_lb.zone.zone import Zone
@@ -120,5 +120,5 @@ def test_slot_snapshot_restore_undoes_an_aborted_reload(tmp_path: Path) -> None:
 
 
 def test_inherit_spec_round_trip() -> None:
-    assert _parse_inherit("zone=7;sockets=3,4,5") == (7, [3, 4, 5])
-    assert _parse_inherit("zone=9;sockets=") == (9, [])
+    assert parse_inherit("zone=7;sockets=3,4,5") == (7, [3, 4, 5])
+    assert parse_inherit("zone=9;sockets=") == (9, [])

@@ -15,6 +15,7 @@ from prefork_lb.balance.base import Balancer
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free, new_selection
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Address, UpstreamConfig, UpstreamServer
+from prefork_lb.http.template import compile_template
 
 NOW = 1_000  # an arbitrary "ngx_time()" second
 
@@ -37,7 +38,7 @@ def spec(text: str) -> list[str]:
 def build(*servers: UpstreamServer, name: str = "g") -> tuple[PeerGroup, Balancer]:
     upstream = UpstreamConfig(name=name, method="round_robin", servers=servers)
     group = PeerGroup.build(upstream)
-    return group, make_balancer(upstream, group)
+    return group, make_balancer(upstream, group, compile_template)
 
 
 def request(
@@ -449,7 +450,7 @@ def test_workers_sharing_a_zone_follow_one_global_order() -> None:
     workers = []
     for row in range(4):
         group = PeerGroup.build(upstream, zone, [0, 1, 2], row)
-        workers.append((group, make_balancer(upstream, group)))
+        workers.append((group, make_balancer(upstream, group, compile_template)))
     seq = []
     for i in range(21):
         group, bal = workers[(i * 7 + i // 3) % 4]  # any interleaving of workers

@@ -9,13 +9,8 @@ import pytest
 
 from prefork_lb.config.model import Address, ListenConfig, LocationConfig, ProxyPass, ServerConfig
 from prefork_lb.http.exchange import Attempt, ConnectionInfo, Exchange
-from prefork_lb.http.variables import (
-    VariableError,
-    compile_template,
-    compile_variable,
-    lookup_variable,
-    parse_template,
-)
+from prefork_lb.http.template import compile_template, parse_template
+from prefork_lb.http.variables import VariableError, compile_variable, lookup_variable
 
 START = 1_700_000_000.0
 

@@ -19,6 +19,7 @@ from prefork_lb.balance.peers import Peer, PeerGroup, free, new_selection, recor
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.load import load_config
 from prefork_lb.config.model import Address, Config, UpstreamConfig, UpstreamServer
+from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import RowTable, SlotTable, peer_keys
 from prefork_lb.zone.zone import Zone, ZoneFullError
@@ -362,7 +363,7 @@ def test_release_row_drops_a_dead_workers_inflight_start_times(zones: list[Zone]
         zone.set_row_pid(row, 3000 + row)
     g0 = PeerGroup.build(upstream, zone, [0, 1], 0)
     g1 = PeerGroup.build(upstream, zone, [0, 1], 1)
-    b0, b1 = make_balancer(upstream, g0), make_balancer(upstream, g1)
+    b0, b1 = make_balancer(upstream, g0, compile_template), make_balancer(upstream, g1, compile_template)
     assert isinstance(b0, LeastTime) and isinstance(b1, LeastTime)
     a0 = g0.primary.peers[0]
     with zone:  # one finished request each at NOW: "checked" is recent, no halving of the averages

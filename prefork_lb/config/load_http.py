@@ -1,0 +1,433 @@
+"""The ``[http]`` section: upstreams, servers, locations and their inherited settings.
+
+Rules:
+- Inheritance (nginx semantics): the location-level directives in ``LOCATION_KEYS`` may also
+  be written in ``[http]`` and in a ``[[http.servers]]`` entry; the nearest level wins, and a
+  table such as ``proxy_set_header`` is replaced as a whole, never merged, as in nginx.
+- Access logging is inherited the same way, but resolves against ``[http.log_formats]``: a
+  level that sets ``access_log`` replaces the inherited entries (nginx).
+- Templates (``proxy_set_header`` values, ``return`` text, ``access_log`` conditions) are
+  compiled where they are written, so an error names that level and its file.
+- Unknown keys are checked before the combination rules of a location, so a typo such as
+  "proxy_pas" gets its "did you mean" hint rather than "location needs proxy_pass".
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
+from prefork_lb.config.model import (
+    LINGERING_CLOSE,
+    NEXT_UPSTREAM_CONDITIONS,
+    AccessLogConfig,
+    HttpConfig,
+    LocationConfig,
+    ProxyPass,
+    ReturnAction,
+    ServerConfig,
+    UpstreamConfig,
+)
+from prefork_lb.config.source import (
+    Source,
+    Table,
+    boolean,
+    duration,
+    non_negative_int,
+    positive_int,
+    size,
+    string,
+    string_list,
+)
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One access_log entry before its format is known (formats inherit separately)."""
+
+    path: str
+    format: str | None = None
+    buffer_bytes: int = 0
+    flush_s: float = 1.0
+    condition: str | None = None
+    key: str = ""  # the key path that set it, for messages
+
+
+LogSpec = tuple[tuple[LogEntry, ...], str]
+
+
+def _next_upstream(v: object) -> frozenset[str]:
+    items = string_list(v)
+    for item in items:
+        if item not in NEXT_UPSTREAM_CONDITIONS:
+            raise ValueError(
+                f'unknown condition "{item}"; allowed: {", ".join(sorted(NEXT_UPSTREAM_CONDITIONS))}'
+            )
+    if "off" in items:
+        return frozenset({"off"})
+    return frozenset(items)
+
+
+def _header_table(v: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(v, dict):
+        raise ValueError('must be a table such as { Host = "$host" }')
+    out = []
+    for name, value in v.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f'invalid header name "{name}"')
+        if not isinstance(value, str):
+            raise ValueError(f'value of "{name}" must be a string')
+        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise ValueError(f'value of "{name}" must not contain control characters (HTAB is allowed)')
+        out.append((name, value))
+    return tuple(out)
+
+
+def _lingering_close(v: object) -> str:
+    if v not in LINGERING_CLOSE:
+        raise ValueError(f"must be one of: {', '.join(LINGERING_CLOSE)}")
+    return str(v)
+
+
+# Location-level directives, inheritable from [http] and the server: key -> (field, converter).
+LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "proxy_connect_timeout": ("proxy_connect_timeout_s", duration),
+    "proxy_read_timeout": ("proxy_read_timeout_s", duration),
+    "proxy_send_timeout": ("proxy_send_timeout_s", duration),
+    "proxy_next_upstream": ("proxy_next_upstream", _next_upstream),
+    "proxy_next_upstream_tries": ("proxy_next_upstream_tries", non_negative_int),
+    "proxy_next_upstream_timeout": ("proxy_next_upstream_timeout_s", duration),
+    "proxy_set_header": ("proxy_set_header", _header_table),
+    "proxy_buffer_size": ("proxy_buffer_size_bytes", size),
+    "client_max_body_size": ("client_max_body_size_bytes", size),
+    "client_body_buffer_size": ("client_body_buffer_size_bytes", size),
+    "client_body_timeout": ("client_body_timeout_s", duration),
+    "send_timeout": ("send_timeout_s", duration),
+    "keepalive_timeout": ("keepalive_timeout_s", duration),
+    "keepalive_requests": ("keepalive_requests", positive_int),
+    "lingering_close": ("lingering_close", _lingering_close),
+    "lingering_time": ("lingering_time_s", duration),
+    "lingering_timeout": ("lingering_timeout_s", duration),
+}
+
+
+class HttpLoader(SectionLoader):
+    def __init__(self, source: Source, prefix: str) -> None:
+        super().__init__(source, prefix)
+        self.upstreams: dict[str, UpstreamConfig] = {}
+        self.log_formats: dict[str, str] = {}
+
+    def http(self, t: Table) -> HttpConfig:
+        from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
+
+        self.log_formats = log_formats(t, BUILTIN_FORMATS, compile_log_format)
+        ups = t.table("upstreams")
+        for name in list(ups.data):
+            self.upstreams[name] = self.upstream(name, ups.table(name, default_empty=False))
+        ups.finish()
+        http_settings = self.location_settings(t, {})
+        http_logs = self.log_settings(t, None)
+        servers = tuple(
+            self.server(i, st, http_settings, http_logs) for i, st in enumerate(t.table_list("servers"))
+        )
+        t.finish()
+        _check_default_servers(self.source, servers)
+        return HttpConfig(upstreams=self.upstreams, servers=servers, log_formats=self.log_formats)
+
+    # ---- inheritable settings ----
+
+    def location_settings(self, t: Table, inherited: dict[str, Any]) -> dict[str, Any]:
+        settings = dict(inherited)
+        for key, (field_name, convert) in LOCATION_KEYS.items():
+            if t.has(key):
+                settings[field_name] = t.take(key, convert)
+                if key == "proxy_set_header":
+                    self._check_templates(t, settings[field_name])
+            else:
+                t.raw(key, None)  # known key, not set at this level
+        return settings
+
+    def log_settings(self, t: Table, inherited: LogSpec | None) -> LogSpec:
+        """(access log entries, default format name); nginx's default is access.log combined.
+        A level that sets ``access_log`` replaces the inherited entries (nginx)."""
+        entries, fmt = (
+            inherited
+            if inherited
+            else ((LogEntry(self.path("access.log"), key="http.access_log (default)"),), "combined")
+        )
+        if t.has("access_log"):
+            entries = self._log_entries(t)
+        else:
+            t.raw("access_log", None)
+        if t.has("log_format"):
+            fmt = t.take("log_format", string)
+            if fmt not in self.log_formats:
+                raise t.error("log_format", f'unknown log format "{fmt}" (define it in [http.log_formats])')
+        else:
+            t.raw("log_format", None)
+        return entries, fmt
+
+    def _log_entries(self, t: Table) -> tuple[LogEntry, ...]:
+        """``access_log``: a path, "off", a table {path, format, buffer, flush, if}, or a list."""
+        value = t.raw("access_log")
+        items = value if isinstance(value, list) else [value]
+        out: list[LogEntry] = []
+        for i, item in enumerate(items):
+            key = f"{t.key_path('access_log')}[{i}]" if isinstance(value, list) else t.key_path("access_log")
+            if item == "off":
+                return ()
+            if isinstance(item, str):
+                out.append(LogEntry(self.log_path(item), key=key))
+                continue
+            e = Table(self.source, item, key)
+            fmt = e.take("format", string, None)
+            if fmt is not None and fmt not in self.log_formats:
+                raise e.error("format", f'unknown log format "{fmt}" (define it in [http.log_formats])')
+            cond = e.take("if", string, None)
+            if cond is not None:
+                from prefork_lb.http.template import compile_template
+                from prefork_lb.http.variables import VariableError
+
+                try:
+                    compile_template(cond)
+                except VariableError as err:
+                    raise e.error("if", str(err)) from None
+            out.append(
+                LogEntry(
+                    self.log_path(e.take("path", string)),
+                    fmt,
+                    e.take("buffer", size, 0),
+                    e.take("flush", duration, 1.0),
+                    cond,
+                    key,
+                )
+            )
+            e.finish()
+        return tuple(out)
+
+    # ---- servers and locations ----
+
+    def server(self, index: int, t: Table, http_settings: dict[str, Any], http_logs: LogSpec) -> ServerConfig:
+        listen = self.listen(t)
+        names = tuple(n.lower() for n in t.take("server_name", string_list, [""]))
+        for i, n in enumerate(names):
+            if n.startswith("~"):
+                try:
+                    re.compile(n[1:])
+                except re.error as e:
+                    raise self.source.error(
+                        f"{t.key_path('server_name')}[{i}]", f"invalid regex: {e}"
+                    ) from None
+        header_timeout = t.take("client_header_timeout", duration, 60.0)
+        settings = self.location_settings(t, http_settings)
+        logs = self.log_settings(t, http_logs)
+        location_tables = t.table_list("locations")
+        if not location_tables:
+            raise t.error("locations", "must contain at least one [[http.servers.locations]] entry")
+        locations = tuple(self.location(lt, settings, logs) for lt in location_tables)
+        t.finish()
+        _check_duplicate_locations(self.source, t, locations)
+        return ServerConfig(
+            listen=tuple(listen),
+            server_names=names,
+            locations=locations,
+            client_header_timeout_s=header_timeout,
+            keepalive_timeout_s=settings.get("keepalive_timeout_s", 75.0),
+            lingering_close=settings.get("lingering_close", "on"),
+            lingering_time_s=settings.get("lingering_time_s", 30.0),
+            lingering_timeout_s=settings.get("lingering_timeout_s", 5.0),
+            index=index,
+        )
+
+    def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:
+        match = t.take("match", string)
+        modifier, pattern, regex = _parse_match(match)
+        if modifier in ("~", "~*"):
+            try:
+                regex = re.compile(pattern, re.IGNORECASE if modifier == "~*" else 0)
+            except re.error as e:
+                raise t.error("match", f"invalid regex: {e}") from None
+        elif not pattern.startswith("/") and pattern != "":
+            raise t.error("match", _match_hint(match))
+        proxy_pass = self.proxy_pass(t) if t.has("proxy_pass") else None
+        if proxy_pass is None:
+            t.raw("proxy_pass", None)
+        return_ = t.take("return", _return_action) if t.has("return") else None
+        if return_ is None:
+            t.raw("return", None)
+        status = ""
+        for key in ("api", "metrics", "dashboard"):
+            if t.take(key, boolean, False):
+                if status:
+                    raise t.error(key, f'cannot be combined with "{status}" in one location')
+                status = key
+        access = tuple((True, n) for n in t.take("allow", _networks, [])) + tuple(
+            (False, n) for n in t.take("deny", _networks, [])
+        )
+        settings = self.location_settings(t, inherited)
+        entries, fmt = self.log_settings(t, logs)
+        t.finish()  # unknown keys first: a typo such as "proxy_pas" gets its hint
+        actions = [k for k, v in (("proxy_pass", proxy_pass), ("return", return_), (status, status)) if v]
+        if not actions:
+            raise t.error("match", 'location needs "proxy_pass", "return", "api", "metrics" or "dashboard"')
+        if len(actions) > 1:
+            raise t.error(actions[1], f'cannot be combined with "{actions[0]}" in one location')
+        if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
+            raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
+        access_logs = tuple(
+            AccessLogConfig(
+                e.path,
+                e.format or fmt,
+                self.log_formats[e.format or fmt],
+                e.buffer_bytes,
+                e.flush_s,
+                e.condition,
+                e.key,
+            )
+            for e in entries
+            if e.path != "off"
+        )
+        return LocationConfig(
+            match=match,
+            modifier=modifier,
+            pattern=pattern,
+            regex=regex,
+            proxy_pass=proxy_pass,
+            return_=return_,
+            access_logs=access_logs,
+            status=status,  # type: ignore[arg-type]
+            access=access,
+            **settings,
+        )
+
+    def proxy_pass(self, t: Table) -> ProxyPass:
+        text = t.take("proxy_pass", string)
+        if not text.startswith("http://"):
+            raise t.error("proxy_pass", 'must start with "http://" (https upstreams are not supported)')
+        rest = text[len("http://") :]
+        slash = rest.find("/")
+        host, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
+        if not host:
+            raise t.error("proxy_pass", "has no upstream name or address")
+        if host in self.upstreams:
+            return ProxyPass(upstream=host, uri=uri, host_header=host)
+        try:
+            addrs = resolve(host if ":" in host.rsplit("]", 1)[-1] else f"{host}:80")
+        except ValueError as e:
+            raise t.error("proxy_pass", f'"{host}" is neither an upstream name nor an address: {e}') from None
+        self.upstreams[host] = implicit_upstream(host, addrs, "http")
+        return ProxyPass(upstream=host, uri=uri, host_header=host)
+
+    def _check_templates(self, t: Table, headers: tuple[tuple[str, str], ...]) -> None:
+        """Checked where the table is written, so the error names that level (and file)."""
+        from prefork_lb.http.template import compile_template
+        from prefork_lb.http.variables import VariableError
+
+        for name, value in headers:
+            try:
+                compile_template(value)
+            except VariableError as e:
+                raise t.error("proxy_set_header", f"{name}: {e}") from None
+
+
+def _parse_match(match: str) -> tuple[Any, str, re.Pattern[str] | None]:
+    for modifier in _MODIFIERS:
+        if match.startswith(modifier + " "):
+            return modifier, match[len(modifier) + 1 :].strip(), None
+    return "", match.strip(), None
+
+
+_MODIFIERS = ("=", "^~", "~*", "~")
+
+
+def _match_hint(match: str) -> str:
+    """The error for a prefix ``match`` not starting with "/": most often a mistyped or
+    unspaced modifier, so suggest the modifier meant."""
+    text = match.strip()
+    head, _, rest = text.partition(" ")
+    rest = rest.strip()
+    if rest and not head.startswith("/"):
+        guesses = [m for m in _MODIFIERS if sorted(m) == sorted(head)]  # "~^" for "^~"
+        guesses += difflib.get_close_matches(head, _MODIFIERS, n=1, cutoff=0.3)
+        hint = f' (did you mean "{guesses[0]} {rest}"?)' if guesses else ""
+        return (
+            f'unknown location modifier "{head}"{hint}; '
+            'use "/prefix", "= /exact", "^~ /prefix", "~ regex" or "~* regex"'
+        )
+    for m in _MODIFIERS:
+        if text.startswith(m) and len(text) > len(m) and text[len(m)] != " ":
+            return (
+                f'a prefix location must start with "/" (did you mean "{m} {text[len(m) :]}"? '
+                "a modifier needs a space after it)"
+            )
+    return 'a prefix location must start with "/" (or use "~ regex")'
+
+
+def _return_action(v: object) -> ReturnAction:
+    if isinstance(v, int) and not isinstance(v, bool):
+        code, text = v, None
+    elif isinstance(v, str):
+        head, _, rest = v.strip().partition(" ")
+        if not head.isascii() or not head.isdigit():
+            raise ValueError('must be "CODE [TEXT|URL]", e.g. "301 https://example.com$request_uri"')
+        code, text = int(head), (rest.strip() or None)
+    else:
+        raise ValueError('must be a status code or "CODE [TEXT|URL]"')
+    if not 100 <= code <= 999:
+        raise ValueError("status code must be between 100 and 999")
+    if code in _REDIRECTS and not text:
+        raise ValueError(f"a {code} redirect needs a URL")
+    if text is not None:
+        from prefork_lb.http.template import compile_template
+        from prefork_lb.http.variables import VariableError
+
+        try:
+            compile_template(text)
+        except VariableError as e:
+            raise ValueError(str(e)) from None
+    return ReturnAction(status=code, text=text)
+
+
+def _networks(v: object) -> list[str]:
+    import ipaddress
+
+    items = string_list(v)
+    for item in items:
+        if item != "all":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f'"{item}" is not an address, a CIDR network or "all"') from None
+    return items
+
+
+def _check_default_servers(source: Source, servers: tuple[ServerConfig, ...]) -> None:
+    seen: dict[tuple[str, str, int], int] = {}
+    for server in servers:
+        for j, lc in enumerate(server.listen):
+            if lc.default_server:
+                if lc.key in seen:
+                    raise source.error(
+                        f"http.servers[{server.index}].listen[{j}]",
+                        f"a duplicate default server for {lc.address.text} "
+                        f"(already http.servers[{seen[lc.key]}])",
+                    )
+                seen[lc.key] = server.index
+
+
+def _check_duplicate_locations(source: Source, t: Table, locations: tuple[LocationConfig, ...]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for i, loc in enumerate(locations):
+        if loc.regex is not None:
+            continue  # nginx accepts repeated regex locations (the first one wins)
+        key = ("" if loc.modifier == "^~" else loc.modifier, loc.pattern)
+        if key in seen:
+            raise source.error(f"{t.key_path('locations')}[{i}].match", f'duplicate location "{loc.pattern}"')
+        seen.add(key)

@@ -1,0 +1,86 @@
+"""The ``[stream]`` section: TCP and UDP servers and their upstreams (nginx's stream module).
+
+Rules:
+- Nothing is inherited into a stream server except ``access_log`` and ``log_format`` from
+  ``[stream]`` (default: no access log; format "basic").
+- ``proxy_pass`` names a stream upstream or an address (an implicit upstream); the two
+  contexts have separate upstream namespaces, as in nginx.
+- ``default_server`` is an http listen parameter and is refused here.
+"""
+
+from __future__ import annotations
+
+from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
+from prefork_lb.config.model import AccessLogConfig, StreamConfig, StreamServerConfig, UpstreamConfig
+from prefork_lb.config.source import Table, boolean, duration, non_negative_int, positive_int, size, string
+
+
+class StreamLoader(SectionLoader):
+    def stream(self, t: Table) -> StreamConfig:
+        from prefork_lb.stream.variables import BUILTIN_FORMATS, compile_stream_log_format
+
+        formats = log_formats(t, BUILTIN_FORMATS, compile_stream_log_format)
+        ups = t.table("upstreams")
+        upstreams: dict[str, UpstreamConfig] = {}
+        for name in list(ups.data):
+            upstreams[name] = self.upstream(name, ups.table(name, default_empty=False), "stream")
+        ups.finish()
+        default_log = t.take("access_log", string, "off")
+        default_format = t.take("log_format", string, "basic")
+        servers = tuple(
+            self.stream_server(i, st, upstreams, formats, default_log, default_format)
+            for i, st in enumerate(t.table_list("servers"))
+        )
+        t.finish()
+        return StreamConfig(upstreams=upstreams, servers=servers, log_formats=formats)
+
+    def stream_server(
+        self,
+        index: int,
+        t: Table,
+        upstreams: dict[str, UpstreamConfig],
+        log_formats: dict[str, str],
+        default_log: str,
+        default_format: str,
+    ) -> StreamServerConfig:
+        listen = self.listen(t)
+        for i, lc in enumerate(listen):
+            if lc.default_server:
+                raise self.source.error(f"{t.key_path('listen')}[{i}]", "default_server is for http servers")
+        target = t.take("proxy_pass", string)
+        if target not in upstreams:
+            try:
+                addrs = resolve(target)
+            except ValueError as e:
+                raise t.error(
+                    "proxy_pass", f'"{target}" is neither a stream upstream nor an address: {e}'
+                ) from None
+            upstreams[target] = implicit_upstream(target, addrs, "stream")
+        log_key = t.key_path("access_log") if t.has("access_log") else "stream.access_log"
+        log_path = self.log_path(t.take("access_log", string, default_log))
+        fmt = t.take("log_format", string, default_format)
+        if fmt not in log_formats:
+            raise t.error(
+                "log_format", f'unknown stream log format "{fmt}" (define it in [stream.log_formats])'
+            )
+        server = StreamServerConfig(
+            listen=tuple(listen),
+            proxy_pass=target,
+            proxy_connect_timeout_s=t.take("proxy_connect_timeout", duration, 60.0),
+            proxy_timeout_s=t.take("proxy_timeout", duration, 600.0),
+            proxy_buffer_size_bytes=t.take("proxy_buffer_size", size, 16 * 1024),
+            proxy_next_upstream=t.take("proxy_next_upstream", boolean, True),
+            proxy_next_upstream_tries=t.take("proxy_next_upstream_tries", non_negative_int, 0),
+            proxy_next_upstream_timeout_s=t.take("proxy_next_upstream_timeout", duration, 0.0),
+            proxy_responses=t.take("proxy_responses", non_negative_int, 0),
+            proxy_requests=t.take("proxy_requests", non_negative_int, 0),
+            udp_sessions=t.take("udp_sessions", positive_int, 4096),
+            access_logs=()
+            if log_path == "off"
+            else (AccessLogConfig(log_path, fmt, log_formats[fmt], key=log_key),),
+            index=index,
+        )
+        t.finish()
+        if server.proxy_buffer_size_bytes < 1:
+            raise t.error("proxy_buffer_size", "must be at least 1 byte")
+        return server
