@@ -134,19 +134,13 @@ def test_tcp_connect_failure_order_matches_nginx(tmp_path: Path) -> None:
         seen = [tcp_hello(port) for _ in range(8)]
         lines = stream_log(tmp_path, 8)
     name = {str(a.port): "a", str(c.port): "c"}
-    assert [name[p] for p in seen] == list("acaacaac")
+    assert [name[p] for p in seen] == list("acaacaac")  # the order, as the clients saw it
+    # A session's line is written when both sides have closed, so two sessions' lines may
+    # come in either order: compare what was logged, not where.
     addrs = [line.split("|")[2] for line in lines]
-    assert addrs[1] == f"{dead}, {c.addr}"
-    assert lines[1].split("|")[5] == "-, " + lines[1].split("|")[5].split(", ")[1]  # dead: no connect time
-    assert [x for i, x in enumerate(addrs) if i != 1] == [
-        a.addr,
-        a.addr,
-        a.addr,
-        c.addr,
-        a.addr,
-        a.addr,
-        c.addr,
-    ]
+    (failover,) = [line for line in lines if line.split("|")[2] == f"{dead}, {c.addr}"]
+    assert failover.split("|")[5] == "-, " + failover.split("|")[5].split(", ")[1]  # dead: no connect time
+    assert sorted(x for x in addrs if x != f"{dead}, {c.addr}") == sorted([a.addr] * 5 + [c.addr] * 2)
     a.close()
     c.close()
 
