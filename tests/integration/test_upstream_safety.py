@@ -160,9 +160,10 @@ def test_disabled_peer_is_logged_with_the_phase_that_failed(tmp_path: Path) -> N
                 request(port, "GET", "/slow?id=s&ms=3000")
             log = tmp_path / "error.log"
             wait_for(
-                lambda: "temporarily disabled while reading response header from upstream, upstream: "
-                + slow.addr
-                in log.read_text(),
+                lambda: (
+                    "temporarily disabled while reading response header from upstream, upstream: " + slow.addr
+                    in log.read_text()
+                ),
                 what="the read-phase warning",
             )
             text = log.read_text()
