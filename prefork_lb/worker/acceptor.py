@@ -2,8 +2,12 @@
 
 Rules:
 1. One libev io watcher on the listening socket; each wake-up accepts at most
-   ``max_accept`` connections (1 with several workers: see worker.py) and hands each one,
-   non-blocking, to ``on_accept(raw_socket, address)``, which must not block.
+   ``max_accept`` connections and hands each one, non-blocking, to
+   ``on_accept(raw_socket, address)``, which must not block. With several workers
+   (worker.py) the first accept of a wake-up is unconditional and each further one (up to
+   ``SHARED_BATCH``) only while ``batch(accepted_so_far)`` says this worker holds no more
+   connections than its share (share.py): a burst of long-lived connections still spreads
+   evenly, and a worker below its share takes several short-lived ones per wake-up.
 2. ``full()`` is asked before every accept: when the worker's budget (fdbudget.py:
    worker_connections, and descriptors for the connection and its upstream leg) has no
    room, the watcher stops until ``start_accepting()`` is called again; the connections
@@ -27,6 +31,7 @@ from typing import Any, Final
 from prefork_lb.worker.fdbudget import alert
 
 PAUSE_S: Final = 0.5
+SHARED_BATCH: Final = 4  # max_accept with several workers and a share check (docs/performance.md)
 _SKIP: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
 
@@ -36,6 +41,7 @@ class Acceptor:
         "_family",
         "_paused",
         "_watcher",
+        "batch",
         "full",
         "hub",
         "max_accept",
@@ -50,12 +56,14 @@ class Acceptor:
         on_accept: Callable[[_socket.socket, Any], None],
         full: Callable[[], bool],
         max_accept: int,
+        batch: Callable[[int], bool] | None = None,
     ) -> None:
         self.sock = sock
         self.hub = hub
         self.on_accept = on_accept
         self.full = full
         self.max_accept = max_accept
+        self.batch = batch
         self._family = sock.family
         self._watcher = hub.loop.io(sock.fileno(), 1)
         self._paused: Any = None
@@ -79,7 +87,10 @@ class Acceptor:
     def _ready(self) -> None:
         accept = self.sock._accept  # type: ignore[attr-defined]  # (fd, address), no socket object
         family = self._family
-        for _ in range(self.max_accept):
+        batch = self.batch
+        for i in range(self.max_accept):
+            if i and batch is not None and not batch(i):
+                return
             if self.full():
                 self.stop_accepting()
                 return

@@ -31,7 +31,6 @@ import os
 import signal
 import socket as stdsocket
 import sys
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from prefork_lb.log import ALERT
@@ -122,8 +121,9 @@ class Worker:
         self.connections: set[Any] = set()
         # connections accepted and not yet closed (HTTP, parked too, and TCP) and UDP sessions
         self.budget = Budget(config.worker_connections)
-        self.spawn_raw: Any = None
+        self.runners: Any = None  # Runners: connection greenlets, reused (runners.py)
         self.servers: list[Any] = []
+        self.share: Any = None  # FairShare with several workers (acceptor.py rule 1)
         self.sockets = [(key, stdsocket.socket(fileno=fd)) for key, fd in spec.listeners]
         self.title = f"prefork-lb: worker process #{slot} gen {generation}"
         setproctitle(self.title)
@@ -131,15 +131,23 @@ class Worker:
     def run(self, ready_fd: int) -> int:
         gevent = self.gevent
         from prefork_lb.log import reopen_error_log
-        from prefork_lb.worker.acceptor import Acceptor
+        from prefork_lb.worker.acceptor import SHARED_BATCH, Acceptor
+        from prefork_lb.worker.share import FairShare
 
         hub = gevent.get_hub()
+        share = self.share = None
+        if self.zone is not None and self.config.workers > 1:
+            share = FairShare(self.zone.mv, self.zone.rows, self.zone.peers, self.row, self.config.workers)
+            self.share = share
         self.clock = hub.loop.now
         # Connection greenlets are raw greenlets (gevent.spawn_raw): a Group's bookkeeping
         # was 8% of the worker's samples with Connection: close clients. worker_connections
         # counts connections (parked ones included, which have no greenlet), see
-        # _spawn_connection; shutdown waits for that count to reach zero.
-        self.spawn_raw = gevent.spawn_raw
+        # _spawn_connection; shutdown waits for that count to reach zero. A finished one
+        # waits for the next connection (runners.py: close 15-20% less CPU per request).
+        from prefork_lb.worker.runners import Runners
+
+        self.runners = Runners(hub, gevent.spawn_raw)
         if os.environ.get(BROKEN_REUSEPORT_ENV) == "1":
             self.sockets = _bind_own_reuseport(list(self.runtime.routers))
         for key, sock in self.sockets:
@@ -151,7 +159,12 @@ class Worker:
             # accepts per wake-up let one worker take every connection of a burst and left
             # the other idle (~5.5k vs ~10.8k req/s, bimodal). One accept per wake-up shares
             # a burst between the workers woken by the shared socket (gunicorn does the same).
-            max_accept = 1 if self.config.workers > 1 else 100
+            # More per wake-up only while this worker holds no more than its share (share.py).
+            max_accept, batch = 100, None
+            if self.config.workers > 1:
+                max_accept, batch = 1, None
+                if share is not None:
+                    max_accept, batch = SHARED_BATCH, share.below
             lsock = stdsocket.socket(fileno=os.dup(sock.fileno()))
             lsock.setblocking(False)
             if stream_rt is not None and key[0].endswith("-udp"):
@@ -163,7 +176,7 @@ class Worker:
                 accepted = self._http_accepted(key, router)
             else:
                 accepted = self._tcp_accepted(key, stream_rt)
-            acceptor = Acceptor(lsock, hub, accepted, self._full, max_accept)
+            acceptor = Acceptor(lsock, hub, accepted, self._full, max_accept, batch)
             acceptor.start_accepting()
             self.servers.append(acceptor)
         for _, sock in self.sockets:
@@ -284,7 +297,7 @@ class Worker:
             expiry.close()
             mv[parked] -= 1
             conn.unpark()
-            self.spawn_raw(_guarded, self._serve, conn)
+            self.runners.spawn(self._serve, conn)
 
         def expire() -> None:
             readable.close()
@@ -297,13 +310,13 @@ class Worker:
         readable.start(wake)
         expiry.start(expire)
 
-    def _spawn_connection(self, handle: Any, *args: Any) -> Any:
+    def _spawn_connection(self, handle: Any, *args: Any) -> None:
         """The acceptors' spawn: counts the connection and pauses accepting when the budget
         (worker_connections, descriptors) has no room for another (connections, not
         greenlets: parked ones count too)."""
         if self.budget.opened(STREAM_COST):
             self._pause_accepting()
-        return self.spawn_raw(_guarded, handle, *args)
+        self.runners.spawn(handle, *args)
 
     def _full(self) -> bool:
         return self.budget.paused
@@ -409,6 +422,8 @@ class Worker:
         while True:
             if self.zone is not None:
                 self.zone.heartbeat(self.row)  # proves the hub is not blocked
+            if self.share is not None:
+                self.share.refresh()  # siblings respawned or draining
             gevent.sleep(1.0)
             now = self.clock()
             for up in self.runtime.upstreams.values():
@@ -455,16 +470,6 @@ class Worker:
             tcp._abort()
         for listener in self.udp:
             listener.close_all()
-
-
-def _guarded(function: Any, *args: Any) -> None:
-    """A connection greenlet's body: a bug in a handler is logged, never raised into the hub."""
-    try:
-        function(*args)
-    except Exception:
-        logging.getLogger("prefork_lb.error").log(
-            ALERT, "unexpected error in a connection handler: %s", traceback.format_exc().replace("\n", " | ")
-        )
 
 
 # Test-only: reproduce the gunicorn reuse_port design, where every worker binds its own
