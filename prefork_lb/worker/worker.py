@@ -273,6 +273,9 @@ class Worker:
     def _park(self, conn: Any) -> None:
         """Watch a parked connection without a greenlet: readable -> serve it again in a new
         greenlet; its idle timeout -> close it quietly, as the waiting greenlet would have."""
+        from prefork_lb.netio import release_deadline
+
+        release_deadline()  # this greenlet ends here: its socket-wait timer goes (netio rule 2)
         loop = self.gevent.get_hub().loop
         readable = loop.io(conn.sock.fileno(), 1)
         expiry = loop.timer(max(0.0, conn.park_deadline - self.clock()))
