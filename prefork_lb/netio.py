@@ -241,8 +241,10 @@ class ClientSocket:
             hub.loop.run_callback(self._cancel_read, reader)
         self._read_event.close()
         watcher = self._write_event
-        if watcher.callback is not None:  # someone waits: wake it with EBADF, as gevent does
-            hub.cancel_wait(watcher, OSError(9, "File descriptor was closed in another greenlet"))
-        watcher.close()
+        if watcher.callback is not None:  # someone waits: wake it with EBADF, as gevent does,
+            # closing the watcher only then (closed first, the waiter was never woken)
+            hub.cancel_wait(watcher, OSError(9, "File descriptor was closed in another greenlet"), True)
+        else:
+            watcher.close()
         self._sock.close()
         release_deadline()
