@@ -22,7 +22,7 @@ from prefork_lb.config.model import Address, Config, UpstreamConfig, UpstreamSer
 from prefork_lb.zone import layout as L
 from prefork_lb.zone import zone as zone_module
 from prefork_lb.zone.slots import RowTable, SlotTable, peer_keys
-from prefork_lb.zone.zone import Zone, ZoneFullError
+from prefork_lb.zone.zone import Zone, ZoneFullError, ZoneLockUnavailable
 
 NOW = 1_000
 
@@ -368,6 +368,23 @@ def test_release_row_breaks_the_hold_of_the_dead_worker_it_repairs(zones: list[Z
         return b"R"
 
     assert in_child(repair) == b"R", "release_row waited for a lock its dead worker held"
+
+
+@needs_native
+def test_a_zone_keeps_the_lock_kind_its_creator_chose(
+    zones: list[Zone], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process sharing a zone uses one lock: attaching (a binary upgrade's new master)
+    follows the header, and a build without the extension refuses a futex zone instead of
+    locking with flock beside processes that use the futex word."""
+    futex, flock = Zone.for_peers(1), Zone.for_peers(1, lock="flock")
+    zones += [futex, flock]
+    assert Zone(futex.fd, futex.size).lock_kind == "futex"
+    assert Zone(flock.fd, flock.size).lock_kind == "flock"
+    monkeypatch.setattr(zone_module, "_native", None)
+    with pytest.raises(ZoneLockUnavailable):
+        Zone(futex.fd, futex.size)
+    assert Zone(flock.fd, flock.size).lock_kind == "flock"
 
 
 # ---- repair after a worker died --------------------------------------------------------------------
