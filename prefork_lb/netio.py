@@ -7,7 +7,7 @@ Rules:
    socket's own read/write watcher. gevent's ``recv``/``sendall`` are bypassed
    on the hot path because with a timeout they build a ``gevent.Timeout`` per wait
    (measured with a gevent socketpair ping-pong: 19.8 us per round trip with gevent's
-   timeouts, 11.9 us with one libev timer per wait as here).
+   timeouts, 11.9 us with one libev timer per wait; rule 2 has since shared the timer).
 2. A timeout covers one wait, as nginx's ``*_timeout`` directives cover "two successive
    read or write operations", not the whole transfer. It is raised as ``TimeoutError`` in
    the waiting greenlet when that wait passes its deadline (``timeout_s`` after it began),
@@ -15,15 +15,15 @@ Rules:
    of a greenlet share one lazily re-armed libev timer (``_Deadline``), libev's "be smart
    about timeouts" pattern: a keep-alive request's two waits cost no timer allocation.
 3. Closing the socket in another greenlet wakes the waiter with an error (gevent sockets
-   and ``ClientSocket.close`` cancel the watchers), so a closed connection never hangs here.
+   and ``ClientSocket.close`` cancel the waits), so a closed connection never hangs here.
+4. This module touches gevent internals (``_sock``, ``_read_event``, ``_write_event``,
+   ``hub``); the proxy tests exercise all of them, so a gevent upgrade that moves them
+   fails loudly.
 5. A ``ClientSocket``'s read watcher stays started between its waits (libev changes the
    epoll set when a watcher's fd goes from watched to unwatched and back across a loop
    iteration: one ``epoll_ctl`` per keep-alive request when it was stopped during the
    upstream wait). Readable while nobody waits (pipelined bytes, EOF), it stops itself, so
    a level-triggered fd never spins the loop; the next wait starts it again.
-4. This module touches gevent internals (``_sock``, ``_read_event``, ``_write_event``,
-   ``hub``); the proxy tests exercise all of them, so a gevent upgrade that moves them
-   fails loudly.
 """
 
 from __future__ import annotations
