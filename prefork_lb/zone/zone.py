@@ -15,6 +15,8 @@ master and workers too) uses the same one:
   from a dead (or zombie) holder, and the master breaks a dead worker's hold when it
   repairs its row. A process without the extension cannot attach to such a zone
   (``ZoneLockUnavailable``: a binary upgrade to a pure build is refused, never unlocked).
+  Unlike ``flock`` (one owner per open file description) it is not re-entrant: never lock
+  while holding it (signal handlers included; the master's only record the signal).
 - ``LOCK_FLOCK`` (pure builds, and zones made before the kind word existed): ``flock`` on
   an open file description of the memfd that belongs to one process: after fork each
   process opens ``/proc/self/fd/<memfd>`` again, so workers do not share one lock owner.
