@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import _socket
 import socket as stdsocket
+from collections.abc import Callable
 from time import monotonic
 from typing import Any, Final
 
@@ -190,7 +191,7 @@ class ClientSocket:
     another greenlet ends a connection with ``shutdown``, which wakes the owner.
     """
 
-    __slots__ = ("_read_event", "_reader", "_sock", "_write_event", "hub")
+    __slots__ = ("_on_readable", "_read_event", "_reader", "_sock", "_write_event", "hub")
 
     def __init__(self, raw: _socket.socket, hub: Any) -> None:
         self._sock = raw
@@ -200,6 +201,7 @@ class ClientSocket:
         self._read_event = loop.io(fd, 1)
         self._write_event = loop.io(fd, 2)
         self._reader: Any = None  # the greenlet blocked in block_read, if any
+        self._on_readable: Callable[[], None] | None = None  # while parked (watch_readable)
 
     def block_read(self) -> None:
         """Wait until readable, leaving the read watcher started afterwards (rule 5)."""
@@ -213,11 +215,24 @@ class ClientSocket:
         finally:
             self._reader = None
 
+    def watch_readable(self, callback: Callable[[], None] | None) -> None:
+        """For a parked connection (no greenlet): ``callback()`` once, on the hub, when the
+        socket becomes readable; None cancels. The same watcher as the waits, left started
+        (rule 5), so parking and resuming do not change the epoll set either."""
+        self._on_readable = callback
+        if callback is not None and not self._read_event.active:
+            self._read_event.start(self._readable)
+
     def _readable(self) -> None:
         """libev callback, on the hub."""
         reader = self._reader
-        if reader is None:  # nobody waits: stop, or the level-triggered fd fires every iteration
-            self._read_event.stop()
+        if reader is None:
+            callback = self._on_readable
+            if callback is not None:
+                self._on_readable = None
+                callback()
+                return
+            self._read_event.stop()  # nobody waits: or the level-triggered fd fires every iteration
             return
         self._reader = None
         reader.switch(_READY)
@@ -236,6 +251,7 @@ class ClientSocket:
         """Called by the owning greenlet (which then waits no more: its deadline timer goes
         too) or, for a parked connection, on the hub."""
         hub = self.hub
+        self._on_readable = None
         reader = self._reader
         if reader is not None and reader is not getcurrent():
             hub.loop.run_callback(self._cancel_read, reader)

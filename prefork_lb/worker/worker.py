@@ -277,27 +277,26 @@ class Worker:
 
         release_deadline()  # this greenlet ends here: its socket-wait timer goes (netio rule 2)
         loop = self.gevent.get_hub().loop
-        readable = loop.io(conn.sock.fileno(), 1)
+        sock = conn.sock  # a ClientSocket: its own read watcher, never stopped (netio rule 5)
         expiry = loop.timer(max(0.0, conn.park_deadline - self.clock()))
         mv, parked = self.zone.mv, self.parked_cell
         mv[parked] += 1  # the row's parked count: observable in the zone (one writer)
 
         def wake() -> None:
-            readable.close()
             expiry.close()
             mv[parked] -= 1
             conn.unpark()
             self.spawn_raw(_guarded, self._serve, conn)
 
         def expire() -> None:
-            readable.close()
+            sock.watch_readable(None)
             expiry.close()
             mv[parked] -= 1
             conn.unpark()
             conn.close()
             self._connection_ended(conn)
 
-        readable.start(wake)
+        sock.watch_readable(wake)
         expiry.start(expire)
 
     def _spawn_connection(self, handle: Any, *args: Any) -> Any:

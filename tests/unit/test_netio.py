@@ -131,3 +131,31 @@ def test_closing_wakes_a_writer_blocked_in_another_greenlet(
     sock.close()
     g.join(5)
     assert len(errors) == 1 and getattr(errors[0], "errno", None) == 9
+
+
+def test_a_parked_socket_is_watched_by_its_own_started_watcher(
+    pair: tuple[ClientSocket, stdsocket.socket],
+) -> None:
+    """Parking (worker._park) calls back once when the client writes, through the same read
+    watcher, which is still started after a resumed greenlet read the bytes (no epoll set
+    change for park and resume).
+
+    Catches: a second io watcher per park, or the callback firing again for the same bytes."""
+    sock, peer = pair
+    peer.send(b"x")
+    assert recv(sock, 100, 5.0, wait_first=True) == b"x"
+    calls: list[bool] = []
+    got: list[bytes] = []
+
+    def resume() -> None:  # what the worker does: serve it again in a new greenlet
+        calls.append(sock._read_event.active)
+        gevent.spawn_raw(lambda: got.append(recv(sock, 100, 5.0)))
+
+    sock.watch_readable(resume)
+    peer.send(b"y")
+    deadline = time.monotonic() + 5
+    while not got:
+        assert time.monotonic() < deadline, "the parked socket was never resumed"
+        gevent.sleep(0.001)
+    assert got == [b"y"] and calls == [True]
+    assert sock._read_event.active
