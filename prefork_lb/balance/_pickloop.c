@@ -21,12 +21,23 @@
  *   tried the request's tried bitmap over positions (a Python int, usually 0)
  *
  * Returns the chosen position, or -1 when no position is usable.
+ *
+ * Also the zone lock (zone/zone.py): a futex word in the zone's header, see "zone lock" below.
  */
 
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #define CFG_HEADER 8 /* int64 words */
 #define PREFETCH 8   /* peers ahead */
@@ -238,11 +249,145 @@ static PyObject *pl_least_conn(PyObject *self, PyObject *const *args, Py_ssize_t
     return PyLong_FromSsize_t(best);
 }
 
+/* ---- zone lock ----------------------------------------------------------------------------
+ * One 32-bit word in the shared mapping: 0 when free, else the holder's pid, plus LK_WAITERS
+ * once another process sleeps on it (Drepper's "mutex 2" over FUTEX_WAIT/FUTEX_WAKE, not
+ * private: the word is shared by processes). Uncontended, lock and unlock are one atomic
+ * instruction each and no syscall (flock: two syscalls per lock/unlock pair).
+ * A holder killed inside its critical section: a waiter sleeps at most LK_CHECK_NS at a
+ * time and then looks at the holder; gone or a zombie (the master may be the waiter, with
+ * the child not reaped yet), it takes the lock over (lock() returns True). The master also
+ * breaks a dead worker's hold when it reaps it (break_lock).
+ * The pid is cached (getpid() is a syscall on this glibc) and refreshed in a forked child. */
+#define LK_WAITERS 0x40000000u
+#define LK_PID 0x3fffffffu
+#define LK_SPINS 64
+#define LK_CHECK_NS 10000000L
+
+static uint32_t lk_pid;
+
+static void lk_atfork_child(void) { lk_pid = (uint32_t)getpid() & LK_PID; }
+
+static uint32_t *lk_word(PyObject *addr) {
+    uint32_t *w = (uint32_t *)PyLong_AsVoidPtr(addr);
+    if (w == NULL && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null lock address");
+    return w;
+}
+
+static int lk_alive(uint32_t pid) {
+    char path[40], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", (unsigned)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno != ENOENT;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] != ' ') return 1;
+    return p[2] != 'Z' && p[2] != 'X';
+}
+
+static PyObject *lk_lock_slow(uint32_t *w, uint32_t me) {
+    uint32_t flag = 0; /* once we slept, take it with LK_WAITERS: others may still sleep */
+    for (int i = 0;; i++) {
+        uint32_t v = __atomic_load_n(w, __ATOMIC_RELAXED);
+        if (v == 0) {
+            if (__atomic_compare_exchange_n(w, &v, me | flag, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                Py_RETURN_FALSE;
+            continue;
+        }
+        if (i < LK_SPINS) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#elif defined(__aarch64__)
+            __asm__ __volatile__("yield");
+#endif
+            continue;
+        }
+        if (!(v & LK_WAITERS)) {
+            if (!__atomic_compare_exchange_n(w, &v, v | LK_WAITERS, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                continue;
+            v |= LK_WAITERS;
+        }
+        flag = LK_WAITERS;
+        struct timespec ts = {0, LK_CHECK_NS};
+        long r;
+        Py_BEGIN_ALLOW_THREADS
+        r = syscall(SYS_futex, w, FUTEX_WAIT, v, &ts, NULL, 0);
+        Py_END_ALLOW_THREADS
+        if (r == -1 && errno == EINTR && PyErr_CheckSignals() < 0) return NULL; /* as flock */
+        if (r == -1 && errno == ETIMEDOUT && !lk_alive(v & LK_PID)) {
+            if (__atomic_compare_exchange_n(w, &v, me | LK_WAITERS, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                Py_RETURN_TRUE;
+        }
+    }
+}
+
+static PyObject *pl_zone_lock(PyObject *self, PyObject *addr) {
+    uint32_t *w = lk_word(addr);
+    if (w == NULL) return NULL;
+    uint32_t expect = 0;
+    if (__atomic_compare_exchange_n(w, &expect, lk_pid, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        Py_RETURN_FALSE;
+    return lk_lock_slow(w, lk_pid);
+}
+
+static PyObject *pl_zone_unlock(PyObject *self, PyObject *addr) {
+    uint32_t *w = lk_word(addr);
+    if (w == NULL) return NULL;
+    if (__atomic_exchange_n(w, 0, __ATOMIC_RELEASE) & LK_WAITERS)
+        syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *pl_zone_break(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "break_lock(address, pid)");
+        return NULL;
+    }
+    uint32_t *w = lk_word(args[0]);
+    if (w == NULL) return NULL;
+    long pid = PyLong_AsLong(args[1]);
+    if (pid == -1 && PyErr_Occurred()) return NULL;
+    uint32_t v = __atomic_load_n(w, __ATOMIC_RELAXED);
+    if (pid <= 0 || (v & LK_PID) != ((uint32_t)pid & LK_PID)) Py_RETURN_FALSE;
+    if (!__atomic_compare_exchange_n(w, &v, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) Py_RETURN_FALSE;
+    if (v & LK_WAITERS) syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *pl_lock_address(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lock_address(buffer, byte_offset)");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0) return NULL;
+    Py_ssize_t off = PyLong_AsSsize_t(args[1]);
+    PyObject *res = NULL;
+    if (off == -1 && PyErr_Occurred()) {
+    } else if (off < 0 || off % 8 || off + 8 > view.len) {
+        PyErr_SetString(PyExc_ValueError, "lock word outside the buffer or unaligned");
+    } else {
+        res = PyLong_FromVoidPtr((char *)view.buf + off);
+    }
+    PyBuffer_Release(&view);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"smooth", (PyCFunction)(void (*)(void))pl_smooth, METH_FASTCALL,
      "smooth(zone, cfg, tried, now_s, now_ms, scaled) -> position: nginx's smooth WRR pass"},
     {"least_conn", (PyCFunction)(void (*)(void))pl_least_conn, METH_FASTCALL,
      "least_conn(zone, cfg, tried, now_s) -> position: nginx's least_conn pass"},
+    {"lock_address", (PyCFunction)(void (*)(void))pl_lock_address, METH_FASTCALL,
+     "lock_address(buffer, byte_offset) -> address of the zone lock word (the mapping must outlive it)"},
+    {"zone_lock", pl_zone_lock, METH_O,
+     "zone_lock(address) -> True if a dead holder's lock was taken over"},
+    {"zone_unlock", pl_zone_unlock, METH_O, "zone_unlock(address)"},
+    {"break_lock", (PyCFunction)(void (*)(void))pl_zone_break, METH_FASTCALL,
+     "break_lock(address, pid) -> True if pid held the lock and it was released"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -257,6 +402,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__pickloop(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    lk_atfork_child();
+    if (pthread_atfork(NULL, NULL, lk_atfork_child) != 0) {
+        Py_DECREF(m);
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "CFG_HEADER", CFG_HEADER) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -286,28 +286,30 @@ class Worker:
     def _park(self, conn: Any) -> None:
         """Watch a parked connection without a greenlet: readable -> serve it again in a new
         greenlet; its idle timeout -> close it quietly, as the waiting greenlet would have."""
+        from prefork_lb.netio import release_deadline
+
+        release_deadline()  # this greenlet ends here: its socket-wait timer goes (netio rule 2)
         loop = self.gevent.get_hub().loop
-        readable = loop.io(conn.sock.fileno(), 1)
+        sock = conn.sock  # a ClientSocket: its own read watcher, never stopped (netio rule 5)
         expiry = loop.timer(max(0.0, conn.park_deadline - self.clock()))
         mv, parked = self.zone.mv, self.parked_cell
         mv[parked] += 1  # the row's parked count: observable in the zone (one writer)
 
         def wake() -> None:
-            readable.close()
             expiry.close()
             mv[parked] -= 1
             conn.unpark()
             self.runners.spawn(self._serve, conn)
 
         def expire() -> None:
-            readable.close()
+            sock.watch_readable(None)
             expiry.close()
             mv[parked] -= 1
             conn.unpark()
             conn.close()
             self._connection_ended(conn)
 
-        readable.start(wake)
+        sock.watch_readable(wake)
         expiry.start(expire)
 
     def _spawn_connection(self, handle: Any, *args: Any) -> None:

@@ -41,7 +41,11 @@ HEADER_WORDS: Final = 16
     H_LOAD_MS,  # last (re)load (ms since epoch)
     H_ACCEPTED_GONE,  # connections accepted by workers that have exited (master folds rows in)
     H_DROPPED_GONE,
-) = range(12)
+    H_LOCK,  # the futex lock word (zone.py), when H_LOCK_KIND says so
+    H_LOCK_KIND,  # LOCK_FLOCK (0: also what a zone made before this word existed reads) or LOCK_FUTEX
+) = range(14)
+LOCK_FLOCK: Final = 0
+LOCK_FUTEX: Final = 1
 
 PEER_WORDS: Final = 64
 (

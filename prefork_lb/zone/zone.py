@@ -3,13 +3,29 @@
 Layout and rules: ``zone/layout.py``. The memfd is created by the master before the first
 fork and survives reloads (its fd can also cross exec for a binary upgrade).
 
-The lock is ``flock`` on an open file description of the memfd that belongs to one
-process: after fork each process opens ``/proc/self/fd/<memfd>`` again, so workers do not
-share one lock owner. The kernel releases a dead holder's lock, so a SIGKILLed worker can
-never leave the zone locked (measured: 0.8 us per lock/unlock pair). Critical sections are
-a few dozen loads and stores and never span I/O; a waiting worker blocks its hub for at
-most that long. Which fd is "ours" is reset by an at-fork hook in the child, not checked
-with ``getpid()`` per lock: on this Python that is a syscall, three per proxied request.
+The lock is one of two kinds, chosen by the master that creates the zone and recorded in
+its header (``H_LOCK_KIND``), so every process sharing the zone (a binary upgrade's new
+master and workers too) uses the same one:
+
+- ``LOCK_FUTEX`` (when the C extension ``balance/_pickloop.c`` is built and
+  ``PREFORK_LB_PURE`` is not set): a futex word in the header holding the holder's pid.
+  Uncontended, a lock/unlock pair is two atomic instructions and no syscall (flock: two
+  syscalls, ~0.7 us a pair). A holder killed inside its critical section cannot lock the
+  others out: a waiter looks at the holder every 10 ms of waiting and takes the lock over
+  from a dead (or zombie) holder, and the master breaks a dead worker's hold when it
+  repairs its row. A process without the extension cannot attach to such a zone
+  (``ZoneLockUnavailable``: a binary upgrade to a pure build is refused, never unlocked).
+  Unlike ``flock`` (one owner per open file description) it is not re-entrant: never lock
+  while holding it (signal handlers included; the master's only record the signal).
+- ``LOCK_FLOCK`` (pure builds, and zones made before the kind word existed): ``flock`` on
+  an open file description of the memfd that belongs to one process: after fork each
+  process opens ``/proc/self/fd/<memfd>`` again, so workers do not share one lock owner.
+  The kernel releases a dead holder's lock (measured: 0.8 us per lock/unlock pair).
+
+Critical sections are a few dozen loads and stores and never span I/O; a waiting worker
+blocks its hub for at most that long. Which fd (or pid) is "ours" is reset by an at-fork
+hook in the child, not checked with ``getpid()`` per lock: on this Python that is a
+syscall, three per proxied request.
 """
 
 from __future__ import annotations
@@ -19,13 +35,35 @@ import mmap
 import os
 import time
 import weakref
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from prefork_lb.zone import layout as L
 
 
 class ZoneFullError(Exception):
     pass
+
+
+class ZoneLockUnavailable(Exception):
+    """The zone uses the futex lock and this process has no compiled extension."""
+
+
+def _load_native() -> Any:
+    if os.environ.get("PREFORK_LB_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from prefork_lb.balance import _pickloop
+    except ImportError:
+        return None
+    return _pickloop
+
+
+_native = _load_native()
+if _native is not None:
+    _zone_lock: Callable[[int], bool] = _native.zone_lock
+    _zone_unlock: Callable[[int], None] = _native.zone_unlock
 
 
 _zones: weakref.WeakSet[Zone] = weakref.WeakSet()
@@ -50,10 +88,30 @@ class Zone:
         self.rows = self.mv[L.H_ROWS]
         self.peers = self.mv[L.H_PEERS]
         self._lock_fd = -1
+        self._lock_addr = 0
+        self._setup_lock()
         _zones.add(self)
 
+    def _setup_lock(self) -> None:
+        kind = self.mv[L.H_LOCK_KIND]
+        if kind == L.LOCK_FLOCK:
+            return
+        if kind != L.LOCK_FUTEX:
+            raise ZoneLockUnavailable(f"unknown zone lock kind {kind}")
+        if _native is None:
+            raise ZoneLockUnavailable(
+                "the zone uses the compiled futex lock and this build has no _pickloop "
+                "(PREFORK_LB_PURE is set or the C extension was not built)"
+            )
+        self._lock_addr = _native.lock_address(self.mv, 8 * L.H_LOCK)
+
+    @property
+    def lock_kind(self) -> str:
+        return "futex" if self._lock_addr else "flock"
+
     @classmethod
-    def create(cls, size: int = L.DEFAULT_SIZE, rows: int = L.DEFAULT_ROWS) -> Zone:
+    def create(cls, size: int = L.DEFAULT_SIZE, rows: int = L.DEFAULT_ROWS, lock: str | None = None) -> Zone:
+        """``lock``: "futex" or "flock"; by default the futex lock when the extension is there."""
         peers = L.peer_capacity(size, rows)
         if peers < 1:
             raise ZoneFullError(f"zone_size {size} is too small for {rows} worker rows")
@@ -70,16 +128,21 @@ class Zone:
         mv[L.H_ROWS] = rows
         mv[L.H_PEERS] = peers
         mv[L.H_SIZE] = size
+        if lock is None:
+            lock = "flock" if _native is None else "futex"
+        mv[L.H_LOCK_KIND] = L.LOCK_FUTEX if lock == "futex" else L.LOCK_FLOCK
         zone.rows = rows
         zone.peers = peers
         zone._lock_fd = -1
+        zone._lock_addr = 0
+        zone._setup_lock()
         _zones.add(zone)
         return zone
 
     @classmethod
-    def for_peers(cls, peers: int, rows: int = 1) -> Zone:
+    def for_peers(cls, peers: int, rows: int = 1, lock: str | None = None) -> Zone:
         """A zone just big enough for ``peers`` (tests and single-process use)."""
-        return cls.create(L.size_for(max(1, peers), rows), rows)
+        return cls.create(L.size_for(max(1, peers), rows), rows, lock)
 
     # ---- the lock ----
 
@@ -89,11 +152,23 @@ class Zone:
         return self._lock_fd
 
     def lock(self) -> None:
+        addr = self._lock_addr
+        if addr:
+            _zone_lock(addr)  # True: taken over from a dead holder; the master recounts its row
+            return
         fd = self._lock_fd
         fcntl.flock(fd if fd >= 0 else self._ensure_lock_fd(), fcntl.LOCK_EX)
 
     def unlock(self) -> None:
+        addr = self._lock_addr
+        if addr:
+            _zone_unlock(addr)
+            return
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def lock_holder(self) -> int:
+        """The futex lock's holder pid, 0 when free (or with the flock kind)."""
+        return int(self.mv[L.H_LOCK]) & 0x3FFFFFFF if self._lock_addr else 0
 
     def __enter__(self) -> Zone:
         self.lock()
@@ -144,6 +219,9 @@ class Zone:
     def release_row(self, row: int) -> None:
         """After a worker died: drop its row and recount every peer's connections (and
         least_time's in-flight start times) from the live rows, exact wherever it was killed."""
+        pid = int(self.mv[L.row_base(row, self.peers) + L.R_PID])
+        if self._lock_addr and pid > 0 and _native is not None:
+            _native.break_lock(self._lock_addr, pid)  # killed inside the critical section
         with self:
             base = L.row_base(row, self.peers)
             self.mv[L.H_ACCEPTED_GONE] += self.mv[base + L.R_ACCEPTED]  # counters never go back
@@ -185,6 +263,7 @@ class Zone:
         return int(self.mv[L.row_base(row, self.peers) + L.R_PID])
 
     def close(self) -> None:
+        self._lock_addr = 0
         self.mv.release()
         self._mmap.close()
         if self._lock_fd >= 0:

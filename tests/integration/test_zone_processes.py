@@ -8,6 +8,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.backends import Backend, GatedBackend, free_port
 from tests.harness import LB, ZoneReader, basic_config, request, upstream_block, wait_for
 
@@ -257,3 +259,47 @@ def test_queue_waits_for_max_conns_instead_of_502(tmp_path: Path) -> None:
             assert gate.arrived == 2
             lines = lb.access_log(3)
             assert any("/overflow" in line and "|502|" in line for line in lines)
+
+
+def test_a_lock_holder_killed_in_its_critical_section_does_not_stop_the_workers(tmp_path: Path) -> None:
+    """A process SIGKILLed while it holds the zone's futex lock (as a worker killed between
+    lock and unlock): the workers take the lock over and keep serving, and the lock word
+    no longer names the dead process.
+
+    Catches: a userspace zone lock without the dead-holder take-over (every worker would
+    wait on the word forever and the request would time out)."""
+    native = pytest.importorskip("prefork_lb.balance._pickloop")
+    if os.environ.get("PREFORK_LB_PURE", "") not in ("", "0"):
+        pytest.skip("pure build: the zone uses flock, released by the kernel")
+    import mmap
+
+    from prefork_lb.zone import layout as L
+
+    with Backend(count=1) as b:
+        port = free_port()
+        with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs), workers=2), port) as lb:
+            assert request(port, "GET", "/")[0] == 200
+            zone = ZoneReader(lb.master_pid)
+            assert zone.mv[L.H_LOCK_KIND] == L.LOCK_FUTEX
+            fd_dir = f"/proc/{lb.master_pid}/fd"
+            name = next(n for n in os.listdir(fd_dir) if "prefork-lb-zone" in os.readlink(f"{fd_dir}/{n}"))
+            r, w = os.pipe()
+            holder = os.fork()
+            if holder == 0:  # never returns into pytest
+                try:
+                    fd = os.open(f"{fd_dir}/{name}", os.O_RDWR)
+                    mv = memoryview(mmap.mmap(fd, os.fstat(fd).st_size)).cast("q")
+                    native.zone_lock(native.lock_address(mv, 8 * L.H_LOCK))
+                    os.write(w, b"L")
+                    os.kill(os.getpid(), signal.SIGKILL)  # inside the critical section
+                finally:
+                    os._exit(1)
+            os.close(w)
+            try:
+                assert os.read(r, 1) == b"L"
+            finally:
+                os.waitpid(holder, 0)
+                os.close(r)
+            for _ in range(4):  # new connections: whichever worker accepts must get the lock
+                assert request(port, "GET", "/", timeout_s=20)[0] == 200
+            assert int(zone.mv[L.H_LOCK]) & 0x3FFFFFFF != holder

@@ -9,7 +9,7 @@ import select
 import signal
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,9 @@ from prefork_lb.config.load import load_config
 from prefork_lb.config.model import Address, Config, UpstreamConfig, UpstreamServer
 from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
+from prefork_lb.zone import zone as zone_module
 from prefork_lb.zone.slots import RowTable, SlotTable, peer_keys
-from prefork_lb.zone.zone import Zone, ZoneFullError
+from prefork_lb.zone.zone import Zone, ZoneFullError, ZoneLockUnavailable
 
 NOW = 1_000
 
@@ -201,7 +202,7 @@ def flock_nb(fd: int) -> bool:
 
 
 def test_a_killed_holder_never_leaves_the_zone_locked(zones: list[Zone]) -> None:
-    zone = Zone.for_peers(1)
+    zone = Zone.for_peers(1, lock="flock")
     zones.append(zone)
     zone.lock()  # gives the parent its own lock fd
     zone.unlock()
@@ -234,7 +235,7 @@ def test_a_killed_holder_never_leaves_the_zone_locked(zones: list[Zone]) -> None
 
 
 def test_the_lock_excludes_another_process(zones: list[Zone]) -> None:
-    zone = Zone.for_peers(1)
+    zone = Zone.for_peers(1, lock="flock")
     zones.append(zone)
     r, w = os.pipe()
     with zone:
@@ -252,6 +253,139 @@ def test_the_lock_excludes_another_process(zones: list[Zone]) -> None:
         finally:
             os.waitpid(pid, 0)
             os.close(r)
+
+
+needs_native = pytest.mark.skipif(zone_module._native is None, reason="C extension not built, or pure")
+
+
+def in_child(fn: Callable[[], bytes], timeout: float = 10.0) -> bytes:
+    """Run ``fn`` in a forked child; its one-byte answer, or b"" if it did not answer in time
+    (the child is then killed: a lock that never comes back fails the test, not the suite)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.write(w, fn())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], timeout)
+        return os.read(r, 1) if ready else b""
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+
+
+@needs_native
+def test_the_futex_lock_names_its_holder_and_excludes_another_process(zones: list[Zone]) -> None:
+    """The futex word holds the holder's pid (the child's own after fork, not the parent's
+    cached one) and a second process waits until it is released."""
+    zone = Zone.for_peers(1)
+    zones.append(zone)
+    assert zone.lock_kind == "futex" and zone.lock_holder() == 0
+    r, w = os.pipe()
+    zone.lock()
+    assert zone.lock_holder() == os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            zone.lock()
+            os.write(w, b"L" if zone.lock_holder() == os.getpid() else b"P")
+            zone.unlock()
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 0.3)
+        assert not ready, "the child got the lock while the parent held it"
+        zone.unlock()
+        assert wait_readable(r) == b"L"
+    finally:
+        os.waitpid(pid, 0)
+        os.close(r)
+    assert zone.lock_holder() == 0
+
+
+@needs_native
+def test_a_killed_futex_holder_is_taken_over_even_as_a_zombie(zones: list[Zone]) -> None:
+    """A holder SIGKILLed inside the critical section and not reaped yet (a zombie: the
+    master may itself be the waiter) does not lock the others out."""
+    zone = Zone.for_peers(1)
+    zones.append(zone)
+    r, w = os.pipe()
+    holder = os.fork()
+    if holder == 0:
+        try:
+            os.close(r)
+            zone.lock()
+            os.write(w, b"L")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert wait_readable(r) == b"L"
+        assert zone.lock_holder() == holder
+        os.kill(holder, signal.SIGKILL)
+        wait_for_zombie(holder)
+
+        def take() -> bytes:
+            zone.lock()
+            return b"T" if zone.lock_holder() == os.getpid() else b"?"
+
+        assert in_child(take) == b"T", "a dead holder's lock was never taken over"
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+        os.close(r)
+    zone.lock()  # the lock word is usable again after the take-over
+    zone.unlock()
+
+
+def wait_for_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+@needs_native
+def test_release_row_breaks_the_hold_of_the_dead_worker_it_repairs(zones: list[Zone]) -> None:
+    """The master repairing a dead worker's row releases a futex lock still recorded as
+    that worker's, even when its pid already belongs to a live process again."""
+    zone = Zone.for_peers(1, rows=2)
+    zones.append(zone)
+    zone.claim_row(0, 1, 0)
+    live = os.getppid()  # stands for a reused pid: alive, but not a holder any more
+    zone.set_row_pid(0, live)
+    zone.mv[L.H_LOCK] = live  # what the dead worker left in the word
+
+    def repair() -> bytes:
+        zone.release_row(0)
+        return b"R"
+
+    assert in_child(repair) == b"R", "release_row waited for a lock its dead worker held"
+
+
+@needs_native
+def test_a_zone_keeps_the_lock_kind_its_creator_chose(
+    zones: list[Zone], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process sharing a zone uses one lock: attaching (a binary upgrade's new master)
+    follows the header, and a build without the extension refuses a futex zone instead of
+    locking with flock beside processes that use the futex word."""
+    futex, flock = Zone.for_peers(1), Zone.for_peers(1, lock="flock")
+    zones += [futex, flock]
+    assert Zone(futex.fd, futex.size).lock_kind == "futex"
+    assert Zone(flock.fd, flock.size).lock_kind == "flock"
+    monkeypatch.setattr(zone_module, "_native", None)
+    with pytest.raises(ZoneLockUnavailable):
+        Zone(futex.fd, futex.size)
+    assert Zone(flock.fd, flock.size).lock_kind == "flock"
 
 
 # ---- repair after a worker died --------------------------------------------------------------------
