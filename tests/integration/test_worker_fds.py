@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, accepts, basic_config, refused, request, upstream_block, wait_for
+from tests.harness import LB, ZoneReader, accepts, basic_config, refused, request, upstream_block, wait_for
 
 
 def tcp_ports_held(pid: int) -> list[int]:
@@ -78,10 +78,10 @@ def test_a_removed_listener_is_refused_held_by_nobody_and_can_come_back(tmp_path
 
 def test_workers_hold_only_what_their_spec_names(tmp_path: Path) -> None:
     """A worker's descriptors: stdio, the error log, the zone memfd (and the mapping's own
-    duplicate, and the worker's own lock descriptor, opened at start so that a pick never
-    needs a descriptor), its access log, its listener, and gevent's loop; none of the
-    master's pipes (wakeup, other workers' readiness pipes) and no memfd lock descriptor
-    of the master.
+    duplicate, and with the flock lock the worker's own lock descriptor, opened at start so
+    that a pick never needs a descriptor; the futex lock needs none), its access log, its
+    listener, and gevent's loop; none of the master's pipes (wakeup, other workers'
+    readiness pipes) and no memfd lock descriptor of the master.
 
     Catches: a child that closes only its own listener copies and leaves the rest open
     (the old code: every worker held the master's wakeup pipe and the readiness pipes of
@@ -89,12 +89,15 @@ def test_workers_hold_only_what_their_spec_names(tmp_path: Path) -> None:
     port = free_port()
     with Backend(count=1) as b:
         with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs), workers=3), port) as lb:
+            zone = ZoneReader(lb.master_pid)
+            # the memfd and the mapping's duplicate; with flock, the worker's own lock fd too
+            zone_fds = 2 if zone.mv[zone.L.H_LOCK_KIND] == zone.L.LOCK_FUTEX else 3
             for w in lb.workers():
                 fds = fds_of(w.pid)
                 pipes = [t for t in fds.values() if t.startswith("pipe:")]
                 stdio_pipes = {fds.get(1), fds.get(2)}
                 assert all(p in stdio_pipes for p in pipes), fds  # the harness's stdout only
-                assert sum("prefork-lb-zone" in t for t in fds.values()) == 3, fds
+                assert sum("prefork-lb-zone" in t for t in fds.values()) == zone_fds, fds
                 assert tcp_ports_held(w.pid) == [port]
 
 
