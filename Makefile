@@ -27,9 +27,17 @@ run: $(BIN)/prefork-lb
 	@mkdir -p $(RUN)
 	@$(BIN)/python scripts/run_demo.py --prefix $(RUN) -- $(BIN)/prefork-lb -c conf/prefork-lb.toml -p $(RUN)
 
+# The whole suite on the compiled build, then again on the pure-Python build (PREFORK_LB_PURE=1)
+# for what the C extension replaces: the balancer loops (unit, differential) and the zone lock
+# (flock instead of the futex word: zone processes, worker descriptors).
+PURE_TESTS := tests/unit tests/integration/test_zone_processes.py \
+	tests/integration/test_nginx_differential.py tests/integration/test_worker_fds.py
+
 test: $(VENV)/.test-extras
 	$(BIN)/ruff check prefork_lb tests scripts loadtest loadtest/bench
 	$(BIN)/mypy
+	$(BIN)/python -c 'from prefork_lb.balance import native; print("build:", native.describe())'
+	PREFORK_LB_PURE=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-extras
