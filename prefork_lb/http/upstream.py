@@ -119,7 +119,7 @@ class KeepalivePool:
     scan cost ~250 us per request with 2000 peers and a pool as large).
     """
 
-    __slots__ = ("by_addr", "capacity", "discarded", "idle", "max_age_s", "max_requests", "timeout_s")
+    __slots__ = ("by_addr", "capacity", "idle", "max_age_s", "max_requests", "timeout_s")
 
     def __init__(self, upstream: UpstreamConfig) -> None:
         self.capacity = upstream.keepalive
@@ -128,7 +128,6 @@ class KeepalivePool:
         self.max_age_s = upstream.keepalive_time_s
         self.idle: dict[UpstreamConnection, None] = {}  # oldest first (insertion order)
         self.by_addr: dict[str, list[UpstreamConnection]] = {}
-        self.discarded = 0  # idle connections closed because they became readable (rule 4)
 
     @property
     def enabled(self) -> bool:
@@ -147,7 +146,6 @@ class KeepalivePool:
                 conn.close()
                 continue
             if peek_readable(conn.sock) is not None:  # rule 4: bytes, EOF or RST
-                self.discarded += 1
                 conn.close()
                 continue
             conn.reused = True
@@ -181,7 +179,6 @@ class KeepalivePool:
 
     def _readable_while_idle(self, conn: UpstreamConnection) -> None:
         """libev callback (on the hub): an idle connection became readable; never reuse it."""
-        self.discarded += 1
         if conn in self.idle:
             self._evict(conn)
         else:
