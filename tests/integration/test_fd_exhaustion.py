@@ -13,6 +13,8 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -98,6 +100,24 @@ def second_free_descriptor(pid: int) -> int:
     return next(free)
 
 
+@contextmanager
+def one_free_descriptor(lb: LB) -> Iterator[None]:
+    """Lower the only worker's soft RLIMIT_NOFILE under it (as `prlimit` does) so that it
+    has exactly one free descriptor: the next accept() takes it, the upstream socket()
+    fails. The limit is restored on leaving."""
+    (worker,) = lb.workers()
+    wait_for(
+        lambda: all(c.status == psutil.CONN_LISTEN for c in worker.net_connections("tcp")),
+        what="the readiness probe's connection closed",
+    )
+    soft, hard = worker.rlimit(psutil.RLIMIT_NOFILE)
+    worker.rlimit(psutil.RLIMIT_NOFILE, (second_free_descriptor(worker.pid), hard))
+    try:
+        yield
+    finally:
+        worker.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_tcp_stream_socket_failure_is_500_and_not_charged_to_the_peer(tmp_path: Path) -> None:
     """Catches: an upstream socket() failing with EMFILE was charged to the peer as a
     connect failure (and retried on the next one, charged too): healthy backends were
@@ -111,16 +131,9 @@ def test_tcp_stream_socket_failure_is_500_and_not_charged_to_the_peer(tmp_path: 
     port, ready = free_port(), free_port()
     params = {x.addr: ', max_fails = 1, fail_timeout = "60s"' for x in (a, b)}
     with LB(tmp_path, stream_config(port, [a.addr, b.addr], params, http_port=ready), ready) as lb:
-        (worker,) = lb.workers()
-        wait_for(
-            lambda: all(c.status == psutil.CONN_LISTEN for c in worker.net_connections("tcp")),
-            what="the readiness probe's connection closed",
-        )
-        soft, hard = worker.rlimit(psutil.RLIMIT_NOFILE)
-        worker.rlimit(psutil.RLIMIT_NOFILE, (second_free_descriptor(worker.pid), hard))
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            assert s.recv(100) == b""  # closed unserved: no descriptor for the upstream
-        worker.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        with one_free_descriptor(lb):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                assert s.recv(100) == b""  # closed unserved: no descriptor for the upstream
         seen = {tcp_hello(port) for _ in range(4)}
         assert seen == {str(a.port), str(b.port)}  # neither peer was charged
         assert stream_log(tmp_path, 5)[0].split("|")[:3] == ["TCP", "500", a.addr]
@@ -140,17 +153,8 @@ def test_http_upstream_socket_failure_is_500_and_not_charged_to_the_peer(tmp_pat
     with Backend(count=2) as b:
         params = {x: ', max_fails = 1, fail_timeout = "60s"' for x in b.addrs}
         with LB(tmp_path, basic_config(port, upstream_block("backend", b.addrs, **params)), port) as lb:
-            (worker,) = lb.workers()
-            wait_for(
-                lambda: all(c.status == psutil.CONN_LISTEN for c in worker.net_connections("tcp")),
-                what="the readiness probe's connection closed",
-            )
-            soft, hard = worker.rlimit(psutil.RLIMIT_NOFILE)
-            worker.rlimit(psutil.RLIMIT_NOFILE, (second_free_descriptor(worker.pid), hard))
-            try:
+            with one_free_descriptor(lb):
                 status, _, _ = request(port, "GET", "/")
-            finally:
-                worker.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
             assert status == 500
             seen = {request(port, "GET", "/")[1]["x-port"] for _ in range(4)}
             assert seen == {a.split(":")[1] for a in b.addrs}  # neither peer was charged
