@@ -117,6 +117,20 @@ class LB:
         except psutil.NoSuchProcess:
             return []
 
+    def binary_upgrade(self, old: int, workers: int) -> int:
+        """USR2 to the master ``old``; the new master's pid once the pid file names it, the
+        old one moved to ``.oldbin`` and its ``workers`` workers are up."""
+        os.kill(old, signal.SIGUSR2)
+        oldbin = self.dir / "prefork-lb.pid.oldbin"
+
+        def new_master() -> int:
+            if not oldbin.exists() or not self.pid_path.exists():
+                return 0
+            pid = int(self.pid_path.read_text())
+            return pid if pid != old and len(psutil.Process(pid).children()) == workers else 0
+
+        return int(wait_for(new_master, what="the new master and its workers"))
+
     def signal(self, name: str) -> subprocess.CompletedProcess[str]:
         return run_cli("-c", str(self.conf), "-s", name)
 

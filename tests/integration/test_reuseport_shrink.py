@@ -119,16 +119,7 @@ def test_binary_upgrade_adopts_every_reuseport_slot(tmp_path: Path) -> None:
             old = lb.master_pid
             slots = socket_inodes(old)
             assert slot_sockets(old, port) == 2 and len(slots) == 2
-            os.kill(old, signal.SIGUSR2)
-            pid_path = tmp_path / "prefork-lb.pid"
-
-            def new_master() -> int:
-                if not (tmp_path / "prefork-lb.pid.oldbin").exists() or not pid_path.exists():
-                    return 0
-                pid = int(pid_path.read_text())
-                return pid if pid != old and len(psutil.Process(pid).children()) == 2 else 0
-
-            new = wait_for(new_master, what="the new master and its workers")
+            new = lb.binary_upgrade(old, workers=2)
             try:
                 assert socket_inodes(new) == slots
                 assert "more than one socket" not in lb.output()

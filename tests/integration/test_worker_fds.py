@@ -121,16 +121,7 @@ def test_binary_upgrade_child_inherits_only_the_current_listeners(tmp_path: Path
             assert lb.signal("reload").returncode == 0
             wait_for(lambda: accepts(p2), what="P2")
             assert p1 in tcp_ports_held(old)  # retired, still held while the old worker drains
-            os.kill(old, signal.SIGUSR2)
-            pid_path = tmp_path / "prefork-lb.pid"
-
-            def new_master() -> int:
-                if not (tmp_path / "prefork-lb.pid.oldbin").exists() or not pid_path.exists():
-                    return 0
-                pid = int(pid_path.read_text())
-                return pid if pid != old and len(psutil.Process(pid).children()) == 1 else 0
-
-            new = wait_for(new_master, what="the new master and its worker")
+            new = lb.binary_upgrade(old, workers=1)
             try:
                 assert p1 not in tcp_ports_held(new), fds_of(new)
                 assert tcp_ports_held(new) == [p2]

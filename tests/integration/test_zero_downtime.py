@@ -268,15 +268,7 @@ def test_binary_upgrade_commit_and_rollback(tmp_path: Path) -> None:
         with LB(tmp_path, basic_config(port, up, workers=2), port) as lb:
             pid_path = tmp_path / "prefork-lb.pid"
             old = lb.master_pid
-            os.kill(old, signal.SIGUSR2)
-
-            def new_master() -> int:
-                if not pid_path.exists() or not (tmp_path / "prefork-lb.pid.oldbin").exists():
-                    return 0
-                pid = int(pid_path.read_text())
-                return pid if pid != old and len(psutil.Process(pid).children()) == 2 else 0
-
-            new = wait_for(new_master, what="the new master and its workers")
+            new = lb.binary_upgrade(old, workers=2)
             assert psutil.Process(new).ppid() == old
             assert all(request(port, "GET", "/")[0] == 200 for _ in range(6))
             old_workers = {w.pid for w in psutil.Process(old).children() if w.pid != new}
