@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING, Final
 
 from gevent import socket
 
-from prefork_lb.balance.least_time import release_inflight
-from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection, record_time
+from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
 from prefork_lb.http.headers import build_response_head, build_upstream_head
@@ -336,7 +335,8 @@ class Proxy:
         last: bool = False,
         phase: str = READING_HEAD,
     ) -> None:
-        """Release the peer under the zone lock; a completed attempt feeds least_time.
+        """Release the peer under the zone lock (the method's ``release`` first: a completed
+        attempt feeds least_time).
 
         ``last``: the response is complete, so the server's status zone is recorded in the
         same critical section (one lock round trip per request fewer).
@@ -346,11 +346,12 @@ class Proxy:
         zone = up.group.zone
         zone.lock()
         try:
-            if attempt is not None and up.config.method == "least_time":
-                took = attempt.header_time_s if up.config.least_time == "header" else attempt.response_time_s
-                if took is not None:
-                    record_time(peer, int(took * 1000))
-            release_inflight(peer, sel)
+            balancer = up.balancer
+            if balancer.releases:  # least_time; the other methods have nothing to release
+                if attempt is None:
+                    balancer.release(peer, sel, None, None)
+                else:
+                    balancer.release(peer, sel, attempt.header_time_s, attempt.response_time_s)
             if attempt is not None and attempt.status is not None:
                 header = attempt.header_time_s
                 record_http_peer(

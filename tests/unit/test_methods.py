@@ -808,6 +808,54 @@ def test_least_time_inflight_books_and_releases_start_times() -> None:
     assert a._mv[a._b + L.P_INFLIGHT_MS] == 0
 
 
+def test_least_time_release_feeds_the_measured_time_and_undoes_inflight() -> None:
+    """The balancer's ``release`` (what the proxy calls under the zone lock when an attempt
+    ends): a completed attempt feeds its header or last-byte time to the average, a failed
+    one (no times) only undoes the in-flight start. Catches release work left in the proxy
+    (the old code had no ``LeastTime.release``)."""
+    group, bal = least_time(srv("a"), srv("b"), inflight=True)
+    sel = new_selection(group, 0)
+    got = pick(group, bal, sel)
+    assert got is not None and bal.releases
+    with group.zone:
+        bal.release(got, sel, None, None)  # failed: nothing measured
+        free(sel, got, True, NOW)
+    assert got.rt_ms == -1 and sel.start_ms == 0 and got._mv[got._b + L.P_INFLIGHT_MS] == 0
+    sel = new_selection(group, 0)
+    got = pick(group, bal, sel)
+    assert got is not None and sel.start_ms == NOW * 1000
+    with group.zone:
+        bal.release(got, sel, 0.030, 0.250)  # header: 30 ms
+        free(sel, got, False, NOW)
+    assert got.rt_ms == 30 and got._mv[got._b + L.P_INFLIGHT_MS] == 0
+    group, last = build("least_time", srv("a"), srv("b"), least_time="last_byte")
+    assert isinstance(last, LeastTime)
+    sel = new_selection(group, 0)
+    got = pick(group, last, sel)
+    assert got is not None
+    with group.zone:
+        last.release(got, sel, 0.030, 0.250)  # last_byte: 250 ms
+        free(sel, got, False, NOW)
+    assert got.rt_ms == 250
+
+
+@pytest.mark.parametrize("method", ["round_robin", "least_conn", "ip_hash", "hash", "random"])
+def test_only_least_time_has_release_work(method: str) -> None:
+    """The other methods inherit the no-op ``release`` and say so with ``releases``, so the
+    proxy skips the call: no per-request cost for them. Catches a method (or a default)
+    that would make every request pay for least_time's release."""
+    options: dict[str, Any] = {"hash_key": "$remote_addr"} if method == "hash" else {}
+    group, bal = build(method, srv("a"), srv("b"), **options)
+    assert bal.releases is False
+    sel = new_selection(group, 0)
+    got = pick(group, bal, sel, client("10.0.0.1") if method in ("ip_hash", "hash") else None)
+    assert got is not None
+    with group.zone:
+        bal.release(got, sel, 0.030, 0.250)
+        free(sel, got, False, NOW)
+    assert got.rt_ms == -1
+
+
 def test_least_time_without_inflight_ignores_request_age() -> None:
     group, bal = least_time(srv("a"), srv("b"))
     record_time(peer(group, "a"), 20)
