@@ -37,6 +37,7 @@ from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
+from tests.unit.groups import private_group
 from tests.unit.test_variables import make_exchange
 
 NOW = 1_000  # an arbitrary "ngx_time()" second
@@ -60,7 +61,7 @@ def build(method: str, *servers: UpstreamServer, **options: Any) -> tuple[PeerGr
     upstream = UpstreamConfig(
         name=options.pop("group_name", "u"), method=cast(Method, method), servers=servers, **options
     )
-    group = PeerGroup.build(upstream)
+    group = private_group(upstream)
     return group, make_balancer(upstream, group, compile_template)
 
 
@@ -582,8 +583,10 @@ def test_max_conns_busy_scenario_10(method: str) -> None:
 
 def random_balancer(*servers: UpstreamServer, two: bool = False, seed: int = 7) -> tuple[PeerGroup, Random]:
     upstream = UpstreamConfig(name="u", method="random", servers=servers, random_two=two)
-    group = PeerGroup.build(upstream)
-    return group, Random(group, upstream, rng=_random.Random(seed))
+    group = private_group(upstream)
+    bal = Random(group, upstream)
+    bal.rng = _random.Random(seed)  # reproducible draws
+    return group, bal
 
 
 def test_random_is_what_the_registry_builds() -> None:
@@ -645,8 +648,9 @@ class ScriptedRng:
 )
 def test_random_two_choice_rule(conns: tuple[int, int], draws: list[int], expected: str) -> None:
     upstream = UpstreamConfig(name="u", method="random", servers=(srv("a"), srv("b")), random_two=True)
-    group = PeerGroup.build(upstream)
-    bal = Random(group, upstream, rng=cast(Any, ScriptedRng(draws)))
+    group = private_group(upstream)
+    bal = Random(group, upstream)
+    bal.rng = cast(Any, ScriptedRng(draws))
     with group.zone:
         for p, n in zip(group.primary.peers, conns, strict=True):
             for _ in range(n):
@@ -660,13 +664,14 @@ def test_random_two_weights_are_cross_multiplied() -> None:
     upstream = UpstreamConfig(
         name="u", method="random", servers=(srv("a", weight=4), srv("b")), random_two=True
     )
-    group = PeerGroup.build(upstream)
+    group = private_group(upstream)
     with group.zone:
         for _ in range(3):
             take(new_selection(group, 0), group.primary.peers[0], NOW)  # a: 3 conns / weight 4
         take(new_selection(group, 0), group.primary.peers[1], NOW)  # b: 1 conn / weight 1
     # A = a, B = b: B.conns * A.weight = 4 > A.conns * B.weight = 3 -> A
-    bal = Random(group, upstream, rng=cast(Any, ScriptedRng([0, 4])))
+    bal = Random(group, upstream)
+    bal.rng = cast(Any, ScriptedRng([0, 4]))
     assert name(pick(group, bal, new_selection(group, 0))) == "a"
 
 
@@ -1101,7 +1106,7 @@ def test_hash_config_loads(tmp_path: Path) -> None:
     )
     up = config.http.upstreams["u"]
     assert (up.method, up.hash_key, up.consistent) == ("hash", "$arg_k", True)
-    group = PeerGroup.build(up)
+    group = private_group(up)
     assert isinstance(make_balancer(up, group, compile_template), ConsistentHash)
 
 
