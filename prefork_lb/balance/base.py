@@ -5,7 +5,8 @@ attempt of one request. It must call ``peers.take`` on the peer it returns, and 
 None when no peer is usable (nginx's BUSY: "no live upstreams"). Releasing a peer and
 failure accounting are shared (``peers.free``); what a method itself learns or undoes when
 an attempt ends (least_time: the measured time, the in-flight start) is its ``release``,
-which the caller runs in the same zone critical section as ``free``, before it.
+which the caller runs in the same zone critical section as ``free``, before it (http's
+proxy; stream upstreams offer no method with release work, so the stream module skips it).
 
 Rules:
 - A method reads the request only through ``RequestKey`` (http's ``Exchange`` and the
