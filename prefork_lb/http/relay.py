@@ -7,15 +7,16 @@ Rules (shared/reference/nginx-semantics.md sections 5.2 and 7):
 1. Once the response head went to the client there is no retry (``proxy.py`` rule 5). A
    later upstream error, timeout, EOF before the announced length or an invalid chunk ends
    the client connection without completing the response (``Client.abort``: the client
-   sees truncation, never a padded or "completed" body); it is logged, not charged to
-   the peer.
+   sees truncation, never a padded or "completed" body). Errors, timeouts and invalid
+   chunks are logged; none is charged to the peer.
 2. Framing toward the client: a Content-Length body keeps its length; a body-less response
-   (HEAD, 1xx, 204, 304) keeps the upstream's Content-Length for HEAD and 304; a chunked or
+   (to HEAD, or 204, 304) keeps the upstream's Content-Length for HEAD and 304; a chunked or
    close-delimited body is re-chunked for an HTTP/1.1 client and sent as it comes to an
    HTTP/1.0 one, whose connection then closes after it.
 3. The upstream connection is reusable only when the upstream allows keep-alive and the
    response ended exactly at its framing (no byte beyond Content-Length or the last
-   chunk); never after a close-delimited body or an error.
+   chunk); never after a close-delimited body or an error. The proxy pools it only if the
+   request body was sent whole, too.
 4. ``relay`` returns (client keep-alive allowed, upstream reusable); a client that failed
    (``ClientGone``) or was aborted allows neither.
 """
