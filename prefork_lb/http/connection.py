@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING, Final
 
 from gevent import socket
 
+from prefork_lb.http.client import ClientGone
 from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.headers import error_page, simple_response
-from prefork_lb.http.proxy import ClientGone, Proxy
+from prefork_lb.http.proxy import Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
 from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
@@ -274,7 +275,11 @@ class ClientConnection:
                 self._finish_body()
                 self._return(ex, lr)
             else:
-                Proxy(self, ex, head, lr).run()
+                outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
+                if outcome.zone_recorded:  # proxy.py rule 9
+                    self.status_zone = None
+                if not outcome.keep_alive:
+                    self.keep_alive = False
                 self._finish_body()
             return self._done(ex, lr)
         except HttpError as e:
@@ -350,7 +355,7 @@ class ClientConnection:
             events.popleft()
         self.keep_alive = False
 
-    # ---- what Proxy needs ----
+    # ---- what Proxy needs (http/client.py's Client) ----
 
     def read_body(self, block: bool) -> bytes | bool | None:
         """The next body piece, True at its end, None if ``block`` is False and nothing is queued."""

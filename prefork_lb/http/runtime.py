@@ -30,7 +30,7 @@ from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.template import Template, compile_template
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
 from prefork_lb.zone import layout as L
-from prefork_lb.zone.slots import SlotTable, count_peers, peer_keys
+from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_zone
 from prefork_lb.zone.zone import Zone
 
@@ -94,16 +94,6 @@ class StatusZone:
         record_zone(mv, self.base, status, received, sent, discarded)
 
 
-def shared_state(
-    config: Config, zone: Zone | None, slots: dict[str, int] | None
-) -> tuple[Zone, dict[str, int]]:
-    """The master's zone and slots, or (tests, tools) a private zone set up the same way."""
-    if zone is not None and slots is not None:
-        return zone, slots
-    private = Zone.for_peers(count_peers(config))
-    return private, SlotTable(private).assign(config, 1)
-
-
 def status_zones(
     servers: Sequence[ServerConfig | StreamServerConfig],
     context: str,
@@ -141,12 +131,8 @@ class HttpRuntime:
         return self.matchers[id(server)]
 
 
-def build_runtime(
-    config: Config, zone: Zone | None = None, slots: dict[str, int] | None = None, row: int = 0
-) -> HttpRuntime:
-    """``zone``/``slots``/``row`` come from the master; without them a private zone
-    (unit tests and tools)."""
-    zone, slots = shared_state(config, zone, slots)
+def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -> HttpRuntime:
+    """``zone``/``slots``/``row`` come from the master (the worker's spec)."""
     upstreams = {}
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
