@@ -1,0 +1,219 @@
+"""``prefork-lb convert`` and ``prefork-lb -c nginx.conf`` with the real CLI and master, and
+nginx as the oracle where it is installed (one nginx.conf for both: tests/nginx_conf.py)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.backends import Backend, free_port
+from tests.harness import request, run_cli, wait_for
+from tests.nginx_conf import NGINX, lb_from_conf, run_conf_both, scenario
+
+UNSUPPORTED_HEAVY = """
+worker_processes 1;
+pid run.pid;
+error_log error.log info;
+events {{ worker_connections 256; multi_accept on; use epoll; }}
+http {{
+    sendfile on;
+    tcp_nopush on;
+    gzip on;
+    gzip_types text/plain;
+    server_tokens off;
+    limit_req_zone $binary_remote_addr zone=one:10m rate=1r/s;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+    proxy_cache_path cache keys_zone=c:10m;
+    upstream app {{ server {backend}; sticky cookie srv_id; }}
+    server {{
+        listen 127.0.0.1:{port};
+        add_header X-Frame-Options DENY;
+        location / {{
+            proxy_pass http://app;
+            proxy_cache c;
+            limit_req zone=one;
+            if ($request_method = POST) {{ return 405; }}
+        }}
+        location /static/ {{ root /srv/www; try_files $uri =404; }}
+        location = /ok {{ return 200 "fine"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate cert.pem;
+        location / {{ proxy_pass http://app; }}
+    }}
+}}
+"""
+
+
+def test_unsupported_directives_report_and_working_subset(tmp_path: Path) -> None:
+    """Catches: a config full of directives prefork-lb lacks either refused as a whole or served
+    with them dropped silently: the report names each one (file:line) in the error log and on
+    ``-t``, ``--strict`` fails, and the rest serves."""
+    port, tls_port = free_port(), free_port()
+    with Backend(count=1) as backend:
+        conf = UNSUPPORTED_HEAVY.format(backend=backend.addrs[0], port=port, tls_port=tls_port)
+        lb = lb_from_conf(tmp_path, conf, port)
+        strict = run_cli("convert", "--strict", str(lb.conf))
+        assert strict.returncode == 1 and strict.stdout == ""
+        assert "unsupported directive(s) (--strict); nothing written" in strict.stderr
+        test = run_cli("-t", "-c", str(lb.conf))
+        assert test.returncode == 0, test.stderr
+        assert 'nginx.conf:9: "gzip on" has no prefork-lb equivalent' in test.stderr
+        skipped = [line for line in test.stderr.splitlines() if line.endswith("; skipped")]
+        assert len(skipped) == 20, test.stderr
+        with lb:
+            status, headers, _ = lb.get("/")
+            assert status == 200 and headers["x-port"] == backend.addrs[0].split(":")[1]
+            assert lb.get("/ok")[2] == b"fine"
+            assert lb.get("/static/x")[0] == 404  # kept, answering 404: never sent to the backend
+            assert re.search(r'\[warn\] \d+#0: nginx.conf:11: "server_tokens off"', lb.output())
+            assert tls_port not in _listening(lb.master_pid)
+
+
+def _listening(pid: int) -> set[int]:
+    import psutil
+
+    return {c.laddr.port for c in psutil.Process(pid).net_connections() if c.status == "LISTEN"}
+
+
+def test_convert_writes_toml_that_passes_t(tmp_path: Path) -> None:
+    """Catches: ``convert -o`` writing TOML that ``prefork-lb -t`` refuses, or comments and the
+    report missing from it."""
+    port = free_port()
+    (tmp_path / "nginx.conf").write_text(
+        "events {}\nhttp {\n  upstream app {\n    server 127.0.0.1:9001 weight=2;  # the big one\n"
+        "    server 127.0.0.1:9002;\n  }\n  server {\n"
+        f"    listen 127.0.0.1:{port};\n    # to the app\n    location / {{ proxy_pass http://app; }}\n"
+        "    gzip on;\n  }\n}\n"
+    )
+    out = tmp_path / "prefork-lb.toml"
+    result = run_cli("convert", str(tmp_path / "nginx.conf"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        'nginx.conf:11: "gzip on" has no prefork-lb equivalent (compression belongs to the backend here); '
+        "skipped"
+    ]
+    text = out.read_text()
+    assert text.startswith("# converted from nginx.conf by prefork-lb convert\n# nginx.conf:11:")
+    assert "  # the big one\n  { address" in text and "  # to the app\n  [[http.servers.locations]]" in text
+    assert tomllib.loads(text)["http"]["upstreams"]["app"]["servers"][0]["weight"] == 2
+    check = run_cli("-t", "-c", str(out))
+    assert check.returncode == 0, check.stderr
+    dump = run_cli("-T", "-c", str(tmp_path / "nginx.conf"))
+    assert dump.returncode == 0, dump.stderr
+    assert dump.stdout == f"# configuration file {tmp_path / 'nginx.conf'} (converted to TOML):\n{text}"
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"nginx.conf": "http {\n  server {\n"}, 'nginx.conf:2: unexpected end of file, expecting "}"'),
+        ({"nginx.conf": "events {}\nhttp { server {} }\n}\n"}, 'nginx.conf:3: unexpected "}"'),
+        (
+            {"nginx.conf": "events {}\nlocation / {}\n"},
+            'nginx.conf:2: "location" directive is not allowed here',
+        ),
+        (
+            {"nginx.conf": "events {}\nhttp { include a.conf; }\n", "a.conf": "include nginx.conf;\n"},
+            "a.conf:1: include loop: nginx.conf -> a.conf -> nginx.conf",
+        ),
+        ({"nginx.conf": "\x00\xff" * 3000000}, "nginx.conf: 6000000 bytes is more than"),
+    ],
+    ids=["unbalanced", "extra-brace", "unknown-context", "include-loop", "huge"],
+)
+def test_hostile_input_fails_cleanly(tmp_path: Path, files: dict[str, str], expected: str) -> None:
+    """Catches: hostile nginx input ending in a traceback, or a message that does not name the
+    file and line, from ``convert`` and from ``-t -c nginx.conf`` alike."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="latin-1")
+    conf = str(tmp_path / "nginx.conf")
+    for args in (("convert", conf), ("-t", "-c", conf)):
+        result = run_cli(*args)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert f"[emerg] {expected}" in result.stderr, result.stderr
+
+
+def test_reload_reconverts_the_nginx_conf(tmp_path: Path) -> None:
+    """Catches: ``-s reload`` not finding the master of an nginx.conf (its pid file is named by
+    the converted ``pid``) or serving the first conversion again."""
+    port = free_port()
+
+    def conf(text: str) -> str:
+        return scenario(f'server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{text}"; }} }}')
+
+    with lb_from_conf(tmp_path, conf("one"), port) as lb:
+        assert lb.get("/")[2] == b"one"
+        lb.conf.write_text(conf("two"))
+        result = lb.signal("reload")
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: request(port, "GET", "/")[2] == b"two", what="the reloaded conversion")
+
+
+# ---- nginx as the oracle: one nginx.conf for both ---------------------------------------------
+
+LOCATIONS = """
+    log_format diff '$status|$uri';
+    access_log access.log diff;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "prefix /"; }}
+        location /a {{ return 200 "prefix /a"; }}
+        location /a/b/ {{ return 200 "prefix /a/b/"; }}
+        location = /a {{ return 200 "exact /a"; }}
+        location ^~ /static/ {{ return 200 "prefix-stop /static/"; }}
+        location ~ \\.php$ {{ return 200 "regex php"; }}
+        location ~* \\.(gif|JPG)$ {{ return 200 "iregex image"; }}
+        location ~ ^/a/b/(?<rest>.+)\\.txt$ {{ return 200 "named group"; }}
+        location /redirect {{ return 301 http://example.com$request_uri; }}
+        location /found {{ return http://example.com/found; }}
+        location /empty {{ return 204; }}
+        location /teapot {{ return 418 "short and stout"; }}
+    }}
+"""
+PATHS = [
+    "/",
+    "/x",
+    "/a",
+    "/a/",
+    "/ab",
+    "/a/b/",
+    "/a/b/c",
+    "/a/b/c.txt",
+    "/a/b/x.php",
+    "/static/x.php",
+    "/static/y.GIF",
+    "/img.jpg",
+    "/img.JPG",
+    "/redirect?q=1",
+    "/found",
+    "/empty",
+    "/teapot",
+    "/a/../static/z.gif",
+]
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_location_modifiers_and_returns_match_nginx(tmp_path: Path) -> None:
+    """Catches: a location modifier (=, ^~, ~, ~*, a PCRE named group) or a return form (text,
+    redirect, bare URL, code only) converted into a location that matches or answers
+    differently from nginx on the same nginx.conf."""
+
+    def ask(port: int) -> list[tuple[int, str]]:
+        out = []
+        for path in PATHS:
+            status, headers, body = request(port, "GET", path)
+            page = re.sub(r"<hr><center>[^<]*</center>", "<hr>", body.decode())  # the signature
+            out.append((status, page + "|" + headers.get("location", "")))
+        return out
+
+    (ngx, ngx_log), (ours, our_log) = run_conf_both(
+        tmp_path, lambda port: scenario(LOCATIONS.format(port=port)), ask
+    )
+    assert ours == ngx
+    assert our_log == ngx_log
