@@ -57,6 +57,7 @@ def load_config(path: str, prefix: str | None = None) -> Config:
         files=conversion.files,
         converted=conversion.toml,
         notes=tuple(str(n) for n in conversion.notes),
+        origins=conversion.origins,
     )
 
 

@@ -16,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prefork_lb.convert.mapping import Note, map_config
@@ -35,14 +36,18 @@ class Conversion:
         return tuple(n for n in self.notes if n.unsupported)
 
     def origin(self, key_path: str) -> str | None:
-        """The nginx line a TOML key path (or its nearest recorded parent) came from."""
-        path = key_path
-        while path:
-            if path in self.origins:
-                return self.origins[path]
-            cut = max(path.rfind("."), path.rfind("["))
-            path = path[:cut] if cut > 0 else ""
-        return None
+        return origin(self.origins, key_path)
+
+
+def origin(origins: Mapping[str, str], key_path: str) -> str | None:
+    """The nginx line a TOML key path (or its nearest recorded parent) came from."""
+    path = key_path
+    while path:
+        if path in origins:
+            return origins[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
 
 
 def is_nginx_conf(path: str) -> bool:

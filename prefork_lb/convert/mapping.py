@@ -120,6 +120,7 @@ class Mapper:
 
     def main(self, root: list[Directive]) -> Mapped:
         self.each(root, self.out.doc, "", _MAIN)
+        self.out.doc.setdefault("worker_connections", 512)  # nginx's default (prefork-lb's: 1024)
         return self.out
 
 
@@ -163,8 +164,7 @@ def _error_log(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
         m.differ(d, "prefork-lb writes one error log; this one is ignored")
         return
     m.put(t, path, "error_log", target, d)
-    if len(d.args) > 1:
-        m.put(t, path, "error_log_level", d.args[1], d)
+    m.put(t, path, "error_log_level", d.args[1] if len(d.args) > 1 else "error", d)  # nginx's default
 
 
 def _daemon(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -369,14 +369,15 @@ def _listen(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
             m.differ(d, "http2: prefork-lb serves HTTP/1.1 on this address")
         else:
             m.differ(d, f'"{word}" is not supported; the address is served without it')
+    m.out.origins[f"{_path(path, 'listen')}[{len(listens)}]"] = d.where
     listens.append(" ".join(words))
-    m.out.origins.setdefault(_path(path, "listen"), d.where)
 
 
 def _server_name(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     names = t.setdefault("server_name", [])
-    names.extend(_pcre(a) if a.startswith("~") else a for a in d.args)
-    m.out.origins.setdefault(_path(path, "server_name"), d.where)
+    for a in d.args:
+        m.out.origins[f"{_path(path, 'server_name')}[{len(names)}]"] = d.where
+        names.append(_pcre(a) if a.startswith("~") else a)
 
 
 def _pcre(regex: str) -> str:

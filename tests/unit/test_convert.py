@@ -656,3 +656,41 @@ def test_includes_glob_and_repeat(tmp_path: Path) -> None:
     assert [s.listen[0].address.port for s in config.http.servers] == [8081, 8082]
     assert all(s.locations[0].proxy_set_header == (("Host", "$host"),) for s in config.http.servers)
     assert len(config.files) == 4
+
+
+def test_startup_errors_name_the_nginx_line(tmp_path: Path) -> None:
+    """Catches: a startup check (log file, pid directory, bind) of a converted nginx.conf
+    naming only a TOML key path the operator never wrote."""
+    import socket
+
+    from prefork_lb.preflight import StartupError, check_startup
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        lines = ["pid run.pid;", "events {}", "http {", "  access_log {log};", "  server {"]
+        lines += [f"    listen 127.0.0.1:{port};", "    location / { return 200; }", "  }", "}"]
+        text = "\n".join(lines)
+        config = load(tmp_path, text.replace("{log}", "missing/a.log"))
+        with pytest.raises(StartupError, match=r"\(http.access_log, nginx.conf:4\)$"):
+            check_startup(config)
+        config = load(tmp_path, text.replace("{log}", "a.log").replace("run.pid", "none/run.pid"))
+        with pytest.raises(StartupError, match=r"\(pid, nginx.conf:1\)$"):
+            check_startup(config)
+        config = load(tmp_path, text.replace("{log}", "a.log"))
+        with pytest.raises(StartupError, match=r"\(http.servers\[0\].listen\[0\], nginx.conf:6\)$"):
+            check_startup(config, probe_binds=True)
+    finally:
+        taken.close()
+
+
+def test_nginx_defaults_that_differ_are_written(tmp_path: Path) -> None:
+    """Catches: prefork-lb's own defaults standing in for nginx's where they differ:
+    worker_connections (nginx 512) and the level of an error_log given without one (error)."""
+    config = load(
+        tmp_path,
+        "error_log err.log;\nevents {}\nhttp { server { listen 127.0.0.1:1; location / { return 200; } } }\n",
+    )
+    assert (config.worker_connections, config.error_log_level) == (512, "error")
