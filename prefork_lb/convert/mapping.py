@@ -12,6 +12,8 @@ Rules:
   access logs) is kept as written; where the contract lacks a level, the converter does
   nginx's inheritance itself: ``client_header_timeout`` from ``http`` is copied into each
   server, ``allow``/``deny`` from ``http`` or ``server`` into each location that has none.
+- A location (or server) that returns gets no ``allow``/``deny``: nginx answers ``return`` in
+  the rewrite phase, before the access phase, so they never apply to it there.
 - A skipped block (a named location, a server listening only with ``ssl``) takes its key
   paths with it, so comments and origins never point at the wrong entry.
 - To add a directive: a handler in the context's table (``_HTTP_LEVEL``, ``_SERVER``,
@@ -183,7 +185,16 @@ def _http(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
             s.setdefault("client_header_timeout", header_timeout)
         rules = s.pop("_access", None) or http_rules
         for j, loc in enumerate(s["locations"]):
-            _apply_access(m, loc, loc.pop("_access", None) or rules, f"http.servers[{i}].locations[{j}]")
+            kp = f"http.servers[{i}].locations[{j}]"
+            own = loc.pop("_access", None)
+            if "return" in loc:  # nginx returns in the rewrite phase, before the access phase
+                if own:
+                    m.differ(
+                        own[0][2],
+                        "nginx answers the location's return before allow/deny are checked; not converted",
+                    )
+                continue
+            _apply_access(m, loc, own or rules, kp)
 
 
 def _stream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:

@@ -156,10 +156,12 @@ def test_mapping_unsupported_directives_are_reported_never_dropped() -> None:
 
 def test_mapping_inherits_what_the_contract_lacks() -> None:
     """Catches: http-level client_header_timeout or allow/deny lost because the TOML contract
-    has them only on servers and locations (nginx inherits them, wherever they are written)."""
+    has them only on servers and locations (nginx inherits them, wherever they are written),
+    or allow/deny kept on a return location (nginx returns before it checks them)."""
     loc = d("location", "/", block=[d("proxy_pass", "http://127.0.0.1:1")])
-    own = d("location", "/own", block=[d("return", "204"), d("deny", "all")])
-    server = d("server", block=[d("listen", "127.0.0.1:80"), loc, own])
+    own = d("location", "/own", block=[d("proxy_pass", "http://127.0.0.1:1"), d("deny", "all")])
+    ret = d("location", "/ret", block=[d("return", "204"), d("deny", "all", line=9)])
+    server = d("server", block=[d("listen", "127.0.0.1:80"), loc, own, ret])
     out = map_config(
         [
             d(
@@ -172,6 +174,11 @@ def test_mapping_inherits_what_the_contract_lacks() -> None:
     assert s["client_header_timeout"] == "5s"
     assert s["locations"][0]["allow"] == ["10.0.0.0/8"] and s["locations"][0]["deny"] == ["all"]
     assert "allow" not in s["locations"][1] and s["locations"][1]["deny"] == ["all"]
+    assert s["locations"][2] == {"match": "/ret", "return": 204}
+    assert [str(n) for n in out.notes] == [
+        'nginx.conf:9: "deny all": nginx answers the location\'s return before allow/deny are checked; '
+        "not converted"
+    ]
     assert "client_header_timeout" not in out.doc["http"]
 
 
