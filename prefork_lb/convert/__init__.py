@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prefork_lb.convert.mapping import Note, map_config
-from prefork_lb.convert.read import ConvertError, display, read
+from prefork_lb.convert.read import ConvertError, display, read, visible
 from prefork_lb.convert.toml_writer import dumps
 
 
@@ -62,7 +62,7 @@ def convert_file(path: str) -> Conversion:
     notes = tuple(dict.fromkeys(mapped.notes))  # inherited rules note a line once
     base = os.path.dirname(os.path.abspath(path))
     head = [f"# converted from {display(os.path.abspath(path), base)} by prefork-lb convert"]
-    head += [f"# {n}" for n in notes]
+    head += [f"# {visible(str(n))}" for n in notes]
     text = "\n".join(head) + "\n\n" + dumps(mapped.doc, mapped.comments)
     return Conversion(text, notes, tuple(files), mapped.origins)
 

@@ -10,8 +10,9 @@ Rules:
   such as ``proxy_params``, appears at each), so the mapping never sees ``include``.
 - Before crossplane reads anything, a pre-pass lexes each file (crossplane's lexer) to find
   its includes, so hostile input fails fast and clearly: a file over ``MAX_FILE_BYTES``, more
-  than ``MAX_FILES`` files, or an include loop (nginx would recurse until it runs out of
-  descriptors) is an error naming ``file:line``, checked before any file is parsed.
+  than ``MAX_FILES`` files, blocks nested deeper than ``MAX_DEPTH`` (the parser recurses),
+  or an include loop (nginx would recurse until it runs out of descriptors) is an error
+  naming ``file:line``, checked before any file is parsed.
 - A comment directly above a directive (consecutive comment lines) or after it on the same
   line is kept on that directive, for the TOML key it maps to.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # a real nginx.conf is a few kB; this is plenty with maps
 MAX_FILES = 1000
+MAX_DEPTH = 32  # nested blocks in one file (a real one: main > http > server > location > if)
 
 
 class ConvertError(Exception):
@@ -43,13 +45,19 @@ class Directive:
 
     def text(self) -> str:
         """The directive as written, for messages: ``gzip on``."""
-        return " ".join([self.name, *(_quote(a) for a in self.args)])
+        return " ".join([visible(self.name), *(_quote(a) for a in self.args)])
 
 
 def _quote(arg: str) -> str:
+    arg = visible(arg)
     if arg == "" or any(c in arg for c in " \t;{}\"'"):
         return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return arg
+
+
+def visible(text: str) -> str:
+    """Control characters as ``\\xNN``: a report line (and a TOML comment) stays one line."""
+    return "".join(c if c >= " " and c != "\x7f" else f"\\x{ord(c):02x}" for c in text)
 
 
 def read(path: str) -> tuple[list[Directive], list[str]]:
@@ -63,15 +71,14 @@ def read(path: str) -> tuple[list[Directive], list[str]]:
         payload = crossplane.parse(main, comments=True, catch_errors=True)
     except Exception as e:  # crossplane raises plain errors on unreadable input
         raise ConvertError(f"{display(main, base)}: cannot parse: {e}") from None
-    if payload["errors"]:
-        lines = []
-        for err in payload["errors"]:
-            where = display(err["file"], base) + (f":{err['line']}" if err.get("line") else "")
-            message = str(err["error"])
-            for suffix in (f" in {err['file']}:{err.get('line')}", f" in {err['file']}"):
-                message = message.removesuffix(suffix)
-            lines.append(f"{where}: {message}")
-        raise ConvertError("\n".join(lines))
+    if payload["errors"]:  # the first, as nginx stops at the first
+        err = payload["errors"][0]
+        where = display(err["file"], base) + (f":{err['line']}" if err.get("line") else "")
+        message = str(err["error"])
+        for suffix in (f" in {err['file']}:{err.get('line')}", f" in {err['file']}"):
+            message = message.removesuffix(suffix)
+        more = len(payload["errors"]) - 1
+        raise ConvertError(f"{where}: {visible(message)}" + (f" (and {more} more errors)" if more else ""))
     configs: list[dict[str, Any]] = payload["config"]
     return _tree(configs, 0, base, ()), files
 
@@ -162,7 +169,14 @@ def _prescan(main: str, base: str) -> list[str]:
         except (OSError, UnicodeError) as e:
             raise ConvertError(f"{display(path, base)}: cannot read: {e}") from None
         starts = True
+        depth = 0
         for i, (token, line, quoted) in enumerate(tokens):
+            if token == "{" and not quoted:
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConvertError(f"{display(path, base)}:{line}: blocks nested deeper than {MAX_DEPTH}")
+            elif token == "}" and not quoted:
+                depth -= 1
             if starts and token == "include" and not quoted and i + 1 < len(tokens):
                 pattern = tokens[i + 1][0]
                 full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)

@@ -78,7 +78,12 @@ def dumps(doc: dict[str, Any], comments: dict[str, str] | None = None) -> str:
 def _comment(lines: list[str], comments: dict[str, str], path: str, indent: str) -> None:
     text = comments.get(path)
     if text:
-        lines.extend(f"{indent}# {c.strip()}".rstrip() for c in text.splitlines())
+        lines.extend(f"{indent}# {_visible(c.strip())}".rstrip() for c in text.splitlines())
+
+
+def _visible(text: str) -> str:
+    """TOML comments may not hold control characters (but tab)."""
+    return "".join(c if (c >= " " and c != "\x7f") or c == "\t" else f"\\x{ord(c):02x}" for c in text)
 
 
 def _table(

@@ -123,8 +123,12 @@ def test_convert_writes_toml_that_passes_t(tmp_path: Path) -> None:
             "a.conf:1: include loop: nginx.conf -> a.conf -> nginx.conf",
         ),
         ({"nginx.conf": "\x00\xff" * 3000000}, "nginx.conf: 6000000 bytes is more than"),
+        (
+            {"nginx.conf": "http { server {" + " location / {" * 3000 + "}" * 3002},
+            "nginx.conf:1: blocks nested deeper than 32",
+        ),
     ],
-    ids=["unbalanced", "extra-brace", "unknown-context", "include-loop", "huge"],
+    ids=["unbalanced", "extra-brace", "unknown-context", "include-loop", "huge", "deep"],
 )
 def test_hostile_input_fails_cleanly(tmp_path: Path, files: dict[str, str], expected: str) -> None:
     """Catches: hostile nginx input ending in a traceback, or a message that does not name the

@@ -701,3 +701,14 @@ def test_nginx_defaults_that_differ_are_written(tmp_path: Path) -> None:
         "error_log err.log;\nevents {}\nhttp { server { listen 127.0.0.1:1; location / { return 200; } } }\n",
     )
     assert (config.worker_connections, config.error_log_level) == (512, "error")
+
+
+def test_control_characters_stay_on_their_line(tmp_path: Path) -> None:
+    """Catches: a control character in an unknown directive written raw into the report and the
+    TOML's comment header (a comment may not hold one: the whole TOML would not load)."""
+    (tmp_path / "nginx.conf").write_text("events {}\nhttp { \x00x\x1b on; }\n")
+    conversion = convert_file(str(tmp_path / "nginx.conf"))
+    assert [str(n) for n in conversion.notes] == [
+        'nginx.conf:2: "\\x00x\\x1b on" has no prefork-lb equivalent; skipped'
+    ]
+    assert tomllib.loads(conversion.toml) == {"worker_connections": 512, "http": {}}
