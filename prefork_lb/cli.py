@@ -230,8 +230,12 @@ def convert_main(argv: list[str]) -> int:
         _err(f"[emerg] {len(conversion.unsupported)} unsupported directive(s) (--strict); nothing written")
         return 1
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(conversion.toml)
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(conversion.toml)
+        except OSError as e:
+            _err(f'[emerg] open() "{args.output}" failed ({e.errno}: {e.strerror})')
+            return 1
     else:
         sys.stdout.write(conversion.toml)
         sys.stdout.flush()

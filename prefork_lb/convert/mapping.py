@@ -290,13 +290,8 @@ def _upstream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     kp = f"{path}.upstreams.{name}"
     u: dict[str, Any] = {}
     m.mark(kp, d)
-    context = "stream" if path == "stream" else "http"
     m.each(d.block, u, kp, _UPSTREAM)
-    servers = u.pop("servers", [])
-    if context == "stream" and u.get("method") == "ip_hash":
-        u["method"] = "hash"
-        u["hash"] = "$remote_addr"
-    u["servers"] = servers  # after the method and its options
+    u["servers"] = u.pop("servers", [])  # after the method and its options
     ups[name] = u
 
 

@@ -155,8 +155,9 @@ def _prescan(main: str, base: str) -> list[str]:
         try:
             size = os.stat(path).st_size
         except OSError as e:
-            where = chain[-1][1] if chain else display(path, base)
-            raise ConvertError(f'{where}: open() "{path}" failed ({e.errno}: {e.strerror})') from None
+            if not chain:
+                raise ConvertError(f'open() "{path}" failed ({e.errno}: {e.strerror})') from None
+            raise ConvertError(f'{chain[-1][1]}: open() "{path}" failed ({e.errno}: {e.strerror})') from None
         if size > MAX_FILE_BYTES:
             raise ConvertError(
                 f"{display(path, base)}: {size} bytes is more than {MAX_FILE_BYTES} for one file; "

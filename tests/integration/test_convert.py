@@ -354,3 +354,19 @@ def test_stream_block_matches_nginx(tmp_path: Path) -> None:
     names = {str(e.port): f"echo{i}" for i, e in enumerate(echoes)}
     assert [names[p] for p in ours] == [names[p] for p in ngx]
     assert set(ours) == {str(echoes[0].port), str(echoes[1].port)}
+
+
+def test_convert_file_errors_are_messages(tmp_path: Path) -> None:
+    """Catches: a missing input or an unwritable ``-o`` ending in a traceback."""
+    (tmp_path / "nginx.conf").write_text("events {}\n")
+    missing = run_cli("convert", str(tmp_path / "none.conf"))
+    assert missing.returncode == 1
+    assert (
+        missing.stderr
+        == f'prefork-lb: [emerg] open() "{tmp_path / "none.conf"}" failed (2: No such file or directory)\n'
+    )
+    unwritable = run_cli("convert", str(tmp_path / "nginx.conf"), "-o", str(tmp_path / "no" / "x.toml"))
+    assert unwritable.returncode == 1
+    assert unwritable.stderr == (
+        f'prefork-lb: [emerg] open() "{tmp_path / "no" / "x.toml"}" failed (2: No such file or directory)\n'
+    )
