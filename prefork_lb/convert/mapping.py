@@ -580,20 +580,6 @@ def _stream_access_log(m: Mapper, d: Directive, t: dict[str, Any], path: str) ->
         m.differ(d, "buffer=, flush=, if= are not supported on stream logs; written without them")
 
 
-def _stream_log_format(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
-    _log_format(m, d, t, path)
-
-
-def _ignore_default(value: str, why: str) -> Handler:
-    """A directive whose value is prefork-lb's fixed behaviour: silent then, else a note."""
-
-    def handle(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
-        if d.args != [value]:
-            m.differ(d, why)
-
-    return handle
-
-
 _STREAM_SIMPLE = (
     "proxy_connect_timeout",
     "proxy_timeout",
@@ -671,7 +657,7 @@ _UPSTREAM: dict[str, Handler] = {
 _STREAM: dict[str, Handler] = {
     "upstream": _upstream,
     "server": _stream_server,
-    "log_format": _stream_log_format,
+    "log_format": _log_format,
     "access_log": _stream_access_log,
     "error_log": _error_log,
 }

@@ -130,7 +130,3 @@ def reason(name: str) -> str:
     if best:
         return NOT_YET.get(best) or REASONS[best]
     return DEFAULT_REASON
-
-
-def planned(name: str) -> bool:
-    return reason(name).startswith(_PLANNED)
