@@ -46,7 +46,7 @@ def load_config(path: str, prefix: str | None = None) -> Config:
     try:
         conversion = convert_file(main)
     except ConvertError as e:
-        raise ConfigError("", "", str(e)) from None  # names file:line
+        raise ConfigError("", "", str(e) + _toml_hint(main)) from None  # names file:line
     try:
         config = _load(main, prefix, Source(main, conversion.toml))
     except ConfigError as e:
@@ -59,6 +59,19 @@ def load_config(path: str, prefix: str | None = None) -> Config:
         notes=tuple(str(n) for n in conversion.notes),
         origins=conversion.origins,
     )
+
+
+def _toml_hint(path: str) -> str:
+    """A TOML config named ``*.conf`` fails as nginx syntax: say what happened."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            tomllib.load(f)
+    except (OSError, ValueError):
+        return ""
+    name = os.path.basename(path)
+    return f" ({name} is valid TOML: a config ending in .conf is read as nginx syntax; rename it .toml)"
 
 
 def _load(main: str, prefix: str | None, source: Source) -> Config:

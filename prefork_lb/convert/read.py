@@ -74,7 +74,7 @@ def read(path: str) -> tuple[list[Directive], list[str]]:
     if payload["errors"]:  # the first, as nginx stops at the first
         err = payload["errors"][0]
         where = display(err["file"], base) + (f":{err['line']}" if err.get("line") else "")
-        message = str(err["error"])
+        message = str(err["error"]) or 'unexpected end of file, expecting ";" or "}"'  # StopIteration
         for suffix in (f" in {err['file']}:{err.get('line')}", f" in {err['file']}"):
             message = message.removesuffix(suffix)
         more = len(payload["errors"]) - 1

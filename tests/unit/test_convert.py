@@ -712,3 +712,15 @@ def test_control_characters_stay_on_their_line(tmp_path: Path) -> None:
         'nginx.conf:2: "\\x00x\\x1b on" has no prefork-lb equivalent; skipped'
     ]
     assert tomllib.loads(conversion.toml) == {"worker_connections": 512, "http": {}}
+
+
+def test_a_toml_config_named_conf_gets_a_hint(tmp_path: Path) -> None:
+    """Catches: a TOML config that happens to be named ``.conf`` failing with an nginx syntax
+    error and no word of why."""
+    (tmp_path / "lb.conf").write_text('workers = 2\n[http]\naccess_log = "off"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "lb.conf"))
+    assert str(info.value) == (
+        'lb.conf: unexpected end of file, expecting ";" or "}" '
+        "(lb.conf is valid TOML: a config ending in .conf is read as nginx syntax; rename it .toml)"
+    )
