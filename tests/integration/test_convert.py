@@ -370,3 +370,71 @@ def test_convert_file_errors_are_messages(tmp_path: Path) -> None:
     assert unwritable.stderr == (
         f'prefork-lb: [emerg] open() "{tmp_path / "no" / "x.toml"}" failed (2: No such file or directory)\n'
     )
+
+
+SERVERS = """
+    log_format diff '$status|$host';
+    access_log access.log diff;
+    server {{ listen 127.0.0.1:{port}; server_name first.test; return 200 "first"; }}
+    server {{ listen 127.0.0.1:{port} default_server; server_name _; return 200 "default"; }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name example.test www.example.test;
+        location / {{ return 200 "exact $host"; }}
+    }}
+    server {{ listen 127.0.0.1:{port}; server_name *.example.test; return 200 "leading wildcard"; }}
+    server {{ listen 127.0.0.1:{port}; server_name mail.*; return 200 "trailing wildcard"; }}
+    server {{ listen 127.0.0.1:{port}; server_name ~^(?<user>[a-z]+)\\.users\\.test$; return 200 "regex"; }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name old.test;
+        location /kept {{ return 200 "never reached"; }}
+        return 301 https://new.test$request_uri;
+    }}
+"""
+HOSTS = [
+    "first.test",
+    "FIRST.test",
+    "example.test",
+    "www.example.test",
+    "a.b.example.test",
+    "mail.example.org",
+    "bob.users.test",
+    "Bob.users.test",
+    "old.test",
+    "unknown.test",
+]
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_server_selection_matches_nginx(tmp_path: Path) -> None:
+    """Catches: server_name forms (exact, wildcards, a PCRE regex), default_server, or a
+    server-level return (beside a location it shadows) converted into servers that answer a
+    Host otherwise than nginx on the same nginx.conf."""
+
+    def ask(port: int) -> list[tuple[int, str]]:
+        out = []
+        for host in HOSTS:
+            status, headers, body = request(port, "GET", "/kept?x=1", headers={"Host": host})
+            page = body.decode() if status == 200 else ""
+            out.append((status, page + "|" + headers.get("location", "")))
+        return out
+
+    (ngx, ngx_log), (ours, our_log) = run_conf_both(
+        tmp_path, lambda port: scenario(SERVERS.format(port=port)), ask
+    )
+    assert [page.split("|")[0] for _, page in ngx] == [
+        "first",
+        "first",
+        "exact example.test",
+        "exact www.example.test",
+        "leading wildcard",
+        "trailing wildcard",
+        "regex",
+        "regex",
+        "",
+        "default",
+    ]
+    assert ours == ngx
+    assert our_log == ngx_log
