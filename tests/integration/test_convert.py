@@ -438,3 +438,41 @@ def test_server_selection_matches_nginx(tmp_path: Path) -> None:
     ]
     assert ours == ngx
     assert our_log == ngx_log
+
+
+KEEPALIVE = """
+    log_format diff '$status|$upstream_addr';
+    access_log access.log diff;
+    upstream pooled {{ server {backend}; keepalive 4; keepalive_requests 3; }}
+    upstream unpooled {{ server {backend}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_http_version 1.1;
+        location /pooled {{ proxy_pass http://pooled; proxy_set_header Connection ""; }}
+        location / {{ proxy_pass http://unpooled; }}
+    }}
+"""
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_upstream_keepalive_matches_nginx(tmp_path: Path) -> None:
+    """Catches: keepalive or keepalive_requests of an upstream lost or mis-keyed on the way:
+    the backend sees its requests on other connections than nginx gives it (its X-Conn-Requests
+    counts the requests of each connection)."""
+    with Backend(count=1) as backend:
+
+        def ask(port: int) -> list[tuple[int, str]]:
+            out = []
+            for path in ["/pooled"] * 7 + ["/"] * 2:
+                status, headers, _ = request(port, "GET", path)
+                out.append((status, headers.get("x-conn-requests", "-")))
+            return out
+
+        def conf(port: int) -> str:
+            return scenario(KEEPALIVE.format(port=port, backend=backend.addrs[0]))
+
+        (ngx, ngx_log), (ours, our_log) = run_conf_both(tmp_path, conf, ask)
+    assert [n for _, n in ngx] == ["1", "2", "3", "1", "2", "3", "1", "1", "1"]
+    assert ours == ngx
+    assert our_log == ngx_log
