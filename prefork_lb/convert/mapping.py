@@ -466,6 +466,10 @@ def _location_return(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> N
 def _api(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     if any(a == "write=on" for a in d.args):
         m.differ(d, "the status API of prefork-lb is read-only: write=on is ignored")
+    if d.name == "status":
+        m.differ(
+            d, "the old NGINX Plus status module is served as the API (its version 9 shape: docs/api.md)"
+        )
     m.put(t, path, "api", True, d)
 
 

@@ -724,3 +724,11 @@ def test_a_toml_config_named_conf_gets_a_hint(tmp_path: Path) -> None:
         'lb.conf: unexpected end of file, expecting ";" or "}" '
         "(lb.conf is valid TOML: a config ending in .conf is read as nginx syntax; rename it .toml)"
     )
+
+
+def test_status_module_is_the_api_with_a_note() -> None:
+    """Catches: the old NGINX Plus ``status`` served as the API without saying its shape differs."""
+    loc = d("location", "/status", block=[d("status", line=3)])
+    out = map_config([d("http", block=[d("server", block=[d("listen", "127.0.0.1:80"), loc])])])
+    assert out.doc["http"]["servers"][0]["locations"][0] == {"match": "/status", "api": True}
+    assert [(n.where, n.unsupported) for n in out.notes] == [("nginx.conf:3", False)]
