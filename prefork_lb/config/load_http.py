@@ -216,7 +216,8 @@ class HttpLoader(SectionLoader):
 
     def server(self, index: int, t: Table, http_settings: dict[str, Any], http_logs: LogSpec) -> ServerConfig:
         listen = self.listen(t)
-        names = tuple(n.lower() for n in t.take("server_name", string_list, [""]))
+        # a regex keeps its case: "(?P<name>" and "\D" mean something else lowercased
+        names = tuple(n if n.startswith("~") else n.lower() for n in t.take("server_name", string_list, [""]))
         for i, n in enumerate(names):
             if n.startswith("~"):
                 try:

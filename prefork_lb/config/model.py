@@ -230,6 +230,9 @@ class Config:
     group: str | None = None
     worker_rlimit_nofile: int = 0
     worker_heartbeat_timeout_s: float = 30.0
+    converted: str = ""  # the TOML an nginx.conf became (``-c nginx.conf``), for -T
+    notes: tuple[str, ...] = ()  # its conversion report: logged as warnings at load
+    origins: dict[str, str] = field(default_factory=dict)  # its key paths -> "nginx.conf:LINE"
 
     def log_paths(self) -> list[str]:
         """Every log file a worker writes or reopens (error log and access logs)."""

@@ -1017,3 +1017,18 @@ def test_access_logs_know_their_key_and_dev_stdout_maps_to_stdout(tmp_path: Path
     assert files[str(tmp_path / "error.log")] == "error_log"
     other = load(tmp_path, make(http='access_log = "/dev/stdout"'))
     assert other.log_files() == {str(tmp_path / "error.log"): "error_log", "stdout": "http.access_log"}
+
+
+def test_regex_server_name_keeps_its_case(tmp_path: Path) -> None:
+    """Catches: the loader lowercasing regex server names with the others, which turns
+    ``(?P<name>`` into ``(?p<name>`` (a config error) and ``\\D`` into ``\\d``; plain names are
+    still lowercased (matching is case-insensitive, as nginx's)."""
+    from prefork_lb.http.routing import build_routers
+
+    config = load(
+        tmp_path, make(server='server_name = ["WWW.Example.com", "~^(?P<sub>\\\\D+)\\\\.example\\\\.org$"]')
+    )
+    server = config.http.servers[0]
+    assert server.server_names == ("www.example.com", "~^(?P<sub>\\D+)\\.example\\.org$")
+    (router,) = build_routers(config.http.servers).values()
+    assert router.select("ab.example.org") is server
