@@ -96,6 +96,12 @@ def _lingering_close(v: object) -> str:
     return str(v)
 
 
+def _http_version(v: object) -> str:
+    if v != "1.1":
+        raise ValueError('must be "1.1": upstream requests are always HTTP/1.1 (accepted for nginx configs)')
+    return "1.1"
+
+
 # Location-level directives, inheritable from [http] and the server: key -> (field, converter).
 LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "proxy_connect_timeout": ("proxy_connect_timeout_s", duration),
@@ -105,6 +111,7 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "proxy_next_upstream_tries": ("proxy_next_upstream_tries", non_negative_int),
     "proxy_next_upstream_timeout": ("proxy_next_upstream_timeout_s", duration),
     "proxy_set_header": ("proxy_set_header", _header_table),
+    "proxy_http_version": ("proxy_http_version", _http_version),
     "proxy_buffer_size": ("proxy_buffer_size_bytes", size),
     "client_max_body_size": ("client_max_body_size_bytes", size),
     "client_body_buffer_size": ("client_body_buffer_size_bytes", size),

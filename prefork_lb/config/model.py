@@ -144,6 +144,7 @@ class LocationConfig:
     proxy_next_upstream_tries: int = 0
     proxy_next_upstream_timeout_s: float = 0.0
     proxy_set_header: tuple[tuple[str, str], ...] = ()
+    proxy_http_version: str = "1.1"  # accepted for nginx configs; upstream requests are HTTP/1.1
     proxy_buffer_size_bytes: int = 8192
     client_max_body_size_bytes: int = 1024 * 1024
     client_body_buffer_size_bytes: int = 16 * 1024

@@ -29,6 +29,10 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
 8. ``socket()`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
    ENOMEM) is the worker's problem: 500, the peer is not charged, no retry (nginx); the
    line is logged at alert, at most once a second.
+9. Upgrade (issue 14, http/tunnel.py): a client upgrade request is sent with Upgrade and
+   ``Connection: upgrade``; a 101 answer to it ends the head reading like a final
+   response and the exchange becomes a tunnel (no pooling, the connection ends after it).
+   A 101 to any other request is an invalid response (502, charged, as any invalid head).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from prefork_lb.balance.least_time import release_inflight
 from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection, record_time
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
-from prefork_lb.http.headers import build_response_head, build_upstream_head
+from prefork_lb.http.headers import build_response_head, build_upstream_head, upgrade_value
 from prefork_lb.http.request import HttpError, RequestHead
 from prefork_lb.http.response import (
     ChunkedDecoder,
@@ -53,6 +57,7 @@ from prefork_lb.http.response import (
     head_end,
     parse_buffered_head,
 )
+from prefork_lb.http.tunnel import Tunnel, switch_head
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
 from prefork_lb.http.uri import encode_path
 from prefork_lb.netio import recv, send_all
@@ -217,7 +222,7 @@ def upstream_target(ex: Exchange, head: RequestHead, lr: LocationRuntime) -> byt
 class Proxy:
     """One request through one location's upstream group."""
 
-    __slots__ = ("body", "client", "ex", "head", "lr", "now", "up")
+    __slots__ = ("body", "client", "ex", "head", "lr", "now", "up", "upgrade")
 
     def __init__(
         self, client: ClientConnection, ex: Exchange, head: RequestHead, lr: LocationRuntime
@@ -230,6 +235,7 @@ class Proxy:
         self.up: UpstreamRuntime = lr.upstream
         self.body = RequestBody(client, head, lr)
         self.now = client.clock
+        self.upgrade = False  # rule 9: an Upgrade went upstream, so a 101 is a switch
 
     def run(self) -> bool:
         """Proxy the request; True when the client connection may serve another request."""
@@ -240,8 +246,10 @@ class Proxy:
         if has_body:
             self.body.prefetch()
         target = upstream_target(ex, head, lr)
+        upgrade = upgrade_value(ex, lr.plan) if head.upgrade else None  # rule 9
+        self.upgrade = upgrade is not None
         request_head = build_upstream_head(
-            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled
+            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled, upgrade
         )
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
@@ -310,7 +318,10 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, status not in (403, 404), None)
                 continue
-            ok = self._relay(conn, resp, leftover, attempt, now)
+            if status == 101:  # rule 9: the tunnel holds the peer until it ends
+                ok = self._tunnel(conn, resp, leftover, attempt, now)
+            else:
+                ok = self._relay(conn, resp, leftover, attempt, now)
             self._free(sel, peer, False, attempt, last=True)
             return ok
 
@@ -503,7 +514,7 @@ class Proxy:
                 resp, after = parse_buffered_head(buf, end, after, head_request)
                 buf = buf[after:]  # what follows may already hold the final head (after a 1xx)
                 scan = 0
-                if resp.status >= 200:
+                if resp.status >= 200 or (resp.status == 101 and self.upgrade):
                     attempt.header_time_s = self.now() - start
                     return resp, buf
                 interim += 1
@@ -518,6 +529,33 @@ class Proxy:
             raise AttemptFailed("error", 502, f"recv() failed ({e.errno}: {e.strerror})") from None
 
     # ---- response relay (rule 5: no retry from here on) ----
+
+    def _tunnel(
+        self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float
+    ) -> bool:
+        """Rule 9: relay the 101 and tunnel until both sides are done (http/tunnel.py)."""
+        client, ex, loc = self.client, self.ex, self.lr.config
+        ex.status = 101
+        client.keep_alive = False
+        tunnel = Tunnel(
+            client.sock,
+            conn.sock,
+            conn.addr,
+            ex,
+            attempt,
+            loc.proxy_read_timeout_s,
+            loc.send_timeout_s,
+            loc.proxy_send_timeout_s,
+            self.now,
+        )
+        client.tunnel = tunnel  # abort() reaches it (worker_shutdown_timeout)
+        try:
+            tunnel.run(switch_head(resp, self.now()), leftover, client.reader.upgrade_data)
+        finally:
+            client.tunnel = None
+            attempt.response_time_s = self.now() - start
+            conn.close()
+        return False
 
     def _relay(
         self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float
