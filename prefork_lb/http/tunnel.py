@@ -131,12 +131,13 @@ class Tunnel:
 
     def _pump(self, src: Any, dst: Any, send_s: float, to_client: bool) -> None:
         ex, attempt, idle_s, clock = self.ex, self.attempt, self.idle_s, self.clock
+        wait_first = False
         while not self.failed:
             try:
                 left_s = self.activity + idle_s - clock() if idle_s else None
                 if left_s is not None and left_s <= 0:
                     raise TimeoutError
-                data = recv(src, RECV_SIZE, left_s)
+                data = recv(src, RECV_SIZE, left_s, wait_first)
             except TimeoutError:
                 if idle_s and clock() - self.activity < idle_s:
                     continue  # the other direction moved: not idle (rule 4)
@@ -159,6 +160,7 @@ class Tunnel:
                 return
             self.activity = clock()
             n = len(data)
+            wait_first = n < RECV_SIZE  # the socket is drained: a recv() now would be EAGAIN
             try:
                 send_all(dst, data, send_s)
             except OSError:  # TimeoutError included
