@@ -8,6 +8,7 @@ test can see what the proxy sent upstream; ``open`` counts connections still ope
 
 from __future__ import annotations
 
+import ssl
 import threading
 from typing import Any
 
@@ -16,11 +17,11 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 
 class WsBackend:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.lock = threading.Lock()
         self.handshakes: list[list[tuple[str, str]]] = []
         self.open = 0
-        self.server: Server = serve(self._handle, "127.0.0.1", 0, compression=None)
+        self.server: Server = serve(self._handle, "127.0.0.1", 0, compression=None, ssl=tls)
         self.port: int = self.server.socket.getsockname()[1]
         self.addr = f"127.0.0.1:{self.port}"
 

@@ -33,6 +33,9 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    ``Connection: upgrade``; a 101 answer to it ends the head reading like a final
    response and the exchange becomes a tunnel (no pooling, the connection ends after it).
    A 101 to any other request is an invalid response (502, charged, as any invalid head).
+10. TLS to upstreams (issue 14, http/upstream_tls.py): a new connection is handshaken in
+   ``_open`` within ``proxy_connect_timeout``; a failure is the attempt's (502, charged,
+   retried as "error"). Pooled TLS connections are looked up by their own key.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from prefork_lb.http.response import (
 )
 from prefork_lb.http.tunnel import Tunnel, switch_head
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
+from prefork_lb.http.upstream_tls import HANDSHAKING, handshake_error, start_tls
 from prefork_lb.http.uri import encode_path
 from prefork_lb.netio import recv, send_all
 from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
@@ -416,7 +420,9 @@ class Proxy:
 
     def _connect(self, address: Address, addr: str, attempt: Attempt, start: float) -> UpstreamConnection:
         pool = self.up.pool
-        conn = pool.get(addr, start) if pool.enabled else None
+        tls = self.lr.tls  # rule 10: TLS connections are pooled by their own key
+        key = addr if tls is None else tls.pool_key(addr, tls.server_name(self.ex))
+        conn = pool.get(key, start) if pool.enabled else None
         if conn is not None:
             attempt.connect_time_s = 0.0
             return conn
@@ -437,8 +443,27 @@ class Proxy:
             raise AttemptFailed(
                 "error", 502, f"connect() failed ({e.errno}: {e.strerror})", CONNECTING
             ) from None
+        if self.lr.tls is not None:
+            self._start_tls(conn, loc.proxy_connect_timeout_s)
         attempt.connect_time_s = self.now() - start
         return conn
+
+    def _start_tls(self, conn: UpstreamConnection, timeout_s: float) -> None:
+        """Rule 10: the TLS handshake on a new connection (http/upstream_tls.py)."""
+        tls = self.lr.tls
+        assert tls is not None
+        name = tls.server_name(self.ex)
+        conn.key = tls.pool_key(conn.addr, name)
+        try:
+            start_tls(conn, tls, name, conn.key, timeout_s)
+        except TimeoutError:
+            conn.close()
+            raise AttemptFailed(
+                "timeout", 504, "upstream timed out (110: Connection timed out)", HANDSHAKING
+            ) from None
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            conn.close()
+            raise AttemptFailed("error", 502, handshake_error(e, name), HANDSHAKING) from None
 
     def _send(self, conn: UpstreamConnection, request_head: bytes, has_body: bool) -> None:
         sock = conn.sock

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork_lb.error")
 
+
 def switch_head(resp: ResponseHead, now: float) -> bytes:
     """Rule 2: the 101 head sent to the client (sans-IO)."""
     parts = [status_line(101, resp.reason), SERVER_HEADER, DATES.field(now), b"Connection: upgrade\r\n"]
