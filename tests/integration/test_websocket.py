@@ -86,13 +86,18 @@ def test_server_closes_first(tmp_path: Path, ws_backend: WsBackend) -> None:
         assert lb.access_log(1)[0].startswith("GET /close HTTP/1.1|101|")
 
 
-def test_nginx_canonical_config(tmp_path: Path, ws_backend: WsBackend) -> None:
+@pytest.mark.parametrize("connection", ["upgrade", "$connection_upgrade"])
+def test_nginx_canonical_config(tmp_path: Path, ws_backend: WsBackend, connection: str) -> None:
     """Catches: nginx's canonical WebSocket config (proxy_http_version 1.1 and the Upgrade
-    and Connection headers, with a literal "upgrade" since there is no ``map``) rejected as
-    a config error or sending the fields twice."""
-    with _lb(tmp_path, ws_backend.addr, CANONICAL) as lb, _connect(lb.port) as ws:
-        ws.send("canonical")
-        assert ws.recv(timeout=10) == "canonical"
+    and Connection headers, Connection as a literal "upgrade" or nginx's documented
+    ``$connection_upgrade``) rejected as a config error or sending the fields twice; an
+    ordinary request through the same location is still answered."""
+    extra = CANONICAL.replace('Connection = "upgrade"', f'Connection = "{connection}"')
+    with _lb(tmp_path, ws_backend.addr, extra) as lb:
+        with _connect(lb.port) as ws:
+            ws.send("canonical")
+            assert ws.recv(timeout=10) == "canonical"
+        assert request(lb.port, "GET", "/plain")[0] == 426  # websockets: "Upgrade Required"
     names = [k for k, _ in ws_backend.handshakes[0]]
     assert names.count("upgrade") == 1 and names.count("connection") == 1
 
