@@ -164,7 +164,21 @@ class Tunnel:
             wait_first = n < RECV_SIZE  # the socket is drained: a recv() now would be EAGAIN
             try:
                 send_all(dst, data, send_s)
-            except OSError:  # TimeoutError included
+            except TimeoutError:
+                if not self.failed:
+                    if to_client:  # send_timeout: the client stopped reading
+                        log.info(
+                            "client timed out (110: Connection timed out) while proxying upgraded connection"
+                        )
+                    else:
+                        log.error(
+                            "upstream timed out (110: Connection timed out) while proxying upgraded "
+                            "connection, upstream: %s",
+                            self.upstream_addr,
+                        )
+                self.abort()
+                return
+            except OSError:
                 self.abort()
                 return
             if to_client:

@@ -147,7 +147,7 @@ def test_reload_keeps_open_tunnel(tmp_path: Path, ws_backend: WsBackend) -> None
 def test_max_conns_and_status_api_during_tunnel(tmp_path: Path, ws_backend: WsBackend) -> None:
     """Catches: a tunnel that releases its peer early (max_conns = 1 must refuse a second
     request while the tunnel is open, and admit one after it closed) or is missing from
-    the status API's peer ``active`` count."""
+    the status API's peer ``active`` count or its active connections."""
     port, api_port = free_port(), free_port()
     config = status_config(port, api_port, [ws_backend.addr], workers=1, server_params=", max_conns = 1")
     with LB(tmp_path, config, port):
@@ -156,14 +156,19 @@ def test_max_conns_and_status_api_during_tunnel(tmp_path: Path, ws_backend: WsBa
             _, _, body = request(api_port, "GET", "/api/9/http/upstreams/backend")
             return int(json.loads(body)["peers"][0]["active"])
 
+        def connections() -> int:  # the API request's own connection included
+            return int(json.loads(request(api_port, "GET", "/api/9/connections")[2])["active"])
+
         with _connect(port) as ws:
             ws.send("held")
             assert ws.recv(timeout=10) == "held"
             assert active() == 1
+            assert connections() == 2
             assert request(port, "GET", "/plain")[0] == 502  # the only server is at max_conns
             ws.send("still")
             assert ws.recv(timeout=10) == "still"
         wait_for(lambda: active() == 0, what="the peer released")
+        wait_for(lambda: connections() == 1, what="the tunnel's connection gone")
         assert request(port, "GET", "/plain")[0] == 426  # websockets: "Upgrade Required"
 
 
@@ -195,6 +200,15 @@ class Switcher:
                     return
                 buf += data
             rest = buf.split(b"\r\n\r\n", 1)[1]
+            if buf.startswith(b"GET /flood"):  # 101, then bytes until the proxy gives up
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: upgrade\r\n\r\n"
+                )
+                try:
+                    while True:
+                        conn.sendall(b"x" * 65536)
+                except OSError:
+                    return
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: upgrade\r\n\r\n")
             conn.sendall(b"hi:")
             if rest:
@@ -317,3 +331,24 @@ def test_handshake_differential_nginx(tmp_path: Path, ws_backend: WsBackend) -> 
     # proxy_set_header first, Host after them)
     got = [sorted((k, "key" if k == "sec-websocket-key" else v) for k, v in h) for h in ws_backend.handshakes]
     assert got[0] == got[1] == got[2], got
+
+
+def test_send_timeout_cuts_a_client_that_stops_reading(tmp_path: Path) -> None:
+    """Catches: a tunnel to a client that stopped reading kept forever (nginx's
+    send_timeout covers blocked client writes in a tunnel; nginx logs it at info)."""
+    switcher = Switcher()
+    try:
+        with _lb(tmp_path, switcher.addr, 'send_timeout = "1s"') as lb:
+            with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\n")
+                wait_for(
+                    lambda: (
+                        "client timed out (110: Connection timed out) while proxying upgraded" in lb.output()
+                    ),
+                    what="the send timeout",
+                )
+            line = lb.access_log(1)[0]
+            assert line.startswith("GET /flood HTTP/1.1|101|")
+    finally:
+        switcher.sock.close()
