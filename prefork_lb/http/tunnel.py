@@ -12,7 +12,9 @@ Rules (shared/reference/nginx-semantics-2.md section 4):
 3. Two greenlets: the connection's own carries upstream -> client, one spawned greenlet
    carries client -> upstream. Each direction ends on its own: EOF is passed on as a
    half-close (``shutdown(SHUT_WR)``) and the tunnel ends when both directions did
-   (stream/tcp.py does the same). One greenlet waiting on both sockets would stall a
+   (stream/tcp.py does the same; nginx instead ends the whole tunnel once either side's
+   EOF is flushed, which a WebSocket close handshake never notices but a raw Upgrade
+   protocol that half-closes would). One greenlet waiting on both sockets would stall a
    direction while the other is blocked writing (a client that sends without reading
    would wait for itself); two cost ~10 KiB more per open tunnel and no syscall.
 4. Timeouts as nginx: one idle timer of ``proxy_read_timeout``, re-armed by traffic in
