@@ -13,15 +13,19 @@ Rules:
    truncated body); the connection is not kept alive after it.
 3. ``respond_error`` sends an error page and returns whether the connection may serve
    another request.
+4. A tunnel (issue 14, http/tunnel.py) takes the client socket and the bytes the client
+   sent behind its upgrade head (``tunnel_io``); while it runs the connection holds it
+   (``hold_tunnel``) so that ``abort`` ends both of its sockets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from prefork_lb.http.exchange import Exchange
+    from prefork_lb.http.tunnel import Tunnel
 
 
 class ClientGone(Exception):
@@ -40,3 +44,8 @@ class Client(Protocol):
     def abort(self) -> None: ...
 
     def respond_error(self, ex: Exchange, status: int) -> bool: ...
+
+    def tunnel_io(self) -> tuple[Any, bytes]:
+        """Rule 4: the client socket and the bytes already read behind the upgrade head."""
+
+    def hold_tunnel(self, tunnel: Tunnel | None) -> None: ...

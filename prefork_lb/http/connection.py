@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from prefork_lb.config.model import LocationConfig, ServerConfig
     from prefork_lb.http.routing import ServerRouter
     from prefork_lb.http.runtime import HttpRuntime, LocationRuntime, StatusZone
+    from prefork_lb.http.tunnel import Tunnel
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -84,6 +85,7 @@ class ClientConnection:
         "send_timeout_s",
         "sock",
         "status_zone",
+        "tunnel",
     )
 
     def __init__(
@@ -113,6 +115,7 @@ class ClientConnection:
         self.linger_from: ServerConfig | LocationConfig = router.default  # rule 7
         self.lingering = False
         self.park_deadline = 0.0  # while parked: when the idle wait times out
+        self.tunnel: Tunnel | None = None  # issue 14: while an upgraded connection is tunnelled
 
     # ---- the loop ----
 
@@ -414,9 +417,19 @@ class ClientConnection:
         self.abort()
         return True
 
+    def tunnel_io(self) -> tuple[ClientSocket, bytes]:
+        """For a tunnel (client.py rule 4): the socket and the bytes behind the upgrade head."""
+        return self.sock, self.reader.upgrade_data
+
+    def hold_tunnel(self, tunnel: Tunnel | None) -> None:
+        self.tunnel = tunnel
+
     def abort(self) -> None:
         """End the connection without completing the response (the client sees truncation)."""
         self.keep_alive = False
+        if self.tunnel is not None:  # issue 14: both sockets of the tunnel
+            self.tunnel.abort()
+            return
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -36,6 +36,13 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
 9. The proxy never writes the connection's state: ``run`` returns a ``ProxyOutcome``
    (keep-alive still allowed; whether the server's status zone was recorded in the last
    peer release's critical section) and the connection applies it.
+10. Upgrade (issue 14, http/tunnel.py): a client upgrade request is sent with Upgrade and
+   ``Connection: upgrade``; a 101 answer to it ends the head reading like a final
+   response and the exchange becomes a tunnel (no pooling, the connection ends after it).
+   A 101 to any other request is an invalid response (502, charged, as any invalid head).
+11. TLS to upstreams (issue 14, http/upstream_tls.py): a new connection is handshaken in
+   ``_open`` within ``proxy_connect_timeout``; a failure is the attempt's (502, charged,
+   retried as "error"). Pooled TLS connections are looked up by their own key.
 """
 
 from __future__ import annotations
@@ -48,12 +55,14 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
-from prefork_lb.http.headers import build_upstream_head
+from prefork_lb.http.headers import build_upstream_head, upgrade_value
 from prefork_lb.http.relay import relay
 from prefork_lb.http.request import RequestHead
 from prefork_lb.http.request_body import RequestBody
 from prefork_lb.http.response import ResponseHead, UpstreamProtocolError, head_end, parse_buffered_head
+from prefork_lb.http.tunnel import Tunnel, switch_head
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
+from prefork_lb.http.upstream_tls import HANDSHAKING, handshake_error, start_tls
 from prefork_lb.http.uri import encode_path
 from prefork_lb.netio import recv, send_all
 from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
@@ -149,7 +158,7 @@ class ProxyOutcome(NamedTuple):
 class Proxy:
     """One request through one location's upstream group."""
 
-    __slots__ = ("body", "client", "ex", "head", "keep_alive", "lr", "now", "status_zone", "up")
+    __slots__ = ("body", "client", "ex", "head", "keep_alive", "lr", "now", "status_zone", "up", "upgrade")
 
     def __init__(
         self,
@@ -172,6 +181,7 @@ class Proxy:
         self.now = client.clock
         self.keep_alive = keep_alive
         self.status_zone = status_zone
+        self.upgrade = False  # rule 10: an Upgrade went upstream, so a 101 is a switch
 
     def run(self) -> ProxyOutcome:
         """Proxy the request (rule 9: the connection applies the outcome)."""
@@ -182,8 +192,10 @@ class Proxy:
         if has_body:
             self.body.prefetch()
         target = upstream_target(ex, head, lr)
+        upgrade = upgrade_value(ex, lr.plan) if head.upgrade else None  # rule 10
+        self.upgrade = upgrade is not None
         request_head = build_upstream_head(
-            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled
+            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled, upgrade
         )
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
@@ -252,7 +264,10 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, status not in (403, 404), None)
                 continue
-            keep_alive = self._relay(conn, resp, leftover, attempt, now)
+            if status == 101:  # rule 10: the tunnel holds the peer until it ends
+                keep_alive = self._tunnel(conn, resp, leftover, attempt, now)
+            else:
+                keep_alive = self._relay(conn, resp, leftover, attempt, now)
             return ProxyOutcome(keep_alive, self._free(sel, peer, False, attempt, last=True))
 
     def _pick(self, sel: Selection) -> Peer | None:
@@ -349,7 +364,9 @@ class Proxy:
 
     def _connect(self, address: Address, addr: str, attempt: Attempt, start: float) -> UpstreamConnection:
         pool = self.up.pool
-        conn = pool.get(addr, start) if pool.enabled else None
+        tls = self.lr.tls  # rule 11: TLS connections are pooled by their own key
+        key = addr if tls is None else tls.pool_key(addr, tls.server_name(self.ex))
+        conn = pool.get(key, start) if pool.enabled else None
         if conn is not None:
             attempt.connect_time_s = 0.0
             return conn
@@ -370,8 +387,27 @@ class Proxy:
             raise AttemptFailed(
                 "error", 502, f"connect() failed ({e.errno}: {e.strerror})", CONNECTING
             ) from None
+        if self.lr.tls is not None:
+            self._start_tls(conn, loc.proxy_connect_timeout_s)
         attempt.connect_time_s = self.now() - start
         return conn
+
+    def _start_tls(self, conn: UpstreamConnection, timeout_s: float) -> None:
+        """Rule 11: the TLS handshake on a new connection (http/upstream_tls.py)."""
+        tls = self.lr.tls
+        assert tls is not None
+        name = tls.server_name(self.ex)
+        conn.key = tls.pool_key(conn.addr, name)
+        try:
+            start_tls(conn, tls, name, conn.key, timeout_s)
+        except TimeoutError:
+            conn.close()
+            raise AttemptFailed(
+                "timeout", 504, "upstream timed out (110: Connection timed out)", HANDSHAKING
+            ) from None
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            conn.close()
+            raise AttemptFailed("error", 502, handshake_error(e, name), HANDSHAKING) from None
 
     def _send(self, conn: UpstreamConnection, request_head: bytes, has_body: bool) -> None:
         sock = conn.sock
@@ -441,7 +477,7 @@ class Proxy:
                 resp, after = parse_buffered_head(buf, end, after, head_request)
                 buf = buf[after:]  # what follows may already hold the final head (after a 1xx)
                 scan = 0
-                if resp.status >= 200:
+                if resp.status >= 200 or (resp.status == 101 and self.upgrade):
                     attempt.header_time_s = self.now() - start
                     return resp, buf
                 interim += 1
@@ -456,6 +492,34 @@ class Proxy:
             raise AttemptFailed("error", 502, f"recv() failed ({e.errno}: {e.strerror})") from None
 
     # ---- response relay (rule 5: no retry from here on; http/relay.py) ----
+
+    def _tunnel(
+        self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float
+    ) -> bool:
+        """Rule 10: relay the 101 and tunnel until both sides are done (http/tunnel.py); the
+        connection ends after it (False)."""
+        client, ex, loc = self.client, self.ex, self.lr.config
+        ex.status = 101
+        sock, early = client.tunnel_io()
+        tunnel = Tunnel(
+            sock,
+            conn.sock,
+            conn.addr,
+            ex,
+            attempt,
+            loc.proxy_read_timeout_s,
+            loc.send_timeout_s,
+            loc.proxy_send_timeout_s,
+            self.now,
+        )
+        client.hold_tunnel(tunnel)  # abort() reaches it (worker_shutdown_timeout)
+        try:
+            tunnel.run(switch_head(resp, self.now()), leftover, early)
+        finally:
+            client.hold_tunnel(None)
+            attempt.response_time_s = self.now() - start
+            conn.close()
+        return False
 
     def _relay(
         self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float

@@ -29,6 +29,7 @@ from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.template import Template, compile_template
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
+from prefork_lb.http.upstream_tls import UpstreamTls, upstream_tls_table
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_zone
@@ -54,6 +55,7 @@ class LocationRuntime:
     return_text: Template | None
     logs: tuple[tuple[AccessLogWriter, LogFormat, Template | None], ...]  # writer, format, if=
     access: tuple[tuple[bool, IPNetwork | None], ...] = ()  # None = "all"
+    tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -144,6 +146,7 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}
     matchers: dict[int, LocationMatcher] = {}
+    tls = upstream_tls_table([loc for server in config.http.servers for loc in server.locations])
     for server in config.http.servers:
         matchers[id(server)] = LocationMatcher(server.locations)
         for loc in server.locations:
@@ -166,6 +169,7 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
                     (allow, None if net == "all" else ipaddress.ip_network(net, strict=False))
                     for allow, net in loc.access
                 ),
+                tls=tls.get(id(loc)),
             )
     return HttpRuntime(
         config=config,
