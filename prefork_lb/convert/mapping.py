@@ -14,6 +14,9 @@ Rules:
   server, ``allow``/``deny`` from ``http`` or ``server`` into each location that has none.
 - A location (or server) that returns gets no ``allow``/``deny``: nginx answers ``return`` in
   the rewrite phase, before the access phase, so they never apply to it there.
+- nginx's documented WebSocket ``map $http_upgrade $connection_upgrade`` is recognised and
+  not converted: the variable is built in with the same values. Any other ``map`` is skipped
+  (one defining ``$connection_upgrade`` says the built-in one is used instead).
 - A skipped block (a named location, a server listening only with ``ssl``) takes its key
   paths with it, so comments and origins never point at the wrong entry.
 - To add a directive: a handler in the context's table (``_HTTP_LEVEL``, ``_SERVER``,
@@ -66,6 +69,10 @@ _SIZES = ("proxy_buffer_size", "client_max_body_size", "client_body_buffer_size"
 _COUNTS = ("proxy_next_upstream_tries", "keepalive_requests")
 _WORDS = ("lingering_close",)
 _SIMPLE = frozenset((*_DURATIONS, *_SIZES, *_COUNTS, *_WORDS))
+# TLS to upstreams (the same names in the TOML); the others (client certificates, depth,
+# CRLs) are reported as unsupported: convert/unsupported.py
+_SSL_FLAGS = ("proxy_ssl_verify", "proxy_ssl_server_name", "proxy_ssl_session_reuse")
+_SSL_STRINGS = ("proxy_ssl_trusted_certificate", "proxy_ssl_name", "proxy_ssl_ciphers")
 
 
 def scalar(text: str) -> int | str:
@@ -195,6 +202,26 @@ def _http(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
                     )
                 continue
             _apply_access(m, loc, own or rules, kp)
+            _note_sni(m, (loc, s, http), (kp, f"http.servers[{i}]", "http"))
+
+
+def _note_sni(m: Mapper, levels: tuple[dict[str, Any], ...], paths: tuple[str, ...]) -> None:
+    """prefork-lb sends the verified name as SNI even without ``proxy_ssl_server_name on``."""
+
+    def effective(key: str) -> tuple[Any, str]:
+        for level, path in zip(levels, paths, strict=True):
+            if key in level:
+                return level[key], f"{path}.{key}"
+        return None, ""
+
+    verify, verify_path = effective("proxy_ssl_verify")
+    if (
+        verify is True
+        and effective("proxy_ssl_server_name")[0] is not True
+        and str(levels[0].get("proxy_pass", "")).startswith("https://")
+    ):
+        text = '"proxy_ssl_verify on": the verified name is also sent as SNI (proxy_ssl_server_name is off)'
+        m.out.notes.append(Note(m.out.origins[verify_path], text, False))
 
 
 def _stream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -233,8 +260,59 @@ def _set_header(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
 
 
 def _http_version(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
-    if d.args[0] != "1.1":
+    if d.args[0] == "1.1":
+        m.put(t, path, "proxy_http_version", "1.1", d)
+    else:
         m.differ(d, "prefork-lb always speaks HTTP/1.1 to upstreams; nothing to set")
+
+
+def _text(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, d.name, d.args[0], d)
+
+
+def _flag(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``on``/``off``; anything else is copied for the loader to refuse at this line (nginx does)."""
+    word = d.args[0]
+    m.put(t, path, d.name, {"on": True, "off": False}.get(word, word), d)
+
+
+def _ssl_protocols(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    kept = [p for p in d.args if p not in ("SSLv2", "SSLv3")]
+    if not kept:
+        m.skip(d, "names only protocols prefork-lb does not speak (SSLv2, SSLv3)")
+        return
+    if len(kept) < len(d.args):
+        m.differ(d, "SSLv2 and SSLv3 are not spoken by prefork-lb; mapped without them")
+    m.put(t, path, "proxy_ssl_protocols", kept, d)
+
+
+# nginx's map for WebSocket (docs: "WebSocket proxying"), built in as $connection_upgrade
+_CONNECTION_UPGRADE_MAP = {"default": "upgrade", "": "close"}
+
+
+def _map(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    source, variable = (a.lower() for a in d.args[:2])
+    entries = [(e.name, e.args) for e in d.block or []]
+    if (
+        (source, variable) == ("$http_upgrade", "$connection_upgrade")
+        and len(entries) == len(_CONNECTION_UPGRADE_MAP)
+        and all(len(v) == 1 and _CONNECTION_UPGRADE_MAP.get(k) == v[0] for k, v in entries)
+        and {k for k, _ in entries} == set(_CONNECTION_UPGRADE_MAP)
+    ):
+        m.differ(
+            d,
+            "nginx's documented WebSocket map: prefork-lb has $connection_upgrade built in, the same; "
+            "not converted",
+        )
+        return
+    if variable == "$connection_upgrade":
+        m.skip(
+            d,
+            f"{reason('map')} (prefork-lb's built-in $connection_upgrade is used instead: "
+            '"upgrade" when the request has an Upgrade field, else "close")',
+        )
+        return
+    m.skip(d)
 
 
 def _access_log(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -447,12 +525,12 @@ def _match(args: list[str]) -> str | None:
 
 def _proxy_pass(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     target = d.args[0]
-    if target.startswith("https://"):
-        m.skip(d, reason("proxy_ssl_x"))
-    elif "$" in target:
+    if "$" in target:
         m.skip(d, "uses variables, which proxy_pass does not take in prefork-lb: name an upstream")
-    elif not target.startswith("http://") or target.startswith("http://unix:"):
-        m.skip(d, 'is not supported: proxy_pass takes "http://upstream-or-address[/uri]"')
+    elif not target.startswith(("http://", "https://")) or target.startswith(
+        ("http://unix:", "https://unix:")
+    ):
+        m.skip(d, 'is not supported: proxy_pass takes "http[s]://upstream-or-address[/uri]"')
     else:
         m.put(t, path, "proxy_pass", target, d)
 
@@ -552,6 +630,14 @@ def _stream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> Non
     s: dict[str, Any] = {}
     m.mark(kp, d)
     m.each(d.block, s, kp, _STREAM_SERVER)
+    if s.pop("_proxy_ssl", False):
+        m.forget(kp)
+        m.skip(
+            d,
+            "connects to its upstream with TLS (proxy_ssl on), which stream has not in prefork-lb "
+            "(plain TCP to a TLS upstream would fail)",
+        )
+        return
     if not s.get("listen") or "proxy_pass" not in s:
         m.forget(kp)
         m.skip(d, "has no listen address or proxy_pass prefork-lb can serve (see above)")
@@ -564,6 +650,11 @@ def _stream_proxy_pass(m: Mapper, d: Directive, t: dict[str, Any], path: str) ->
         m.skip(d, "uses variables, which proxy_pass does not take in prefork-lb: name an upstream")
         return
     m.put(t, path, "proxy_pass", d.args[0], d)
+
+
+def _stream_proxy_ssl(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.skip(d)
+    t["_proxy_ssl"] = d.args[0] == "on"
 
 
 def _stream_next_upstream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -616,6 +707,9 @@ _INHERITED: dict[str, Handler] = {
     "proxy_next_upstream": _next_upstream,
     "proxy_set_header": _set_header,
     "proxy_http_version": _http_version,
+    **dict.fromkeys(_SSL_FLAGS, _flag),
+    **dict.fromkeys(_SSL_STRINGS, _text),
+    "proxy_ssl_protocols": _ssl_protocols,
     "access_log": _access_log,
     "allow": _access_rule,
     "deny": _access_rule,
@@ -627,6 +721,7 @@ _HTTP_LEVEL: dict[str, Handler] = {
     "server": _server,
     "log_format": _log_format,
     "client_header_timeout": _client_header_timeout,
+    "map": _map,
 }
 _SERVER: dict[str, Handler] = {
     **_INHERITED,
@@ -670,6 +765,7 @@ _STREAM_SERVER: dict[str, Handler] = {
     "listen": _listen,
     "proxy_pass": _stream_proxy_pass,
     "proxy_next_upstream": _stream_next_upstream,
+    "proxy_ssl": _stream_proxy_ssl,
     "access_log": _stream_access_log,
     "error_log": _error_log,
 }

@@ -16,6 +16,10 @@ DEFAULT_REASON = "has no prefork-lb equivalent"
 _FILES = "is about serving files; prefork-lb serves none (put static content behind a backend)"
 _ACCEPT = "is not needed: prefork-lb's workers share accepts their own way (docs/architecture.md)"
 _HEAD_LIMITS = "has no prefork-lb equivalent (request head limits are fixed: docs/http-conformance.md)"
+_CLIENT_CERT = (
+    "is not supported: prefork-lb presents no client certificate to upstreams (an upstream that requires "
+    "one refuses the handshake: 502); until then let the upstream accept prefork-lb without one"
+)
 _PROXY_HTTP_ONLY = "is not supported: prefork-lb proxies HTTP/1.1 and TCP/UDP only"
 
 # directive (or family prefix ending in "_"/"*") -> reason
@@ -77,6 +81,18 @@ REASONS: dict[str, str] = {
     "grpc_*": _PROXY_HTTP_ONLY,
     "memcached_*": _PROXY_HTTP_ONLY,
     "mail": _PROXY_HTTP_ONLY,
+    # TLS to upstreams: what convert/mapping.py does not map
+    "proxy_ssl_certificate": _CLIENT_CERT,
+    "proxy_ssl_certificate_key": _CLIENT_CERT,
+    "proxy_ssl_password_file": _CLIENT_CERT,
+    "proxy_ssl_certificate_cache": _CLIENT_CERT,
+    "proxy_ssl_verify_depth": "is not supported: chains are verified to OpenSSL's default depth (100; "
+    "nginx's default of 1 allows one intermediate CA); remove it",
+    "proxy_ssl_crl": "is not supported: no certificate revocation lists (rotate the upstream's certificate "
+    "and its CA bundle instead)",
+    "proxy_ssl_conf_command": "is not supported: OpenSSL configuration commands are not passed through",
+    "proxy_ssl_key_log": "is not supported: no TLS key log",
+    "proxy_ssl*": "is not supported: TLS to upstreams is built for http only (docs/config.md)",
     "js_*": "has no prefork-lb equivalent (no njs)",
     "perl*": "has no prefork-lb equivalent",
 }
@@ -105,7 +121,6 @@ NOT_YET: dict[str, str] = {
     "limit_rate*": f"{_PLANNED}: rate limiting",
     "ssl_*": f"{_PLANNED}: TLS; until then terminate TLS in front of prefork-lb",
     "ssl": f"{_PLANNED}: TLS; until then terminate TLS in front of prefork-lb",
-    "proxy_ssl_*": f"{_PLANNED}: TLS to upstreams",
     "proxy_cache*": f"{_PLANNED}: caching",
     "proxy_no_cache": f"{_PLANNED}: caching",
     "sticky": f'{_PLANNED}: session persistence; meanwhile `method = "hash"` on a cookie keeps clients on '

@@ -7,6 +7,7 @@ documentation for upstream and load balancing are written here from the docs' te
 
 from __future__ import annotations
 
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -732,3 +733,172 @@ def test_status_module_is_the_api_with_a_note() -> None:
     out = map_config([d("http", block=[d("server", block=[d("listen", "127.0.0.1:80"), loc])])])
     assert out.doc["http"]["servers"][0]["locations"][0] == {"match": "/status", "api": True}
     assert [(n.where, n.unsupported) for n in out.notes] == [("nginx.conf:3", False)]
+
+
+# ---- TLS to upstreams and WebSocket (docs/config.md) --------------------------------------------
+
+
+def _ca(directory: Path) -> None:
+    """A self-signed CA certificate, ``ca.crt`` in ``directory``."""
+    import subprocess
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test CA"],
+        cwd=directory, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_round_trip_upstream_tls(tmp_path: Path) -> None:
+    """Catches: proxy_pass https:// or a proxy_ssl_* directive skipped (old converter: all were
+    "planned") or mis-keyed, their http -> server -> location inheritance lost, a relative
+    trusted certificate not found next to the nginx.conf (nginx's conf prefix), SSLv3 passed
+    to the loader (which would refuse it) instead of dropped with a note, or the SNI
+    difference of a verifying location not reported."""
+    _ca(tmp_path)
+    config = load(
+        tmp_path,
+        """
+        http {
+            proxy_ssl_protocols SSLv3 TLSv1.2;
+            proxy_ssl_session_reuse off;
+            upstream up.test { server 127.0.0.1:9443; }
+            server {
+                listen 127.0.0.1:8080;
+                proxy_ssl_trusted_certificate ca.crt;
+                proxy_http_version 1.1;
+                location /v/ {
+                    proxy_pass https://up.test/;
+                    proxy_ssl_verify on;
+                    proxy_ssl_name backend.test;
+                    proxy_ssl_ciphers HIGH:!aNULL;
+                }
+                location /sni/ {
+                    proxy_pass https://127.0.0.1:9443;
+                    proxy_ssl_server_name on;
+                    proxy_ssl_session_reuse on;
+                    proxy_ssl_verify_depth 2;
+                }
+            }
+        }
+        """,
+    )
+    v, sni = config.http.servers[0].locations
+    assert v.proxy_pass is not None and v.proxy_pass.ssl and v.proxy_pass.uri == "/"
+    assert (v.proxy_ssl_verify, v.proxy_ssl_name, v.proxy_ssl_ciphers) == (
+        True,
+        "backend.test",
+        "HIGH:!aNULL",
+    )
+    assert v.proxy_ssl_trusted_certificate == str(tmp_path / "ca.crt")
+    assert v.proxy_ssl_protocols == ("TLSv1.2",) and v.proxy_ssl_session_reuse is False
+    assert (v.proxy_ssl_server_name, v.proxy_http_version) == (False, "1.1")
+    assert (sni.proxy_ssl_verify, sni.proxy_ssl_server_name, sni.proxy_ssl_session_reuse) == (
+        False,
+        True,
+        True,
+    )
+    assert config.notes == (
+        'nginx.conf:3: "proxy_ssl_protocols SSLv3 TLSv1.2": SSLv2 and SSLv3 are not spoken by prefork-lb; '
+        "mapped without them",
+        'nginx.conf:20: "proxy_ssl_verify_depth 2" is not supported: chains are verified to OpenSSL\'s '
+        "default depth (100; nginx's default of 1 allows one intermediate CA); remove it; skipped",
+        'nginx.conf:12: "proxy_ssl_verify on": the verified name is also sent as SNI '
+        "(proxy_ssl_server_name is off)",
+    )
+
+
+def test_mapping_tls_directives_left_unsupported() -> None:
+    """Catches: a proxy_ssl_* directive prefork-lb lacks (client certificates, CRLs) mapped or
+    dropped silently, a proxy_ssl value other than on/off turned into a boolean instead of
+    reaching the loader (which names the line), or a stream server with ``proxy_ssl on``
+    converted into one that speaks plain TCP to a TLS upstream."""
+    loc = d(
+        "location",
+        "/",
+        block=[
+            d("proxy_pass", "https://app"),
+            d("proxy_ssl_certificate", "c.pem", line=3),
+            d("proxy_ssl_crl", "crl.pem", line=4),
+            d("proxy_ssl_verify", "yes", line=5),
+        ],
+    )
+    stream = d(
+        "stream",
+        block=[
+            d(
+                "server",
+                block=[d("listen", "7000"), d("proxy_pass", "127.0.0.1:7001"), d("proxy_ssl", "on", line=8)],
+                line=7,
+            ),
+            d(
+                "server",
+                block=[d("listen", "7002"), d("proxy_pass", "127.0.0.1:7003"), d("proxy_ssl", "off")],
+            ),
+        ],
+    )
+    out = map_config([d("http", block=[d("server", block=[d("listen", "80"), loc])]), stream])
+    assert out.doc["http"]["servers"][0]["locations"][0]["proxy_ssl_verify"] == "yes"
+    assert out.doc["stream"]["servers"] == [{"listen": ["7002"], "proxy_pass": "127.0.0.1:7003"}]
+    assert [(n.where, n.text.split(" is not supported")[0]) for n in out.notes if n.unsupported] == [
+        ("nginx.conf:3", '"proxy_ssl_certificate c.pem"'),
+        ("nginx.conf:4", '"proxy_ssl_crl crl.pem"'),
+        ("nginx.conf:8", '"proxy_ssl on"'),
+        ("nginx.conf:7", '"server" connects to its upstream with TLS (proxy_ssl on), which stream has not in '
+         "prefork-lb (plain TCP to a TLS upstream would fail); skipped"),
+        ("nginx.conf:1", '"proxy_ssl off"'),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("default", "upgrade"), ("", "close")],
+        [("", "close"), ("default", "upgrade")],
+    ],
+    ids=["documented", "reordered"],
+)
+def test_mapping_connection_upgrade_map_is_built_in(entries: list[tuple[str, str]]) -> None:
+    """Catches: nginx's documented WebSocket map (``default upgrade; '' close;``, in either
+    order; crossplane reads '' and "" alike) reported as unsupported, so ``--strict`` refused
+    the canonical WebSocket config (old converter: "map" was planned), or written into the TOML."""
+    block = [d(name, value, line=3 + i) for i, (name, value) in enumerate(entries)]
+    out = map_config(
+        [d("http", block=[d("map", "$http_upgrade", "$connection_upgrade", block=block, line=2)])]
+    )
+    assert out.doc == {"http": {}, "worker_connections": 512}
+    assert [(str(n), n.unsupported) for n in out.notes] == [
+        (
+            'nginx.conf:2: "map $http_upgrade $connection_upgrade": nginx\'s documented WebSocket map: '
+            "prefork-lb has $connection_upgrade built in, the same; not converted",
+            False,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "entries", "built_in"),
+    [
+        (("$http_upgrade", "$connection_upgrade"), [("default", "upgrade"), ("", "")], True),
+        (
+            ("$http_upgrade", "$connection_upgrade"),
+            [("default", "upgrade"), ("", "close"), ("hostnames",)],
+            True,
+        ),
+        (("$http_connection", "$connection_upgrade"), [("default", "upgrade"), ("", "close")], True),
+        (("$http_upgrade", "$conn"), [("default", "upgrade"), ("", "close")], False),
+    ],
+    ids=["keepalive-variant", "hostnames", "other-source", "other-variable"],
+)
+def test_mapping_other_maps_stay_unsupported(
+    args: tuple[str, str], entries: list[tuple[str, ...]], built_in: bool
+) -> None:
+    """Catches: a map that is not exactly nginx's documented one (``'' ''`` for upstream
+    keep-alive, a flag, another source or variable) taken as the built-in, or one defining
+    $connection_upgrade otherwise skipped without saying the built-in one is used instead."""
+    block = [d(e[0], *e[1:]) for e in entries]
+    out = map_config([d("http", block=[d("map", *args, block=block, line=2)])])
+    (note,) = out.notes
+    assert note.unsupported and note.text.startswith(f'"map {" ".join(args)}" is not built in prefork-lb yet')
+    assert ("built-in $connection_upgrade is used instead" in note.text) == built_in
