@@ -3,7 +3,9 @@ nginx as the oracle where it is installed (one nginx.conf for both: tests/nginx_
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import tomllib
 from pathlib import Path
@@ -475,5 +477,120 @@ def test_upstream_keepalive_matches_nginx(tmp_path: Path) -> None:
 
         (ngx, ngx_log), (ours, our_log) = run_conf_both(tmp_path, conf, ask)
     assert [n for _, n in ngx] == ["1", "2", "3", "1", "2", "3", "1", "1", "1"]
+    assert ours == ngx
+    assert our_log == ngx_log
+
+
+WS_AND_TLS = """
+    log_format diff '$status|$upstream_addr';
+    access_log access.log diff;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    upstream ws {{ server {ws}; }}
+    upstream up.test {{ server {tls}; }}
+    upstream failing {{ server {tls}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_http_version 1.1;
+        location /echo {{
+            proxy_pass http://ws;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+        }}
+        location /tls/ {{
+            proxy_pass https://up.test/;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_server_name on;
+        }}
+        location /fresh/ {{
+            proxy_pass https://up.test/;
+            proxy_ssl_session_reuse off;
+            proxy_ssl_server_name on;
+        }}
+        location /other-ca/ {{
+            proxy_pass https://failing/;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {other};
+        }}
+        location /wrong-name/ {{
+            proxy_pass https://failing/;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_name wrong.test;
+        }}
+        location /rsa-only/ {{
+            proxy_pass https://failing/;
+            proxy_ssl_protocols TLSv1.2;
+            proxy_ssl_ciphers aRSA;
+        }}
+    }}
+"""
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None or shutil.which("openssl") is None, reason="needs nginx and openssl")
+def test_websocket_idiom_and_upstream_tls_match_nginx(tmp_path: Path) -> None:
+    """Catches: nginx's canonical WebSocket config (the documented ``map``, proxy_http_version
+    1.1, the Upgrade and Connection headers) reported as unsupported, or converted into a
+    tunnel that echoes otherwise or sends the backend other Host/Upgrade/Connection fields
+    than nginx; and ``proxy_pass https://`` with proxy_ssl_verify, a trusted CA, SNI,
+    proxy_ssl_name, proxy_ssl_session_reuse, proxy_ssl_protocols and proxy_ssl_ciphers
+    skipped (old converter: "planned", the location answered 404) or converted into TLS
+    that verifies, resumes, sends SNI or fails otherwise than nginx on the same nginx.conf
+    (the TLS backend's answer names its request count, resumption and SNI)."""
+    from websockets.sync.client import connect
+
+    from tests.integration.test_upstream_tls import TlsNginx, make_pki
+    from tests.ws_backend import WsBackend
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    with WsBackend() as ws_up, TlsNginx(tmp_path / "backend", pki) as tls_up:
+
+        def ask(port: int) -> list[tuple[int, str]]:
+            out = []
+            for path in (
+                ["/tls/"] * 2 + ["/fresh/"] * 2 + ["/echo", "/other-ca/", "/wrong-name/", "/rsa-only/"]
+            ):
+                status, _, body = request(port, "GET", path)
+                out.append((status, body.decode() if status == 200 else ""))
+            seen = len(ws_up.handshakes)
+            with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=10, close_timeout=10) as ws:
+                assert ws.response is not None
+                for message in ("hello", os.urandom(100_000)):
+                    ws.send(message)
+                    assert ws.recv(timeout=10) == message
+                status = ws.response.status_code
+            sent = [
+                (k, v.lower()) for k, v in ws_up.handshakes[seen] if k in ("host", "upgrade", "connection")
+            ]
+            out.append((status, str(sorted(sent))))
+            return out
+
+        def conf(port: int) -> str:
+            fields = {"ws": ws_up.addr, "tls": tls_up.addr, "ca": pki.ca, "other": pki.other_ca}
+            return scenario(WS_AND_TLS.format(port=port, **fields))
+
+        (tmp_path / "check").mkdir()
+        (tmp_path / "check" / "nginx.conf").write_text(conf(free_port()))
+        test = run_cli("-t", "-c", str(tmp_path / "check" / "nginx.conf"))
+        assert test.returncode == 0, test.stderr
+        skipped = [line for line in test.stderr.splitlines() if line.endswith("; skipped")]
+        assert all("temp_path" in line for line in skipped), test.stderr  # the preamble's only
+        (ngx, ngx_log), (ours, our_log) = run_conf_both(tmp_path, conf, ask)
+    assert ngx == [
+        (200, "tls 1 . sni=up.test\n"),
+        (200, "tls 1 r sni=up.test\n"),
+        (200, "tls 1 . sni=up.test\n"),
+        (200, "tls 1 . sni=up.test\n"),
+        (426, ""),  # websockets: "Upgrade Required" (nginx sent "Connection: close")
+        (502, ""),
+        (502, ""),
+        (502, ""),
+        (101, "[('connection', 'upgrade'), ('host', 'ws'), ('upgrade', 'websocket')]"),
+    ]
     assert ours == ngx
     assert our_log == ngx_log
