@@ -227,7 +227,10 @@ def _note_sni(m: Mapper, levels: tuple[dict[str, Any], ...], paths: tuple[str, .
 def _stream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     stream = t.setdefault("stream", {})
     m.mark("stream", d)
+    # a stream-level proxy_ssl applies to every server, wherever in the block it is written
+    stream["_proxy_ssl"] = any(x.name == "proxy_ssl" and x.args[0] == "on" for x in d.block or [])
     m.each(d.block, stream, "stream", _STREAM)
+    del stream["_proxy_ssl"]
 
 
 # ---- http, server and location levels ----
@@ -630,7 +633,7 @@ def _stream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> Non
     s: dict[str, Any] = {}
     m.mark(kp, d)
     m.each(d.block, s, kp, _STREAM_SERVER)
-    if s.pop("_proxy_ssl", False):
+    if s.pop("_proxy_ssl", t["_proxy_ssl"]):
         m.forget(kp)
         m.skip(
             d,
@@ -653,8 +656,10 @@ def _stream_proxy_pass(m: Mapper, d: Directive, t: dict[str, Any], path: str) ->
 
 
 def _stream_proxy_ssl(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
-    m.skip(d)
+    """``off`` is what prefork-lb does; ``on`` skips the server(s) it applies to."""
     t["_proxy_ssl"] = d.args[0] == "on"
+    if t["_proxy_ssl"]:
+        m.skip(d)
 
 
 def _stream_next_upstream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -759,6 +764,7 @@ _STREAM: dict[str, Handler] = {
     "log_format": _log_format,
     "access_log": _stream_access_log,
     "error_log": _error_log,
+    "proxy_ssl": _stream_proxy_ssl,
 }
 _STREAM_SERVER: dict[str, Handler] = {
     **dict.fromkeys(_STREAM_SIMPLE, _simple),

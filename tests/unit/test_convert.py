@@ -847,7 +847,6 @@ def test_mapping_tls_directives_left_unsupported() -> None:
         ("nginx.conf:8", '"proxy_ssl on"'),
         ("nginx.conf:7", '"server" connects to its upstream with TLS (proxy_ssl on), which stream has not in '
          "prefork-lb (plain TCP to a TLS upstream would fail); skipped"),
-        ("nginx.conf:1", '"proxy_ssl off"'),
     ]  # fmt: skip
 
 
@@ -902,3 +901,23 @@ def test_mapping_other_maps_stay_unsupported(
     (note,) = out.notes
     assert note.unsupported and note.text.startswith(f'"map {" ".join(args)}" is not built in prefork-lb yet')
     assert ("built-in $connection_upgrade is used instead" in note.text) == built_in
+
+
+def test_mapping_stream_level_proxy_ssl_applies_to_every_server() -> None:
+    """Catches: ``proxy_ssl on`` written at the stream level (after the servers, as nginx
+    allows) not inherited: its servers converted to plain TCP to TLS upstreams; a server's own
+    ``proxy_ssl off`` still converts."""
+    stream = d(
+        "stream",
+        block=[
+            d("server", block=[d("listen", "7000"), d("proxy_pass", "127.0.0.1:7001")], line=2),
+            d(
+                "server",
+                block=[d("listen", "7002"), d("proxy_pass", "127.0.0.1:7003"), d("proxy_ssl", "off")],
+            ),
+            d("proxy_ssl", "on", line=4),
+        ],
+    )
+    out = map_config([stream])
+    assert out.doc["stream"] == {"servers": [{"listen": ["7002"], "proxy_pass": "127.0.0.1:7003"}]}
+    assert [n.where for n in out.notes] == ["nginx.conf:2", "nginx.conf:4"]  # proxy_ssl off: no note
