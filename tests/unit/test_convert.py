@@ -921,3 +921,15 @@ def test_mapping_stream_level_proxy_ssl_applies_to_every_server() -> None:
     out = map_config([stream])
     assert out.doc["stream"] == {"servers": [{"listen": ["7002"], "proxy_pass": "127.0.0.1:7003"}]}
     assert [n.where for n in out.notes] == ["nginx.conf:2", "nginx.conf:4"]  # proxy_ssl off: no note
+
+
+@pytest.mark.parametrize("empty", ["''", '""'])
+def test_connection_upgrade_map_quoted_either_way(tmp_path: Path, empty: str) -> None:
+    """Catches: the WebSocket map's empty key recognised only in one quoting (nginx's docs use
+    ``''``, many configs ``""``): the other reported as unsupported."""
+    (tmp_path / "nginx.conf").write_text(
+        f"events {{}}\nhttp {{\n  map $http_upgrade $connection_upgrade {{\n    default upgrade;\n"
+        f"    {empty} close;\n  }}\n}}\n"
+    )
+    conversion = convert_file(str(tmp_path / "nginx.conf"))
+    assert [n.where for n in conversion.notes] == ["nginx.conf:3"] and not conversion.unsupported
