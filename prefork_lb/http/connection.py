@@ -261,14 +261,9 @@ class ClientConnection:
             self.linger_from = loc
             self.body_timeout_s = loc.client_body_timeout_s
             self.send_timeout_s = loc.send_timeout_s
-            if lr.access and not lr.allows(self.info.remote_addr):
-                self._finish_body()
-                self.respond_error(ex, 403)
-                return self._done(ex, lr)
-            if loc.status:
-                self._finish_body()
-                self._status(ex, lr)
-                return self._done(ex, lr)
+            # nginx's phase order (shared/reference/nginx-semantics-2.md 2.1): the body size
+            # is checked when the location is found, ``return`` runs in the rewrite phase,
+            # allow/deny in the access phase after it, then the content (status, proxy).
             if info.requests >= loc.keepalive_requests:
                 self.keep_alive = False
             max_body = loc.client_max_body_size_bytes
@@ -277,13 +272,21 @@ class ClientConnection:
             if loc.return_ is not None:
                 self._finish_body()
                 self._return(ex, lr)
-            else:
-                outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
-                if outcome.zone_recorded:  # proxy.py rule 9
-                    self.status_zone = None
-                if not outcome.keep_alive:
-                    self.keep_alive = False
+                return self._done(ex, lr)
+            if lr.access and not lr.allows(self.info.remote_addr):
                 self._finish_body()
+                self.respond_error(ex, 403)
+                return self._done(ex, lr)
+            if loc.status:
+                self._finish_body()
+                self._status(ex, lr)
+                return self._done(ex, lr)
+            outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
+            if outcome.zone_recorded:  # proxy.py rule 9
+                self.status_zone = None
+            if not outcome.keep_alive:
+                self.keep_alive = False
+            self._finish_body()
             return self._done(ex, lr)
         except HttpError as e:
             self.keep_alive = False

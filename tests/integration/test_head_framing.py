@@ -64,7 +64,11 @@ listen = ["127.0.0.1:{port}"]
   return = 204
   [[http.servers.locations]]
   match = "= /denied"
-  return = "200 secret"
+  proxy_pass = "http://127.0.0.1:{dead}"
+  deny = ["all"]
+  [[http.servers.locations]]
+  match = "= /returned"
+  return = "200 returned"
   deny = ["all"]
 """
 
@@ -80,6 +84,9 @@ CASES = {
     "return-error": ("/gone", 410, True),
     "return-204": ("/empty", 204, True),
     "deny-403": ("/denied", 403, True),
+    # nginx runs ``return`` (rewrite phase) before allow/deny (access phase): 200, not 403
+    # (shared/reference/nginx-semantics-2.md 2.1; before 2026-12-07 prefork-lb said 403)
+    "return-before-deny": ("/returned", 200, True),
     "no-location-404": ("/nowhere", 404, True),
     "proxy-502": ("/dead/x", 502, True),
     "proxied": ("/proxy/x", 200, True),
