@@ -102,6 +102,7 @@ class UpstreamConfig:
     queue_size: int = 0  # requests allowed to wait per worker when every server is at max_conns
     queue_timeout_s: float = 60.0
     context: Literal["http", "stream"] = "http"
+    checked: bool = False  # some active health check probes this group (Config.health_checks)
 
 
 @dataclass(frozen=True, slots=True)
