@@ -230,6 +230,11 @@ class Zone:
                 self.mv[base + i] = 0
             self._recount()
 
+    def break_dead_holder(self, pid: int) -> None:
+        """After a child without a row (the health prober) died: free the lock if it held it."""
+        if self._lock_addr and pid > 0 and _native is not None:
+            _native.break_lock(self._lock_addr, pid)
+
     def _recount(self) -> None:
         mv, peers = self.mv, self.peers
         live = [r for r in range(self.rows) if mv[L.row_base(r, peers) + L.R_PID]]
