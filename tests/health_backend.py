@@ -9,7 +9,7 @@ fail       500
 hang       reads the request, never answers (until the backend closes)
 close      closes without answering
 garbage    ``SSH-2.0-nonsense`` and close
-huge       200 announcing and sending a 10 MB body (the prober must stop reading)
+huge       like ok, but a 10 MB body of ``x`` (the prober must stop reading at 256k)
 text       200, ``Content-Type: text/plain``, body ``fine`` (a match on json fails)
 =========  ====================================================================
 
@@ -122,7 +122,10 @@ class FlipBackend:
                 b"Connection: close\r\n\r\nfine"
             )
         elif mode == "huge":
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % HUGE_BYTES)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Ready: 1\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % HUGE_BYTES
+            )
             try:
                 block = b"x" * 65536
                 for _ in range(HUGE_BYTES // len(block)):

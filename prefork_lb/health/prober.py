@@ -149,7 +149,9 @@ def _probe_http(check: HealthCheck, server: UpstreamServer) -> str:
                     return "response head too long"
                 chunk = sock.recv(16384)
                 if not chunk:
-                    return "connection closed before a response" if not buf else "incomplete response head"
+                    if not buf:
+                        return "connection closed before a response"
+                    return "incomplete response head" if buf.startswith(b"HTTP/") else "invalid response"
                 buf += chunk
             head, _, body = buf.partition(b"\r\n\r\n")
             status, headers = parse_head(head)
