@@ -50,6 +50,10 @@ class ZoneLockUnavailable(Exception):
     """The zone uses the futex lock and this process has no compiled extension."""
 
 
+class ZoneVersionError(Exception):
+    """An inherited zone (binary upgrade) has another layout version than this build."""
+
+
 def _load_native() -> Any:
     if os.environ.get("PREFORK_LB_PURE", "") not in ("", "0"):
         return None
@@ -85,6 +89,14 @@ class Zone:
         self.size = size
         self._mmap = mmap.mmap(fd, size)
         self.mv = memoryview(self._mmap).cast("q")
+        if self.mv[L.H_MAGIC] != L.MAGIC or self.mv[L.H_VERSION] != L.VERSION:
+            version = self.mv[L.H_VERSION]
+            self.mv.release()
+            self._mmap.close()
+            raise ZoneVersionError(
+                f"the inherited zone has layout version {version}, this build uses {L.VERSION}: "
+                "restart instead of a binary upgrade"
+            )
         self.rows = self.mv[L.H_ROWS]
         self.peers = self.mv[L.H_PEERS]
         self._lock_fd = -1
