@@ -468,6 +468,8 @@ class Master:
     def _kill_all(self, sig: int) -> None:
         for proc in self.workers.values():
             kill(proc.pid, sig)
+        for pid in self.prober_stopping:  # a prober told to stop before it reset its handlers
+            kill(pid, sig)
 
 
 def _argv() -> list[str]:
