@@ -35,8 +35,11 @@ def config(
     workers: int = 2,
     matches: str = "",
     server_params: str = "",
+    backups: tuple[str, ...] = (),
 ) -> str:
-    servers = ",\n".join(f'  {{ address = "{a}"{server_params} }}' for a in backends)
+    servers = ",\n".join(
+        f'  {{ address = "{a}"{server_params}{", backup = true" if a in backups else ""} }}' for a in backends
+    )
     return f"""
 workers = {workers}
 error_log = "error.log"
@@ -171,16 +174,22 @@ def test_mandatory_peers_get_nothing_before_their_first_pass(tmp_path: Path) -> 
             wait_for(lambda: lb.get("/x")[2] == b"b", what="b serving")
 
 
-def test_every_peer_unhealthy_is_502(tmp_path: Path) -> None:
-    """Catches: requests sent to unhealthy peers when none is left (nginx: no live upstreams)."""
-    with FlipBackend("a") as a:
+def test_backups_are_checked_and_every_peer_unhealthy_is_502(tmp_path: Path) -> None:
+    """Catches: a backup peer left unchecked (it would serve while its /healthz fails), and
+    requests sent to unhealthy peers when none is left (nginx: no live upstreams, 502)."""
+    with FlipBackend("a") as a, FlipBackend("b") as b:
         a.mode = "fail"
         port, api = free_port(), free_port()
         check = 'interval = "200ms", uri = "/healthz", mandatory = true'
-        with LB(tmp_path, config(port, api, [a.addr], check), port) as lb:
+        with LB(tmp_path, config(port, api, [a.addr, b.addr], check, backups=(b.addr,)), port) as lb:
             wait_for(lambda: state(api, a.addr) == "unhealthy", what="a unhealthy")
+            wait_for(lambda: state(api, b.addr) == "up", what="backup b up")
+            assert [lb.get(f"/{i}")[2] for i in range(4)] == [b"b"] * 4  # the primary is out
+            b.mode = "fail"
+            wait_for(lambda: state(api, b.addr) == "unhealthy", what="backup b unhealthy")
+            served = b.served_count()
             assert lb.get("/x")[0] == 502
-            assert a.served_count() == 0
+            assert a.served_count() == 0 and b.served_count() == served
             assert "no live upstreams" in lb.output()
 
 
