@@ -22,7 +22,8 @@ Rules:
 9. With active health checks configured, one health prober (health/prober.py) runs beside
    the workers: started once the first generation is ready, replaced after every
    successful reload (the old one is stopped first), respawned when it dies (peer states
-   live in the zone, so nothing is lost), stopped with the workers.
+   live in the zone, so nothing is lost), stopped with the workers (and by WINCH: after a
+   binary upgrade the new master's prober takes over; HUP after WINCH starts ours again).
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ class Master:
         self.winched = True
         self.respawn_at.clear()
         self.signal_all(signal.SIGQUIT)
+        self.stop_prober()  # the new master probes now
 
     def handle_hup(self) -> None:
         if self.stopping:
@@ -231,6 +233,7 @@ class Master:
             self.generation += 1
             for slot in range(self.config.workers):
                 self.spawn(slot)
+            self.spawn_prober(reloaded=False)
             return
         log.log(25, "signal %d (SIGHUP) received, reconfiguring", signal.SIGHUP)
         systemd.reloading()

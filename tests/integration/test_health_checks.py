@@ -129,6 +129,10 @@ def test_a_failing_peer_leaves_after_fails_probes_and_returns_after_passes(tmp_p
                 with b.lock:
                     bad_probes = [t for t, _ in b.probes[first_bad:]]
                 fails_at = bad_probes[1]  # the 2nd failing probe made it unhealthy
+                # one client thread: once two more requests completed, none picked before the
+                # state changed can still be on its way to b
+                n = len(statuses)
+                wait_for(lambda: len(statuses) >= n + 2, what="2 more requests")
                 served_then = b.served_count()
                 more = len(statuses)
                 wait_for(lambda: len(statuses) >= more + 30, what="30 more requests")
@@ -205,8 +209,8 @@ def test_one_probe_per_interval_with_four_workers(tmp_path: Path) -> None:
             with a.lock:
                 times = [t for t, _ in a.probes[:8]]
             gaps = [b - t for t, b in itertools.pairwise(times)]
-            # one prober: consecutive probes are an interval apart (never closer than half)
-            assert min(gaps) > interval / 2, gaps
+            # one prober: probes an interval apart on average (4 probers: a quarter of it)
+            assert sum(gaps) / len(gaps) > interval * 0.75, gaps
 
 
 def test_match_status_header_body_and_bad_answers(tmp_path: Path) -> None:
