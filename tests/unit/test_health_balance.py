@@ -16,6 +16,7 @@ from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamServer
 from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
+from prefork_lb.zone.zone import Zone
 
 METHODS: list[tuple[Method, str]] = [
     ("round_robin", ""),
@@ -37,12 +38,21 @@ def group_of(method: Method, key: str, n: int, checked: bool, max_fails: int = 1
     return UpstreamConfig(name="u", method=method, servers=servers, hash_key=key, checked=checked)
 
 
+def build(up: UpstreamConfig) -> PeerGroup:
+    """The group on a zone of its own, one slot per server (as the master assigns them)."""
+    zone = Zone.for_peers(len(up.servers))
+    with zone:
+        for slot, server in enumerate(up.servers):
+            zone.init_peer(slot, server.weight)
+    return PeerGroup.build(up, zone, list(range(len(up.servers))))
+
+
 @pytest.mark.parametrize(("method", "key"), METHODS)
 @pytest.mark.parametrize("n", [3, 20])  # per-peer loops and bulk passes
 @pytest.mark.parametrize("state", [L.HC_CHECKING, L.HC_UNHEALTHY])
 def test_a_peer_out_by_active_checks_gets_nothing(method: Method, key: str, n: int, state: int) -> None:
     up = group_of(method, key, n, checked=True, max_fails=0)
-    group = PeerGroup.build(up)
+    group = build(up)
     bal = make_balancer(up, group, compile_template)
     out = {0, n - 1}
     for p in group.all_peers():
@@ -63,7 +73,7 @@ def test_a_peer_out_by_active_checks_gets_nothing(method: Method, key: str, n: i
 def test_every_peer_out_means_no_live_upstreams(method: Method, key: str) -> None:
     for n in (1, 4):
         up = group_of(method, key, n, checked=True)
-        group = PeerGroup.build(up)
+        group = build(up)
         bal = make_balancer(up, group, compile_template)
         for p in group.all_peers():
             group.zone.mv[p._b + L.P_HC_STATE] = L.HC_UNHEALTHY
@@ -73,7 +83,7 @@ def test_every_peer_out_means_no_live_upstreams(method: Method, key: str) -> Non
 
 def test_an_unchecked_group_ignores_the_health_word() -> None:
     up = group_of("round_robin", "", 3, checked=False)
-    group = PeerGroup.build(up)
+    group = build(up)
     bal = make_balancer(up, group, compile_template)
     for p in group.all_peers():
         group.zone.mv[p._b + L.P_HC_STATE] = L.HC_UNHEALTHY
