@@ -12,8 +12,8 @@
 the pure-Python ones (what ``PREFORK_LB_PURE=1`` runs), alternating, in one process.
 
 One "request" is what ``http/proxy.py`` does around an upstream attempt that succeeds:
-``new_selection``; ``zone.lock(); pick; zone.unlock()``; then ``zone.lock(); [record_time
-for least_time]; release_inflight; free; zone.unlock()``. Column "lock" times exactly that;
+``new_selection``; ``zone.lock(); pick; zone.unlock()``; then ``zone.lock(); [bal.release
+for least_time]; free; zone.unlock()``. Column "lock" times exactly that;
 "no lock" is the same loop without the two lock/unlock pairs. Times are microseconds per
 request, the median of several ``timeit`` repeats (timeit turns the GC off while timing).
 
@@ -50,7 +50,6 @@ from dataclasses import dataclass
 
 from prefork_lb.balance import native
 from prefork_lb.balance.base import Balancer
-from prefork_lb.balance.least_time import release_inflight
 from prefork_lb.balance.peers import PeerGroup, free, new_selection, record_time, take
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamServer
@@ -196,8 +195,8 @@ def make_setup(variant: Variant, n: int, rows: int) -> Setup:
 # ---- the measured loops ----------------------------------------------------------------------------
 
 
-def locked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_time: bool) -> int:
-    """The proxy's calls for one successful attempt per exchange (``Proxy.forward`` / ``_free``)."""
+def locked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange]) -> int:
+    """The proxy's calls for one successful attempt per exchange (``Proxy.run`` / ``_free``)."""
     zone = group.zone
     now_s, now_ms = NOW_S, NOW_MS
     n = 0
@@ -212,9 +211,9 @@ def locked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_ti
             raise AssertionError("no live upstreams")
         zone.lock()
         try:
-            if least_time:
-                record_time(peer, response_ms(peer.index))
-            release_inflight(peer, sel)
+            if bal.releases:  # least_time: the measured time, the in-flight start
+                took_s = response_ms(peer.index) / 1000
+                bal.release(peer, sel, took_s, took_s)
             free(sel, peer, False, now_s, now_ms)
         finally:
             zone.unlock()
@@ -222,7 +221,7 @@ def locked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_ti
     return n
 
 
-def unlocked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_time: bool) -> int:
+def unlocked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange]) -> int:
     """``locked_loop`` without the two lock/unlock pairs (the try/finally stays)."""
     now_s, now_ms = NOW_S, NOW_MS
     n = 0
@@ -235,9 +234,9 @@ def unlocked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_
         if peer is None:
             raise AssertionError("no live upstreams")
         try:
-            if least_time:
-                record_time(peer, response_ms(peer.index))
-            release_inflight(peer, sel)
+            if bal.releases:  # least_time: the measured time, the in-flight start
+                took_s = response_ms(peer.index) / 1000
+                bal.release(peer, sel, took_s, took_s)
             free(sel, peer, False, now_s, now_ms)
         finally:
             pass
@@ -245,12 +244,10 @@ def unlocked_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], least_
     return n
 
 
-def working_loop(
-    group: PeerGroup, bal: Balancer, batch: list[Exchange], least_time: bool, work_us: float
-) -> int:
+def working_loop(group: PeerGroup, bal: Balancer, batch: list[Exchange], work_us: float) -> int:
     """``locked_loop`` plus ``work_us`` of busy CPU outside the lock between pick and free (the proxying)."""
     if work_us <= 0:
-        return locked_loop(group, bal, batch, least_time)
+        return locked_loop(group, bal, batch)
     zone = group.zone
     now_s, now_ms = NOW_S, NOW_MS
     clock = time.perf_counter
@@ -269,9 +266,9 @@ def working_loop(
             pass
         zone.lock()
         try:
-            if least_time:
-                record_time(peer, response_ms(peer.index))
-            release_inflight(peer, sel)
+            if bal.releases:  # least_time: the measured time, the in-flight start
+                took_s = response_ms(peer.index) / 1000
+                bal.release(peer, sel, took_s, took_s)
             free(sel, peer, False, now_s, now_ms)
         finally:
             zone.unlock()
@@ -296,17 +293,16 @@ class Cell:
 def measure(variant: Variant, n: int, rows: int, target_s: float, repeat: int, pure: bool = False) -> Cell:
     setup = make_setup(variant, n, rows)
     group, bal = setup.group(0, pure)
-    lt = variant.method == "least_time"
     # calibrate: batch size so that one locked repeat takes about target_s
     probe = batch_of(200)
     t0 = time.perf_counter()
-    locked_loop(group, bal, probe, lt)
+    locked_loop(group, bal, probe)
     per = (time.perf_counter() - t0) / len(probe)
     size = max(200, min(200_000, int(target_s / max(per, 1e-7))))
     batch = batch_of(size, 200)
     # alternate the two loops, so a noisy neighbour or a clock change hits both alike
-    with_lock = timeit.Timer(lambda: locked_loop(group, bal, batch, lt))
-    without = timeit.Timer(lambda: unlocked_loop(group, bal, batch, lt))
+    with_lock = timeit.Timer(lambda: locked_loop(group, bal, batch))
+    without = timeit.Timer(lambda: unlocked_loop(group, bal, batch))
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
         times[0].append(with_lock.timeit(number=1))
@@ -365,7 +361,7 @@ def run_table(quick: bool, peer_counts: list[int], row_counts: list[int], only: 
         f"{'scattered' if SCATTERED else 'in-order'} slots; "
         f"bare zone lock+unlock pair: {bare_lock_us(repeat):.2f} us"
     )
-    print("us per request = new_selection + pick + (record_time) + release_inflight + free")
+    print("us per request = new_selection + pick + (least_time: release) + free")
     print()
     heads = [f"{r} rows {kind}" for r in row_counts for kind in ("lock", "no lock")]
     first = 29
@@ -395,10 +391,9 @@ def run_profile(key: str, n: int, rows: int, count: int) -> None:
     setup = make_setup(variant, n, rows)
     group, bal = setup.group(0)
     batch = batch_of(count)
-    lt = variant.method == "least_time"
     prof = cProfile.Profile()
     prof.enable()
-    locked_loop(group, bal, batch, lt)
+    locked_loop(group, bal, batch)
     prof.disable()
     setup.check()
     print(f"cProfile: {variant.label}, {n} peers, {rows} rows, {count} requests (locked loop)")
@@ -421,9 +416,8 @@ def _child(
         if private:  # control: the same work on a zone of its own (no shared lock, no shared lines)
             setup = make_setup(variant, len(setup.held), setup.zone.rows)
         group, bal = setup.group(row)
-        lt = variant.method == "least_time"
         batch = batch_of(256, row * 1000)
-        working_loop(group, bal, batch, lt, work_us)  # warm up (and open this process's lock fd)
+        working_loop(group, bal, batch, work_us)  # warm up (and open this process's lock fd)
         gc.disable()
         os.write(out_w, b"r")
         os.read(go_r, 1)  # EOF when the parent closes its end: everybody starts together
@@ -431,7 +425,7 @@ def _child(
         t0 = time.perf_counter()
         deadline = t0 + seconds
         while True:
-            picks += working_loop(group, bal, batch, lt, work_us)
+            picks += working_loop(group, bal, batch, work_us)
             now = time.perf_counter()
             if now >= deadline:
                 break

@@ -29,6 +29,7 @@ import tomllib
 from prefork_lb import __version__
 from prefork_lb.config.errors import ConfigError
 from prefork_lb.config.load import DEFAULT_CONFIG_PATH, load_config
+from prefork_lb.config.model import Config
 
 SIGNALS = {"reload": signal.SIGHUP, "stop": signal.SIGTERM, "quit": signal.SIGQUIT, "reopen": signal.SIGUSR1}
 DEFAULT_PID = "prefork-lb.pid"
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         from prefork_lb.top import main as top_main
 
         return top_main(argv[1:])
+    if argv[:1] == ["convert"]:  # prefork-lb convert nginx.conf [-o out.toml] [--strict]
+        return convert_main(argv[1:])
     args = build_parser().parse_args(argv)
     testing = args.test or args.dump
     if args.versions:
@@ -131,6 +134,8 @@ def test_config(path: str, prefix: str | None, quiet: bool = False, dump: bool =
         _err(f"configuration file {where} test failed")
         return 1
     if not quiet:
+        for note in config.notes:
+            _err(f"[warn] {note}")
         _err(f"the configuration file {where} syntax is ok")
     try:
         check_startup(config, probe_binds=True)
@@ -140,7 +145,12 @@ def test_config(path: str, prefix: str | None, quiet: bool = False, dump: bool =
         return 1
     if not quiet:
         _err(f"configuration file {where} test is successful")
-    if dump:
+    if dump and config.converted:  # an nginx.conf: what it became
+        out = sys.stdout.buffer
+        out.write(f"# configuration file {config.path} (converted to TOML):\n".encode())
+        out.write(config.converted.encode())
+        out.flush()
+    elif dump:
         out = sys.stdout.buffer
         for file in config.files:
             out.write(f"# configuration file {file}:\n".encode())
@@ -161,8 +171,7 @@ def _pid_lookup(path: str, prefix: str | None) -> tuple[str, str]:
     base = os.path.abspath(prefix) if prefix else os.path.dirname(os.path.abspath(path))
     pid, source = DEFAULT_PID, f'the default "{DEFAULT_PID}"'
     try:
-        with open(path, "rb") as f:
-            value = tomllib.load(f).get("pid")
+        value = _pid_key(path)
         if isinstance(value, str) and value:
             pid, source = value, f'pid = "{value}" in {path}'
         else:
@@ -171,10 +180,72 @@ def _pid_lookup(path: str, prefix: str | None) -> tuple[str, str]:
         source += f" ({path} could not be read: {e.strerror})"
     except tomllib.TOMLDecodeError:
         source += f" ({path} is not valid TOML)"
+    except ValueError as e:  # ConvertError
+        source += f" ({path} could not be converted: {str(e).splitlines()[0]})"
     if os.path.isabs(pid):
         return pid, source
     origin = f"-p {prefix}" if prefix else "the config file's directory, as no -p was given"
     return os.path.join(base, pid), f"{source}, relative to the prefix {base} ({origin})"
+
+
+def _pid_key(path: str) -> object:
+    """The ``pid`` key of a TOML file, or of what an nginx.conf converts to."""
+    from prefork_lb.convert import ConvertError, convert_file, is_nginx_conf
+
+    if is_nginx_conf(path):
+        try:
+            return tomllib.loads(convert_file(path).toml).get("pid")
+        except ConvertError as e:
+            raise ValueError(str(e)) from None
+    with open(path, "rb") as f:
+        return tomllib.load(f).get("pid")
+
+
+def convert_main(argv: list[str]) -> int:
+    """``prefork-lb convert nginx.conf [-o out.toml] [--strict] [-q]``: the TOML on stdout (or
+    in ``-o``), the report on stderr, then the result validated as ``-t`` validates it (without
+    the startup checks: the files and addresses are those of the machine it will run on)."""
+    from prefork_lb.convert import ConvertError, convert_file
+
+    p = argparse.ArgumentParser(
+        prog="prefork-lb convert",
+        description="Convert an nginx configuration (and its includes) to prefork-lb's TOML.",
+        epilog="`prefork-lb -c nginx.conf` converts in memory and serves; -T shows the result",
+    )
+    p.add_argument("file", help="the nginx configuration file, e.g. /etc/nginx/nginx.conf")
+    p.add_argument("-o", dest="output", help="write the TOML here instead of stdout")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any directive is unsupported")
+    p.add_argument("-q", dest="quiet", action="store_true", help="do not print the report")
+    args = p.parse_args(argv)
+    try:
+        conversion = convert_file(args.file)
+    except ConvertError as e:
+        for line in str(e).splitlines():
+            _err(f"[emerg] {line}")
+        return 1
+    if not args.quiet:
+        for note in conversion.notes:
+            sys.stderr.write(f"{note}\n")
+    if args.strict and conversion.unsupported:
+        _err(f"[emerg] {len(conversion.unsupported)} unsupported directive(s) (--strict); nothing written")
+        return 1
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(conversion.toml)
+        except OSError as e:
+            _err(f'[emerg] open() "{args.output}" failed ({e.errno}: {e.strerror})')
+            return 1
+    else:
+        sys.stdout.write(conversion.toml)
+        sys.stdout.flush()
+    try:
+        load_config(os.path.abspath(args.file))
+    except ConfigError as e:
+        _err(f"[emerg] {e}")
+        _err("the converted configuration does not pass -t: fix the nginx line named above")
+        return 1
+    return 0
 
 
 def send_signal(path: str, prefix: str | None, name: str) -> int:
@@ -227,6 +298,7 @@ def serve(path: str, prefix: str | None) -> int:
     except OSError as e:
         _err(f'[emerg] open() "{config.error_log_path}" failed ({e.errno}: {e.strerror})')
         return 1
+    log_notes(config)
     from prefork_lb.master.upgrade import INHERIT_ENV
 
     inherited = os.environ.pop(INHERIT_ENV, None)  # binary upgrade: sockets and zone
@@ -252,6 +324,14 @@ def serve(path: str, prefix: str | None) -> int:
     if config.daemon and not os.environ.get("NOTIFY_SOCKET"):
         daemonize()  # under systemd (Type=notify) the master must stay the main process
     return master.run()
+
+
+def log_notes(config: Config) -> None:
+    """The conversion report of an nginx.conf, at startup and on reload."""
+    from prefork_lb.log import log
+
+    for note in config.notes:
+        log.warning("%s", note)
 
 
 def daemonize() -> None:

@@ -39,6 +39,17 @@ def _fail(call: str, path: str, e: OSError, key: str) -> StartupError:
     return StartupError(f'{call} "{path}" failed ({e.errno}: {e.strerror}) ({key})')
 
 
+def _where(config: Config, key: str) -> str:
+    """``key``, and for a converted nginx.conf the line it came from: ``http.access_log,
+    nginx.conf:14``."""
+    if not config.origins:
+        return key
+    from prefork_lb.convert import origin
+
+    line = origin(config.origins, key.split(" ")[0])
+    return f"{key}, {line}" if line else key
+
+
 def check_startup(config: Config, *, probe_binds: bool = False) -> None:
     """Raise StartupError on the first problem (see the module rules)."""
     if not config.http.servers and not config.stream.servers:
@@ -63,17 +74,17 @@ def check_startup(config: Config, *, probe_binds: bool = False) -> None:
         try:
             os.close(open_log_file(path))
         except OSError as e:
-            raise _fail("open()", path, e, key) from None
+            raise _fail("open()", path, e, _where(config, key)) from None
     pid_dir = os.path.dirname(config.pid_path) or "."
     if not os.path.isdir(pid_dir):
         raise StartupError(
             f'pid file "{config.pid_path}": directory "{pid_dir}" does not exist '
-            f"({errno.ENOENT}: {os.strerror(errno.ENOENT)}) (pid)"
+            f"({errno.ENOENT}: {os.strerror(errno.ENOENT)}) ({_where(config, 'pid')})"
         )
     if not os.access(pid_dir, os.W_OK | os.X_OK):
         raise StartupError(
             f'pid file "{config.pid_path}": directory "{pid_dir}" is not writable '
-            f"({errno.EACCES}: {os.strerror(errno.EACCES)}) (pid)"
+            f"({errno.EACCES}: {os.strerror(errno.EACCES)}) ({_where(config, 'pid')})"
         )
     if probe_binds:
         _probe_binds(config)
@@ -101,7 +112,8 @@ def _probe_binds(config: Config) -> None:
             d = os.path.dirname(addr.host) or "."
             if not os.path.isdir(d):
                 raise StartupError(
-                    f"bind() to {addr.text} failed ({errno.ENOENT}: {os.strerror(errno.ENOENT)}) ({key})"
+                    f"bind() to {addr.text} failed ({errno.ENOENT}: {os.strerror(errno.ENOENT)}) "
+                    f"({_where(config, key)})"
                 )
             continue
         try:
@@ -114,7 +126,9 @@ def _probe_binds(config: Config) -> None:
                 if (host, addr.port, lc.udp) in held or ("*", addr.port, lc.udp) in held:
                     continue
             why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
-            raise StartupError(f"bind() to {addr.text} failed ({e.errno}: {why}) ({key})") from None
+            raise StartupError(
+                f"bind() to {addr.text} failed ({e.errno}: {why}) ({_where(config, key)})"
+            ) from None
 
 
 def _probe_one(lc: ListenConfig) -> None:

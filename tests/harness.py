@@ -70,10 +70,19 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 class LB:
     """A prefork-lb master with a config written into ``directory``."""
 
-    def __init__(self, directory: Path, config: str, port: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: str,
+        port: int,
+        conf_name: str = "prefork-lb.toml",
+        pid_name: str = "prefork-lb.pid",
+    ) -> None:
+        """``conf_name`` ending in ``.conf``: ``config`` is nginx syntax (tests/nginx_conf.py)."""
         self.dir = directory
         self.port = port
-        self.conf = directory / "prefork-lb.toml"
+        self.conf = directory / conf_name
+        self.pid_name = pid_name
         self.conf.write_text(config)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -104,7 +113,7 @@ class LB:
 
     @property
     def pid_path(self) -> Path:
-        return self.dir / "prefork-lb.pid"
+        return self.dir / self.pid_name
 
     @property
     def master_pid(self) -> int:
@@ -121,7 +130,7 @@ class LB:
         """USR2 to the master ``old``; the new master's pid once the pid file names it, the
         old one moved to ``.oldbin`` and its ``workers`` workers are up."""
         os.kill(old, signal.SIGUSR2)
-        oldbin = self.dir / "prefork-lb.pid.oldbin"
+        oldbin = self.dir / f"{self.pid_name}.oldbin"
 
         def new_master() -> int:
             if not oldbin.exists() or not self.pid_path.exists():

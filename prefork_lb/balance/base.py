@@ -3,7 +3,10 @@
 A method is constructed once per worker per upstream group and answers ``pick`` for one
 attempt of one request. It must call ``peers.take`` on the peer it returns, and return
 None when no peer is usable (nginx's BUSY: "no live upstreams"). Releasing a peer and
-failure accounting are shared (``peers.free``), never method-specific.
+failure accounting are shared (``peers.free``); what a method itself learns or undoes when
+an attempt ends (least_time: the measured time, the in-flight start) is its ``release``,
+which the caller runs in the same zone critical section as ``free``, before it (http's
+proxy; stream upstreams offer no method with release work, so the stream module skips it).
 
 Rules:
 - A method reads the request only through ``RequestKey`` (http's ``Exchange`` and the
@@ -11,12 +14,15 @@ Rules:
   ``stream``: it serves both contexts alike.
 - A ``hash`` key is compiled by the context that owns the variables (``KeyCompiler``,
   passed to ``registry.make_balancer``) and rendered only against that context's requests.
+- ``release`` costs nothing where a method has no release work: such a method inherits
+  ``NoRelease`` (``releases`` False, a no-op ``release``) and callers test the flag
+  before calling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection
 
@@ -41,3 +47,24 @@ class Balancer(Protocol):
     group: PeerGroup
 
     def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None: ...
+
+    @property
+    def releases(self) -> bool: ...  # False: ``release`` is a no-op, callers may skip it
+
+    def release(
+        self, peer: Peer, sel: Selection, header_time_s: float | None, response_time_s: float | None
+    ) -> None:
+        """An attempt on ``peer`` ended (under the zone lock, before ``peers.free``); the
+        times are those of a completed response, None after a failure."""
+
+
+class NoRelease:
+    """The default for methods with nothing to do when an attempt ends."""
+
+    __slots__ = ()
+    releases: ClassVar[bool] = False
+
+    def release(
+        self, peer: Peer, sel: Selection, header_time_s: float | None, response_time_s: float | None
+    ) -> None:
+        return None

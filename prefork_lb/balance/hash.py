@@ -23,7 +23,7 @@ import re
 import struct
 import zlib
 
-from prefork_lb.balance.base import KeyCompiler, RequestKey
+from prefork_lb.balance.base import KeyCompiler, NoRelease, RequestKey
 from prefork_lb.balance.ip_hash import MAX_TRIES, walk
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin, smooth_pick
@@ -32,7 +32,7 @@ from prefork_lb.config.model import UpstreamConfig
 _PORT = re.compile(r":([0-9]+)$")
 
 
-class Hash:
+class Hash(NoRelease):
     __slots__ = ("group", "key")
 
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig, compile_key: KeyCompiler) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 from bisect import bisect_right
 
-from prefork_lb.balance.base import RequestKey
+from prefork_lb.balance.base import NoRelease, RequestKey
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.config.model import UpstreamConfig
@@ -21,7 +21,7 @@ from prefork_lb.config.model import UpstreamConfig
 MAX_TRIES = 20
 
 
-class IpHash:
+class IpHash(NoRelease):
     __slots__ = ("group",)
 
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig | None = None) -> None:

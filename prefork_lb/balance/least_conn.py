@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 
-from prefork_lb.balance.base import RequestKey
+from prefork_lb.balance.base import NoRelease, RequestKey
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.balance.table import PeerTable
@@ -26,7 +26,7 @@ from prefork_lb.config.model import UpstreamConfig
 from prefork_lb.zone import layout as L
 
 
-class LeastConn:
+class LeastConn(NoRelease):
     __slots__ = ("group",)
 
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig | None = None) -> None:

@@ -13,13 +13,19 @@ A pick computes one key per position, ``eta * (lcm of the weights // weight)``, 
 reads of the list's words (``etas``; unusable positions get ``PeerTable.high``), then
 chooses exactly as least_conn does (``least_conn.least_pick``). Short lists take nginx's
 loop as written (``LeastTime.rows``); ``eta_of`` is the formula for one peer.
+
+``release`` (``balance.base.Balancer``, under the zone lock with ``peers.free``) feeds a
+completed attempt's header or last-byte time to the average and undoes the in-flight start
+time its pick booked; a failed attempt only undoes the start time.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from prefork_lb.balance.base import RequestKey
 from prefork_lb.balance.least_conn import least_pick
-from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
+from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, record_time, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.balance.table import PeerTable
 from prefork_lb.config.model import UpstreamConfig
@@ -28,6 +34,7 @@ from prefork_lb.zone import layout as L
 
 class LeastTime:
     __slots__ = ("group", "inflight", "measure")
+    releases: ClassVar[bool] = True
 
     def __init__(self, group: PeerGroup, upstream: UpstreamConfig) -> None:
         self.group = group
@@ -49,6 +56,14 @@ class LeastTime:
             peer._mv[peer._i] += start  # this worker's share, for repair
             sel.start_ms = start
         return take(sel, peer, now_s)
+
+    def release(
+        self, peer: Peer, sel: Selection, header_time_s: float | None, response_time_s: float | None
+    ) -> None:
+        took = header_time_s if self.measure == "header" else response_time_s
+        if took is not None:
+            record_time(peer, int(took * 1000))
+        release_inflight(peer, sel)
 
     def eta(self, peer: Peer, now_s: int) -> int:
         mv, b = peer._mv, peer._b

@@ -26,7 +26,9 @@ Rules:
    many peers per call. ``Peer.usable`` and ``PeerTable.unusable`` are the same filter.
 9. Every zone word a peer owns has a read property on ``Peer``, including words only
    tests read today (``accessed_s``, ``rt_ms``, ``slow_start_t0_ms``): tests check the
-   accounting through them, never through raw offsets.
+   accounting through them, never through raw offsets. ``free``'s ``now_ms`` may be left
+   out by callers that drive whole seconds (the unit tests): it is then ``now_s * 1000``;
+   the proxy and the stream module pass the millisecond clock.
 10. Active health checks (``health/``): in a group some check probes (``UpstreamConfig.
    checked``), a peer whose ``P_HC_STATE`` is not ``HC_UP`` (checking, unhealthy) is out
    of every filter (``Peer.usable``, ``PeerTable.unusable``, the per-peer loops and the
@@ -194,17 +196,9 @@ class PeerGroup:
     slow_start: bool  # some peer ramps: smooth-WRR weights are scaled by percent
 
     @classmethod
-    def build(
-        cls, upstream: UpstreamConfig, zone: Zone | None = None, slots: list[int] | None = None, row: int = 0
-    ) -> PeerGroup:
-        """``slots``: zone slot per server (from the master); without a zone, a private one."""
-        if zone is None:
-            zone = Zone.for_peers(len(upstream.servers))
-            slots = list(range(len(upstream.servers)))
-            with zone:
-                for slot, server in zip(slots, upstream.servers, strict=True):
-                    zone.init_peer(slot, server.weight)
-        assert slots is not None and len(slots) == len(upstream.servers)
+    def build(cls, upstream: UpstreamConfig, zone: Zone, slots: list[int], row: int = 0) -> PeerGroup:
+        """``slots``: zone slot per server, as the master assigned them (``zone/slots.py``)."""
+        assert len(slots) == len(upstream.servers)
         primary: list[Peer] = []
         backups: list[Peer] = []
         for server, slot in zip(upstream.servers, slots, strict=True):

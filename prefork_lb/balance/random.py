@@ -14,20 +14,20 @@ import bisect
 import itertools
 import random as _random
 
-from prefork_lb.balance.base import RequestKey
+from prefork_lb.balance.base import NoRelease, RequestKey
 from prefork_lb.balance.ip_hash import MAX_TRIES
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
 from prefork_lb.balance.round_robin import pick_round_robin
 from prefork_lb.config.model import UpstreamConfig
 
 
-class Random:
+class Random(NoRelease):
     __slots__ = ("bounds", "group", "rng", "total", "two")
 
-    def __init__(self, group: PeerGroup, upstream: UpstreamConfig, rng: _random.Random | None = None) -> None:
+    def __init__(self, group: PeerGroup, upstream: UpstreamConfig) -> None:
         self.group = group
         self.two = upstream.random_two
-        self.rng = rng or _random.Random()
+        self.rng = _random.Random()
         weights = [p.weight for p in group.primary.peers]
         self.bounds = list(itertools.accumulate(weights))  # peer i covers [bounds[i-1], bounds[i])
         self.total = self.bounds[-1] if self.bounds else 0

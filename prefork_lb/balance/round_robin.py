@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefork_lb.balance.base import RequestKey
+from prefork_lb.balance.base import NoRelease, RequestKey
 from prefork_lb.balance.peers import Peer, PeerGroup, PeerList, Selection, take
 from prefork_lb.balance.table import PeerTable
 from prefork_lb.zone import layout as L
 
 
-class RoundRobin:
+class RoundRobin(NoRelease):
     __slots__ = ("group",)
 
     def __init__(self, group: PeerGroup) -> None:

@@ -14,7 +14,7 @@ class ConfigError(Exception):
         self.key_path = key_path
         self.message = message
         where = f"{file}: {key_path}" if key_path else file
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {message}" if where else message)  # no file: the message names it
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from prefork_lb.config.errors import ConfigError
@@ -32,9 +33,48 @@ ERROR_LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert",
 
 
 def load_config(path: str, prefix: str | None = None) -> Config:
-    """Parse and validate ``path``; raise ConfigError on the first problem."""
+    """Parse and validate ``path``; raise ConfigError on the first problem. A file ending in
+    ``.conf`` is nginx syntax: converted in memory first (prefork_lb/convert), and an error
+    in the result names the nginx line the key came from."""
     main = os.path.abspath(path)
-    source = Source(main)
+    from prefork_lb.convert import is_nginx_conf
+
+    if not is_nginx_conf(main):
+        return _load(main, prefix, Source(main))
+    from prefork_lb.convert import ConvertError, convert_file
+
+    try:
+        conversion = convert_file(main)
+    except ConvertError as e:
+        raise ConfigError("", "", str(e) + _toml_hint(main)) from None  # names file:line
+    try:
+        config = _load(main, prefix, Source(main, conversion.toml))
+    except ConfigError as e:
+        where = conversion.origin(e.key_path) if e.key_path else None
+        raise ConfigError(where or main, e.key_path, e.message) from None
+    return dataclasses.replace(
+        config,
+        files=conversion.files,
+        converted=conversion.toml,
+        notes=tuple(str(n) for n in conversion.notes),
+        origins=conversion.origins,
+    )
+
+
+def _toml_hint(path: str) -> str:
+    """A TOML config named ``*.conf`` fails as nginx syntax: say what happened."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            tomllib.load(f)
+    except (OSError, ValueError):
+        return ""
+    name = os.path.basename(path)
+    return f" ({name} is valid TOML: a config ending in .conf is read as nginx syntax; rename it .toml)"
+
+
+def _load(main: str, prefix: str | None, source: Source) -> Config:
     prefix = os.path.abspath(prefix) if prefix else os.path.dirname(main)
     top = Table(source, source.data, "")
     loader = HttpLoader(source, prefix)

@@ -98,6 +98,36 @@ def _lingering_close(v: object) -> str:
     return str(v)
 
 
+def _http_version(v: object) -> str:
+    if v != "1.1":
+        raise ValueError('must be "1.1": upstream requests are always HTTP/1.1 (accepted for nginx configs)')
+    return "1.1"
+
+
+SSL_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def _ssl_protocols(v: object) -> tuple[str, ...]:
+    items = string_list(v)
+    if not items:
+        raise ValueError(f"needs at least one of: {', '.join(SSL_PROTOCOLS)}")
+    for item in items:
+        if item not in SSL_PROTOCOLS:
+            raise ValueError(f'unknown protocol "{item}"; allowed: {", ".join(SSL_PROTOCOLS)}')
+    return tuple(items)
+
+
+def _ssl_ciphers(v: object) -> str:
+    import ssl
+
+    text = string(v)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(text)
+    except ssl.SSLError:
+        raise ValueError(f'no cipher matches "{text}" (an OpenSSL cipher list)') from None
+    return text
+
+
 # Location-level directives, inheritable from [http] and the server: key -> (field, converter).
 LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "proxy_connect_timeout": ("proxy_connect_timeout_s", duration),
@@ -107,6 +137,14 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "proxy_next_upstream_tries": ("proxy_next_upstream_tries", non_negative_int),
     "proxy_next_upstream_timeout": ("proxy_next_upstream_timeout_s", duration),
     "proxy_set_header": ("proxy_set_header", _header_table),
+    "proxy_http_version": ("proxy_http_version", _http_version),
+    "proxy_ssl_verify": ("proxy_ssl_verify", boolean),
+    "proxy_ssl_trusted_certificate": ("proxy_ssl_trusted_certificate", string),
+    "proxy_ssl_server_name": ("proxy_ssl_server_name", boolean),
+    "proxy_ssl_name": ("proxy_ssl_name", string),
+    "proxy_ssl_protocols": ("proxy_ssl_protocols", _ssl_protocols),
+    "proxy_ssl_ciphers": ("proxy_ssl_ciphers", _ssl_ciphers),
+    "proxy_ssl_session_reuse": ("proxy_ssl_session_reuse", boolean),
     "proxy_buffer_size": ("proxy_buffer_size_bytes", size),
     "client_max_body_size": ("client_max_body_size_bytes", size),
     "client_body_buffer_size": ("client_body_buffer_size_bytes", size),
@@ -165,6 +203,10 @@ class HttpLoader(SectionLoader):
                 settings[field_name] = t.take(key, convert)
                 if key == "proxy_set_header":
                     self._check_templates(t, settings[field_name])
+                elif key == "proxy_ssl_trusted_certificate":  # relative to the prefix, where written
+                    settings[field_name] = self.path(settings[field_name])
+                elif key == "proxy_ssl_name":
+                    self._check_templates(t, (("", settings[field_name]),), key)
             else:
                 t.raw(key, None)  # known key, not set at this level
         return settings
@@ -231,7 +273,8 @@ class HttpLoader(SectionLoader):
 
     def server(self, index: int, t: Table, http_settings: dict[str, Any], http_logs: LogSpec) -> ServerConfig:
         listen = self.listen(t)
-        names = tuple(n.lower() for n in t.take("server_name", string_list, [""]))
+        # a regex keeps its case: "(?P<name>" and "\D" mean something else lowercased
+        names = tuple(n if n.startswith("~") else n.lower() for n in t.take("server_name", string_list, [""]))
         for i, n in enumerate(names):
             if n.startswith("~"):
                 try:
@@ -297,6 +340,8 @@ class HttpLoader(SectionLoader):
             raise t.error(actions[1], f'cannot be combined with "{actions[0]}" in one location')
         if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
             raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
+        if proxy_pass and proxy_pass.ssl:
+            self._check_upstream_ssl(t, settings)
         access_logs = tuple(
             AccessLogConfig(
                 e.path,
@@ -342,23 +387,26 @@ class HttpLoader(SectionLoader):
 
     def proxy_pass(self, t: Table) -> ProxyPass:
         text = t.take("proxy_pass", string)
-        if not text.startswith("http://"):
-            raise t.error("proxy_pass", 'must start with "http://" (https upstreams are not supported)')
-        rest = text[len("http://") :]
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme not in ("http", "https"):
+            raise t.error("proxy_pass", 'must start with "http://" or "https://"')
+        tls = scheme == "https"
         slash = rest.find("/")
         host, uri = (rest, None) if slash < 0 else (rest[:slash], rest[slash:])
         if not host:
             raise t.error("proxy_pass", "has no upstream name or address")
         if host in self.upstreams:
-            return ProxyPass(upstream=host, uri=uri, host_header=host)
+            return ProxyPass(upstream=host, uri=uri, host_header=host, ssl=tls)
         try:
-            addrs = resolve(host if ":" in host.rsplit("]", 1)[-1] else f"{host}:80")
+            addrs = resolve(host if ":" in host.rsplit("]", 1)[-1] else f"{host}:{443 if tls else 80}")
         except ValueError as e:
             raise t.error("proxy_pass", f'"{host}" is neither an upstream name nor an address: {e}') from None
         self.upstreams[host] = implicit_upstream(host, addrs, "http")
-        return ProxyPass(upstream=host, uri=uri, host_header=host)
+        return ProxyPass(upstream=host, uri=uri, host_header=host, ssl=tls)
 
-    def _check_templates(self, t: Table, headers: tuple[tuple[str, str], ...]) -> None:
+    def _check_templates(
+        self, t: Table, headers: tuple[tuple[str, str], ...], key: str = "proxy_set_header"
+    ) -> None:
         """Checked where the table is written, so the error names that level (and file)."""
         from prefork_lb.http.template import compile_template
         from prefork_lb.http.variables import VariableError
@@ -367,7 +415,24 @@ class HttpLoader(SectionLoader):
             try:
                 compile_template(value)
             except VariableError as e:
-                raise t.error("proxy_set_header", f"{name}: {e}") from None
+                raise t.error(key, f"{name}: {e}" if name else str(e)) from None
+
+    def _check_upstream_ssl(self, t: Table, settings: dict[str, Any]) -> None:
+        """A location with ``proxy_pass "https://..."``: nginx's config errors, at load."""
+        import ssl
+
+        trusted = settings.get("proxy_ssl_trusted_certificate", "")
+        if settings.get("proxy_ssl_verify") and not trusted:
+            raise t.error(
+                "proxy_ssl_verify",
+                'needs "proxy_ssl_trusted_certificate" (the CA certificates to verify the upstream with)',
+            )
+        if trusted:
+            try:
+                ssl.create_default_context(cafile=trusted)
+            except (OSError, ssl.SSLError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise t.error("proxy_ssl_trusted_certificate", f'cannot load "{trusted}": {reason}') from None
 
 
 def _parse_match(match: str) -> tuple[Any, str, re.Pattern[str] | None]:

@@ -123,6 +123,7 @@ class ProxyPass:
     upstream: str  # name of an UpstreamConfig (implicit groups are named by their address)
     uri: str | None  # the URI part of `proxy_pass http://backend/uri/`, None when absent
     host_header: str  # $proxy_host: the group name or host:port as written
+    ssl: bool = False  # "https://": TLS to the upstream (http/upstream_tls.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,15 @@ class LocationConfig:
     proxy_next_upstream_tries: int = 0
     proxy_next_upstream_timeout_s: float = 0.0
     proxy_set_header: tuple[tuple[str, str], ...] = ()
+    proxy_http_version: str = "1.1"  # accepted for nginx configs; upstream requests are HTTP/1.1
+    # TLS to upstreams (proxy_pass "https://..."; http/upstream_tls.py)
+    proxy_ssl_verify: bool = False
+    proxy_ssl_trusted_certificate: str = ""  # absolute path once loaded
+    proxy_ssl_server_name: bool = False
+    proxy_ssl_name: str = "$proxy_host"
+    proxy_ssl_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    proxy_ssl_ciphers: str = "DEFAULT"
+    proxy_ssl_session_reuse: bool = True
     proxy_buffer_size_bytes: int = 8192
     client_max_body_size_bytes: int = 1024 * 1024
     client_body_buffer_size_bytes: int = 16 * 1024
@@ -235,6 +245,9 @@ class Config:
     group: str | None = None
     worker_rlimit_nofile: int = 0
     worker_heartbeat_timeout_s: float = 30.0
+    converted: str = ""  # the TOML an nginx.conf became (``-c nginx.conf``), for -T
+    notes: tuple[str, ...] = ()  # its conversion report: logged as warnings at load
+    origins: dict[str, str] = field(default_factory=dict)  # its key paths -> "nginx.conf:LINE"
 
     def log_paths(self) -> list[str]:
         """Every log file a worker writes or reopens (error log and access logs)."""

@@ -33,12 +33,13 @@ _MISSING: Any = object()
 class Source:
     """The merged document plus where each part came from."""
 
-    def __init__(self, main_path: str) -> None:
+    def __init__(self, main_path: str, text: str | None = None) -> None:
+        """``text``: the main file's TOML, already in memory (a converted nginx.conf)."""
         self.main_path = main_path
         self.files: list[str] = []
         self._origins: dict[str, str] = {}  # dotted key path -> file, for plain tables
         self._tables: dict[int, str] = {}  # id(table inside an array of tables) -> file
-        self.data = self._read(main_path, "")
+        self.data = self._read(main_path, "", text)
 
     def origin(self, key_path: str) -> str:
         """The file that defined ``key_path``: the deepest table on the path that knows it."""
@@ -61,10 +62,13 @@ class Source:
     def error(self, key_path: str, message: str) -> ConfigError:
         return ConfigError(self.origin(key_path), key_path, message)
 
-    def _read(self, path: str, via: str) -> dict[str, Any]:
+    def _read(self, path: str, via: str, text: str | None = None) -> dict[str, Any]:
         try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
+            if text is not None:
+                data = tomllib.loads(text)
+            else:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(via or path, "include" if via else "", f"cannot open {path}") from None
         except OSError as e:

@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING, Final
 
 from gevent import socket
 
+from prefork_lb.http.client import ClientGone
 from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.headers import error_page, simple_response
-from prefork_lb.http.proxy import ClientGone, Proxy
+from prefork_lb.http.proxy import Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
 from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from prefork_lb.config.model import LocationConfig, ServerConfig
     from prefork_lb.http.routing import ServerRouter
     from prefork_lb.http.runtime import HttpRuntime, LocationRuntime, StatusZone
+    from prefork_lb.http.tunnel import Tunnel
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -83,6 +85,7 @@ class ClientConnection:
         "send_timeout_s",
         "sock",
         "status_zone",
+        "tunnel",
     )
 
     def __init__(
@@ -112,6 +115,7 @@ class ClientConnection:
         self.linger_from: ServerConfig | LocationConfig = router.default  # rule 7
         self.lingering = False
         self.park_deadline = 0.0  # while parked: when the idle wait times out
+        self.tunnel: Tunnel | None = None  # issue 14: while an upgraded connection is tunnelled
 
     # ---- the loop ----
 
@@ -274,7 +278,11 @@ class ClientConnection:
                 self._finish_body()
                 self._return(ex, lr)
             else:
-                Proxy(self, ex, head, lr).run()
+                outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
+                if outcome.zone_recorded:  # proxy.py rule 9
+                    self.status_zone = None
+                if not outcome.keep_alive:
+                    self.keep_alive = False
                 self._finish_body()
             return self._done(ex, lr)
         except HttpError as e:
@@ -350,7 +358,7 @@ class ClientConnection:
             events.popleft()
         self.keep_alive = False
 
-    # ---- what Proxy needs ----
+    # ---- what Proxy needs (http/client.py's Client) ----
 
     def read_body(self, block: bool) -> bytes | bool | None:
         """The next body piece, True at its end, None if ``block`` is False and nothing is queued."""
@@ -409,9 +417,19 @@ class ClientConnection:
         self.abort()
         return True
 
+    def tunnel_io(self) -> tuple[ClientSocket, bytes]:
+        """For a tunnel (client.py rule 4): the socket and the bytes behind the upgrade head."""
+        return self.sock, self.reader.upgrade_data
+
+    def hold_tunnel(self, tunnel: Tunnel | None) -> None:
+        self.tunnel = tunnel
+
     def abort(self) -> None:
         """End the connection without completing the response (the client sees truncation)."""
         self.keep_alive = False
+        if self.tunnel is not None:  # issue 14: both sockets of the tunnel
+            self.tunnel.abort()
+            return
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

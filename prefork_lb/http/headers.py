@@ -23,6 +23,12 @@ Rules:
    304 (no Content-Length either). Every local response (``return``, redirects, error
    pages, api, metrics, dashboard) is built by ``simple_response`` with the request
    method, so a pipelined next response always starts right after the head.
+8. Upgrade (http/tunnel.py): for a client upgrade request, ``build_upstream_head`` gets the
+   Upgrade value to send (``upgrade_value``: the client's, or what ``proxy_set_header
+   Upgrade`` rendered) and adds ``Upgrade`` (unless the plan already set it) and
+   ``Connection: upgrade`` (unless the plan set a non-empty Connection; an empty one, the
+   keep-alive idiom, does not stop an upgrade) in place of ``Connection: close``. So no
+   config is needed, and nginx's canonical config renders the same fields.
 """
 
 from __future__ import annotations
@@ -89,12 +95,16 @@ def build_upstream_head(
     body_length: int | None,
     chunked: bool,
     pooled: bool,
+    upgrade: bytes | None = None,
 ) -> bytes:
     parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
+    connection_set = False
     for name, template in plan.fields:
         rendered = template.render(ex)
         if rendered:
             parts += [name, b": ", rendered.translate(_UNSAFE).encode("latin-1"), b"\r\n"]
+            if upgrade is not None and name.lower() == b"connection":
+                connection_set = True
     drop = _REQUEST_DROP | plan.overridden
     listed = ex.header_index.get(b"connection")
     if listed:
@@ -106,10 +116,26 @@ def build_upstream_head(
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif body_length is not None and (body_length or ex.method in (b"POST", b"PUT", b"PATCH")):
         parts += [b"Content-Length: ", str(body_length).encode(), b"\r\n"]
-    if not pooled:
+    if upgrade is not None:  # rule 8
+        if b"upgrade" not in plan.overridden:
+            parts += [b"Upgrade: ", upgrade, b"\r\n"]
+        if not connection_set:
+            parts.append(b"Connection: upgrade\r\n")
+    elif not pooled:
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def upgrade_value(ex: Exchange, plan: HeaderPlan) -> bytes | None:
+    """Rule 8: the Upgrade value an upgrade request sends upstream, None when none is sent
+    (``proxy_set_header Upgrade ""``): then a 101 is unsolicited."""
+    if b"upgrade" in plan.overridden:
+        for name, template in plan.fields:
+            if name.lower() == b"upgrade":
+                rendered = template.render(ex)
+                return rendered.translate(_UNSAFE).encode("latin-1") if rendered else None
+    return ex.header_index.get(b"upgrade") or None
 
 
 class DateCache:

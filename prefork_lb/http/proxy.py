@@ -1,4 +1,7 @@
-"""Proxy one request to an upstream group: attempts, retries, response relay (gevent I/O).
+"""Proxy one request to an upstream group: attempts and retries (gevent I/O).
+
+The request body is ``request_body.RequestBody``, the response relay ``relay.relay``; the
+client connection is seen only through ``client.Client`` (rule 9).
 
 Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
 1. Each attempt picks a peer, takes a pooled connection to it or connects, sends the head
@@ -15,9 +18,10 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    peer is not charged. 403/404 never charge the peer.
 4. No usable peer: an attempt named after the group with status 502, "no live upstreams".
 5. Once the response head went to the client there is no retry; later errors close the
-   client connection and are not charged to the peer.
+   client connection and are not charged to the peer (``relay.py`` rule 1).
 6. Request bodies up to ``client_body_buffer_size`` are kept so a retry can resend them;
-   a larger body is streamed and makes the request non-replayable once sent.
+   a larger body is streamed and makes the request non-replayable once sent
+   (``request_body.py`` rule 1).
 7. A reused keep-alive connection the upstream closed under us is not the peer's failure
    and costs no try: the request is resent once, on a new connection to the same peer,
    and nothing is charged or logged as an attempt, when the failure proves the request was
@@ -29,6 +33,16 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
 8. ``socket()`` failing for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
    ENOMEM) is the worker's problem: 500, the peer is not charged, no retry (nginx); the
    line is logged at alert, at most once a second.
+9. The proxy never writes the connection's state: ``run`` returns a ``ProxyOutcome``
+   (keep-alive still allowed; whether the server's status zone was recorded in the last
+   peer release's critical section) and the connection applies it.
+10. Upgrade (issue 14, http/tunnel.py): a client upgrade request is sent with Upgrade and
+   ``Connection: upgrade``; a 101 answer to it ends the head reading like a final
+   response and the exchange becomes a tunnel (no pooling, the connection ends after it).
+   A 101 to any other request is an invalid response (502, charged, as any invalid head).
+11. TLS to upstreams (issue 14, http/upstream_tls.py): a new connection is handshaken in
+   ``_open`` within ``proxy_connect_timeout``; a failure is the attempt's (502, charged,
+   retried as "error"). Pooled TLS connections are looked up by their own key.
 """
 
 from __future__ import annotations
@@ -36,32 +50,27 @@ from __future__ import annotations
 import errno
 import logging
 import socket as stdsocket
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
-from gevent import socket
-
-from prefork_lb.balance.least_time import release_inflight
-from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection, record_time
+from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
-from prefork_lb.http.headers import build_response_head, build_upstream_head
-from prefork_lb.http.request import HttpError, RequestHead
-from prefork_lb.http.response import (
-    ChunkedDecoder,
-    ResponseHead,
-    UpstreamProtocolError,
-    head_end,
-    parse_buffered_head,
-)
+from prefork_lb.http.headers import build_upstream_head, upgrade_value
+from prefork_lb.http.relay import relay
+from prefork_lb.http.request import RequestHead
+from prefork_lb.http.request_body import RequestBody
+from prefork_lb.http.response import ResponseHead, UpstreamProtocolError, head_end, parse_buffered_head
+from prefork_lb.http.tunnel import Tunnel, switch_head
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection, open_connection
+from prefork_lb.http.upstream_tls import HANDSHAKING, handshake_error, start_tls
 from prefork_lb.http.uri import encode_path
 from prefork_lb.netio import recv, send_all
 from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
 from prefork_lb.zone.stats import record_http_peer
 
 if TYPE_CHECKING:
-    from prefork_lb.http.connection import ClientConnection
-    from prefork_lb.http.runtime import LocationRuntime, UpstreamRuntime
+    from prefork_lb.http.client import Client
+    from prefork_lb.http.runtime import LocationRuntime, StatusZone, UpstreamRuntime
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -94,12 +103,6 @@ STATUS_CONDITIONS: Final = {
     429: "http_429",
 }
 MAX_INTERIM: Final = 10
-CRLF: Final = b"\r\n"
-LAST_CHUNK: Final = b"0\r\n\r\n"
-
-
-class ClientGone(Exception):
-    """The client connection failed while we were writing to it."""
 
 
 CONNECTING: Final = "connecting to upstream"
@@ -128,75 +131,6 @@ class ClosedBeforeResponse(AttemptFailed):
     """The upstream closed the connection cleanly before any response byte (rule 7)."""
 
 
-class RequestBody:
-    """The client's body as seen by the proxy; replayable while it fits the buffer (rule 6)."""
-
-    __slots__ = (
-        "_client",
-        "_limit",
-        "_max",
-        "chunked",
-        "chunks",
-        "complete",
-        "length",
-        "received",
-        "replayable",
-    )
-
-    def __init__(self, client: ClientConnection, head: RequestHead, lr: LocationRuntime) -> None:
-        self._client = client
-        self._limit = lr.config.client_body_buffer_size_bytes
-        self._max = lr.config.client_max_body_size_bytes
-        self.chunked = head.chunked
-        self.length = head.content_length
-        self.chunks: list[bytes] = []
-        self.received = 0
-        self.complete = not (head.chunked or head.content_length)
-        self.replayable = True
-
-    def prefetch(self) -> None:
-        """Take what the client already sent, without waiting (lets small bodies ride along).
-
-        Stops once the replay buffer is full: the rest stays queued for ``send_to``.
-        """
-        while not self.complete and self.replayable:
-            piece = self._client.read_body(block=False)
-            if piece is None:
-                return
-            if not isinstance(piece, bytes):
-                self.complete = True
-                return
-            self._add(piece)
-
-    def _add(self, piece: bytes) -> None:
-        self.received += len(piece)
-        if self._max and self.received > self._max:
-            raise HttpError(413, "request entity too large")
-        if self.replayable:
-            self.chunks.append(piece)  # at most the limit plus one read is ever held
-            if self.received > self._limit:
-                self.replayable = False
-
-    def send_to(self, sock: socket.socket, timeout_s: float) -> None:
-        """Send the whole body (buffered part first), framed for the upstream."""
-        chunked = self.chunked
-        for piece in self.chunks:
-            send_all(sock, b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece, timeout_s)
-        if not self.replayable:
-            self.chunks = []
-        while not self.complete:
-            more = self._client.read_body(block=True)
-            if not isinstance(more, bytes):
-                self.complete = True
-                break
-            self._add(more)
-            if not self.replayable:
-                self.chunks = []
-            send_all(sock, b"%x\r\n%b\r\n" % (len(more), more) if chunked else more, timeout_s)
-        if chunked:
-            send_all(sock, LAST_CHUNK, timeout_s)
-
-
 def upstream_target(ex: Exchange, head: RequestHead, lr: LocationRuntime) -> bytes:
     """The request-target sent upstream (nginx's proxy_pass URI rules)."""
     proxy = lr.config.proxy_pass
@@ -214,14 +148,29 @@ def upstream_target(ex: Exchange, head: RequestHead, lr: LocationRuntime) -> byt
     return encode_path(path) + (b"?" + head.query if head.query else b"")
 
 
+class ProxyOutcome(NamedTuple):
+    """What the connection applies once the proxy is done (rule 9)."""
+
+    keep_alive: bool  # False: the connection must close after this request
+    zone_recorded: bool  # the server's status zone was recorded with the peer's release
+
+
 class Proxy:
     """One request through one location's upstream group."""
 
-    __slots__ = ("body", "client", "ex", "head", "lr", "now", "up")
+    __slots__ = ("body", "client", "ex", "head", "keep_alive", "lr", "now", "status_zone", "up", "upgrade")
 
     def __init__(
-        self, client: ClientConnection, ex: Exchange, head: RequestHead, lr: LocationRuntime
+        self,
+        client: Client,
+        ex: Exchange,
+        head: RequestHead,
+        lr: LocationRuntime,
+        keep_alive: bool,
+        status_zone: StatusZone | None,
     ) -> None:
+        """``keep_alive``: the connection's intent for this response so far;
+        ``status_zone``: the server's zone, recorded with the last release (rule 9)."""
         assert lr.upstream is not None
         self.client = client
         self.ex = ex
@@ -230,9 +179,12 @@ class Proxy:
         self.up: UpstreamRuntime = lr.upstream
         self.body = RequestBody(client, head, lr)
         self.now = client.clock
+        self.keep_alive = keep_alive
+        self.status_zone = status_zone
+        self.upgrade = False  # rule 10: an Upgrade went upstream, so a 101 is a switch
 
-    def run(self) -> bool:
-        """Proxy the request; True when the client connection may serve another request."""
+    def run(self) -> ProxyOutcome:
+        """Proxy the request (rule 9: the connection applies the outcome)."""
         ex, lr, up, head = self.ex, self.lr, self.up, self.head
         loc = lr.config
         assert lr.plan is not None
@@ -240,8 +192,10 @@ class Proxy:
         if has_body:
             self.body.prefetch()
         target = upstream_target(ex, head, lr)
+        upgrade = upgrade_value(ex, lr.plan) if head.upgrade else None  # rule 10
+        self.upgrade = upgrade is not None
         request_head = build_upstream_head(
-            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled
+            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled, upgrade
         )
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
@@ -256,7 +210,7 @@ class Proxy:
             if peer is None:
                 ex.attempts.append(Attempt(up.group.name, 502, None, None, 0.0))
                 log.error('no live upstreams while connecting to upstream, upstream: "%s"', up.group.name)
-                return self.client.respond_error(ex, 502)
+                return ProxyOutcome(self.client.respond_error(ex, 502), False)
             attempt = Attempt(peer.addr)
             ex.attempts.append(attempt)
             conn: UpstreamConnection | None = None
@@ -278,7 +232,7 @@ class Proxy:
             except OutOfResources:
                 attempt.response_time_s = self.now() - now
                 self._free(sel, peer, False, None)
-                return self.client.respond_error(ex, 500)
+                return ProxyOutcome(self.client.respond_error(ex, 500), False)
             except AttemptFailed as fail:
                 attempt.status = fail.status
                 attempt.response_time_s = self.now() - now
@@ -288,7 +242,7 @@ class Proxy:
                 self._free(sel, peer, True, None, phase=fail.phase)
                 if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
                     continue
-                return self.client.respond_error(ex, fail.status)
+                return ProxyOutcome(self.client.respond_error(ex, fail.status), False)
             except BaseException:
                 # The client failed us (body error, 413, gone): not the peer's fault.
                 attempt.response_time_s = self.now() - now
@@ -310,9 +264,11 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, status not in (403, 404), None)
                 continue
-            ok = self._relay(conn, resp, leftover, attempt, now)
-            self._free(sel, peer, False, attempt, last=True)
-            return ok
+            if status == 101:  # rule 10: the tunnel holds the peer until it ends
+                keep_alive = self._tunnel(conn, resp, leftover, attempt, now)
+            else:
+                keep_alive = self._relay(conn, resp, leftover, attempt, now)
+            return ProxyOutcome(keep_alive, self._free(sel, peer, False, attempt, last=True))
 
     def _pick(self, sel: Selection) -> Peer | None:
         zone = self.up.group.zone
@@ -335,22 +291,25 @@ class Proxy:
         attempt: Attempt | None,
         last: bool = False,
         phase: str = READING_HEAD,
-    ) -> None:
-        """Release the peer under the zone lock; a completed attempt feeds least_time.
+    ) -> bool:
+        """Release the peer under the zone lock (the method's ``release`` first: a completed
+        attempt feeds least_time).
 
         ``last``: the response is complete, so the server's status zone is recorded in the
-        same critical section (one lock round trip per request fewer).
+        same critical section (one lock round trip per request fewer); True when it was.
         """
         now = self.now()
         up = self.up
         zone = up.group.zone
+        recorded = False
         zone.lock()
         try:
-            if attempt is not None and up.config.method == "least_time":
-                took = attempt.header_time_s if up.config.least_time == "header" else attempt.response_time_s
-                if took is not None:
-                    record_time(peer, int(took * 1000))
-            release_inflight(peer, sel)
+            balancer = up.balancer
+            if balancer.releases:  # least_time; the other methods have nothing to release
+                if attempt is None:
+                    balancer.release(peer, sel, None, None)
+                else:
+                    balancer.release(peer, sel, attempt.header_time_s, attempt.response_time_s)
             if attempt is not None and attempt.status is not None:
                 header = attempt.header_time_s
                 record_http_peer(
@@ -363,18 +322,18 @@ class Proxy:
                     int((attempt.response_time_s or 0.0) * 1000),
                 )
             disabled = free(sel, peer, failed, int(now), int(now * 1000))
-            client = self.client
-            status_zone = client.status_zone
+            status_zone = self.status_zone
             if last and status_zone is not None:
                 ex = self.ex
                 status_zone.end_locked(zone.mv, ex.status, ex.request_length, ex.bytes_sent, False)
-                client.status_zone = None
+                recorded = True
         finally:
             zone.unlock()
         if disabled:  # logged outside the lock: no I/O in the critical section
             log_disabled(peer, phase)
         if up.queue is not None:
             up.queue.notify()
+        return recorded
 
     def _may_retry(
         self, tries: int, condition: str, conditions: frozenset[str], sent: bool, start: float
@@ -405,7 +364,9 @@ class Proxy:
 
     def _connect(self, address: Address, addr: str, attempt: Attempt, start: float) -> UpstreamConnection:
         pool = self.up.pool
-        conn = pool.get(addr, start) if pool.enabled else None
+        tls = self.lr.tls  # rule 11: TLS connections are pooled by their own key
+        key = addr if tls is None else tls.pool_key(addr, tls.server_name(self.ex))
+        conn = pool.get(key, start) if pool.enabled else None
         if conn is not None:
             attempt.connect_time_s = 0.0
             return conn
@@ -426,8 +387,27 @@ class Proxy:
             raise AttemptFailed(
                 "error", 502, f"connect() failed ({e.errno}: {e.strerror})", CONNECTING
             ) from None
+        if self.lr.tls is not None:
+            self._start_tls(conn, loc.proxy_connect_timeout_s)
         attempt.connect_time_s = self.now() - start
         return conn
+
+    def _start_tls(self, conn: UpstreamConnection, timeout_s: float) -> None:
+        """Rule 11: the TLS handshake on a new connection (http/upstream_tls.py)."""
+        tls = self.lr.tls
+        assert tls is not None
+        name = tls.server_name(self.ex)
+        conn.key = tls.pool_key(conn.addr, name)
+        try:
+            start_tls(conn, tls, name, conn.key, timeout_s)
+        except TimeoutError:
+            conn.close()
+            raise AttemptFailed(
+                "timeout", 504, "upstream timed out (110: Connection timed out)", HANDSHAKING
+            ) from None
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            conn.close()
+            raise AttemptFailed("error", 502, handshake_error(e, name), HANDSHAKING) from None
 
     def _send(self, conn: UpstreamConnection, request_head: bytes, has_body: bool) -> None:
         sock = conn.sock
@@ -437,7 +417,7 @@ class Proxy:
             if not has_body:
                 send_all(sock, request_head, timeout_s)
             elif body.complete and body.replayable:
-                send_all(sock, request_head + self._framed_buffer(), timeout_s)
+                send_all(sock, request_head + body.framed(), timeout_s)
             else:
                 send_all(sock, request_head, timeout_s)
                 body.send_to(sock, timeout_s)
@@ -450,12 +430,6 @@ class Proxy:
             kind = Unprocessed if e.errno in RESET_ERRNOS else AttemptFailed
             raise kind("error", 502, f"send() failed ({e.errno}: {e.strerror})", SENDING) from None
         conn.requests += 1
-
-    def _framed_buffer(self) -> bytes:
-        chunks = self.body.chunks
-        if not self.body.chunked:
-            return b"".join(chunks)
-        return b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks if c) + LAST_CHUNK
 
     def _read_head(
         self, conn: UpstreamConnection, attempt: Attempt, start: float
@@ -503,7 +477,7 @@ class Proxy:
                 resp, after = parse_buffered_head(buf, end, after, head_request)
                 buf = buf[after:]  # what follows may already hold the final head (after a 1xx)
                 scan = 0
-                if resp.status >= 200:
+                if resp.status >= 200 or (resp.status == 101 and self.upgrade):
                     attempt.header_time_s = self.now() - start
                     return resp, buf
                 interim += 1
@@ -517,46 +491,55 @@ class Proxy:
         except OSError as e:
             raise AttemptFailed("error", 502, f"recv() failed ({e.errno}: {e.strerror})") from None
 
-    # ---- response relay (rule 5: no retry from here on) ----
+    # ---- response relay (rule 5: no retry from here on; http/relay.py) ----
+
+    def _tunnel(
+        self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float
+    ) -> bool:
+        """Rule 10: relay the 101 and tunnel until both sides are done (http/tunnel.py); the
+        connection ends after it (False)."""
+        client, ex, loc = self.client, self.ex, self.lr.config
+        ex.status = 101
+        sock, early = client.tunnel_io()
+        tunnel = Tunnel(
+            sock,
+            conn.sock,
+            conn.addr,
+            ex,
+            attempt,
+            loc.proxy_read_timeout_s,
+            loc.send_timeout_s,
+            loc.proxy_send_timeout_s,
+            self.now,
+        )
+        client.hold_tunnel(tunnel)  # abort() reaches it (worker_shutdown_timeout)
+        try:
+            tunnel.run(switch_head(resp, self.now()), leftover, early)
+        finally:
+            client.hold_tunnel(None)
+            attempt.response_time_s = self.now() - start
+            conn.close()
+        return False
 
     def _relay(
         self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float
     ) -> bool:
-        client = self.client
+        """Relay the response; whether the client connection may stay open."""
         ex = self.ex
-        http11 = self.head.version >= (1, 1)
-        keep_alive = client.keep_alive
-        framing = resp.framing
-        if framing == "length":
-            field = b"Content-Length: %d\r\n" % (resp.content_length or 0)
-        elif framing == "none":
-            field = (
-                b"Content-Length: %d\r\n" % resp.content_length
-                if resp.content_length is not None and (self.head.method == b"HEAD" or resp.status == 304)
-                else b""
-            )
-        elif http11:
-            field = b"Transfer-Encoding: chunked\r\n"
-        else:
-            field, keep_alive = b"", False
-        head = build_response_head(
-            resp.status, resp.reason, resp.headers, resp.connection_tokens, field, keep_alive, self.now()
-        )
-        ex.status = resp.status
-        ex.bytes_sent = len(head)
-        client.keep_alive = keep_alive
-        reusable = False
+        keep_alive = reusable = False
         try:
-            if framing == "none":
-                client.send(head)
-                reusable = resp.keep_alive and not leftover
-            elif framing == "length":
-                reusable = self._relay_length(conn, resp, head, leftover, attempt)
-            else:
-                reusable = self._relay_stream(conn, resp, head, leftover, attempt, rechunk=http11)
-        except ClientGone:
-            client.keep_alive = False
-            reusable = False
+            keep_alive, reusable = relay(
+                self.client,
+                ex,
+                self.head,
+                conn,
+                resp,
+                leftover,
+                attempt,
+                self.keep_alive,
+                self.lr.config.proxy_read_timeout_s,
+                self.now(),
+            )
         finally:
             attempt.response_time_s = self.now() - start
             ex.bytes_sent += ex.body_bytes_sent
@@ -564,91 +547,4 @@ class Proxy:
                 self.up.pool.put(conn, self.now())
             else:
                 conn.close()
-        return client.keep_alive
-
-    def _relay_length(
-        self, conn: UpstreamConnection, resp: ResponseHead, head: bytes, leftover: bytes, attempt: Attempt
-    ) -> bool:
-        client = self.client
-        remaining = resp.content_length or 0
-        first = leftover[:remaining]
-        client.send(head + first if first else head)
-        self.ex.body_bytes_sent += len(first)
-        remaining -= len(first)
-        extra = len(leftover) > len(first)
-        sock = conn.sock
-        while remaining > 0:
-            data = self._upstream_recv(sock)
-            if not data:  # EOF or error before Content-Length was reached: never pad
-                client.abort()
-                return False
-            attempt.bytes_received += len(data)
-            if len(data) > remaining:
-                data = data[:remaining]
-                extra = True
-            client.send(data)
-            remaining -= len(data)
-            self.ex.body_bytes_sent += len(data)
-        return resp.keep_alive and not extra
-
-    def _relay_stream(
-        self,
-        conn: UpstreamConnection,
-        resp: ResponseHead,
-        head: bytes,
-        leftover: bytes,
-        attempt: Attempt,
-        rechunk: bool,
-    ) -> bool:
-        """Chunked or close-delimited upstream body: re-chunked for HTTP/1.1 clients."""
-        client = self.client
-        decoder = ChunkedDecoder() if resp.framing == "chunked" else None
-        pending = head
-        data = leftover
-        sock = conn.sock
-        while True:
-            if decoder is not None:
-                try:
-                    pieces = decoder.feed(data) if data else []
-                except UpstreamProtocolError as e:
-                    log.error("upstream sent invalid chunked response: %s, upstream: %s", e, conn.addr)
-                    if pending:
-                        client.send(pending)
-                    client.abort()
-                    return False
-            else:
-                pieces = [data] if data else []
-            out = [pending] if pending else []
-            for piece in pieces:
-                if piece:
-                    self.ex.body_bytes_sent += len(piece)
-                    out.append(b"%x\r\n%b\r\n" % (len(piece), piece) if rechunk else piece)
-            finished = decoder is not None and decoder.done
-            if finished and rechunk:
-                out.append(LAST_CHUNK)
-            if out:
-                client.send(b"".join(out) if len(out) > 1 else out[0])
-            pending = b""
-            if finished:
-                return resp.keep_alive and decoder is not None and not decoder.extra
-            received = self._upstream_recv(sock)
-            if received == b"" and decoder is None:  # close-delimited: EOF is the normal end
-                if rechunk:
-                    client.send(LAST_CHUNK)
-                return False
-            if not received:  # an error, or a chunked body cut short: never pretend it completed
-                client.abort()
-                return False
-            data = received
-            attempt.bytes_received += len(data)
-
-    def _upstream_recv(self, sock: socket.socket) -> bytes | None:
-        """The next bytes of the body; b"" at EOF, None after an error or timeout."""
-        try:
-            return recv(sock, RECV_SIZE, self.lr.config.proxy_read_timeout_s)
-        except TimeoutError:
-            log.error("upstream timed out (110: Connection timed out) while reading upstream")
-            return None
-        except OSError as e:
-            log.error("recv() failed (%s: %s) while reading upstream", e.errno, e.strerror)
-            return None
+        return keep_alive

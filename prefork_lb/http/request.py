@@ -94,7 +94,7 @@ class RequestHead:
     chunked: bool
     keep_alive: bool
     expect_continue: bool
-    upgrade: bool  # Connection: upgrade + Upgrade were sent (we never tunnel; close after)
+    upgrade: bool  # Connection: upgrade + Upgrade were sent (http/tunnel.py; close after)
     head_length: int
 
 
@@ -132,11 +132,13 @@ class RequestReader:
         "_url_len",
         "closed",
         "events",
+        "upgrade_data",
     )
 
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
         self.closed = False  # an error or an upgrade ended parsing for good
+        self.upgrade_data = b""  # bytes after an upgrade head: the tunnel's first client bytes
         self._parser = httptools.HttpRequestParser(self)
         self._state = _START
         self._pending = b""  # _START: an incomplete method
@@ -175,8 +177,9 @@ class RequestReader:
             self._fail(e)
             return
         except httptools.HttpParserUpgrade:
-            # We never tunnel: the request was queued as an ordinary one and the
-            # connection closes after it, so bytes after the head are never parsed.
+            # The request was queued as an ordinary one and the connection ends after it:
+            # bytes after the head are never parsed, only kept (``upgrade_data``) for the
+            # tunnel if the upstream switches protocols (http/tunnel.py).
             self.closed = True
             return
         except httptools.HttpParserCallbackError as e:
@@ -229,7 +232,11 @@ class RequestReader:
             piece, data = data[:cut], data[cut:]
             self._tail = b""
             self._complete = False
-            feed(piece)
+            try:
+                feed(piece)
+            except httptools.HttpParserUpgrade:
+                self.upgrade_data = data  # the piece ends with the head: the rest is not HTTP
+                raise
             if self._complete:
                 self._state = _START
             elif state == _HEAD and not self._in_head:  # the head is done, a body follows

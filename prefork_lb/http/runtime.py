@@ -29,8 +29,9 @@ from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.template import Template, compile_template
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
+from prefork_lb.http.upstream_tls import UpstreamTls, upstream_tls_table
 from prefork_lb.zone import layout as L
-from prefork_lb.zone.slots import SlotTable, count_peers, peer_keys
+from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_zone
 from prefork_lb.zone.zone import Zone
 
@@ -54,6 +55,7 @@ class LocationRuntime:
     return_text: Template | None
     logs: tuple[tuple[AccessLogWriter, LogFormat, Template | None], ...]  # writer, format, if=
     access: tuple[tuple[bool, IPNetwork | None], ...] = ()  # None = "all"
+    tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -94,16 +96,6 @@ class StatusZone:
         record_zone(mv, self.base, status, received, sent, discarded)
 
 
-def shared_state(
-    config: Config, zone: Zone | None, slots: dict[str, int] | None
-) -> tuple[Zone, dict[str, int]]:
-    """The master's zone and slots, or (tests, tools) a private zone set up the same way."""
-    if zone is not None and slots is not None:
-        return zone, slots
-    private = Zone.for_peers(count_peers(config))
-    return private, SlotTable(private).assign(config, 1)
-
-
 def status_zones(
     servers: Sequence[ServerConfig | StreamServerConfig],
     context: str,
@@ -141,12 +133,8 @@ class HttpRuntime:
         return self.matchers[id(server)]
 
 
-def build_runtime(
-    config: Config, zone: Zone | None = None, slots: dict[str, int] | None = None, row: int = 0
-) -> HttpRuntime:
-    """``zone``/``slots``/``row`` come from the master; without them a private zone
-    (unit tests and tools)."""
-    zone, slots = shared_state(config, zone, slots)
+def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -> HttpRuntime:
+    """``zone``/``slots``/``row`` come from the master (the worker's spec)."""
     upstreams = {}
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
@@ -158,6 +146,7 @@ def build_runtime(
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}
     matchers: dict[int, LocationMatcher] = {}
+    tls = upstream_tls_table([loc for server in config.http.servers for loc in server.locations])
     for server in config.http.servers:
         matchers[id(server)] = LocationMatcher(server.locations)
         for loc in server.locations:
@@ -180,6 +169,7 @@ def build_runtime(
                     (allow, None if net == "all" else ipaddress.ip_network(net, strict=False))
                     for allow, net in loc.access
                 ),
+                tls=tls.get(id(loc)),
             )
     return HttpRuntime(
         config=config,

@@ -15,13 +15,15 @@ Rules (nginx's keepalive module, shared/reference/nginx-semantics.md section 7):
    another client): an idle read watcher closes it the moment anything arrives, and
    ``get`` peeks (one non-blocking MSG_PEEK recv) at every reuse, for bytes that arrived
    in the same loop iteration as the reuse.
+5. Connections are pooled under ``conn.key``: the address for plain HTTP, a key of address,
+   TLS settings and server name for TLS (upstream_tls.py rule 3).
 """
 
 from __future__ import annotations
 
 import socket as stdsocket
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from gevent import socket
 from gevent.event import Event
@@ -34,11 +36,13 @@ RECV_SIZE: Final = 65536
 
 
 class UpstreamConnection:
-    __slots__ = ("addr", "created", "idle_since", "requests", "reused", "sock")
+    __slots__ = ("addr", "created", "idle_since", "key", "requests", "reused", "sock")
 
     def __init__(self, sock: socket.socket, addr: str, now: float) -> None:
-        self.sock = sock
+        # a gevent socket, or an upstream_tls.TlsSocket of the same shape (rule 5 there)
+        self.sock: Any = sock
         self.addr = addr
+        self.key = addr  # rule 5
         self.created = now
         self.idle_since = now
         self.requests = 0
@@ -136,8 +140,9 @@ class KeepalivePool:
     def __len__(self) -> int:
         return len(self.idle)
 
-    def get(self, addr: str, now: float) -> UpstreamConnection | None:
-        stack = self.by_addr.get(addr)
+    def get(self, key: str, now: float) -> UpstreamConnection | None:
+        """An idle connection pooled under ``key`` (rule 5: the address, for plain HTTP)."""
+        stack = self.by_addr.get(key)
         while stack:
             conn = stack.pop()
             del self.idle[conn]
@@ -160,9 +165,9 @@ class KeepalivePool:
         conn.idle_since = now
         idle = self.idle
         idle[conn] = None
-        stack = self.by_addr.get(conn.addr)
+        stack = self.by_addr.get(conn.key)
         if stack is None:
-            self.by_addr[conn.addr] = [conn]
+            self.by_addr[conn.key] = [conn]
         else:
             stack.append(conn)
         # rule 4: anything arriving while idle closes it (the watcher costs no syscall while
@@ -174,7 +179,7 @@ class KeepalivePool:
     def _evict(self, conn: UpstreamConnection) -> None:
         """Take ``conn`` out of both indexes and close it."""
         del self.idle[conn]
-        self.by_addr[conn.addr].remove(conn)  # the oldest of its peer: found at once
+        self.by_addr[conn.key].remove(conn)  # the oldest of its peer: found at once
         self._drop(conn)
 
     def _readable_while_idle(self, conn: UpstreamConnection) -> None:

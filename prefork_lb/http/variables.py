@@ -381,6 +381,9 @@ _VARIABLES: Final[dict[str, Variable]] = {
         _v("hostname", lambda ex: _HOSTNAME),
         _v("remote_user", _constant(""), empty_is_unset=True, constant=""),
         _v("proxy_add_x_forwarded_for", _proxy_add_x_forwarded_for),
+        # nginx's documented ``map $http_upgrade $connection_upgrade`` built in (there is no
+        # ``map``): nginx's canonical WebSocket config copies over verbatim (issue 14)
+        _v("connection_upgrade", lambda ex: "upgrade" if ex.header_index.get(b"upgrade") else "close"),
         # per attempt: status 0/None "-"; connect/header None "-"; response None "0.000"
         _v("upstream_addr", _upstream(lambda a: a.addr), empty_is_unset=True),
         _v(

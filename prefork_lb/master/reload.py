@@ -71,6 +71,8 @@ def reload(master: Master) -> bool:
     except ConfigError as e:
         log.error("%s; reload aborted, still running the previous configuration", e)
         return False
+    for note in config.notes:  # an nginx.conf's conversion report
+        log.warning("%s", note)
     from prefork_lb.preflight import StartupError, check_startup
 
     try:

@@ -94,12 +94,11 @@ class StreamServerRuntime:
 
 
 def build_stream_runtime(
-    config: Config, zone: Zone | None, slots: dict[str, int] | None, row: int, logs: AccessLogs
+    config: Config, zone: Zone, slots: dict[str, int], row: int, logs: AccessLogs
 ) -> dict[tuple[str, str, int], StreamServerRuntime]:
     """Runtime per stream listen key."""
-    from prefork_lb.http.runtime import shared_state, status_zones
+    from prefork_lb.http.runtime import status_zones
 
-    zone, slots = shared_state(config, zone, slots)
     zones = status_zones(config.stream.servers, "stream", zone, slots, row)
     upstreams: dict[str, StreamUpstream] = {}
     for name, up in config.stream.upstreams.items():

@@ -21,6 +21,11 @@ Life of a worker:
    is still open is closed.
 5. Exits by itself if the master disappears (parent pid changes).
 
+One test-only switch lives here: ``PREFORK_LB_TEST_BROKEN_REUSEPORT=1`` makes the worker
+bind its own SO_REUSEPORT sockets (gunicorn's design, which loses queued connections), for
+``loadtest/reload_under_load.sh --lb broken`` (``master/listeners.py`` rule 4 says why it
+must stay in the processes under test); it is read once at start, never per request.
+
 Exit codes: 0 normal, 3 failed to boot (the master does not respawn in a loop on it).
 """
 

@@ -47,10 +47,6 @@ def key_hash(key: str) -> int:
     return (int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF) or 1
 
 
-def count_peers(config: Config) -> int:
-    return sum(len(u.servers) for u in config.all_upstreams()) + len(zone_keys(config))
-
-
 @dataclass(slots=True)
 class SlotTable:
     zone: Zone

@@ -26,6 +26,11 @@ Critical sections are a few dozen loads and stores and never span I/O; a waiting
 blocks its hub for at most that long. Which fd (or pid) is "ours" is reset by an at-fork
 hook in the child, not checked with ``getpid()`` per lock: on this Python that is a
 syscall, three per proxied request.
+
+Only tests use three members today, none of them per request: ``lock_kind`` and
+``lock_holder`` state the lock's observable state in the zone's own terms (so no test
+decodes the header word), and ``for_peers`` / ``create(lock=...)`` size a zone for a few
+peers and choose its lock kind (the flock tests run on a compiled build too).
 """
 
 from __future__ import annotations
@@ -153,7 +158,7 @@ class Zone:
 
     @classmethod
     def for_peers(cls, peers: int, rows: int = 1, lock: str | None = None) -> Zone:
-        """A zone just big enough for ``peers`` (tests and single-process use)."""
+        """A zone just big enough for ``peers`` (tests: see the module header)."""
         return cls.create(L.size_for(max(1, peers), rows), rows, lock)
 
     # ---- the lock ----

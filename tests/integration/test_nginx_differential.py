@@ -3,14 +3,14 @@
 nginx (Debian's nginx-light, installed by .ci/run) is the oracle: per request we compare
 which backend answered and the logged ``$upstream_addr | $upstream_status`` (which shows
 every attempt). Scenarios come from shared/reference/nginx-semantics.md section 11; both
-balancers run one worker, so the per-worker round robin state is the whole state.
+balancers run one worker, so the per-worker round robin state is the whole state. Most
+scenarios are one nginx.conf for both (``one_conf``: prefork-lb runs it with ``-c
+nginx.conf``, tests/nginx_conf.py); the others keep a hand-written TOML twin, so the
+contract itself stays under the oracle too.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,41 +18,18 @@ from pathlib import Path
 import pytest
 
 from tests.backends import Backend, GatedBackend, free_port
-from tests.harness import LB, accepts, request, wait_for
+from tests.harness import LB, request, wait_for
+from tests.nginx_conf import NGINX, Nginx, lb_from_conf, scenario
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
 LOG = "$upstream_addr|$upstream_status"
 
 
-class Nginx:
-    def __init__(
-        self,
-        directory: Path,
-        port: int,
-        servers: list[tuple[str, str]],
-        location_extra: str = "",
-        method: str = "",
-    ) -> None:
-        self.dir = directory
-        self.port = port
-        directory.mkdir(parents=True, exist_ok=True)
-        lines = "\n".join(
-            f"        server {addr}{(' ' + params) if params else ''};" for addr, params in servers
-        )
-        user = "user root;" if os.geteuid() == 0 else ""
-        (directory / "nginx.conf").write_text(f"""
-{user}
-worker_processes 1;
-daemon off;
-pid nginx.pid;
-error_log error.log info;
-events {{ worker_connections 256; }}
-http {{
+def _nginx_conf(port: int, servers: list[tuple[str, str]], location_extra: str = "", method: str = "") -> str:
+    lines = "\n".join(f"        server {addr}{(' ' + params) if params else ''};" for addr, params in servers)
+    return scenario(f"""
     log_format diff '{LOG}';
     access_log access.log diff;
-    client_body_temp_path tmp-body;
-    proxy_temp_path tmp-proxy;
     upstream backend {{
         {method}
 {lines}
@@ -67,39 +44,7 @@ http {{
             {location_extra}
         }}
     }}
-}}
 """)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Nginx:
-        assert NGINX is not None
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        wait_for(lambda: accepts(self.port), what="nginx to listen")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-    def access_log(self, lines: int) -> list[str]:
-        path = self.dir / "access.log"
-        return list(
-            wait_for(
-                lambda: (
-                    path.exists()
-                    and len(path.read_text().splitlines()) >= lines
-                    and path.read_text().splitlines()
-                ),
-                what="nginx access log",
-            )
-        )
 
 
 def _toml(port: int, servers: list[tuple[str, str]], location_extra: str = "", method: str = "") -> str:
@@ -156,18 +101,26 @@ def run_both(
     toml_extra: str = "",
     nginx_method: str = "",
     toml_method: str = "",
+    one_conf: bool = False,
 ) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[str], list[str]]:
-    """The same requests through nginx, then prefork-lb; ``paths`` may be a custom client."""
+    """The same requests through nginx, then prefork-lb; ``paths`` may be a custom client.
+    ``one_conf``: prefork-lb runs nginx's own nginx.conf (``-c nginx.conf``, converted),
+    else the hand-written TOML (``toml_extra``, ``toml_method``)."""
     ask: Ask = paths if callable(paths) else (lambda port: [_ask(port, p) for p in paths])
     results = []
     logs = []
     port = free_port()
-    with Nginx(tmp_path / "nginx", port, servers, nginx_extra, nginx_method) as ngx:
+    with Nginx(tmp_path / "nginx", port, _nginx_conf(port, servers, nginx_extra, nginx_method)) as ngx:
         results.append(ask(port))
         logs.append(ngx.access_log(len(results[0])))
     port = free_port()
     (tmp_path / "lb").mkdir()
-    with LB(tmp_path / "lb", _toml(port, servers, toml_extra, toml_method), port) as lb:
+    lb_run = (
+        lb_from_conf(tmp_path / "lb", _nginx_conf(port, servers, nginx_extra, nginx_method), port)
+        if one_conf
+        else LB(tmp_path / "lb", _toml(port, servers, toml_extra, toml_method), port)
+    )
+    with lb_run as lb:
         results.append(ask(port))
         logs.append(lb.access_log(len(results[1])))
     return results[0], results[1], logs[0], logs[1]
@@ -180,21 +133,25 @@ def _ask(port: int, path: str, source: str | None = None) -> tuple[int, str]:
 
 def test_weighted_round_robin(tmp_path: Path, backends: Backend) -> None:
     a, b, c = backends.addrs
-    ngx, ours, ngx_log, our_log = run_both(tmp_path, [(a, "weight=5"), (b, ""), (c, "")], ["/"] * 14)
+    ngx, ours, ngx_log, our_log = run_both(
+        tmp_path, [(a, "weight=5"), (b, ""), (c, "")], ["/"] * 14, one_conf=True
+    )
     assert ours == ngx
     assert our_log == ngx_log
 
 
 def test_weights_3_2_1(tmp_path: Path, backends: Backend) -> None:
     a, b, c = backends.addrs
-    ngx, ours, ngx_log, our_log = run_both(tmp_path, [(a, "weight=3"), (b, "weight=2"), (c, "")], ["/"] * 12)
+    ngx, ours, ngx_log, our_log = run_both(
+        tmp_path, [(a, "weight=3"), (b, "weight=2"), (c, "")], ["/"] * 12, one_conf=True
+    )
     assert ours == ngx and our_log == ngx_log
 
 
 def test_dead_server_fallback_and_disable(tmp_path: Path, backends: Backend) -> None:
     dead = f"127.0.0.1:{free_port()}"
     servers = [(backends.addrs[0], ""), (dead, "")]
-    ngx, ours, ngx_log, our_log = run_both(tmp_path, servers, ["/"] * 5)
+    ngx, ours, ngx_log, our_log = run_both(tmp_path, servers, ["/"] * 5, one_conf=True)
     assert ours == ngx
     assert our_log == ngx_log  # includes "dead, a" / "502, 200" on the second request
 
@@ -202,13 +159,15 @@ def test_dead_server_fallback_and_disable(tmp_path: Path, backends: Backend) -> 
 def test_backup_after_dead_primaries(tmp_path: Path, backends: Backend) -> None:
     d1, d2 = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     servers = [(d1, ""), (d2, ""), (backends.addrs[2], "backup")]
-    ngx, ours, ngx_log, our_log = run_both(tmp_path, servers, ["/"] * 4)
+    ngx, ours, ngx_log, our_log = run_both(tmp_path, servers, ["/"] * 4, one_conf=True)
     assert ours == ngx and our_log == ngx_log
 
 
 def test_down_server_is_skipped(tmp_path: Path, backends: Backend) -> None:
     a, b, c = backends.addrs
-    ngx, ours, ngx_log, our_log = run_both(tmp_path, [(a, "down"), (b, "weight=2"), (c, "")], ["/"] * 6)
+    ngx, ours, ngx_log, our_log = run_both(
+        tmp_path, [(a, "down"), (b, "weight=2"), (c, "")], ["/"] * 6, one_conf=True
+    )
     assert ours == ngx and our_log == ngx_log
 
 
@@ -222,7 +181,7 @@ def test_status_failure_lowers_effective_weight(tmp_path: Path, backends: Backen
         servers,
         paths,
         nginx_extra="proxy_next_upstream error timeout http_502;",
-        toml_extra='proxy_next_upstream = ["error", "timeout", "http_502"]',
+        one_conf=True,
     )
     assert ours == ngx and our_log == ngx_log
 
@@ -252,7 +211,7 @@ def test_hash_key_maps(
         servers,
         KEYS,
         nginx_method=f"hash $arg_k{' consistent' if consistent else ''};",
-        toml_method=f'method = "hash"\nhash = "$arg_k"\nconsistent = {str(consistent).lower()}',
+        one_conf=True,
     )
     assert ours == ngx and our_log == ngx_log
 
@@ -278,9 +237,7 @@ def test_ip_hash_client_maps(tmp_path: Path, backends: Backend, weights: tuple[s
         return [_ask(port, "/", source) for source in sources]
 
     servers = list(zip(backends.addrs, weights, strict=True))
-    ngx, ours, ngx_log, our_log = run_both(
-        tmp_path, servers, ask, nginx_method="ip_hash;", toml_method='method = "ip_hash"'
-    )
+    ngx, ours, ngx_log, our_log = run_both(tmp_path, servers, ask, nginx_method="ip_hash;", one_conf=True)
     assert ours == ngx and our_log == ngx_log
 
 
@@ -336,7 +293,7 @@ def test_least_conn_with_held_requests(tmp_path: Path, gates: list[GatedBackend]
         [(a, "weight=3"), (b, "")],
         held_requests(8, gates),
         nginx_method="least_conn;",
-        toml_method='method = "least_conn"',
+        one_conf=True,
     )
     assert ours == ngx
 
@@ -357,6 +314,9 @@ def test_max_conns_and_backup(tmp_path: Path, gates: list[GatedBackend]) -> None
     """Catches: max_conns off by one (``conns > max_conns``): one request too many on a."""
     a, b, c = (g.addr for g in gates)
     ngx, ours, _, _ = run_both(
-        tmp_path, [(a, "max_conns=2"), (b, "max_conns=1"), (c, "backup")], held_requests(5, gates)
+        tmp_path,
+        [(a, "max_conns=2"), (b, "max_conns=1"), (c, "backup")],
+        held_requests(5, gates),
+        one_conf=True,
     )
     assert ours == ngx

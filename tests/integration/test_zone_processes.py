@@ -126,6 +126,32 @@ def test_least_conn_counts_are_global(tmp_path: Path) -> None:
     assert any(line[-1] != str(holder) for line in lines)
 
 
+def test_least_time_learns_through_the_proxy_and_releases_inflight(tmp_path: Path) -> None:
+    """least_time ``header inflight`` behind a real worker: the proxy's release
+    (``Balancer.release`` in the critical section of ``peers.free``) feeds each peer's
+    average from the measured header time and undoes the in-flight start of every request.
+    Peer a answers after 200 ms: its average is at least 200 (every measurement is); b's is
+    learned too (the second request goes to b, whose unknown average counts as 0); once no
+    request is in flight, no peer keeps an in-flight start or a connection.
+
+    Passes on the old code too (the release moved, its effect did not); mutation caught:
+    the proxy not calling ``release`` (averages stay -1, in-flight starts pile up)."""
+    port = free_port()
+    with Backend(count=2) as b:
+        up = upstream_block("backend", b.addrs, extra='method = "least_time"\nleast_time = "header inflight"')
+        with LB(tmp_path, basic_config(port, up), port) as lb:
+            for _ in range(4):
+                assert request(lb.port, "GET", f"/?delay=200&delayport={b.ports[0]}")[0] == 200
+            zone = ZoneReader(lb.master_pid)
+            L = zone.L
+            slots = zone.used_slots()
+            assert len(slots) == 2
+            wait_for(lambda: zone.total_conns() == 0, what="every peer released")
+            assert [zone.peer(s, L.P_INFLIGHT_MS) for s in slots] == [0, 0]
+            averages = sorted(zone.peer(s, L.P_RT_MS) for s in slots)
+            assert averages[0] >= 0 and averages[1] >= 200, averages
+
+
 def test_max_conns_is_global_across_workers(tmp_path: Path) -> None:
     """a has max_conns = 1 and one worker holds a request on it: round robin from either
     worker skips a and sends everything to b.

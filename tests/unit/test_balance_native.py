@@ -35,6 +35,7 @@ from prefork_lb.config.model import Address, Method, UpstreamConfig, UpstreamSer
 from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
+from tests.unit.groups import private_group
 
 try:
     from prefork_lb.balance import _pickloop
@@ -303,11 +304,11 @@ def test_a_list_with_values_beyond_int32_takes_the_pure_loops(monkeypatch: pytes
         for i, w in enumerate((1, 1 << 31, 2))
     )
     upstream = UpstreamConfig(name="u", method="round_robin", servers=servers)
-    group = PeerGroup.build(upstream)
+    group = private_group(upstream)
     assert group.primary.table.native is None
     assert table_mod.native_cfg(group.primary.peers) is None
     small = UpstreamConfig(name="u", method="round_robin", servers=servers[:1] + servers[2:])
-    assert PeerGroup.build(small).primary.table.native is COMPILED
+    assert private_group(small).primary.table.native is COMPILED
     bal = make_balancer(upstream, group, compile_template)
     sel = new_selection(group, 0)
     with group.zone:

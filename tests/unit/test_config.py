@@ -389,12 +389,56 @@ def test_regex_locations_compile(tmp_path: Path) -> None:
     assert loc.regex is not None and loc.regex.search("/a/b.png")
 
 
-def test_proxy_pass_https(tmp_path: Path) -> None:
-    text = make().replace('"http://backend"', '"https://x"')
+def test_proxy_pass_scheme(tmp_path: Path) -> None:
+    text = make().replace('"http://backend"', '"ftp://x"')
     assert error(tmp_path, text) == (
         f"{tmp_path / 'lb.toml'}: http.servers[0].locations[0].proxy_pass: "
-        'must start with "http://" (https upstreams are not supported)'
+        'must start with "http://" or "https://"'
     )
+
+
+def test_proxy_pass_https(tmp_path: Path) -> None:
+    """Catches: https upstreams rejected (old code), or the implicit port not 443."""
+    loc = location(load(tmp_path, make().replace('"http://backend"', '"https://backend"')))
+    assert loc.proxy_pass is not None and loc.proxy_pass.ssl
+    assert not loc.proxy_ssl_verify and not loc.proxy_ssl_server_name  # nginx's defaults
+    config = load(tmp_path, make().replace('"http://backend"', '"https://127.0.0.1"'))
+    assert config.http.upstreams["127.0.0.1"].servers[0].address.port == 443
+
+
+def test_proxy_ssl_verify_needs_trusted_certificate(tmp_path: Path) -> None:
+    """Catches: verification configured with nothing to verify against (nginx: config error)."""
+    text = make(location="proxy_ssl_verify = true").replace('"http://backend"', '"https://backend"')
+    assert error(tmp_path, text) == (
+        f"{tmp_path / 'lb.toml'}: http.servers[0].locations[0].proxy_ssl_verify: "
+        'needs "proxy_ssl_trusted_certificate" (the CA certificates to verify the upstream with)'
+    )
+
+
+def test_proxy_ssl_trusted_certificate_unreadable(tmp_path: Path) -> None:
+    """Catches: a missing or invalid CA file found only at the first request."""
+    (tmp_path / "bad.crt").write_text("not a certificate\n")
+    for name, reason in (("missing.crt", "No such file or directory"), ("bad.crt", "")):
+        text = make(location=f'proxy_ssl_verify = true\nproxy_ssl_trusted_certificate = "{name}"').replace(
+            '"http://backend"', '"https://backend"'
+        )
+        message = error(tmp_path, text)
+        assert message.startswith(
+            f"{tmp_path / 'lb.toml'}: http.servers[0].locations[0].proxy_ssl_trusted_certificate: "
+            f'cannot load "{tmp_path / name}"'
+        ), message
+        assert reason in message
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('proxy_ssl_protocols = ["TLSv1.4"]', 'proxy_ssl_protocols: unknown protocol "TLSv1.4"'),
+        ('proxy_ssl_ciphers = "NOPE"', 'proxy_ssl_ciphers: no cipher matches "NOPE"'),
+    ],
+)
+def test_proxy_ssl_bad_values(tmp_path: Path, line: str, message: str) -> None:
+    assert message in error(tmp_path, make(location=line))
 
 
 def test_proxy_pass_to_undefined_name(tmp_path: Path) -> None:
@@ -1017,3 +1061,18 @@ def test_access_logs_know_their_key_and_dev_stdout_maps_to_stdout(tmp_path: Path
     assert files[str(tmp_path / "error.log")] == "error_log"
     other = load(tmp_path, make(http='access_log = "/dev/stdout"'))
     assert other.log_files() == {str(tmp_path / "error.log"): "error_log", "stdout": "http.access_log"}
+
+
+def test_regex_server_name_keeps_its_case(tmp_path: Path) -> None:
+    """Catches: the loader lowercasing regex server names with the others, which turns
+    ``(?P<name>`` into ``(?p<name>`` (a config error) and ``\\D`` into ``\\d``; plain names are
+    still lowercased (matching is case-insensitive, as nginx's)."""
+    from prefork_lb.http.routing import build_routers
+
+    config = load(
+        tmp_path, make(server='server_name = ["WWW.Example.com", "~^(?P<sub>\\\\D+)\\\\.example\\\\.org$"]')
+    )
+    server = config.http.servers[0]
+    assert server.server_names == ("www.example.com", "~^(?P<sub>\\D+)\\.example\\.org$")
+    (router,) = build_routers(config.http.servers).values()
+    assert router.select("ab.example.org") is server

@@ -17,7 +17,10 @@ from prefork_lb.http.headers import (
     build_upstream_head,
     connection_tokens,
     status_line,
+    upgrade_value,
 )
+from prefork_lb.http.response import parse_response_head
+from prefork_lb.http.tunnel import switch_head
 
 NOW = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT
 DATE = b"Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
@@ -430,3 +433,64 @@ def test_response_date_follows_now() -> None:
     assert DATE in a
     assert b"Date: Sun, 06 Nov 1994 08:50:38 GMT\r\n" in b
     assert re.search(rb"\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n", b)
+
+
+# --- rule 8: Upgrade (issue 14) ----------------------------------------------------------------
+
+WS_CLIENT = [
+    (b"Host", b"h"),
+    (b"Connection", b"keep-alive, Upgrade"),
+    (b"Upgrade", b"websocket"),
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+]
+
+
+@pytest.mark.parametrize(
+    ("set_headers", "sent"),
+    [
+        ((), b"websocket"),  # no config at all
+        ((("Upgrade", "$http_upgrade"), ("Connection", "upgrade")), b"websocket"),  # nginx's
+        ((("Upgrade", "websocket"),), b"websocket"),
+        ((("Upgrade", ""),), None),  # the operator removed it: no upgrade upstream
+    ],
+)
+def test_upgrade_value(set_headers: tuple[tuple[str, str], ...], sent: bytes | None) -> None:
+    """Catches: an upgrade that goes upstream though the config removed it (a 101 would
+    then be taken as a switch nobody asked for), or none sent with no config at all."""
+    assert upgrade_value(exchange(WS_CLIENT), HeaderPlan.compile(set_headers)) == sent
+
+
+@pytest.mark.parametrize(
+    "set_headers",
+    [
+        (),
+        (("Upgrade", "$http_upgrade"), ("Connection", "upgrade")),
+        (("Connection", ""),),  # the keep-alive idiom does not stop an upgrade
+    ],
+)
+def test_upgrade_fields_sent_once(set_headers: tuple[tuple[str, str], ...]) -> None:
+    """Catches: Upgrade and Connection missing (old code: both were hop-by-hop and dropped,
+    so no upgrade ever reached the upstream) or sent twice with nginx's canonical config."""
+    ex = exchange(WS_CLIENT)
+    plan = HeaderPlan.compile(set_headers)
+    head = build_upstream_head(ex, plan, b"/ws", None, False, False, upgrade_value(ex, plan))
+    assert_well_formed(head)
+    fields = split_head(head)[1]
+    assert [v for n, v in fields if n.lower() == b"upgrade"] == [b"websocket"]
+    assert [v.lower() for n, v in fields if n.lower() == b"connection"] == [b"upgrade"]
+    assert (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ==") in fields
+
+
+def test_switch_head_keeps_upgrade() -> None:
+    """Catches: the upstream's Upgrade dropped from the 101 (it is hop-by-hop and named in
+    Connection, so the ordinary response rules drop it) or its framing fields passed on."""
+    resp = parse_response_head(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nServer: ws\r\nContent-Length: 0",
+        False,
+    )
+    head = switch_head(resp, NOW)
+    assert head == (
+        b"HTTP/1.1 101 Switching Protocols\r\n" + SERVER_HEADER + DATE + b"Connection: upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )

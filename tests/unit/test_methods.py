@@ -37,6 +37,7 @@ from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.template import compile_template
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone
+from tests.unit.groups import private_group
 from tests.unit.test_variables import make_exchange
 
 NOW = 1_000  # an arbitrary "ngx_time()" second
@@ -60,7 +61,7 @@ def build(method: str, *servers: UpstreamServer, **options: Any) -> tuple[PeerGr
     upstream = UpstreamConfig(
         name=options.pop("group_name", "u"), method=cast(Method, method), servers=servers, **options
     )
-    group = PeerGroup.build(upstream)
+    group = private_group(upstream)
     return group, make_balancer(upstream, group, compile_template)
 
 
@@ -582,8 +583,10 @@ def test_max_conns_busy_scenario_10(method: str) -> None:
 
 def random_balancer(*servers: UpstreamServer, two: bool = False, seed: int = 7) -> tuple[PeerGroup, Random]:
     upstream = UpstreamConfig(name="u", method="random", servers=servers, random_two=two)
-    group = PeerGroup.build(upstream)
-    return group, Random(group, upstream, rng=_random.Random(seed))
+    group = private_group(upstream)
+    bal = Random(group, upstream)
+    bal.rng = _random.Random(seed)  # reproducible draws
+    return group, bal
 
 
 def test_random_is_what_the_registry_builds() -> None:
@@ -645,8 +648,9 @@ class ScriptedRng:
 )
 def test_random_two_choice_rule(conns: tuple[int, int], draws: list[int], expected: str) -> None:
     upstream = UpstreamConfig(name="u", method="random", servers=(srv("a"), srv("b")), random_two=True)
-    group = PeerGroup.build(upstream)
-    bal = Random(group, upstream, rng=cast(Any, ScriptedRng(draws)))
+    group = private_group(upstream)
+    bal = Random(group, upstream)
+    bal.rng = cast(Any, ScriptedRng(draws))
     with group.zone:
         for p, n in zip(group.primary.peers, conns, strict=True):
             for _ in range(n):
@@ -660,13 +664,14 @@ def test_random_two_weights_are_cross_multiplied() -> None:
     upstream = UpstreamConfig(
         name="u", method="random", servers=(srv("a", weight=4), srv("b")), random_two=True
     )
-    group = PeerGroup.build(upstream)
+    group = private_group(upstream)
     with group.zone:
         for _ in range(3):
             take(new_selection(group, 0), group.primary.peers[0], NOW)  # a: 3 conns / weight 4
         take(new_selection(group, 0), group.primary.peers[1], NOW)  # b: 1 conn / weight 1
     # A = a, B = b: B.conns * A.weight = 4 > A.conns * B.weight = 3 -> A
-    bal = Random(group, upstream, rng=cast(Any, ScriptedRng([0, 4])))
+    bal = Random(group, upstream)
+    bal.rng = cast(Any, ScriptedRng([0, 4]))
     assert name(pick(group, bal, new_selection(group, 0))) == "a"
 
 
@@ -806,6 +811,54 @@ def test_least_time_inflight_books_and_releases_start_times() -> None:
     assert a._mv[a._b + L.P_INFLIGHT_MS] == 0
     release_inflight(a, sel)  # idempotent
     assert a._mv[a._b + L.P_INFLIGHT_MS] == 0
+
+
+def test_least_time_release_feeds_the_measured_time_and_undoes_inflight() -> None:
+    """The balancer's ``release`` (what the proxy calls under the zone lock when an attempt
+    ends): a completed attempt feeds its header or last-byte time to the average, a failed
+    one (no times) only undoes the in-flight start. Catches release work left in the proxy
+    (the old code had no ``LeastTime.release``)."""
+    group, bal = least_time(srv("a"), srv("b"), inflight=True)
+    sel = new_selection(group, 0)
+    got = pick(group, bal, sel)
+    assert got is not None and bal.releases
+    with group.zone:
+        bal.release(got, sel, None, None)  # failed: nothing measured
+        free(sel, got, True, NOW)
+    assert got.rt_ms == -1 and sel.start_ms == 0 and got._mv[got._b + L.P_INFLIGHT_MS] == 0
+    sel = new_selection(group, 0)
+    got = pick(group, bal, sel)
+    assert got is not None and sel.start_ms == NOW * 1000
+    with group.zone:
+        bal.release(got, sel, 0.030, 0.250)  # header: 30 ms
+        free(sel, got, False, NOW)
+    assert got.rt_ms == 30 and got._mv[got._b + L.P_INFLIGHT_MS] == 0
+    group, last = build("least_time", srv("a"), srv("b"), least_time="last_byte")
+    assert isinstance(last, LeastTime)
+    sel = new_selection(group, 0)
+    got = pick(group, last, sel)
+    assert got is not None
+    with group.zone:
+        last.release(got, sel, 0.030, 0.250)  # last_byte: 250 ms
+        free(sel, got, False, NOW)
+    assert got.rt_ms == 250
+
+
+@pytest.mark.parametrize("method", ["round_robin", "least_conn", "ip_hash", "hash", "random"])
+def test_only_least_time_has_release_work(method: str) -> None:
+    """The other methods inherit the no-op ``release`` and say so with ``releases``, so the
+    proxy skips the call: no per-request cost for them. Catches a method (or a default)
+    that would make every request pay for least_time's release."""
+    options: dict[str, Any] = {"hash_key": "$remote_addr"} if method == "hash" else {}
+    group, bal = build(method, srv("a"), srv("b"), **options)
+    assert bal.releases is False
+    sel = new_selection(group, 0)
+    got = pick(group, bal, sel, client("10.0.0.1") if method in ("ip_hash", "hash") else None)
+    assert got is not None
+    with group.zone:
+        bal.release(got, sel, 0.030, 0.250)
+        free(sel, got, False, NOW)
+    assert got.rt_ms == -1
 
 
 def test_least_time_without_inflight_ignores_request_age() -> None:
@@ -1053,7 +1106,7 @@ def test_hash_config_loads(tmp_path: Path) -> None:
     )
     up = config.http.upstreams["u"]
     assert (up.method, up.hash_key, up.consistent) == ("hash", "$arg_k", True)
-    group = PeerGroup.build(up)
+    group = private_group(up)
     assert isinstance(make_balancer(up, group, compile_template), ConsistentHash)
 
 

@@ -16,6 +16,7 @@ from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free, new_selec
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Address, UpstreamConfig, UpstreamServer
 from prefork_lb.http.template import compile_template
+from tests.unit.groups import private_group
 
 NOW = 1_000  # an arbitrary "ngx_time()" second
 
@@ -37,7 +38,7 @@ def spec(text: str) -> list[str]:
 
 def build(*servers: UpstreamServer, name: str = "g") -> tuple[PeerGroup, Balancer]:
     upstream = UpstreamConfig(name=name, method="round_robin", servers=servers)
-    group = PeerGroup.build(upstream)
+    group = private_group(upstream)
     return group, make_balancer(upstream, group, compile_template)
 
 

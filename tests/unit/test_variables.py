@@ -158,6 +158,14 @@ def test_host_falls_back_to_server_name() -> None:
     assert render("server_name", make_exchange(server=server())) == ""
 
 
+def test_connection_upgrade() -> None:
+    """Catches: nginx's canonical WebSocket config (``Connection $connection_upgrade``,
+    from the documented ``map``) failing to load, or rendering other than the map."""
+    assert render("connection_upgrade", make_exchange()) == "close"
+    ws = [(b"Host", b"h"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
+    assert render("connection_upgrade", make_exchange(ws)) == "upgrade"
+
+
 def test_proxy_host() -> None:
     loc = LocationConfig(
         match="/",

@@ -1,0 +1,680 @@
+"""nginx directives -> the prefork-lb TOML document (sans-IO: a Directive tree in, a dict out).
+
+Rules:
+- Every directive ends in exactly one of three ways: mapped to a key (its comment and its
+  ``file:line`` recorded under the key path), mapped with a difference (mapped, plus a
+  ``Note`` saying what differs), or skipped (a ``Note`` with ``unsupported=True`` saying
+  what to do: ``convert/unsupported.py``). Nothing is dropped silently.
+- Values are copied as nginx wrote them (``"60s"``, ``"16k"``; bare digits become
+  integers); the loader validates them, and an error there is reported at the nginx line
+  the key came from (``origins``).
+- Inheritance the TOML contract has (http -> server -> location for the location keys and
+  access logs) is kept as written; where the contract lacks a level, the converter does
+  nginx's inheritance itself: ``client_header_timeout`` from ``http`` is copied into each
+  server, ``allow``/``deny`` from ``http`` or ``server`` into each location that has none.
+- A location (or server) that returns gets no ``allow``/``deny``: nginx answers ``return`` in
+  the rewrite phase, before the access phase, so they never apply to it there.
+- A skipped block (a named location, a server listening only with ``ssl``) takes its key
+  paths with it, so comments and origins never point at the wrong entry.
+- To add a directive: a handler in the context's table (``_HTTP_LEVEL``, ``_SERVER``,
+  ``_LOCATION``, ``_UPSTREAM``, ``_STREAM``, ``_STREAM_SERVER``, ``_MAIN``), remove it from
+  ``unsupported.NOT_YET``, and add its row to docs/convert.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefork_lb.convert.read import Directive
+from prefork_lb.convert.toml_writer import Inline
+from prefork_lb.convert.unsupported import reason
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    where: str  # "nginx.conf:42"
+    text: str  # '"gzip on" has no prefork-lb equivalent (...); skipped'
+    unsupported: bool  # False: mapped, with a difference the text explains
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.text}"
+
+
+@dataclass(slots=True)
+class Mapped:
+    doc: dict[str, Any] = field(default_factory=dict)
+    comments: dict[str, str] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # key path -> "file:line"
+    notes: list[Note] = field(default_factory=list)
+
+
+# nginx's location-level directives the TOML contract has at http, server and location level
+_DURATIONS = (
+    "proxy_connect_timeout",
+    "proxy_read_timeout",
+    "proxy_send_timeout",
+    "proxy_next_upstream_timeout",
+    "client_body_timeout",
+    "send_timeout",
+    "lingering_time",
+    "lingering_timeout",
+)
+_SIZES = ("proxy_buffer_size", "client_max_body_size", "client_body_buffer_size")
+_COUNTS = ("proxy_next_upstream_tries", "keepalive_requests")
+_WORDS = ("lingering_close",)
+_SIMPLE = frozenset((*_DURATIONS, *_SIZES, *_COUNTS, *_WORDS))
+
+
+def scalar(text: str) -> int | str:
+    """nginx's "60" is a bare number of seconds or bytes: an integer in TOML."""
+    return int(text) if text.isdigit() and len(text) < 19 else text
+
+
+Handler = Callable[["Mapper", Directive, dict[str, Any], str], None]
+
+
+class Mapper:
+    def __init__(self) -> None:
+        self.out = Mapped()
+
+    # ---- recording ----
+
+    def skip(self, d: Directive, why: str | None = None) -> None:
+        self.out.notes.append(Note(d.where, f'"{d.text()}" {why or reason(d.name)}; skipped', True))
+
+    def differ(self, d: Directive, text: str) -> None:
+        self.out.notes.append(Note(d.where, f'"{d.text()}": {text}', False))
+
+    def put(self, table: dict[str, Any], path: str, key: str, value: Any, d: Directive) -> None:
+        kp = f"{path}.{key}" if path else key
+        if key in table and table[key] != value:
+            self.differ(d, f"{key} was already set at this level; the last one is used")
+        table[key] = value
+        self.out.origins[kp] = d.where
+        if d.comment:
+            self.out.comments[kp] = d.comment
+
+    def mark(self, path: str, d: Directive) -> None:
+        """Record a table (a server, a location) that came from ``d``."""
+        self.out.origins[path] = d.where
+        if d.comment:
+            self.out.comments[path] = d.comment
+
+    def forget(self, path: str) -> None:
+        for store in (self.out.origins, self.out.comments):
+            for kp in [k for k in store if k == path or k.startswith((path + ".", path + "["))]:
+                del store[kp]
+
+    def each(
+        self, block: list[Directive] | None, table: dict[str, Any], path: str, handlers: dict[str, Handler]
+    ) -> None:
+        for d in block or []:
+            handler = handlers.get(d.name)
+            if handler is None:
+                self.skip(d)
+            else:
+                handler(self, d, table, path)
+
+    # ---- main context ----
+
+    def main(self, root: list[Directive]) -> Mapped:
+        self.each(root, self.out.doc, "", _MAIN)
+        self.out.doc.setdefault("worker_connections", 512)  # nginx's default (prefork-lb's: 1024)
+        return self.out
+
+
+def _path(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# ---- main ----
+
+
+def _workers(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "workers", scalar(d.args[0]), d)
+
+
+def _events(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.each(d.block, t, path, _EVENTS)
+
+
+def _top_key(key: str, convert: Callable[[str], Any] = scalar) -> Handler:
+    def handle(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+        m.put(t, path, key, convert(d.args[0]), d)
+
+    return handle
+
+
+def _user(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "user", d.args[0], d)
+    if len(d.args) > 1:
+        m.put(t, path, "group", d.args[1], d)
+
+
+def _error_log(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if path:
+        m.skip(d, "is not supported here: prefork-lb has one error log, set at the top level")
+        return
+    target = d.args[0]
+    if target.startswith(("syslog:", "memory:")):
+        m.skip(d, "is not supported: the error log is a file or stderr")
+        return
+    if "error_log" in t:
+        m.differ(d, "prefork-lb writes one error log; this one is ignored")
+        return
+    m.put(t, path, "error_log", target, d)
+    m.put(t, path, "error_log_level", d.args[1] if len(d.args) > 1 else "error", d)  # nginx's default
+
+
+def _daemon(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "daemon", d.args[0] == "on", d)
+
+
+def _http(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    http = t.setdefault("http", {})
+    m.mark("http", d)
+    m.each(d.block, http, "http", _HTTP_LEVEL)
+    # nginx inherits whatever the level, wherever in the block it is written
+    header_timeout = http.pop("client_header_timeout", None)
+    http_rules = http.pop("_access", None)
+    for i, s in enumerate(http.get("servers", [])):
+        if header_timeout is not None:
+            s.setdefault("client_header_timeout", header_timeout)
+        rules = s.pop("_access", None) or http_rules
+        for j, loc in enumerate(s["locations"]):
+            kp = f"http.servers[{i}].locations[{j}]"
+            own = loc.pop("_access", None)
+            if "return" in loc:  # nginx returns in the rewrite phase, before the access phase
+                if own:
+                    m.differ(
+                        own[0][2],
+                        "nginx answers the location's return before allow/deny are checked; not converted",
+                    )
+                continue
+            _apply_access(m, loc, own or rules, kp)
+
+
+def _stream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    stream = t.setdefault("stream", {})
+    m.mark("stream", d)
+    m.each(d.block, stream, "stream", _STREAM)
+
+
+# ---- http, server and location levels ----
+
+
+def _simple(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, d.name, scalar(d.args[0]), d)
+
+
+def _keepalive_timeout(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "keepalive_timeout", scalar(d.args[0]), d)
+    if len(d.args) > 1:
+        m.differ(d, 'the second value (the "Keep-Alive: timeout=" header) is not sent by prefork-lb')
+
+
+def _next_upstream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "proxy_next_upstream", list(d.args), d)
+
+
+def _set_header(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    headers = t.get("proxy_set_header")
+    if not isinstance(headers, Inline):
+        headers = Inline()
+    headers[d.args[0]] = d.args[1]
+    t["proxy_set_header"] = headers  # a level's own headers replace inherited ones (nginx)
+    kp = _path(path, "proxy_set_header")
+    m.out.origins.setdefault(kp, d.where)
+    if d.comment:
+        m.out.comments[kp] = "\n".join(filter(None, (m.out.comments.get(kp), d.comment)))
+
+
+def _http_version(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if d.args[0] != "1.1":
+        m.differ(d, "prefork-lb always speaks HTTP/1.1 to upstreams; nothing to set")
+
+
+def _access_log(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    args = d.args
+    if args[0] == "off":
+        m.put(t, path, "access_log", "off", d)
+        return
+    if args[0].startswith("syslog:"):
+        m.skip(d, "is not supported: access logs are files, stdout or stderr")
+        return
+    entry = Inline(path=args[0])
+    for word in args[1:]:
+        name, eq, value = word.partition("=")
+        if not eq and "format" not in entry:
+            entry["format"] = word
+        elif name in ("buffer", "flush", "if"):
+            entry[name] = value
+        else:
+            m.differ(d, f'"{word}" is not supported; the log is written without it')
+    one: Any = entry["path"] if len(entry) == 1 else entry
+    have = t.get("access_log")
+    if have is None or have == "off":
+        m.put(t, path, "access_log", one, d)
+    else:  # several access_log directives at one level: several logs (nginx)
+        have = have if isinstance(have, list) else [have if isinstance(have, Inline) else Inline(path=have)]
+        have.append(entry)
+        t["access_log"] = have
+
+
+def _log_format(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    args = list(d.args)
+    name = args.pop(0)
+    if args and args[0].startswith("escape="):
+        escape = args.pop(0)
+        if escape != "escape=default":
+            m.differ(d, f'"{escape}" is not supported; variables are escaped as nginx\'s default does')
+    formats = t.setdefault("log_formats", {})
+    m.put(formats, _path(path, "log_formats"), name, "".join(args), d)
+
+
+def _client_header_timeout(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "client_header_timeout", scalar(d.args[0]), d)
+
+
+def _access_rule(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    rules = t.setdefault("_access", [])
+    rules.append((d.name, d.args[0], d))
+
+
+def _upstream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    name = d.args[0]
+    ups = t.setdefault("upstreams", {})
+    kp = f"{path}.upstreams.{name}"
+    u: dict[str, Any] = {}
+    m.mark(kp, d)
+    m.each(d.block, u, kp, _UPSTREAM)
+    u["servers"] = u.pop("servers", [])  # after the method and its options
+    ups[name] = u
+
+
+def _server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    servers = t.setdefault("servers", [])
+    kp = f"{path}.servers[{len(servers)}]"
+    s: dict[str, Any] = {}
+    m.mark(kp, d)
+    m.each(d.block, s, kp, _SERVER)
+    listen = s.get("listen")
+    if listen == []:
+        m.forget(kp)
+        m.skip(d, "has only listen addresses prefork-lb cannot serve yet (see above)")
+        return
+    if listen is None:
+        s["listen"] = ["*:80"]
+        m.differ(d, 'no "listen": nginx listens on *:80 (*:8000 when not root); mapped to "*:80"')
+    locations = s.setdefault("locations", [])
+    ret = s.pop("_return", None)
+    if ret is not None:
+        value, rd = ret
+        if locations:
+            m.differ(rd, "a server-level return answers every request: its locations are not converted")
+            m.forget(f"{kp}.locations")
+        s["locations"] = [{"match": "/", "return": value}]
+        m.out.origins[f"{kp}.locations[0].return"] = rd.where
+    elif not locations:
+        s["locations"] = [{"match": "/", "return": 404}]
+        m.differ(d, 'no location to convert: nginx would serve files from its root; mapped to "return 404"')
+    # key order: listen, server_name, the rest, locations last
+    ordered: dict[str, Any] = {k: s.pop(k) for k in ("listen", "server_name") if k in s}
+    ordered.update(s)
+    servers.append(ordered)
+
+
+def _apply_access(m: Mapper, loc: dict[str, Any], rules: list[Any] | None, path: str) -> None:
+    if not rules:
+        return
+    allow = [a for kind, a, _ in rules if kind == "allow"]
+    deny = [a for kind, a, _ in rules if kind == "deny"]
+    kinds = [kind for kind, _, _ in rules]
+    if "deny" in kinds and "allow" in kinds[kinds.index("deny") :]:
+        first_allow_after = next(d for kind, _, d in rules[kinds.index("deny") :] if kind == "allow")
+        m.differ(
+            first_allow_after,
+            "prefork-lb checks every allow before every deny; this order (a deny before an allow) "
+            "may decide differently",
+        )
+    if allow:
+        loc["allow"] = allow
+    if deny:
+        loc["deny"] = deny
+    for kind, _, d in rules:
+        m.out.origins.setdefault(f"{path}.{kind}", d.where)
+
+
+def _listen(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    stream = path.startswith("stream")
+    listens = t.setdefault("listen", [])
+    words = [d.args[0]]
+    for word in d.args[1:]:
+        name = word.partition("=")[0]
+        if word in ("default_server", "default") and not stream:
+            words.append("default_server")
+        elif word in ("reuseport",) or name == "backlog":
+            words.append(word)
+        elif stream and (word == "udp" or name == "so_keepalive"):
+            if name == "so_keepalive" and word not in ("so_keepalive=on", "so_keepalive=off"):
+                m.differ(d, f'"{word}": the keepalive timings are the kernel\'s; mapped to so_keepalive=on')
+                word = "so_keepalive=on"
+            words.append(word)
+        elif word in ("ssl", "quic", "proxy_protocol"):
+            m.skip(
+                d,
+                reason("ssl")
+                if word != "proxy_protocol"
+                else "has no prefork-lb equivalent (proxy_protocol)",
+            )
+            return
+        elif word == "http2":
+            m.differ(d, "http2: prefork-lb serves HTTP/1.1 on this address")
+        else:
+            m.differ(d, f'"{word}" is not supported; the address is served without it')
+    m.out.origins[f"{_path(path, 'listen')}[{len(listens)}]"] = d.where
+    listens.append(" ".join(words))
+
+
+def _server_name(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    names = t.setdefault("server_name", [])
+    for a in d.args:
+        m.out.origins[f"{_path(path, 'server_name')}[{len(names)}]"] = d.where
+        names.append(_pcre(a) if a.startswith("~") else a)
+
+
+def _pcre(regex: str) -> str:
+    """PCRE named groups ``(?<name>`` are Python's ``(?P<name>``."""
+    return re.sub(r"\(\?<(?=[A-Za-z_])", "(?P<", regex)
+
+
+def _server_return(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    value = _return_value(m, d)
+    if value is not None and "_return" not in t:
+        t["_return"] = (value, d)
+
+
+def _return_value(m: Mapper, d: Directive) -> int | str | None:
+    args = d.args
+    if not args[0].isdigit():  # "return URL": 302
+        return f"302 {args[0]}"
+    if args[0] == "444":
+        m.differ(d, "nginx closes the connection without a response; prefork-lb answers 444")
+    return int(args[0]) if len(args) == 1 else f"{args[0]} {args[1]}"
+
+
+def _location(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if path.count("locations["):
+        m.skip(d, "is a nested location, which prefork-lb does not have: write it at the server level")
+        return
+    locations = t.setdefault("locations", [])
+    kp = f"{path}.locations[{len(locations)}]"
+    match = _match(d.args)
+    if match is None:
+        m.skip(d, "is a named location, which prefork-lb does not have (used by error_page and try_files)")
+        return
+    loc: dict[str, Any] = {"match": match}
+    m.mark(kp, d)
+    m.out.origins[f"{kp}.match"] = d.where
+    m.each(d.block, loc, kp, _LOCATION)
+    if not any(k in loc for k in ("proxy_pass", "return", "api", "metrics", "dashboard")):
+        # kept, so its URIs never reach another location (think "location ~ /\.ht { deny all; }")
+        loc["return"] = 404
+        m.differ(d, "has nothing prefork-lb can run (see above for why); it answers 404 here")
+    locations.append(loc)
+
+
+def _match(args: list[str]) -> str | None:
+    if len(args) == 2:
+        mod, uri = args
+    else:
+        text = args[0]
+        if text.startswith("@"):
+            return None
+        for mod in ("^~", "~*", "=", "~"):
+            if text.startswith(mod):
+                uri = text[len(mod) :]
+                break
+        else:
+            mod, uri = "", text
+    if mod in ("~", "~*"):
+        uri = _pcre(uri)
+    return f"{mod} {uri}" if mod else uri
+
+
+def _proxy_pass(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    target = d.args[0]
+    if target.startswith("https://"):
+        m.skip(d, reason("proxy_ssl_x"))
+    elif "$" in target:
+        m.skip(d, "uses variables, which proxy_pass does not take in prefork-lb: name an upstream")
+    elif not target.startswith("http://") or target.startswith("http://unix:"):
+        m.skip(d, 'is not supported: proxy_pass takes "http://upstream-or-address[/uri]"')
+    else:
+        m.put(t, path, "proxy_pass", target, d)
+
+
+def _location_return(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    value = _return_value(m, d)
+    if value is not None and "return" not in t:
+        m.put(t, path, "return", value, d)
+
+
+def _api(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if any(a == "write=on" for a in d.args):
+        m.differ(d, "the status API of prefork-lb is read-only: write=on is ignored")
+    if d.name == "status":
+        m.differ(
+            d, "the old NGINX Plus status module is served as the API (its version 9 shape: docs/api.md)"
+        )
+    m.put(t, path, "api", True, d)
+
+
+# ---- upstream ----
+
+
+def _method(name: str) -> Handler:
+    def handle(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+        m.put(t, path, "method", name, d)
+
+    return handle
+
+
+def _hash(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "method", "hash", d)
+    m.put(t, path, "hash", d.args[0], d)
+    if "consistent" in d.args[1:]:
+        m.put(t, path, "consistent", True, d)
+
+
+def _random(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "method", "random", d)
+    if "two" in d.args:
+        m.put(t, path, "random", Inline(two=True), d)
+        rest = [a for a in d.args if a != "two"]
+        if rest and rest != ["least_conn"]:
+            m.differ(d, f'"{" ".join(rest)}": the two choices are compared by least_conn in prefork-lb')
+
+
+def _least_time(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "method", "least_time", d)
+    m.put(t, path, "least_time", " ".join(d.args), d)
+
+
+def _queue(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    q = Inline(size=scalar(d.args[0]))
+    for word in d.args[1:]:
+        if word.startswith("timeout="):
+            q["timeout"] = scalar(word[len("timeout=") :])
+    m.put(t, path, "queue", q, d)
+
+
+def _zone(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """Peer state is always in the shared zone; its size is the global zone_size."""
+
+
+def _upstream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    servers = t.setdefault("servers", [])
+    entry = Inline(address=_with_port(d.args[0]))
+    for word in d.args[1:]:
+        name, eq, value = word.partition("=")
+        if name in ("weight", "max_fails", "max_conns") and eq:
+            entry[name] = scalar(value)
+        elif name in ("fail_timeout", "slow_start") and eq:
+            entry[name] = value
+        elif word in ("backup", "down"):
+            entry[word] = True
+        else:
+            m.differ(d, f'"{word}" is not supported; the server is used without it')
+    kp = f"{path}.servers[{len(servers)}]"
+    servers.append(entry)
+    m.out.origins[kp] = d.where
+    if d.comment:
+        m.out.comments[kp] = d.comment
+
+
+def _with_port(address: str) -> str:
+    """nginx's upstream servers default to port 80."""
+    if address.startswith("unix:") or (re.search(r":\d+$", address) and not address.endswith("]")):
+        return address
+    return f"{address}:80"
+
+
+# ---- stream ----
+
+
+def _stream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    servers = t.setdefault("servers", [])
+    kp = f"{path}.servers[{len(servers)}]"
+    s: dict[str, Any] = {}
+    m.mark(kp, d)
+    m.each(d.block, s, kp, _STREAM_SERVER)
+    if not s.get("listen") or "proxy_pass" not in s:
+        m.forget(kp)
+        m.skip(d, "has no listen address or proxy_pass prefork-lb can serve (see above)")
+        return
+    servers.append({k: s.pop(k) for k in ("listen", "proxy_pass")} | s)
+
+
+def _stream_proxy_pass(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if "$" in d.args[0]:
+        m.skip(d, "uses variables, which proxy_pass does not take in prefork-lb: name an upstream")
+        return
+    m.put(t, path, "proxy_pass", d.args[0], d)
+
+
+def _stream_next_upstream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "proxy_next_upstream", d.args[0] == "on", d)
+
+
+def _stream_access_log(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if d.args[0].startswith("syslog:"):
+        m.skip(d, "is not supported: access logs are files, stdout or stderr")
+        return
+    if "access_log" in t:
+        m.differ(d, "a stream server has one access log in prefork-lb; this one is ignored")
+        return
+    m.put(t, path, "access_log", d.args[0], d)
+    if len(d.args) > 1 and "=" not in d.args[1]:
+        m.put(t, path, "log_format", d.args[1], d)
+    if any("=" in a for a in d.args[1:]):
+        m.differ(d, "buffer=, flush=, if= are not supported on stream logs; written without them")
+
+
+_STREAM_SIMPLE = (
+    "proxy_connect_timeout",
+    "proxy_timeout",
+    "proxy_buffer_size",
+    "proxy_next_upstream_tries",
+    "proxy_next_upstream_timeout",
+    "proxy_responses",
+    "proxy_requests",
+)
+
+# ---- the tables: context -> directive -> handler ----
+
+_MAIN: dict[str, Handler] = {
+    "worker_processes": _workers,
+    "events": _events,
+    "pid": _top_key("pid", str),
+    "user": _user,
+    "error_log": _error_log,
+    "daemon": _daemon,
+    "worker_rlimit_nofile": _top_key("worker_rlimit_nofile"),
+    "worker_shutdown_timeout": _top_key("worker_shutdown_timeout"),
+    "http": _http,
+    "stream": _stream,
+}
+_EVENTS: dict[str, Handler] = {"worker_connections": _top_key("worker_connections")}
+
+_INHERITED: dict[str, Handler] = {
+    **dict.fromkeys(_SIMPLE, _simple),
+    "keepalive_timeout": _keepalive_timeout,
+    "proxy_next_upstream": _next_upstream,
+    "proxy_set_header": _set_header,
+    "proxy_http_version": _http_version,
+    "access_log": _access_log,
+    "allow": _access_rule,
+    "deny": _access_rule,
+    "error_log": _error_log,
+}
+_HTTP_LEVEL: dict[str, Handler] = {
+    **_INHERITED,
+    "upstream": _upstream,
+    "server": _server,
+    "log_format": _log_format,
+    "client_header_timeout": _client_header_timeout,
+}
+_SERVER: dict[str, Handler] = {
+    **_INHERITED,
+    "listen": _listen,
+    "server_name": _server_name,
+    "location": _location,
+    "return": _server_return,
+    "client_header_timeout": _client_header_timeout,
+}
+_LOCATION: dict[str, Handler] = {
+    **_INHERITED,
+    "location": _location,
+    "proxy_pass": _proxy_pass,
+    "return": _location_return,
+    "api": _api,
+    "status": _api,
+}
+_UPSTREAM: dict[str, Handler] = {
+    "server": _upstream_server,
+    "least_conn": _method("least_conn"),
+    "ip_hash": _method("ip_hash"),
+    "hash": _hash,
+    "random": _random,
+    "least_time": _least_time,
+    "queue": _queue,
+    "zone": _zone,
+    "keepalive": _simple,
+    "keepalive_requests": _simple,
+    "keepalive_timeout": _simple,
+    "keepalive_time": _simple,
+}
+_STREAM: dict[str, Handler] = {
+    "upstream": _upstream,
+    "server": _stream_server,
+    "log_format": _log_format,
+    "access_log": _stream_access_log,
+    "error_log": _error_log,
+}
+_STREAM_SERVER: dict[str, Handler] = {
+    **dict.fromkeys(_STREAM_SIMPLE, _simple),
+    "listen": _listen,
+    "proxy_pass": _stream_proxy_pass,
+    "proxy_next_upstream": _stream_next_upstream,
+    "access_log": _stream_access_log,
+    "error_log": _error_log,
+}
+
+
+def map_config(root: list[Directive]) -> Mapped:
+    """The TOML document, its comments and origins, and the report for ``root``."""
+    return Mapper().main(root)

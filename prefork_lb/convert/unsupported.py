@@ -1,0 +1,132 @@
+"""Why a directive has no prefork-lb equivalent, and what to do instead (sans-IO).
+
+Rules:
+- Each entry is one line of the conversion report: ``file:line: "directive args" <reason>;
+  skipped``; so a reason reads after the quoted directive and says what to do.
+- ``NOT_YET`` lists features that are planned (the issue tracker has them); when one lands,
+  its directives move from here to the mapping tables in ``convert/mapping.py`` (and the
+  coverage table in docs/convert.md). A family is matched by prefix (``ssl_``).
+- Anything found in neither table gets ``DEFAULT_REASON``: never dropped silently.
+"""
+
+from __future__ import annotations
+
+DEFAULT_REASON = "has no prefork-lb equivalent"
+
+_FILES = "is about serving files; prefork-lb serves none (put static content behind a backend)"
+_ACCEPT = "is not needed: prefork-lb's workers share accepts their own way (docs/architecture.md)"
+_HEAD_LIMITS = "has no prefork-lb equivalent (request head limits are fixed: docs/http-conformance.md)"
+_PROXY_HTTP_ONLY = "is not supported: prefork-lb proxies HTTP/1.1 and TCP/UDP only"
+
+# directive (or family prefix ending in "_"/"*") -> reason
+REASONS: dict[str, str] = {
+    "gzip": "has no prefork-lb equivalent (compression belongs to the backend here)",
+    "gzip_*": "has no prefork-lb equivalent (compression belongs to the backend here)",
+    "gunzip": "has no prefork-lb equivalent (compression belongs to the backend here)",
+    "sendfile": _FILES,
+    "tcp_nopush": _FILES,
+    "aio": _FILES,
+    "directio": _FILES,
+    "open_file_cache*": _FILES,
+    "root": _FILES,
+    "alias": _FILES,
+    "index": _FILES,
+    "autoindex": _FILES,
+    "try_files": _FILES,
+    "types": _FILES,
+    "default_type": _FILES,
+    "types_hash_max_size": _FILES,
+    "types_hash_bucket_size": _FILES,
+    "charset": _FILES,
+    "expires": _FILES,
+    "etag": _FILES,
+    "use": _ACCEPT,
+    "multi_accept": _ACCEPT,
+    "accept_mutex": _ACCEPT,
+    "accept_mutex_delay": _ACCEPT,
+    "worker_cpu_affinity": "has no prefork-lb equivalent (use taskset or systemd's CPUAffinity=)",
+    "worker_priority": "has no prefork-lb equivalent (use nice or systemd's Nice=)",
+    "master_process": "has no prefork-lb equivalent (there is always a master)",
+    "load_module": "has no prefork-lb equivalent (no dynamic modules)",
+    "pcre_jit": "has no prefork-lb equivalent (regexes are Python's re)",
+    "env": "has no prefork-lb equivalent (the workers inherit the master's environment)",
+    "resolver": "is not needed: hostnames are resolved when the config is loaded (and on reload)",
+    "resolver_timeout": "is not needed: hostnames are resolved when the config is loaded (and on reload)",
+    "server_tokens": "has no prefork-lb equivalent (the Server header is prefork-lb's)",
+    "server_names_hash_bucket_size": "is not needed (server names are matched without a hash table)",
+    "server_names_hash_max_size": "is not needed (server names are matched without a hash table)",
+    "variables_hash_max_size": "is not needed",
+    "variables_hash_bucket_size": "is not needed",
+    "proxy_headers_hash_max_size": "is not needed",
+    "proxy_headers_hash_bucket_size": "is not needed",
+    "client_body_temp_path": "is not needed: bodies beyond client_body_buffer_size stream, no temp files",
+    "proxy_temp_path": "is not needed: responses stream to the client, no temp files",
+    "proxy_buffering": "has no prefork-lb equivalent (responses always stream to the client)",
+    "proxy_buffers": "has no prefork-lb equivalent (responses always stream to the client)",
+    "proxy_busy_buffers_size": "has no prefork-lb equivalent (responses always stream to the client)",
+    "proxy_max_temp_file_size": "has no prefork-lb equivalent (responses always stream to the client)",
+    "proxy_temp_file_write_size": "has no prefork-lb equivalent (responses always stream to the client)",
+    "proxy_request_buffering": "has no prefork-lb equivalent (see client_body_buffer_size in docs/config.md)",
+    "large_client_header_buffers": _HEAD_LIMITS,
+    "client_header_buffer_size": _HEAD_LIMITS,
+    "stub_status": "has no prefork-lb equivalent as such: use `api = true` or `metrics = true` in a location "
+    "(docs/api.md)",
+    "fastcgi_*": _PROXY_HTTP_ONLY,
+    "uwsgi_*": _PROXY_HTTP_ONLY,
+    "scgi_*": _PROXY_HTTP_ONLY,
+    "grpc_*": _PROXY_HTTP_ONLY,
+    "memcached_*": _PROXY_HTTP_ONLY,
+    "mail": _PROXY_HTTP_ONLY,
+    "js_*": "has no prefork-lb equivalent (no njs)",
+    "perl*": "has no prefork-lb equivalent",
+}
+
+# Planned features: the directive families other work is building. Move an entry to
+# convert/mapping.py when its feature lands.
+_PLANNED = "is not built in prefork-lb yet (planned)"
+NOT_YET: dict[str, str] = {
+    "rewrite": f"{_PLANNED}: the rewrite module; until then rewrite in the backend",
+    "set": f"{_PLANNED}: the rewrite module",
+    "if": f"{_PLANNED}: the rewrite module",
+    "break": f"{_PLANNED}: the rewrite module",
+    "rewrite_log": f"{_PLANNED}: the rewrite module",
+    "error_page": f"{_PLANNED}: custom error pages",
+    "add_header": f"{_PLANNED}: add_header; until then set headers in the backend",
+    "add_trailer": f"{_PLANNED}: add_header",
+    "proxy_hide_header": f"{_PLANNED}: response header control",
+    "proxy_pass_header": f"{_PLANNED}: response header control",
+    "proxy_redirect": f"{_PLANNED}: response header control",
+    "proxy_intercept_errors": f"{_PLANNED}: custom error pages",
+    "map": f"{_PLANNED}: map",
+    "split_clients": f"{_PLANNED}: map",
+    "geo": f"{_PLANNED}: map",
+    "limit_req*": f"{_PLANNED}: rate limiting",
+    "limit_conn*": f"{_PLANNED}: connection limiting",
+    "limit_rate*": f"{_PLANNED}: rate limiting",
+    "ssl_*": f"{_PLANNED}: TLS; until then terminate TLS in front of prefork-lb",
+    "ssl": f"{_PLANNED}: TLS; until then terminate TLS in front of prefork-lb",
+    "proxy_ssl_*": f"{_PLANNED}: TLS to upstreams",
+    "proxy_cache*": f"{_PLANNED}: caching",
+    "proxy_no_cache": f"{_PLANNED}: caching",
+    "sticky": f'{_PLANNED}: session persistence; meanwhile `method = "hash"` on a cookie keeps clients on '
+    "one server",
+    "health_check": f"{_PLANNED}: active health checks (passive checks work: max_fails, fail_timeout)",
+    "match": f"{_PLANNED}: active health checks",
+    "http2": f"{_PLANNED}: HTTP/2 (prefork-lb serves HTTP/1.1)",
+    "ntlm": "has no prefork-lb equivalent (connections are not pinned to clients)",
+}
+
+
+def reason(name: str) -> str:
+    """The report text for a directive with no mapping."""
+    for table in (NOT_YET, REASONS):
+        if name in table:
+            return table[name]
+    best = ""
+    for table in (NOT_YET, REASONS):
+        for key in table:
+            if key.endswith("*") and name.startswith(key[:-1]) and len(key) > len(best):
+                best = key
+    if best:
+        return NOT_YET.get(best) or REASONS[best]
+    return DEFAULT_REASON

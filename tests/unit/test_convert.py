@@ -1,0 +1,734 @@
+"""``prefork-lb convert``: the TOML writer, the directive mapping and nginx.conf round trips.
+
+Round trips go nginx syntax -> converted TOML -> ``load_config`` (what ``-t``, startup and
+reload run) and assert the loaded model, per directive family; the examples of NGINX's
+documentation for upstream and load balancing are written here from the docs' text.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefork_lb.config.errors import ConfigError
+from prefork_lb.config.load import load_config
+from prefork_lb.config.model import Config
+from prefork_lb.convert import ConvertError, convert_file
+from prefork_lb.convert.mapping import map_config
+from prefork_lb.convert.read import MAX_FILE_BYTES, Directive
+from prefork_lb.convert.toml_writer import Inline, dumps
+
+# ---- the TOML writer ----------------------------------------------------------------------------
+
+
+def test_writer_round_trips_every_value_type() -> None:
+    """Catches: an emitter that writes a string, key or nesting the TOML parser reads back
+    differently (quotes, backslashes, control characters, dotted names, arrays of tables)."""
+    doc: dict[str, Any] = {
+        "workers": 2,
+        "daemon": False,
+        "pid": 'a "quoted" \\path\twith\x01',
+        "http": {
+            "log_formats": {"main": '$remote_addr "$request"'},
+            "upstreams": {
+                "my.app": {"servers": [Inline(address="127.0.0.1:1", weight=5), Inline(address="x:2")]}
+            },
+            "servers": [
+                {
+                    "listen": ["127.0.0.1:80"],
+                    "locations": [
+                        {"match": "/", "proxy_set_header": Inline({"X-Real-IP": "$remote_addr", "a b": ""})},
+                        {"match": "= /x", "return": 404},
+                    ],
+                }
+            ],
+        },
+    }
+    text = dumps(doc, {"workers": "two of them", "http.upstreams.my.app.servers[1]": "the second"})
+    assert tomllib.loads(text) == doc
+    assert "# two of them\nworkers = 2" in text
+    assert "  # the second\n  { address" in text
+
+
+def test_writer_refuses_types_the_contract_does_not_use() -> None:
+    """Catches: a float or None slipping into the output as text the loader reads otherwise."""
+    with pytest.raises(TypeError):
+        dumps({"x": 1.5})
+    with pytest.raises(TypeError):
+        dumps({"x": None})
+
+
+# ---- the mapping (sans-IO) ----------------------------------------------------------------------
+
+
+def d(
+    name: str, *args: str, block: list[Directive] | None = None, line: int = 1, comment: str = ""
+) -> Directive:
+    out = Directive(name, list(args), "nginx.conf", line, block, comment)
+    out.where = f"nginx.conf:{line}"
+    return out
+
+
+def test_mapping_upstream_family() -> None:
+    """Catches: a balancing method, server parameter or keepalive directive mapped to a wrong
+    key, or an unknown server parameter dropped without a note."""
+    ups = d(
+        "upstream",
+        "app",
+        block=[
+            d("hash", "$request_uri", "consistent"),
+            d("zone", "app", "64k"),
+            d("keepalive", "16"),
+            d("keepalive_timeout", "30s"),
+            d("server", "10.0.0.1", "weight=5", "max_fails=3", "fail_timeout=30s", line=7, comment="big"),
+            d("server", "10.0.0.2:8080", "max_conns=10", "down", "route=a", line=8),
+            d("server", "[::1]", "slow_start=10s"),
+        ],
+    )
+    out = map_config([d("http", block=[ups])])
+    assert out.doc["http"]["upstreams"]["app"] == {
+        "method": "hash",
+        "hash": "$request_uri",
+        "consistent": True,
+        "keepalive": 16,
+        "keepalive_timeout": "30s",
+        "servers": [
+            {"address": "10.0.0.1:80", "weight": 5, "max_fails": 3, "fail_timeout": "30s"},
+            {"address": "10.0.0.2:8080", "max_conns": 10, "down": True},
+            {"address": "[::1]:80", "slow_start": "10s"},
+        ],
+    }
+    assert [str(n) for n in out.notes] == [
+        'nginx.conf:8: "server 10.0.0.2:8080 max_conns=10 down route=a": "route=a" is not supported; '
+        "the server is used without it"
+    ]
+    assert out.comments["http.upstreams.app.servers[0]"] == "big"
+    assert out.origins["http.upstreams.app.servers[1]"] == "nginx.conf:8"
+
+
+@pytest.mark.parametrize(
+    ("directive", "expected"),
+    [
+        (d("least_conn"), {"method": "least_conn"}),
+        (d("ip_hash"), {"method": "ip_hash"}),
+        (d("random"), {"method": "random"}),
+        (d("random", "two", "least_conn"), {"method": "random", "random": {"two": True}}),
+        (
+            d("least_time", "last_byte", "inflight"),
+            {"method": "least_time", "least_time": "last_byte inflight"},
+        ),
+        (d("queue", "100", "timeout=70"), {"queue": {"size": 100, "timeout": 70}}),
+    ],
+)
+def test_mapping_balancing_methods(directive: Directive, expected: dict[str, Any]) -> None:
+    """Catches: a balancing directive mapped to the wrong method or option."""
+    out = map_config([d("http", block=[d("upstream", "u", block=[directive, d("server", "127.0.0.1:1")])])])
+    u = out.doc["http"]["upstreams"]["u"]
+    assert {k: v for k, v in u.items() if k != "servers"} == expected
+    assert not out.notes
+
+
+def test_mapping_unsupported_directives_are_reported_never_dropped() -> None:
+    """Catches: a directive with no equivalent vanishing silently, or a report line without
+    file:line and advice."""
+    root = [
+        d(
+            "http",
+            block=[
+                d("gzip", "on", line=42),
+                d("map", "$a", "$b", block=[], line=43),
+                d("frobnicate", "1", line=44),
+            ],
+        ),
+    ]
+    out = map_config(root)
+    assert [str(n) for n in out.notes] == [
+        'nginx.conf:42: "gzip on" has no prefork-lb equivalent (compression belongs to the backend here); '
+        "skipped",
+        'nginx.conf:43: "map $a $b" is not built in prefork-lb yet (planned): map; skipped',
+        'nginx.conf:44: "frobnicate 1" has no prefork-lb equivalent; skipped',
+    ]
+    assert all(n.unsupported for n in out.notes)
+
+
+def test_mapping_inherits_what_the_contract_lacks() -> None:
+    """Catches: http-level client_header_timeout or allow/deny lost because the TOML contract
+    has them only on servers and locations (nginx inherits them, wherever they are written),
+    or allow/deny kept on a return location (nginx returns before it checks them)."""
+    loc = d("location", "/", block=[d("proxy_pass", "http://127.0.0.1:1")])
+    own = d("location", "/own", block=[d("proxy_pass", "http://127.0.0.1:1"), d("deny", "all")])
+    ret = d("location", "/ret", block=[d("return", "204"), d("deny", "all", line=9)])
+    server = d("server", block=[d("listen", "127.0.0.1:80"), loc, own, ret])
+    out = map_config(
+        [
+            d(
+                "http",
+                block=[server, d("allow", "10.0.0.0/8"), d("deny", "all"), d("client_header_timeout", "5s")],
+            )
+        ]
+    )
+    s = out.doc["http"]["servers"][0]
+    assert s["client_header_timeout"] == "5s"
+    assert s["locations"][0]["allow"] == ["10.0.0.0/8"] and s["locations"][0]["deny"] == ["all"]
+    assert "allow" not in s["locations"][1] and s["locations"][1]["deny"] == ["all"]
+    assert s["locations"][2] == {"match": "/ret", "return": 204}
+    assert [str(n) for n in out.notes] == [
+        'nginx.conf:9: "deny all": nginx answers the location\'s return before allow/deny are checked; '
+        "not converted"
+    ]
+    assert "client_header_timeout" not in out.doc["http"]
+
+
+def test_mapping_server_return_and_empty_server() -> None:
+    """Catches: a server-level return (the usual http->https redirect) lost because the TOML
+    contract has return only in locations; a server without locations refused by the loader."""
+    redirect = d("server", block=[d("listen", "80"), d("return", "301", "https://$host$request_uri")])
+    static = d("server", block=[d("listen", "81"), d("root", "/var/www")])
+    out = map_config([d("http", block=[redirect, static])])
+    servers = out.doc["http"]["servers"]
+    assert servers[0]["locations"] == [{"match": "/", "return": "301 https://$host$request_uri"}]
+    assert servers[1]["locations"] == [{"match": "/", "return": 404}]
+
+
+def test_mapping_locations() -> None:
+    """Catches: location modifiers written without nginx's optional space, PCRE named groups,
+    named and nested locations (which prefork-lb lacks) kept, a location that serves files
+    dropped (its URIs would then reach another location: a backend)."""
+    locs = [
+        d("location", "=/exact", block=[d("return", "200")]),
+        d("location", "^~", "/static/", block=[d("return", "201")]),
+        d("location", "~*", r"\.(?<ext>png)$", block=[d("return", "202")]),
+        d("location", "@named", block=[d("return", "203")]),
+        d(
+            "location",
+            "/outer",
+            block=[d("return", "204"), d("location", "/outer/inner", block=[d("return", "205")])],
+        ),
+        d("location", "/static-files", block=[d("root", "/srv")]),
+    ]
+    out = map_config([d("http", block=[d("server", block=[d("listen", "80"), *locs])])])
+    matches = [loc["match"] for loc in out.doc["http"]["servers"][0]["locations"]]
+    assert matches == ["= /exact", "^~ /static/", r"~* \.(?P<ext>png)$", "/outer", "/static-files"]
+    assert out.doc["http"]["servers"][0]["locations"][-1]["return"] == 404  # its URIs stay its own
+    skipped = [n.text.split('"')[1] for n in out.notes if n.unsupported]
+    assert skipped == ["location @named", "location /outer/inner", "root /srv"]
+
+
+def test_mapping_listen_parameters() -> None:
+    """Catches: an ssl listener served as plaintext, or http2/ipv6only silently dropped."""
+    server = d(
+        "server",
+        block=[
+            d("listen", "443", "ssl", line=2),
+            d("listen", "80", "default", "reuseport", "backlog=100", "http2", line=3),
+            d("location", "/", block=[d("return", "200")]),
+        ],
+    )
+    out = map_config([d("http", block=[server])])
+    assert out.doc["http"]["servers"][0]["listen"] == ["80 default_server reuseport backlog=100"]
+    assert [(n.where, n.unsupported) for n in out.notes] == [("nginx.conf:2", True), ("nginx.conf:3", False)]
+
+
+# ---- round trips: nginx syntax -> TOML -> load_config ------------------------------------------
+
+
+def load(tmp_path: Path, text: str, name: str = "nginx.conf") -> Config:
+    (tmp_path / name).write_text(text)
+    return load_config(str(tmp_path / name))
+
+
+def test_round_trip_main_context(tmp_path: Path) -> None:
+    """Catches: main-context directives (workers, events, pid, logs, limits) lost or mis-keyed."""
+    config = load(
+        tmp_path,
+        """
+        worker_processes 3;
+        worker_rlimit_nofile 4096;
+        worker_shutdown_timeout 10s;
+        pid run/lb.pid;
+        error_log logs/err.log warn;
+        daemon off;
+        events { worker_connections 512; }
+        http { server { listen 127.0.0.1:8080; location / { return 200; } } }
+        """,
+    )
+    assert config.workers == 3 and config.worker_connections == 512
+    assert config.worker_rlimit_nofile == 4096 and config.worker_shutdown_timeout_s == 10.0
+    assert config.pid_path == str(tmp_path / "run/lb.pid")
+    assert config.error_log_path == str(tmp_path / "logs/err.log") and config.error_log_level == "warn"
+    assert config.daemon is False
+    assert "worker_processes 3" in (tmp_path / "nginx.conf").read_text()  # a .conf, converted in memory
+
+
+def test_round_trip_proxy_directives_and_inheritance(tmp_path: Path) -> None:
+    """Catches: a proxy_*/client_*/keepalive directive mapped to a wrong key, or the http ->
+    server -> location inheritance (proxy_set_header replaced wholesale) changed."""
+    config = load(
+        tmp_path,
+        """
+        http {
+            proxy_read_timeout 5s;
+            proxy_set_header X-From http;
+            client_max_body_size 2m;
+            keepalive_timeout 10s 10;
+            upstream app { server 127.0.0.1:9001; keepalive 8; keepalive_requests 50; keepalive_time 1h; }
+            server {
+                listen 127.0.0.1:8080;
+                client_header_timeout 7s;
+                proxy_connect_timeout 2s;
+                location /a/ {
+                    proxy_pass http://app/b/;
+                    proxy_set_header Host $host;
+                    proxy_set_header X-Real-IP $remote_addr;
+                    proxy_next_upstream error timeout http_502;
+                    proxy_next_upstream_tries 3;
+                    proxy_next_upstream_timeout 9s;
+                    proxy_send_timeout 4s;
+                    proxy_buffer_size 16k;
+                    client_body_buffer_size 32k;
+                    client_body_timeout 6s;
+                    send_timeout 8s;
+                    keepalive_requests 10;
+                    lingering_close always;
+                    lingering_time 20s;
+                    lingering_timeout 2s;
+                    proxy_http_version 1.1;
+                }
+                location / { proxy_pass http://127.0.0.1:9002; }
+            }
+        }
+        """,
+    )
+    server = config.http.servers[0]
+    a, root = server.locations
+    assert server.client_header_timeout_s == 7.0 and server.keepalive_timeout_s == 10.0
+    assert a.proxy_pass is not None and (a.proxy_pass.upstream, a.proxy_pass.uri) == ("app", "/b/")
+    assert a.proxy_set_header == (("Host", "$host"), ("X-Real-IP", "$remote_addr"))
+    assert root.proxy_set_header == (("X-From", "http"),)
+    assert a.proxy_next_upstream == frozenset({"error", "timeout", "http_502"})
+    assert (a.proxy_next_upstream_tries, a.proxy_next_upstream_timeout_s) == (3, 9.0)
+    assert (a.proxy_read_timeout_s, a.proxy_connect_timeout_s, a.proxy_send_timeout_s) == (5.0, 2.0, 4.0)
+    assert (a.proxy_buffer_size_bytes, a.client_body_buffer_size_bytes) == (16384, 32768)
+    assert a.client_max_body_size_bytes == 2 * 1024 * 1024 and a.client_body_timeout_s == 6.0
+    assert (a.send_timeout_s, a.keepalive_requests, a.lingering_close) == (8.0, 10, "always")
+    assert (a.lingering_time_s, a.lingering_timeout_s) == (20.0, 2.0)
+    ups = config.http.upstreams["app"]
+    assert (ups.keepalive, ups.keepalive_requests, ups.keepalive_time_s) == (8, 50, 3600.0)
+    assert config.notes == (
+        'nginx.conf:6: "keepalive_timeout 10s 10": the second value (the "Keep-Alive: timeout=" header) '
+        "is not sent by prefork-lb",
+    )
+
+
+def test_round_trip_servers_listen_and_returns(tmp_path: Path) -> None:
+    """Catches: listen parameters, server names or return forms changed on the way."""
+    config = load(
+        tmp_path,
+        """
+        http {
+            server {
+                listen 127.0.0.1:8080 default_server backlog=64;
+                listen [::1]:8080;
+                server_name example.com *.example.com ~^(?<sub>.+)\\.example\\.org$;
+                location = /a { return 204; }
+                location /b { return 301 https://example.com$request_uri; }
+                location /c { return "200" "hello $remote_addr"; }
+                location /d { return http://example.net/; }
+            }
+        }
+        """,
+    )
+    s = config.http.servers[0]
+    assert [(lc.address.text, lc.default_server, lc.backlog) for lc in s.listen] == [
+        ("127.0.0.1:8080", True, 64),
+        ("[::1]:8080", False, 511),
+    ]
+    assert s.server_names == ("example.com", "*.example.com", "~^(?P<sub>.+)\\.example\\.org$")
+    returns = [(loc.match, loc.return_.status, loc.return_.text) for loc in s.locations if loc.return_]
+    assert returns == [
+        ("= /a", 204, None),
+        ("/b", 301, "https://example.com$request_uri"),
+        ("/c", 200, "hello $remote_addr"),
+        ("/d", 302, "http://example.net/"),
+    ]
+
+
+def test_round_trip_logs_access_and_api(tmp_path: Path) -> None:
+    """Catches: log_format strings not joined as nginx joins them, access_log parameters, several
+    logs at one level, allow/deny or api lost."""
+    config = load(
+        tmp_path,
+        """
+        http {
+            log_format up '$remote_addr '
+                          '$upstream_addr';
+            access_log logs/a.log up buffer=32k flush=5s;
+            access_log logs/b.log;
+            server {
+                listen 127.0.0.1:8081;
+                location /api/ { api write=on; allow 127.0.0.1; deny all; }
+                location / { access_log off; return 200; }
+            }
+        }
+        """,
+    )
+    assert config.http.log_formats["up"] == "$remote_addr $upstream_addr"
+    api, plain = config.http.servers[0].locations
+    assert [(al.path, al.format_name, al.buffer_bytes, al.flush_s) for al in api.access_logs] == [
+        (str(tmp_path / "logs/a.log"), "up", 32768, 5.0),
+        (str(tmp_path / "logs/b.log"), "combined", 0, 1.0),
+    ]
+    assert api.status == "api" and [allow for allow, _ in api.access] == [True, False]
+    assert plain.access_logs == ()
+    assert any("read-only" in n for n in config.notes)
+
+
+def test_round_trip_stream(tmp_path: Path) -> None:
+    """Catches: the stream block's upstreams, listen parameters and proxy_* keys mis-mapped."""
+    config = load(
+        tmp_path,
+        """
+        stream {
+            log_format bytes '$remote_addr $bytes_sent';
+            upstream dns { random two; server 127.0.0.1:5353; server 127.0.0.1:5354 weight=2; }
+            server {
+                listen 127.0.0.1:5300 udp reuseport;
+                proxy_pass dns;
+                proxy_responses 1;
+                proxy_requests 1;
+                proxy_timeout 20s;
+                access_log logs/dns.log bytes;
+            }
+            server {
+                listen 127.0.0.1:3306 so_keepalive=on;
+                proxy_pass 127.0.0.1:3307;
+                proxy_connect_timeout 1s;
+                proxy_next_upstream off;
+                proxy_next_upstream_tries 2;
+                proxy_buffer_size 4k;
+            }
+        }
+        """,
+    )
+    udp, tcp = config.stream.servers
+    assert udp.listen[0].udp and udp.listen[0].reuseport and udp.proxy_pass == "dns"
+    assert (udp.proxy_responses, udp.proxy_requests, udp.proxy_timeout_s) == (1, 1, 20.0)
+    assert udp.access_logs[0].format_name == "bytes"
+    assert config.stream.upstreams["dns"].random_two
+    assert tcp.listen[0].so_keepalive and tcp.proxy_next_upstream is False
+    assert (tcp.proxy_connect_timeout_s, tcp.proxy_next_upstream_tries, tcp.proxy_buffer_size_bytes) == (
+        1.0,
+        2,
+        4096,
+    )
+
+
+def test_loader_error_names_the_nginx_line(tmp_path: Path) -> None:
+    """Catches: an error in the converted TOML naming a key path the operator never wrote,
+    instead of the nginx line it came from."""
+    with pytest.raises(ConfigError) as info:
+        load(
+            tmp_path,
+            "http {\n  server {\n    listen 127.0.0.1:8080;\n    location / {\n"
+            "      proxy_read_timeout 5x;\n      return 200;\n    }\n  }\n}\n",
+        )
+    assert str(info.value).startswith(
+        "nginx.conf:5: http.servers[0].locations[0].proxy_read_timeout: invalid"
+    )
+
+
+# ---- NGINX's documentation examples -------------------------------------------------------------
+
+# https://nginx.org/en/docs/http/load_balancing.html
+LOAD_BALANCING = """
+http {
+    upstream myapp1 {
+        least_conn;
+        server srv1.example.com weight=3;
+        server srv2.example.com;
+        server srv3.example.com;
+    }
+
+    server {
+        listen 80;
+
+        location / {
+            proxy_pass http://myapp1;
+        }
+    }
+}
+"""
+
+# https://nginx.org/en/docs/http/ngx_http_upstream_module.html (the first example, and the
+# NGINX Plus one with a zone, resolve and health_check)
+UPSTREAM_MODULE = """
+http {
+upstream backend {
+    server backend1.example.com       weight=5;
+    server backend2.example.com:8080;
+    server unix:/tmp/backend3;
+
+    server backup1.example.com:8080   backup;
+    server backup2.example.com:8080   backup;
+}
+
+resolver 10.0.0.1;
+
+upstream dynamic {
+    zone upstream_dynamic 64k;
+
+    server backend1.example.com      weight=5;
+    server backend2.example.com:8080 fail_timeout=5s slow_start=30s;
+    server 192.0.2.1                 max_fails=3;
+    server backend3.example.com      resolve;
+    server backend4.example.com      service=http resolve;
+
+    server backup1.example.com:8080  backup;
+    server backup2.example.com:8080  backup;
+}
+
+server {
+    location / {
+        proxy_pass http://backend;
+    }
+    location /dynamic {
+        proxy_pass http://dynamic;
+        health_check;
+    }
+}
+}
+"""
+
+# https://nginx.org/en/docs/stream/ngx_stream_core_module.html
+STREAM_CORE = """
+stream {
+    upstream backend {
+        hash $remote_addr consistent;
+
+        server backend1.example.com:12345 weight=5;
+        server 127.0.0.1:12345            max_fails=3 fail_timeout=30s;
+        server unix:/tmp/backend3;
+    }
+
+    upstream dns {
+       server 192.168.0.1:53535;
+       server dns.example.com:53;
+    }
+
+    server {
+        listen 12345;
+        proxy_connect_timeout 1s;
+        proxy_timeout 3s;
+        proxy_pass backend;
+    }
+
+    server {
+        listen 127.0.0.1:53 udp reuseport;
+        proxy_timeout 20s;
+        proxy_pass dns;
+    }
+
+    server {
+        listen [::1]:12345;
+        proxy_pass unix:/tmp/stream.socket;
+    }
+}
+"""
+
+
+def _resolvable(text: str) -> str:
+    """The docs' hostnames, made loopback so the loader resolves them."""
+    import re
+
+    return re.sub(r"\b[a-z0-9]+\.example\.com", "localhost", text)
+
+
+def test_docs_load_balancing_example(tmp_path: Path) -> None:
+    """Catches: the load balancing page's configuration not converting to what it says."""
+    (tmp_path / "nginx.conf").write_text(LOAD_BALANCING)
+    conversion = convert_file(str(tmp_path / "nginx.conf"))
+    doc = tomllib.loads(conversion.toml)
+    assert doc["http"]["upstreams"]["myapp1"] == {
+        "method": "least_conn",
+        "servers": [
+            {"address": "srv1.example.com:80", "weight": 3},
+            {"address": "srv2.example.com:80"},
+            {"address": "srv3.example.com:80"},
+        ],
+    }
+    assert doc["http"]["servers"] == [
+        {"listen": ["80"], "locations": [{"match": "/", "proxy_pass": "http://myapp1"}]}
+    ]
+    assert conversion.notes == ()
+    config = load(tmp_path, _resolvable(LOAD_BALANCING))
+    assert [s.weight for s in config.http.upstreams["myapp1"].servers][:1] == [3]
+
+
+def test_docs_upstream_module_example(tmp_path: Path) -> None:
+    """Catches: the upstream module's examples (Plus parameters included) not converting, or
+    resolve/service=/health_check/resolver disappearing from the report."""
+    (tmp_path / "nginx.conf").write_text(UPSTREAM_MODULE)
+    conversion = convert_file(str(tmp_path / "nginx.conf"))
+    doc = tomllib.loads(conversion.toml)
+    backend = doc["http"]["upstreams"]["backend"]["servers"]
+    assert backend[2] == {"address": "unix:/tmp/backend3"}
+    assert backend[3] == {"address": "backup1.example.com:8080", "backup": True}
+    dynamic = doc["http"]["upstreams"]["dynamic"]["servers"]
+    assert dynamic[1] == {"address": "backend2.example.com:8080", "fail_timeout": "5s", "slow_start": "30s"}
+    assert dynamic[2] == {"address": "192.0.2.1:80", "max_fails": 3}
+    assert doc["http"]["servers"][0]["listen"] == ["*:80"]
+    lines = [str(n) for n in conversion.notes]
+    assert [line.split(":")[1] for line in lines] == ["12", "20", "21", "21", "33", "27"]
+    assert "health_check" in lines[4] and "skipped" in lines[4] and "resolver" in lines[0]
+    config = load(tmp_path, _resolvable(UPSTREAM_MODULE))
+    assert config.http.upstreams["dynamic"].servers[1].slow_start_s == 30.0
+
+
+def test_docs_stream_example(tmp_path: Path) -> None:
+    """Catches: the stream module's example not converting (hash consistent, udp reuseport,
+    a unix socket proxy_pass)."""
+    config = load(tmp_path, _resolvable(STREAM_CORE))
+    backend = config.stream.upstreams["backend"]
+    assert (backend.method, backend.hash_key, backend.consistent) == ("hash", "$remote_addr", True)
+    assert [s.proxy_pass for s in config.stream.servers] == ["backend", "dns", "unix:/tmp/stream.socket"]
+    assert config.stream.servers[1].listen[0].udp and config.stream.servers[1].listen[0].reuseport
+    assert config.notes == ()
+
+
+# ---- hostile input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("http {\n  server {\n", 'nginx.conf:2: unexpected end of file, expecting "}"'),
+        ("events {}\n}\n", 'nginx.conf:2: unexpected "}"'),
+        (
+            "events {}\nhttp {\n  location / { return 200; }\n}\n",
+            'nginx.conf:3: "location" directive is not allowed here',
+        ),
+        ("events {}\nserver { listen 80; }\n", 'nginx.conf:2: "server" directive is not allowed here'),
+        ("http { server { listen; } }\n", 'nginx.conf:1: invalid number of arguments in "listen"'),
+        ("http { include missing.conf; }\n", 'nginx.conf:1: open() "'),
+    ],
+    ids=["unclosed", "extra-brace", "location-in-http", "server-in-main", "no-args", "missing-include"],
+)
+def test_hostile_input_is_a_clear_error(tmp_path: Path, text: str, error: str) -> None:
+    """Catches: broken nginx syntax converted into something, or failing with a traceback
+    instead of a message naming the file and line."""
+    (tmp_path / "nginx.conf").write_text(text)
+    with pytest.raises(ConvertError) as info:
+        convert_file(str(tmp_path / "nginx.conf"))
+    assert str(info.value).startswith(error)
+
+
+def test_include_loop_is_an_error(tmp_path: Path) -> None:
+    """Catches: an include loop followed forever (nginx recurses until it runs out of
+    descriptors) or silently cut."""
+    (tmp_path / "nginx.conf").write_text("events {}\nhttp {\n  include conf.d/*.conf;\n}\n")
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "a.conf").write_text("# a\ninclude conf.d/b.conf;\n")
+    (tmp_path / "conf.d" / "b.conf").write_text("include conf.d/a.conf;\n")
+    with pytest.raises(ConvertError) as info:
+        convert_file(str(tmp_path / "nginx.conf"))
+    assert str(info.value) == (
+        "conf.d/b.conf:1: include loop: nginx.conf -> conf.d/a.conf -> conf.d/b.conf -> conf.d/a.conf"
+    )
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    """Catches: a huge (or wrong) file parsed for minutes or into all memory."""
+    (tmp_path / "nginx.conf").write_text("http { include big.conf; }\n")
+    with open(tmp_path / "big.conf", "w") as f:
+        f.write("# x\n" * (MAX_FILE_BYTES // 4 + 1))
+    with pytest.raises(ConvertError) as info:
+        convert_file(str(tmp_path / "nginx.conf"))
+    assert str(info.value).startswith(f"big.conf: {MAX_FILE_BYTES + 4} bytes is more than")
+
+
+def test_includes_glob_and_repeat(tmp_path: Path) -> None:
+    """Catches: include globs not followed in sorted order, or a file included from two
+    places (proxy_params) kept only once."""
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "proxy_params").write_text("proxy_set_header Host $host;\n")
+    for name, port in (("b.conf", 8082), ("a.conf", 8081)):
+        (tmp_path / "sites" / name).write_text(
+            f"server {{ listen 127.0.0.1:{port}; "
+            "location / { proxy_pass http://127.0.0.1:9; include proxy_params; } }\n"
+        )
+    config = load(tmp_path, "events {}\nhttp { include sites/*.conf; }\n")
+    assert [s.listen[0].address.port for s in config.http.servers] == [8081, 8082]
+    assert all(s.locations[0].proxy_set_header == (("Host", "$host"),) for s in config.http.servers)
+    assert len(config.files) == 4
+
+
+def test_startup_errors_name_the_nginx_line(tmp_path: Path) -> None:
+    """Catches: a startup check (log file, pid directory, bind) of a converted nginx.conf
+    naming only a TOML key path the operator never wrote."""
+    import socket
+
+    from prefork_lb.preflight import StartupError, check_startup
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        lines = ["pid run.pid;", "events {}", "http {", "  access_log {log};", "  server {"]
+        lines += [f"    listen 127.0.0.1:{port};", "    location / { return 200; }", "  }", "}"]
+        text = "\n".join(lines)
+        config = load(tmp_path, text.replace("{log}", "missing/a.log"))
+        with pytest.raises(StartupError, match=r"\(http.access_log, nginx.conf:4\)$"):
+            check_startup(config)
+        config = load(tmp_path, text.replace("{log}", "a.log").replace("run.pid", "none/run.pid"))
+        with pytest.raises(StartupError, match=r"\(pid, nginx.conf:1\)$"):
+            check_startup(config)
+        config = load(tmp_path, text.replace("{log}", "a.log"))
+        with pytest.raises(StartupError, match=r"\(http.servers\[0\].listen\[0\], nginx.conf:6\)$"):
+            check_startup(config, probe_binds=True)
+    finally:
+        taken.close()
+
+
+def test_nginx_defaults_that_differ_are_written(tmp_path: Path) -> None:
+    """Catches: prefork-lb's own defaults standing in for nginx's where they differ:
+    worker_connections (nginx 512) and the level of an error_log given without one (error)."""
+    config = load(
+        tmp_path,
+        "error_log err.log;\nevents {}\nhttp { server { listen 127.0.0.1:1; location / { return 200; } } }\n",
+    )
+    assert (config.worker_connections, config.error_log_level) == (512, "error")
+
+
+def test_control_characters_stay_on_their_line(tmp_path: Path) -> None:
+    """Catches: a control character in an unknown directive written raw into the report and the
+    TOML's comment header (a comment may not hold one: the whole TOML would not load)."""
+    (tmp_path / "nginx.conf").write_text("events {}\nhttp { \x00x\x1b on; }\n")
+    conversion = convert_file(str(tmp_path / "nginx.conf"))
+    assert [str(n) for n in conversion.notes] == [
+        'nginx.conf:2: "\\x00x\\x1b on" has no prefork-lb equivalent; skipped'
+    ]
+    assert tomllib.loads(conversion.toml) == {"worker_connections": 512, "http": {}}
+
+
+def test_a_toml_config_named_conf_gets_a_hint(tmp_path: Path) -> None:
+    """Catches: a TOML config that happens to be named ``.conf`` failing with an nginx syntax
+    error and no word of why."""
+    (tmp_path / "lb.conf").write_text('workers = 2\n[http]\naccess_log = "off"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "lb.conf"))
+    assert str(info.value) == (
+        'lb.conf: unexpected end of file, expecting ";" or "}" '
+        "(lb.conf is valid TOML: a config ending in .conf is read as nginx syntax; rename it .toml)"
+    )
+
+
+def test_status_module_is_the_api_with_a_note() -> None:
+    """Catches: the old NGINX Plus ``status`` served as the API without saying its shape differs."""
+    loc = d("location", "/status", block=[d("status", line=3)])
+    out = map_config([d("http", block=[d("server", block=[d("listen", "127.0.0.1:80"), loc])])])
+    assert out.doc["http"]["servers"][0]["locations"][0] == {"match": "/status", "api": True}
+    assert [(n.where, n.unsupported) for n in out.notes] == [("nginx.conf:3", False)]
