@@ -19,7 +19,7 @@ import re
 from typing import Any, Literal
 
 from prefork_lb.config.errors import did_you_mean
-from prefork_lb.config.model import UpstreamConfig
+from prefork_lb.config.model import LocationConfig, UpstreamConfig
 from prefork_lb.config.source import (
     Table,
     boolean,
@@ -166,6 +166,7 @@ def health_check(
     read_timeout_s: float = 5.0,
     host: str = "",
     set_headers: tuple[tuple[str, str], ...] = (),
+    location: LocationConfig | None = None,
 ) -> HealthCheck:
     """One ``health_check`` table (rules 1-2)."""
     interval = t.take("interval", _interval, 5.0)
@@ -211,6 +212,9 @@ def health_check(
                 lines.append(f"{hname}: {value}")
         lines += ["Connection: close", "User-Agent: prefork-lb health check"]
         request = "\r\n".join(lines).encode("latin-1")
+    tls: dict[str, Any] = {}
+    if location is not None and location.proxy_pass is not None and location.proxy_pass.ssl:
+        tls = _tls_settings(location, host)
     return HealthCheck(
         key=t.path,
         context=context,
@@ -231,7 +235,37 @@ def health_check(
         read_timeout_s=read_timeout_s,
         request=request,
         host=host,
+        **tls,
     )
+
+
+def _tls_settings(loc: LocationConfig, proxy_host: str) -> dict[str, Any]:
+    """Rule 2 for an ``https://`` location: what ``http/upstream_tls.py`` uses, with the
+    name rendered once (a ``proxy_ssl_name`` with other variables falls back to $proxy_host)."""
+    import ipaddress
+
+    name = ""
+    if loc.proxy_ssl_verify or loc.proxy_ssl_server_name:
+        value = loc.proxy_ssl_name
+        name = proxy_host if "$" in value else value
+        if name.startswith("["):
+            name = name[1 : name.index("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        if not loc.proxy_ssl_verify:
+            try:
+                ipaddress.ip_address(name)
+                name = ""  # nginx never sends an IP literal as SNI
+            except ValueError:
+                pass
+    return {
+        "tls": True,
+        "tls_verify": loc.proxy_ssl_verify,
+        "tls_cafile": loc.proxy_ssl_trusted_certificate,
+        "tls_name": name,
+        "tls_protocols": loc.proxy_ssl_protocols,
+        "tls_ciphers": loc.proxy_ssl_ciphers,
+    }
 
 
 def mark_checked(upstreams: dict[str, UpstreamConfig], checks: list[HealthCheck]) -> None:

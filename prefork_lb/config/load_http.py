@@ -381,6 +381,7 @@ class HttpLoader(SectionLoader):
                     read_timeout_s=loc.proxy_read_timeout_s,
                     host=proxy_pass.host_header,
                     set_headers=loc.proxy_set_header,
+                    location=loc,
                 )
             )
         return loc

@@ -8,7 +8,8 @@ Rules:
    peer failing any of them is unhealthy (NGINX Plus).
 2. Everything a probe needs is precomputed here: the request bytes of an HTTP check (Host
    from the location's ``proxy_pass`` or a literal ``proxy_set_header Host``), compiled
-   regexes, timeouts in seconds.
+   regexes, timeouts in seconds, and for an ``https://`` location its TLS settings (the
+   name checked and sent as SNI: a literal ``proxy_ssl_name``, else ``$proxy_host``).
 """
 
 from __future__ import annotations
@@ -77,3 +78,10 @@ class HealthCheck:
     read_timeout_s: float = 5.0
     request: bytes = b""  # HTTP: the whole probe request but the Host line's value
     host: str = ""  # HTTP: Host header value
+    # HTTP to an https:// location: the location's proxy_ssl_* settings (http/upstream_tls.py)
+    tls: bool = False
+    tls_verify: bool = False
+    tls_cafile: str = ""
+    tls_name: str = ""  # checked (verify) and sent as SNI; "" when neither applies
+    tls_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    tls_ciphers: str = "DEFAULT"
