@@ -19,7 +19,9 @@ Life:
 4. Logs: a warning on every state change ("upstream server ADDR is unhealthy: REASON"),
    nothing per passing probe. Zone writes and logging never overlap (state.py rule 2).
 5. Signals: TERM/INT/QUIT exit at once (probes are idempotent), USR1 reopens the error
-   log; it exits by itself when the master is gone.
+   log; it exits by itself when the master is gone. Its hub stamps
+   ``H_PROBER_HEARTBEAT_NS`` every second: the master kills (and so respawns) a prober
+   whose stamp is older than ``worker_heartbeat_timeout``, as it does a worker.
 """
 
 from __future__ import annotations
@@ -297,10 +299,13 @@ class Prober:
                 log.warning("upstream server %s is checking", peer.addr)
 
 
-def _watch_master(master_pid: int) -> None:
+def _watch_master(master_pid: int, zone: Zone) -> None:
+    """Every second: the heartbeat the master checks (a hub that stops running gets the
+    prober killed and respawned), and an exit once the master is gone."""
     import gevent
 
     while os.getppid() == master_pid:
+        zone.mv[L.H_PROBER_HEARTBEAT_NS] = time.monotonic_ns()
         gevent.sleep(1.0)
     os._exit(0)
 
@@ -342,7 +347,7 @@ def run_prober(spec: ProberSpec) -> int:
     for addr in changed.get(L.HC_CHECKING, []):
         log.warning("upstream server %s is checking", addr)
     greenlets = [gevent.spawn(prober.run_target, t) for t in targets]
-    gevent.spawn(_watch_master, spec.master_pid)
+    gevent.spawn(_watch_master, spec.master_pid, zone)
     gevent.joinall(greenlets)
     return 0
 

@@ -353,6 +353,7 @@ class Master:
             reloaded=reloaded,
             log_fds=error_log_fds(),
         )
+        self.zone.set(ZL.H_PROBER_HEARTBEAT_NS, time.monotonic_ns())
         pid = os.fork()
         if pid == 0:  # the prober; never returns
             enter_child(spec.keep_fds(), self.all_sockets())
@@ -436,6 +437,15 @@ class Master:
             return
         now_ns = time.monotonic_ns()
         boot_s = READY_TIMEOUT_S + self.config.worker_heartbeat_timeout_s
+        if self.prober_pid and time.monotonic() - self.prober_started > boot_s:
+            age_ns = now_ns - int(self.zone.mv[ZL.H_PROBER_HEARTBEAT_NS])
+            if age_ns > timeout_ns:
+                log.error(
+                    "health prober process %d is not responding (no heartbeat for %.1fs), killing it",
+                    self.prober_pid,
+                    age_ns / 1e9,
+                )
+                kill(self.prober_pid, signal.SIGKILL)
         for proc in self.workers.values():
             if proc.quitting or time.monotonic() - proc.started < boot_s:
                 continue

@@ -43,7 +43,8 @@ HEADER_WORDS: Final = 16
     H_DROPPED_GONE,
     H_LOCK,  # the futex lock word (zone.py), when H_LOCK_KIND says so
     H_LOCK_KIND,  # LOCK_FLOCK (0: also what a zone made before this word existed reads) or LOCK_FUTEX
-) = range(14)
+    H_PROBER_HEARTBEAT_NS,  # the health prober's hub stamps it every second (monotonic ns)
+) = range(15)
 LOCK_FLOCK: Final = 0
 LOCK_FUTEX: Final = 1
 

@@ -36,12 +36,14 @@ def config(
     matches: str = "",
     server_params: str = "",
     backups: tuple[str, ...] = (),
+    top: str = "",
 ) -> str:
     servers = ",\n".join(
         f'  {{ address = "{a}"{server_params}{", backup = true" if a in backups else ""} }}' for a in backends
     )
     return f"""
 workers = {workers}
+{top}
 error_log = "error.log"
 error_log_level = "info"
 [http]
@@ -297,3 +299,24 @@ def test_prometheus_series_and_api_shape(tmp_path: Path) -> None:
                 line.startswith(f'nginxplus_upstream_server_health_checks_unhealthy_total{{server="{b.addr}"')
                 for line in lines
             )
+
+
+def test_a_stuck_prober_is_killed_and_respawned(tmp_path: Path) -> None:
+    """Catches: a prober whose hub stopped (here: SIGSTOP) left in place, so peer states
+    freeze; the master must see its heartbeat age past ``worker_heartbeat_timeout``, kill
+    it and start another, which goes on probing."""
+    with FlipBackend("a") as a, FlipBackend("b") as b:
+        port, api = free_port(), free_port()
+        check = 'interval = "200ms", uri = "/healthz"'
+        cfg = config(port, api, [a.addr, b.addr], check, top='worker_heartbeat_timeout = "2s"')
+        with LB(tmp_path, cfg, port) as lb:
+            pid = wait_for(lambda: prober_pid(lb), what="the prober")
+            os.kill(pid, signal.SIGSTOP)
+            # the master allows READY_TIMEOUT_S (10 s) + the timeout after a start
+            new = wait_for(
+                lambda: prober_pid(lb) not in (0, pid) and prober_pid(lb), timeout_s=60, what="respawn"
+            )
+            assert f"health prober process {pid} is not responding" in lb.output()
+            b.mode = "fail"
+            wait_for(lambda: state(api, b.addr) == "unhealthy", what="the new prober probing")
+            assert prober_pid(lb) == new
