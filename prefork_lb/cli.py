@@ -302,7 +302,13 @@ def serve(path: str, prefix: str | None) -> int:
     from prefork_lb.master.upgrade import INHERIT_ENV
 
     inherited = os.environ.pop(INHERIT_ENV, None)  # binary upgrade: sockets and zone
-    master = Master(config, path, prefix, inherited)
+    from prefork_lb.zone.zone import ZoneLockUnavailable, ZoneVersionError
+
+    try:
+        master = Master(config, path, prefix, inherited)
+    except (ZoneVersionError, ZoneLockUnavailable) as e:
+        _err(f"[emerg] {e}")
+        return 1
     from prefork_lb.master import systemd
     from prefork_lb.master.listeners import wanted_listens
 

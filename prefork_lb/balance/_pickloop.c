@@ -11,11 +11,13 @@
  *   cfg   a bytes object built once per peer list at config load (``table.native_cfg``):
  *           header  CFG_HEADER int64: n, limit (max base + PEER_WORDS: every word touched
  *                   is below it), the word offsets P_CW, P_EW, P_CONNS, P_FAILS, P_CHECKED,
- *                   P_SLOW_START_MS (from zone/layout.py: the layout is defined in one place)
+ *                   P_SLOW_START_MS (from zone/layout.py: the layout is defined in one place),
+ *                   then P_HC_STATE, or -1 when the list's upstream is not actively checked
+ *                   (a checked peer whose health word is not 0 is out, as in Peer.usable)
  *           hot     n records of 4 int32, read on every pass: base, weight, max_conns,
  *                   max_fails, where a down peer has weight 0 (a real weight is >= 1)
  *           cold    n records of 2 int64, read only when needed: fail_timeout_s, slow_start_ms
- *         Peers' zone records are PEER_WORDS (512 bytes) apart, so a pass over a large list
+ *         Peers' zone records are PEER_WORDS (576 bytes) apart, so a pass over a large list
  *         touches one cache line per peer there; the hot records keep the configuration to a
  *         quarter line per peer, and the loops prefetch the zone lines a few peers ahead.
  *   tried the request's tried bitmap over positions (a Python int, usually 0)
@@ -39,10 +41,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CFG_HEADER 8 /* int64 words */
+#define CFG_HEADER 9 /* int64 words */
 #define PREFETCH 8   /* peers ahead */
 
-enum { H_N, H_LIMIT, H_CW, H_EW, H_CONNS, H_FAILS, H_CHECKED, H_SLOW };
+enum { H_N, H_LIMIT, H_CW, H_EW, H_CONNS, H_FAILS, H_CHECKED, H_SLOW, H_HC };
 
 typedef struct {
     int32_t base, weight, max_conns, max_fails; /* weight 0: down */
@@ -85,7 +87,8 @@ static int pass_open(Pass *p, PyObject *zone, PyObject *cfg, PyObject *tried) {
     p->hot = (const Hot *)(p->h + CFG_HEADER);
     p->cold = (const Cold *)(p->hot + p->n);
     for (int f = H_CW; f <= H_SLOW; f++)
-        if (p->h[f] < 0 || p->h[f] >= 64) goto bad_cfg; /* offsets inside a peer record */
+        if (p->h[f] < 0 || p->h[f] >= 128) goto bad_cfg; /* offsets inside a peer record */
+    if (p->h[H_HC] < -1 || p->h[H_HC] >= 128) goto bad_cfg;
     if (p->h[H_LIMIT] < 0 || p->h[H_LIMIT] > (int64_t)(p->zone.len / 8)) {
         PyErr_SetString(PyExc_ValueError, "_pickloop: peer table reaches past the zone");
         goto fail;
@@ -132,6 +135,7 @@ static inline int usable(const Pass *p, Py_ssize_t i, int64_t now_s) {
     const Hot *r = &p->hot[i];
     int64_t b = r->base;
     if (!r->weight || tried_bit(p, i)) return 0; /* down, tried */
+    if (h[H_HC] >= 0 && z[b + h[H_HC]]) return 0; /* actively checked: checking, unhealthy */
     if (r->max_fails && z[b + h[H_FAILS]] >= r->max_fails &&
         now_s - z[b + h[H_CHECKED]] <= p->cold[i].fail_timeout_s)
         return 0;

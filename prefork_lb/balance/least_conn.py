@@ -63,12 +63,14 @@ def least_conn_pick(plist: PeerList, tried: int, now_s: int) -> Peer | None:
 def least_conn_rows(table: PeerTable, tried: int, now_s: int) -> int:
     """nginx's loop as written, ``Peer.usable`` inlined, over the zone words (short lists)."""
     mv = table.mv
-    fails_, checked_, conns_ = L.P_FAILS, L.P_CHECKED, L.P_CONNS
+    fails_, checked_, conns_, hc_ = L.P_FAILS, L.P_CHECKED, L.P_CONNS, L.P_HC_STATE
     tied: list[int] = []
     best_conns = best_weight = 0
-    for i, b, bit, weight, max_fails, fail_timeout, max_conns in table.rows:  # down peers left out
-        if tried & bit or (
-            max_fails and mv[b + fails_] >= max_fails and now_s - mv[b + checked_] <= fail_timeout
+    for i, b, bit, weight, max_fails, fail_timeout, max_conns, hc in table.rows:  # down peers left out
+        if (
+            tried & bit
+            or (max_fails and mv[b + fails_] >= max_fails and now_s - mv[b + checked_] <= fail_timeout)
+            or (hc and mv[b + hc_])
         ):
             continue
         conns = mv[b + conns_]

@@ -117,9 +117,15 @@ class LeastTime:
         inflight = self.inflight
         tied: list[int] = []
         best_eta = best_weight = 0
-        for i, b, bit, weight, max_fails, fail_timeout, max_conns in table.rows:  # down peers left out
-            if tried & bit or (
-                max_fails and mv[b + L.P_FAILS] >= max_fails and now_s - mv[b + L.P_CHECKED] <= fail_timeout
+        for i, b, bit, weight, max_fails, fail_timeout, max_conns, hc in table.rows:  # down peers left out
+            if (
+                tried & bit
+                or (
+                    max_fails
+                    and mv[b + L.P_FAILS] >= max_fails
+                    and now_s - mv[b + L.P_CHECKED] <= fail_timeout
+                )
+                or (hc and mv[b + L.P_HC_STATE])
             ):
                 continue
             conns = mv[b + L.P_CONNS]

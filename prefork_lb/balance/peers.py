@@ -29,6 +29,10 @@ Rules:
    accounting through them, never through raw offsets. ``free``'s ``now_ms`` may be left
    out by callers that drive whole seconds (the unit tests): it is then ``now_s * 1000``;
    the proxy and the stream module pass the millisecond clock.
+10. Active health checks (``health/``): in a group some check probes (``UpstreamConfig.
+   checked``), a peer whose ``P_HC_STATE`` is not ``HC_UP`` (checking, unhealthy) is out
+   of every filter (``Peer.usable``, ``PeerTable.unusable``, the per-peer loops and the
+   compiled ones), whatever max_fails says; in other groups the word is never read.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Peer:
         "backup",
         "down",
         "fail_timeout_s",
+        "hc",
         "index",
         "max_conns",
         "max_fails",
@@ -67,7 +72,9 @@ class Peer:
         "weight",
     )
 
-    def __init__(self, server: UpstreamServer, index: int, zone: Zone, slot: int, row: int) -> None:
+    def __init__(
+        self, server: UpstreamServer, index: int, zone: Zone, slot: int, row: int, checked: bool = False
+    ) -> None:
         self.server = server
         self.index = index  # position in its list (primary or backup): the tried-set bit
         self.slot = slot
@@ -80,6 +87,7 @@ class Peer:
         self.down = server.down
         self.backup = server.backup
         self.slow_start_ms = int(server.slow_start_s * 1000)
+        self.hc = checked  # active health checks: P_HC_STATE must be HC_UP (rule 10)
         self._mv = zone.mv
         self._b = L.peer_base(slot)
         self._a = L.active_index(row, zone.peers, slot)
@@ -136,6 +144,8 @@ class Peer:
         if self.down:
             return False
         mv, b = self._mv, self._b
+        if self.hc and mv[b + L.P_HC_STATE]:
+            return False
         if (
             self.max_fails
             and mv[b + L.P_FAILS] >= self.max_fails
@@ -193,7 +203,7 @@ class PeerGroup:
         backups: list[Peer] = []
         for server, slot in zip(upstream.servers, slots, strict=True):
             bucket = backups if server.backup else primary
-            bucket.append(Peer(server, len(bucket), zone, slot, row))
+            bucket.append(Peer(server, len(bucket), zone, slot, row, upstream.checked))
         plist = PeerList.build(primary, zone)
         blist = PeerList.build(backups, zone) if backups else None
         single = len(primary) == 1 and blist is None

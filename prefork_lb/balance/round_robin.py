@@ -37,7 +37,11 @@ def pick_round_robin(group: PeerGroup, sel: Selection, now_s: int) -> Peer | Non
     """The whole RR step; hash methods fall back to it (it can reach backups)."""
     if group.single:
         only = group.primary.peers[0]
-        if only.down or (only.max_conns and only.conns >= only.max_conns):
+        if (
+            only.down
+            or (only.max_conns and only.conns >= only.max_conns)
+            or (only.hc and only._mv[only._b + L.P_HC_STATE])
+        ):
             return None
         return take(sel, only, now_s)
     now_ms = now_s * 1000 if group.slow_start else 0
@@ -63,13 +67,15 @@ def smooth_rows(table: PeerTable, tried: int, now_s: int, now_ms: int, scaled: b
     """``smooth_pick`` with ``Peer.usable`` inlined: zone words by index, no attribute lookups."""
     mv = table.mv
     fails_, checked_, conns_, ew_, cw_ = L.P_FAILS, L.P_CHECKED, L.P_CONNS, L.P_EW, L.P_CW
+    hc_ = L.P_HC_STATE
     best = -1
     best_cw = total = 0
-    for i, b, bit, weight, max_fails, fail_timeout, max_conns in table.rows:  # down peers left out
+    for i, b, bit, weight, max_fails, fail_timeout, max_conns, hc in table.rows:  # down peers left out
         if (
             tried & bit
             or (max_fails and mv[b + fails_] >= max_fails and now_s - mv[b + checked_] <= fail_timeout)
             or (max_conns and mv[b + conns_] >= max_conns)
+            or (hc and mv[b + hc_])
         ):
             continue
         ew = mv[b + ew_]

@@ -18,8 +18,10 @@ Invariants:
    a store loop. Both read and write exactly the same words.
 3. ``unusable`` is exactly ``Peer.usable`` plus the tried bit, for the whole list: a peer is
    out when down, tried, ``fails >= max_fails and now - checked <= fail_timeout`` (with
-   ``max_fails``) or ``conns >= max_conns`` (with ``max_conns``). It reads ``checked``
-   only of peers with ``fails`` > 0 and ``conns`` only when some peer has ``max_conns``.
+   ``max_fails``) or ``conns >= max_conns`` (with ``max_conns``) or, in a list whose
+   upstream is actively checked (``hc``), ``P_HC_STATE`` is not up. It reads ``checked``
+   only of peers with ``fails`` > 0, ``conns`` only when some peer has ``max_conns``, and
+   the health words only of checked lists.
 4. A write stores every peer's word of the field; callers pass the value they read for
    peers they do not change, so the zone ends up exactly as with per-peer stores.
 5. With the compiled loops built (``native.py``), ``native`` is that module and ``cfg`` the
@@ -72,6 +74,7 @@ class PeerTable:
         "cfg",
         "down",
         "fail_timeouts",
+        "hc",
         "high",
         "inc100",
         "max_fails",
@@ -113,9 +116,11 @@ class PeerTable:
         self.uniform = len(set(self.weights)) <= 1
         self.mult = [common // w for w in self.weights]
         self.high = (1 << 80) * common  # above any key (values are < 2**63 * 5021)
-        # the per-peer loops: (position, base, tried bit, weight, max_fails, fail_timeout, max_conns)
+        # active health checks (rule 3): the list's upstream is checked
+        self.hc = any(p.hc for p in peers)
+        # the per-peer loops: (position, base, tried bit, weight, max_fails, fail_timeout, max_conns, hc)
         self.rows = tuple(
-            (p.index, p._b, 1 << p.index, p.weight, p.max_fails, p.fail_timeout_s, p.max_conns)
+            (p.index, p._b, 1 << p.index, p.weight, p.max_fails, p.fail_timeout_s, p.max_conns, p.hc)
             for p in peers
             if not p.down
         )
@@ -187,6 +192,8 @@ class PeerTable:
                 mf = max_fails[i]
                 if mf and fails[i] >= mf and now_s - mv[bases[i] + L.P_CHECKED] <= timeouts[i]:
                     out.add(i)
+        if self.hc and not self.all_zero(L.P_HC_STATE):
+            out.update(compress(range(self.n), self.read(L.P_HC_STATE)))
         if self.caps is not None:
             if conns is None:
                 conns = self.read(L.P_CONNS)
@@ -277,11 +284,13 @@ class PeerTable:
 
 def native_cfg(peers: Sequence[Peer]) -> bytes | None:
     """A list's configuration for ``_pickloop.c`` (its header comment): a header (count, word
-    limit, the field offsets it uses), then per position a hot record (base, weight or 0 when
-    down, max_conns, max_fails: int32) and a cold one (fail_timeout_s, slow_start_ms: int64).
+    limit, the field offsets it uses, P_HC_STATE or -1 when unchecked), then per position a
+    hot record (base, weight or 0 when down, max_conns, max_fails: int32) and a cold one
+    (fail_timeout_s, slow_start_ms: int64).
     None when a value does not fit in int32."""
     limit = max((p._b for p in peers), default=0) + L.PEER_WORDS
-    head = (len(peers), limit, L.P_CW, L.P_EW, L.P_CONNS, L.P_FAILS, L.P_CHECKED, L.P_SLOW_START_MS)
+    hc = L.P_HC_STATE if any(p.hc for p in peers) else -1  # -1: the list is not actively checked
+    head = (len(peers), limit, L.P_CW, L.P_EW, L.P_CONNS, L.P_FAILS, L.P_CHECKED, L.P_SLOW_START_MS, hc)
     hot: list[int] = []
     cold: list[int] = []
     for p in peers:
@@ -290,4 +299,4 @@ def native_cfg(peers: Sequence[Peer]) -> bytes | None:
     if any(not 0 <= v < 1 << 31 for v in hot) or limit >= 1 << 31:
         return None
     n = len(peers)
-    return struct.pack(f"8q{4 * n}i{2 * n}q", *head, *hot, *cold)
+    return struct.pack(f"9q{4 * n}i{2 * n}q", *head, *hot, *cold)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prefork_lb.config.load_health import health_check, http_matches, mark_checked
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
 from prefork_lb.config.model import (
     LINGERING_CLOSE,
@@ -43,6 +44,7 @@ from prefork_lb.config.source import (
     string,
     string_list,
 )
+from prefork_lb.health.model import HealthCheck, HttpMatch
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -161,14 +163,21 @@ class HttpLoader(SectionLoader):
         super().__init__(source, prefix)
         self.upstreams: dict[str, UpstreamConfig] = {}
         self.log_formats: dict[str, str] = {}
+        self.matches: dict[str, HttpMatch] = {}
+        self.health_checks: list[HealthCheck] = []
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
 
         self.log_formats = log_formats(t, BUILTIN_FORMATS, compile_log_format)
+        self.matches = http_matches(t.table("matches"))
         ups = t.table("upstreams")
         for name in list(ups.data):
-            self.upstreams[name] = self.upstream(name, ups.table(name, default_empty=False))
+            ut = ups.table(name, default_empty=False)
+            hc = ut.table("health_check") if ut.has("health_check") else None
+            self.upstreams[name] = self.upstream(name, ut)
+            if hc is not None:  # the upstream's own check: Host is the group name (rule 2)
+                self.health_checks.append(health_check(hc, "http", name, self.matches, {}, host=name))
         ups.finish()
         http_settings = self.location_settings(t, {})
         http_logs = self.log_settings(t, None)
@@ -177,7 +186,13 @@ class HttpLoader(SectionLoader):
         )
         t.finish()
         _check_default_servers(self.source, servers)
-        return HttpConfig(upstreams=self.upstreams, servers=servers, log_formats=self.log_formats)
+        mark_checked(self.upstreams, self.health_checks)
+        return HttpConfig(
+            upstreams=self.upstreams,
+            servers=servers,
+            log_formats=self.log_formats,
+            health_checks=tuple(self.health_checks),
+        )
 
     # ---- inheritable settings ----
 
@@ -316,6 +331,7 @@ class HttpLoader(SectionLoader):
         )
         settings = self.location_settings(t, inherited)
         entries, fmt = self.log_settings(t, logs)
+        hc = t.table("health_check") if t.has("health_check") else None
         t.finish()  # unknown keys first: a typo such as "proxy_pas" gets its hint
         actions = [k for k, v in (("proxy_pass", proxy_pass), ("return", return_), (status, status)) if v]
         if not actions:
@@ -339,7 +355,7 @@ class HttpLoader(SectionLoader):
             for e in entries
             if e.path != "off"
         )
-        return LocationConfig(
+        loc = LocationConfig(
             match=match,
             modifier=modifier,
             pattern=pattern,
@@ -351,6 +367,24 @@ class HttpLoader(SectionLoader):
             access=access,
             **settings,
         )
+        if hc is not None:
+            if proxy_pass is None:
+                raise t.error("health_check", 'needs "proxy_pass" in the same location')
+            self.health_checks.append(
+                health_check(
+                    hc,
+                    "http",
+                    proxy_pass.upstream,
+                    self.matches,
+                    {},
+                    connect_timeout_s=loc.proxy_connect_timeout_s,
+                    read_timeout_s=loc.proxy_read_timeout_s,
+                    host=proxy_pass.host_header,
+                    set_headers=loc.proxy_set_header,
+                    location=loc,
+                )
+            )
+        return loc
 
     def proxy_pass(self, t: Table) -> ProxyPass:
         text = t.take("proxy_pass", string)

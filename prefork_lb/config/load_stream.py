@@ -10,9 +10,11 @@ Rules:
 
 from __future__ import annotations
 
+from prefork_lb.config.load_health import health_check, mark_checked, stream_matches
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
 from prefork_lb.config.model import AccessLogConfig, StreamConfig, StreamServerConfig, UpstreamConfig
 from prefork_lb.config.source import Table, boolean, duration, non_negative_int, positive_int, size, string
+from prefork_lb.health.model import HealthCheck, StreamMatch
 
 
 class StreamLoader(SectionLoader):
@@ -20,19 +22,28 @@ class StreamLoader(SectionLoader):
         from prefork_lb.stream.variables import BUILTIN_FORMATS, compile_stream_log_format
 
         formats = log_formats(t, BUILTIN_FORMATS, compile_stream_log_format)
+        matches = stream_matches(t.table("matches"))
+        checks: list[HealthCheck] = []
         ups = t.table("upstreams")
         upstreams: dict[str, UpstreamConfig] = {}
         for name in list(ups.data):
-            upstreams[name] = self.upstream(name, ups.table(name, default_empty=False), "stream")
+            ut = ups.table(name, default_empty=False)
+            hc = ut.table("health_check") if ut.has("health_check") else None
+            upstreams[name] = self.upstream(name, ut, "stream")
+            if hc is not None:
+                checks.append(health_check(hc, "stream", name, {}, matches))
         ups.finish()
         default_log = t.take("access_log", string, "off")
         default_format = t.take("log_format", string, "basic")
         servers = tuple(
-            self.stream_server(i, st, upstreams, formats, default_log, default_format)
+            self.stream_server(i, st, upstreams, formats, default_log, default_format, matches, checks)
             for i, st in enumerate(t.table_list("servers"))
         )
         t.finish()
-        return StreamConfig(upstreams=upstreams, servers=servers, log_formats=formats)
+        mark_checked(upstreams, checks)
+        return StreamConfig(
+            upstreams=upstreams, servers=servers, log_formats=formats, health_checks=tuple(checks)
+        )
 
     def stream_server(
         self,
@@ -42,6 +53,8 @@ class StreamLoader(SectionLoader):
         log_formats: dict[str, str],
         default_log: str,
         default_format: str,
+        matches: dict[str, StreamMatch] | None = None,
+        checks: list[HealthCheck] | None = None,
     ) -> StreamServerConfig:
         listen = self.listen(t)
         for i, lc in enumerate(listen):
@@ -80,6 +93,19 @@ class StreamLoader(SectionLoader):
             else (AccessLogConfig(log_path, fmt, log_formats[fmt], key=log_key),),
             index=index,
         )
+        hc_timeout = t.take("health_check_timeout", duration, 5.0)
+        if t.has("health_check"):
+            check = health_check(
+                t.table("health_check"),
+                "stream",
+                target,
+                {},
+                matches or {},
+                connect_timeout_s=hc_timeout,
+                read_timeout_s=hc_timeout,
+            )
+            if checks is not None:
+                checks.append(check)
         t.finish()
         if server.proxy_buffer_size_bytes < 1:
             raise t.error("proxy_buffer_size", "must be at least 1 byte")

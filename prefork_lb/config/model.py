@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from prefork_lb.health.model import HealthCheck
+
 LingeringClose = Literal["off", "on", "always"]
 LINGERING_CLOSE: tuple[LingeringClose, ...] = ("off", "on", "always")
 Method = Literal["round_robin", "least_conn", "ip_hash", "hash", "random", "least_time"]
@@ -102,6 +104,7 @@ class UpstreamConfig:
     queue_size: int = 0  # requests allowed to wait per worker when every server is at max_conns
     queue_timeout_s: float = 60.0
     context: Literal["http", "stream"] = "http"
+    checked: bool = False  # some active health check probes this group (Config.health_checks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,7 @@ class HttpConfig:
     upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
     servers: tuple[ServerConfig, ...] = ()
     log_formats: dict[str, str] = field(default_factory=dict)
+    health_checks: tuple[HealthCheck, ...] = ()  # active checks (health/model.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +224,7 @@ class StreamConfig:
     upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
     servers: tuple[StreamServerConfig, ...] = ()
     log_formats: dict[str, str] = field(default_factory=dict)
+    health_checks: tuple[HealthCheck, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +277,9 @@ class Config:
     def listen_keys(self) -> set[tuple[str, str, int]]:
         keys = {lc.key for server in self.http.servers for lc in server.listen}
         return keys | {lc.key for server in self.stream.servers for lc in server.listen}
+
+    def health_checks(self) -> list[HealthCheck]:
+        return [*self.http.health_checks, *self.stream.health_checks]
 
     def all_upstreams(self) -> list[UpstreamConfig]:
         return [*self.http.upstreams.values(), *self.stream.upstreams.values()]

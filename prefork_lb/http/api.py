@@ -162,6 +162,12 @@ class StatusReader:
     def _state(self, peer: Peer) -> str:
         if peer.down:
             return "down"
+        if peer.hc:  # active health checks (health/state.py) come before passive ones
+            hc = self.mv[peer._b + L.P_HC_STATE]
+            if hc == L.HC_UNHEALTHY:
+                return "unhealthy"
+            if hc == L.HC_CHECKING:
+                return "checking"
         now_s = self.now_ms // 1000
         if peer.max_fails and peer.fails >= peer.max_fails and now_s - peer.checked_s <= peer.fail_timeout_s:
             return "unavail"
@@ -184,8 +190,17 @@ class StatusReader:
         doc["received"] = int(mv[b + L.P_S_RECEIVED])
         doc["fails"] = int(mv[b + L.P_FAILED_TOTAL])
         doc["unavail"] = int(mv[b + L.P_UNAVAIL])
-        doc["health_checks"] = {"checks": 0, "fails": 0, "unhealthy": 0}
+        checks = int(mv[b + L.P_HC_CHECKS]) if peer.hc else 0
+        doc["health_checks"] = {
+            "checks": checks,
+            "fails": int(mv[b + L.P_HC_FAILS]) if peer.hc else 0,
+            "unhealthy": int(mv[b + L.P_HC_UNHEALTHY]) if peer.hc else 0,
+        }
+        if checks and mv[b + L.P_HC_LAST]:
+            doc["health_checks"]["last_passed"] = mv[b + L.P_HC_LAST] == 1
         downstart = int(mv[b + L.P_DOWNSTART_MS])
+        if peer.hc and doc["state"] in ("checking", "unhealthy"):
+            downstart = int(mv[b + L.P_HC_DOWNSTART_MS]) or downstart
         downtime = int(mv[b + L.P_S_DOWNTIME_MS])
         if downstart and doc["state"] != "up":
             downtime += max(0, self.now_ms - downstart)

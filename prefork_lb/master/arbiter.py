@@ -19,6 +19,11 @@ Rules:
 8. Binary upgrade (USR2, then WINCH and QUIT, or HUP to roll back) is ``upgrade.py``.
    WINCH retires this master's workers and keeps its sockets; HUP after WINCH spawns them
    again with the config this master has.
+9. With active health checks configured, one health prober (health/prober.py) runs beside
+   the workers: started once the first generation is ready, replaced after every
+   successful reload (the old one is stopped first), respawned when it dies (peer states
+   live in the zone, so nothing is lost), stopped with the workers (and by WINCH: after a
+   binary upgrade the new master's prober takes over; HUP after WINCH starts ours again).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from prefork_lb.master.reload import (
     reload,
     wait_ready,
 )
-from prefork_lb.master.spec import WorkerSpec, enter_child, error_log_fds, zone_descriptors
+from prefork_lb.master.spec import ProberSpec, WorkerSpec, enter_child, error_log_fds, zone_descriptors
 from prefork_lb.master.upgrade import parse_inherit, start_upgrade, upgrade_exited
 from prefork_lb.signals import MASTER_SIGNALS
 from prefork_lb.zone import layout as ZL
@@ -77,6 +82,10 @@ class Master:
         self.upgrade_pid = 0  # the new master started by USR2, while it runs
         self.parent_master = os.getppid() if inherited else 0  # the old master, after USR2
         self.winched = False  # WINCH: no workers, keep the sockets (binary upgrade step)
+        self.prober_pid = 0  # the health prober (rule 9), 0 when none runs
+        self.prober_started = 0.0
+        self.prober_respawn_at = 0.0  # monotonic time of a due respawn, 0 when none is due
+        self.prober_stopping: set[int] = set()  # probers told to stop (reload, shutdown)
         if inherited:
             zone_fd, sockets = parse_inherit(inherited)
             self.zone = Zone(zone_fd, os.fstat(zone_fd).st_size)
@@ -137,6 +146,7 @@ class Master:
                 self._loop()
                 return 1
             log.log(25, "%d worker process(es) ready", len(first))
+            self.spawn_prober(reloaded=False)
             systemd.ready(f"{len(first)} worker(s), generation 1")
             return self._loop()
         finally:
@@ -168,7 +178,7 @@ class Master:
             close_retired_listeners(self)
             release_retired_slots(self)
             if self.stopping:
-                if not self.workers:
+                if not self.workers and not self.prober_pid and not self.prober_stopping:
                     log.log(25, "exit")
                     return 0
                 if self.stopping == "fast" and time.monotonic() > self.stop_deadline:
@@ -212,6 +222,7 @@ class Master:
         self.winched = True
         self.respawn_at.clear()
         self.signal_all(signal.SIGQUIT)
+        self.stop_prober()  # the new master probes now
 
     def handle_hup(self) -> None:
         if self.stopping:
@@ -222,11 +233,15 @@ class Master:
             self.generation += 1
             for slot in range(self.config.workers):
                 self.spawn(slot)
+            self.spawn_prober(reloaded=False)
             return
         log.log(25, "signal %d (SIGHUP) received, reconfiguring", signal.SIGHUP)
         systemd.reloading()
         try:
             ok = reload(self)
+            if ok:
+                self.stop_prober()
+                self.spawn_prober(reloaded=True)
         finally:
             systemd.ready()  # also after an aborted reload: the old generation still serves
         systemd.status(
@@ -242,6 +257,7 @@ class Master:
         self.stopping = self.stopping or "graceful"
         self.respawn_at.clear()
         self.signal_all(signal.SIGQUIT)
+        self.stop_prober()
         self._stop_listening()
 
     def handle_term(self) -> None:
@@ -257,6 +273,8 @@ class Master:
         self.prepare_logs(self.config)  # first: files we create go to the worker user
         reopen_error_log()
         self.signal_all(signal.SIGUSR1)
+        if self.prober_pid:
+            kill(self.prober_pid, signal.SIGUSR1)
 
     def _fast_stop(self) -> None:
         if self.stopping is None:
@@ -266,6 +284,7 @@ class Master:
             self.stop_deadline = time.monotonic() + FAST_STOP_GRACE_S
         self.respawn_at.clear()
         self.signal_all(signal.SIGTERM)
+        self.stop_prober()
         self._stop_listening()
 
     def _stop_listening(self) -> None:
@@ -319,6 +338,54 @@ class Master:
         log.log(25, "start worker process %d", pid)
         return proc
 
+    # ---- the health prober (rule 9) ----
+
+    def spawn_prober(self, reloaded: bool) -> None:
+        self.prober_respawn_at = 0.0
+        if not self.config.health_checks() or self.prober_pid or self.stopping:
+            return
+        spec = ProberSpec(
+            config=self.config,
+            master_pid=os.getpid(),
+            zone=self.zone,
+            zone_fds=zone_descriptors(self.zone),
+            peer_slots=MappingProxyType(dict(self.peer_slots)),
+            reloaded=reloaded,
+            log_fds=error_log_fds(),
+        )
+        self.zone.set(ZL.H_PROBER_HEARTBEAT_NS, time.monotonic_ns())
+        pid = os.fork()
+        if pid == 0:  # the prober; never returns
+            enter_child(spec.keep_fds(), self.all_sockets())
+            from prefork_lb.health.prober import prober_main
+
+            prober_main(spec)
+        self.prober_pid = pid
+        self.prober_started = time.monotonic()
+        log.log(25, "start health prober process %d", pid)
+
+    def stop_prober(self) -> None:
+        if self.prober_pid:
+            kill(self.prober_pid, signal.SIGTERM)
+            self.prober_stopping.add(self.prober_pid)
+            self.prober_pid = 0
+        self.prober_respawn_at = 0.0
+
+    def _prober_exited(self, pid: int, status: int) -> None:
+        self.zone.break_dead_holder(pid)  # killed inside its critical section
+        code = os.waitstatus_to_exitcode(status)
+        if pid in self.prober_stopping:
+            self.prober_stopping.discard(pid)
+            log.log(25, "health prober process %d exited with code %d", pid, code)
+            return
+        self.prober_pid = 0
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        log.error("health prober process %d exited on %s", pid, how)
+        if self.stopping:
+            return
+        quick = time.monotonic() - self.prober_started < 1.0
+        self.prober_respawn_at = time.monotonic() + (1.0 if quick else 0.0)
+
     def all_sockets(self) -> list[stdsocket.socket]:
         """Every socket object the master holds (current and retired listeners)."""
         retired = [s for _, lists in self.retired for lst in lists for s in lst.sockets]
@@ -334,6 +401,9 @@ class Master:
                 return
             if pid == self.upgrade_pid:
                 upgrade_exited(self, status)
+                continue
+            if pid == self.prober_pid or pid in self.prober_stopping:
+                self._prober_exited(pid, status)
                 continue
             proc = self.workers.pop(pid, None)
             if proc is None:
@@ -367,6 +437,15 @@ class Master:
             return
         now_ns = time.monotonic_ns()
         boot_s = READY_TIMEOUT_S + self.config.worker_heartbeat_timeout_s
+        if self.prober_pid and time.monotonic() - self.prober_started > boot_s:
+            age_ns = now_ns - int(self.zone.mv[ZL.H_PROBER_HEARTBEAT_NS])
+            if age_ns > timeout_ns:
+                log.error(
+                    "health prober process %d is not responding (no heartbeat for %.1fs), killing it",
+                    self.prober_pid,
+                    age_ns / 1e9,
+                )
+                kill(self.prober_pid, signal.SIGKILL)
         for proc in self.workers.values():
             if proc.quitting or time.monotonic() - proc.started < boot_s:
                 continue
@@ -383,6 +462,9 @@ class Master:
         if self.stopping or self.winched:
             return
         now = time.monotonic()
+        if self.prober_respawn_at and self.prober_respawn_at <= now:
+            self.spawn_prober(reloaded=False)
+            self.zone.add(ZL.H_RESPAWNED)
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
                 del self.respawn_at[slot]
@@ -399,6 +481,8 @@ class Master:
     def _kill_all(self, sig: int) -> None:
         for proc in self.workers.values():
             kill(proc.pid, sig)
+        for pid in self.prober_stopping:  # a prober told to stop before it reset its handlers
+            kill(pid, sig)
 
 
 def _argv() -> list[str]:

@@ -9,7 +9,8 @@ hung and moving back to P1 failed with EADDRINUSE). So what a child inherits is 
 
 Rules:
 1. The master builds one frozen spec per child before fork (``WorkerSpec`` for a worker,
-   ``UpgradeSpec`` for the binary-upgrade child) naming every descriptor the child owns.
+   ``ProberSpec`` for the health prober, ``UpgradeSpec`` for the binary-upgrade child)
+   naming every descriptor the child owns.
 2. The first thing a child does, before importing or running anything else, is
    ``enter_child(spec.keep_fds(), ...)``: stop the master's signal wakeup fd, detach the
    master's socket objects (so a later garbage collection can never close a reused
@@ -61,6 +62,22 @@ class WorkerSpec:
 
     def keep_fds(self) -> frozenset[int]:
         return STDIO | {self.ready_fd, *self.zone_fds, *self.log_fds, *(fd for _, fd in self.listeners)}
+
+
+@dataclass(frozen=True, slots=True)
+class ProberSpec:
+    """The health prober (health/prober.py): the zone and the logs, no listener, no row."""
+
+    config: Config
+    master_pid: int
+    zone: Zone
+    zone_fds: tuple[int, ...]
+    peer_slots: Mapping[str, int]
+    reloaded: bool  # started by a reload: checks that are not persistent start over
+    log_fds: tuple[int, ...]
+
+    def keep_fds(self) -> frozenset[int]:
+        return STDIO | {*self.zone_fds, *self.log_fds}
 
 
 @dataclass(frozen=True, slots=True)

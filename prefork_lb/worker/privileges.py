@@ -71,4 +71,3 @@ def raise_nofile(limit: int) -> str | None:
             except (ValueError, OSError):
                 pass
         return f"setrlimit(RLIMIT_NOFILE, {limit}) failed ({e}), using {soft}"
-

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Final
 
 MAGIC: Final = 0x706C627A6F6E6531  # "plbzone1"
-VERSION: Final = 2
+VERSION: Final = 3  # 3: PEER_WORDS 64 -> 72, the active health-check words P_HC_*
 HEADER_WORDS: Final = 16
 (
     H_MAGIC,
@@ -43,11 +43,12 @@ HEADER_WORDS: Final = 16
     H_DROPPED_GONE,
     H_LOCK,  # the futex lock word (zone.py), when H_LOCK_KIND says so
     H_LOCK_KIND,  # LOCK_FLOCK (0: also what a zone made before this word existed reads) or LOCK_FUTEX
-) = range(14)
+    H_PROBER_HEARTBEAT_NS,  # the health prober's hub stamps it every second (monotonic ns)
+) = range(15)
 LOCK_FLOCK: Final = 0
 LOCK_FUTEX: Final = 1
 
-PEER_WORDS: Final = 64
+PEER_WORDS: Final = 72
 (
     P_USED,  # 1 while a peer owns the slot, 2 for a server status zone (USED_PEER / USED_ZONE)
     P_CW,  # smooth-WRR current_weight
@@ -105,7 +106,18 @@ CODES: Final = (
     500,
     502,
 )
-assert P_S_CODES + len(CODES) <= PEER_WORDS
+# Active health checks (health/): written by the prober process alone, under the lock.
+# Balancers skip a peer whose P_HC_STATE is not HC_UP, in lists whose upstream is checked.
+P_HC_STATE = P_S_CODES + len(CODES)  # 64: HC_UP, HC_CHECKING or HC_UNHEALTHY
+P_HC_CHECKS = 65  # probes made
+P_HC_FAILS = 66  # probes failed
+P_HC_UNHEALTHY = 67  # times it became unhealthy
+P_HC_LAST = 68  # last probe: 0 none yet, 1 passed, 2 failed
+P_HC_DOWNSTART_MS = 69  # when it left HC_UP (ms since epoch), 0 while up
+HC_UP: Final = 0
+HC_CHECKING: Final = 1
+HC_UNHEALTHY: Final = 2
+assert P_HC_DOWNSTART_MS < PEER_WORDS
 
 USED_PEER: Final = 1
 USED_ZONE: Final = 2

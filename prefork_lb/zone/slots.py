@@ -9,10 +9,12 @@ generation can still be using them. Running out of slots is a config-time error.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from prefork_lb.config.model import Config, UpstreamConfig, zone_name
+from prefork_lb.health.state import seed_new
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.zone import Zone, ZoneFullError
 
@@ -61,9 +63,13 @@ class SlotTable:
         Raises ZoneFullError (before touching the zone) if the peers do not fit.
         """
         wanted: dict[str, int] = {}  # key -> weight
+        mandatory = {(c.context, c.upstream) for c in config.health_checks() if c.mandatory}
+        checking: set[str] = set()  # new peers of a mandatory health check start "checking"
         for up in config.all_upstreams():
             for key, server in zip(peer_keys(up), up.servers, strict=True):
                 wanted[key] = server.weight
+                if (up.context, up.name) in mandatory:
+                    checking.add(key)
         for key in zone_keys(config).values():
             wanted[key] = 1
         new_keys = [k for k in wanted if k not in self.by_key]
@@ -73,12 +79,15 @@ class SlotTable:
                 f"the zone has room for {self.zone.peers} peers, the configuration needs "
                 f"{len(self.by_key) + len(new_keys)} (raise zone_size)"
             )
+        now_ms = int(time.time() * 1000)
         with self.zone:
             dropped = [slot for key, slot in self.by_key.items() if key not in wanted]
             self.by_key = {k: s for k, s in self.by_key.items() if k in wanted}
             for key, slot in zip(new_keys, free, strict=False):
                 used = L.USED_ZONE if key.startswith("zone\0") else L.USED_PEER
                 self.zone.init_peer(slot, wanted[key], key_hash(key), used)
+                if key in checking:
+                    seed_new(self.zone, slot, True, now_ms)
                 self.by_key[key] = slot
             for key, slot in self.by_key.items():
                 self.zone.reweigh_peer(slot, wanted[key])

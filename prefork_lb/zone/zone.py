@@ -55,6 +55,10 @@ class ZoneLockUnavailable(Exception):
     """The zone uses the futex lock and this process has no compiled extension."""
 
 
+class ZoneVersionError(Exception):
+    """An inherited zone (binary upgrade) has another layout version than this build."""
+
+
 def _load_native() -> Any:
     if os.environ.get("PREFORK_LB_PURE", "") not in ("", "0"):
         return None
@@ -90,6 +94,14 @@ class Zone:
         self.size = size
         self._mmap = mmap.mmap(fd, size)
         self.mv = memoryview(self._mmap).cast("q")
+        if self.mv[L.H_MAGIC] != L.MAGIC or self.mv[L.H_VERSION] != L.VERSION:
+            version = self.mv[L.H_VERSION]
+            self.mv.release()
+            self._mmap.close()
+            raise ZoneVersionError(
+                f"the inherited zone has layout version {version}, this build uses {L.VERSION}: "
+                "restart instead of a binary upgrade"
+            )
         self.rows = self.mv[L.H_ROWS]
         self.peers = self.mv[L.H_PEERS]
         self._lock_fd = -1
@@ -234,6 +246,11 @@ class Zone:
             for i in range(L.row_words(self.peers)):
                 self.mv[base + i] = 0
             self._recount()
+
+    def break_dead_holder(self, pid: int) -> None:
+        """After a child without a row (the health prober) died: free the lock if it held it."""
+        if self._lock_addr and pid > 0 and _native is not None:
+            _native.break_lock(self._lock_addr, pid)
 
     def _recount(self) -> None:
         mv, peers = self.mv, self.peers

@@ -249,3 +249,52 @@ def test_dashboard_shows_peers_and_marks_a_failed_one_unavailable(tmp_path: Path
             assert "/no-such-api/9/http/upstreams" in browser.find_element(By.ID, "banner").text
             first = polls(browser)
             wait_page(browser, lambda d: polls(d) > first, "polling to go on after errors")
+
+
+def test_dashboard_shows_active_health_check_states(tmp_path: Path, browser: Any) -> None:
+    """Active health checks (issue 17): a peer whose /healthz fails is shown "unhealthy"
+    (red badge), a mandatory peer not yet passed "checking" (amber badge), and the page
+    follows it back to "up". Catches: the dashboard not knowing the states the API sends
+    (no badge class, a green or unstyled badge), or the API never reporting them."""
+    from tests.health_backend import FlipBackend
+
+    with FlipBackend("a") as a, FlipBackend("b") as b, FlipBackend("c") as c:
+        b.mode = "fail"
+        c.mode = "hang"  # its first probe waits for the timeout: checking meanwhile
+        port, api_port = free_port(), free_port()
+        check = 'health_check = { interval = "300ms", uri = "/healthz", mandatory = true, timeout = "30s" }'
+        cfg = status_config(
+            port,
+            api_port,
+            [a.addr, b.addr, c.addr],
+            proxy_extra=f'proxy_read_timeout = "5s"\n  {check}',
+            allow=True,
+            status=("api", "dashboard"),
+        )
+        with LB(tmp_path, cfg, port):
+            wait_for(lambda: api_peer_states(api_port)[b.addr] == "unhealthy", what="b unhealthy")
+            assert api_peer_states(api_port)[c.addr] == "checking"
+            try:
+                browser.get(f"http://127.0.0.1:{api_port}/dashboard")
+
+                def rows() -> dict[str, dict[str, str]]:
+                    return {r["server"]: r for r in browser.execute_script(PEER_ROWS_JS)}
+
+                wait_page(
+                    browser,
+                    lambda _: (
+                        {s: r["state"] for s, r in rows().items()}
+                        == {a.addr: "up", b.addr: "unhealthy", c.addr: "checking"}
+                    ),
+                    "up, unhealthy and checking shown",
+                    rows,
+                )
+                shown = rows()
+                assert "state-unhealthy" in shown[b.addr]["badge"] and reddish(shown[b.addr]["colour"])
+                r, g, bl = rgb(shown[c.addr]["colour"])
+                assert "state-checking" in shown[c.addr]["badge"] and r > bl and g > bl  # amber
+                assert greenish(shown[a.addr]["colour"])
+                b.mode = "ok"
+                wait_page(browser, lambda _: rows()[b.addr]["state"] == "up", "b back up", rows)
+            finally:
+                save_screenshot(browser, "dashboard-health.png")

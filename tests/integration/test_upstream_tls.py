@@ -278,3 +278,30 @@ def test_websocket_to_tls_upstream(tmp_path: Path, pki: Pki) -> None:
                 message = os.urandom(size)
                 ws.send(message)
                 assert ws.recv(timeout=10) == message
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["right-ca", "wrong-ca"])
+def test_active_health_checks_use_the_location_tls(
+    tmp_path: Path, backend: TlsNginx, pki: Pki, good: bool
+) -> None:
+    """Active health checks (issue 17) of an https:// location probe over TLS with its
+    proxy_ssl_* settings: verified against the CA, the name sent as SNI; a certificate that
+    fails verification makes the peer unhealthy and no client request reaches it. Catches:
+    plain-HTTP probes to a TLS upstream (the peer would be unhealthy with the right CA too)
+    or probes that skip verification (it would stay up with the wrong one)."""
+    ca = pki.ca if good else pki.other_ca
+    extra = (
+        f'proxy_ssl_verify = true\n  proxy_ssl_trusted_certificate = "{ca}"\n'
+        '  proxy_ssl_name = "up.test"\n  proxy_ssl_server_name = true\n'
+        '  health_check = { interval = "200ms", uri = "/healthz", mandatory = true }'
+    )
+    with _lb(tmp_path, backend, extra) as lb:
+        if good:
+            lines = backend.log(2)  # two probes, each on its own TLS connection, with SNI
+            assert all(line[3] == "sni=up.test" for line in lines), lines
+            wait_for(lambda: lb.get("/")[0] == 200, what="the peer up and serving")
+            assert "is unhealthy" not in lb.output()
+        else:
+            wait_for(lambda: "is unhealthy: SSL handshake failed" in lb.output(), what="unhealthy")
+            assert lb.get("/")[0] == 502
+            assert backend.log(0) == []  # neither a probe nor a client request got through

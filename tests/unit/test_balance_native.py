@@ -157,7 +157,9 @@ def random_upstream(rng: random.Random, method: str) -> UpstreamConfig:
                 slow_start_s=float(rng.choice([0, 2, 7])) if method == "round_robin" else 0.0,
             )
         )
-    return UpstreamConfig(name="u", method=cast(Method, method), servers=tuple(servers))
+    # actively health-checked groups: P_HC_STATE is read (unchecked ones must ignore it)
+    checked = rng.random() < 0.4
+    return UpstreamConfig(name="u", method=cast(Method, method), servers=tuple(servers), checked=checked)
 
 
 def random_slots(rng: random.Random, n: int) -> tuple[int, list[int]]:
@@ -232,6 +234,7 @@ def scramble(
         mv[b + L.P_CHECKED] = now - rng.choice([0, 1, 2, 5, 6, 100])
         ramp = rng.random() < 0.3 and s.slow_start_s > 0
         mv[b + L.P_SLOW_START_MS] = now * 1000 + rng.randint(-8000, 3000) if ramp else 0
+        mv[b + L.P_HC_STATE] = rng.choice([L.HC_UP, L.HC_UP, L.HC_UP, L.HC_CHECKING, L.HC_UNHEALTHY])
 
 
 @pytest.mark.parametrize("method", ["round_robin", "least_conn"])

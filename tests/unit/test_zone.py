@@ -779,3 +779,17 @@ def test_releasing_a_workers_row_recounts_its_connections(zones: list[Zone]) -> 
     assert a.conns == 3
     rows.release(501)
     assert (a.conns, g0.primary.peers[1].conns) == (1, 0)
+
+
+def test_a_zone_of_another_layout_version_is_refused() -> None:
+    """A binary upgrade across layout versions (3: 72-word peer records with the health-check
+    words) would read every peer at the wrong offset; the new master refuses the zone."""
+    from prefork_lb.zone.zone import ZoneVersionError
+
+    zone = Zone.for_peers(2)
+    try:
+        zone.mv[L.H_VERSION] = 2
+        with pytest.raises(ZoneVersionError, match="layout version 2"):
+            Zone(os.dup(zone.fd), zone.size)
+    finally:
+        zone.close()

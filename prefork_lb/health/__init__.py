@@ -1,0 +1,1 @@
+"""Active health checks (issue 17): config model, match evaluation, the prober process."""
