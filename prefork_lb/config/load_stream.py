@@ -47,6 +47,7 @@ class StreamLoader(SectionLoader):
         for i, lc in enumerate(listen):
             if lc.default_server:
                 raise self.source.error(f"{t.key_path('listen')}[{i}]", "default_server is for http servers")
+        ssl = self.ssl(t, listen)
         target = t.take("proxy_pass", string)
         if target not in upstreams:
             try:
@@ -79,6 +80,8 @@ class StreamLoader(SectionLoader):
             if log_path == "off"
             else (AccessLogConfig(log_path, fmt, log_formats[fmt], key=log_key),),
             index=index,
+            ssl=ssl,
+            ssl_handshake_timeout_s=t.take("ssl_handshake_timeout", duration, 60.0),
         )
         t.finish()
         if server.proxy_buffer_size_bytes < 1:

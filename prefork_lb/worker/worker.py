@@ -232,6 +232,9 @@ class Worker:
         return accepted
 
     def _handler(self, key: tuple[str, str, int], router: Any) -> Any:
+        lt = self.config.tls.get(key)
+        if lt is not None:
+            return self._tls_handler(key, router, lt)
         from prefork_lb.http.connection import ClientConnection
         from prefork_lb.http.exchange import ConnectionInfo
         from prefork_lb.netio import ClientSocket
@@ -263,6 +266,59 @@ class Worker:
             connections.add(conn)
             mv[accepted] += 1
             mv[active] += 1
+            self._serve(conn)
+
+        return handle
+
+    def _tls_handler(self, key: tuple[str, str, int], router: Any, lt: Any) -> Any:
+        """An HTTP connection on a TLS address: the handshake (tls/io.py) in the connection's
+        greenlet, then ``TlsConnection`` (tls/connection.py)."""
+        from prefork_lb.http.exchange import ConnectionInfo
+        from prefork_lb.netio import ClientSocket
+        from prefork_lb.tls.connection import TlsConnection
+        from prefork_lb.tls.info import tls_info
+        from prefork_lb.tls.io import accept_tls
+
+        runtime = self.runtime
+        connections = self.connections
+        clock = self.clock
+        family, host, port = key
+        counter = [self.slot << 40]
+        mv = runtime.zone.mv
+        accepted, active = runtime.accepted_cell, runtime.active_cell
+        hub = self.gevent.get_hub()
+        timeout_s = router.default.client_header_timeout_s
+        verify = lt.verify_client
+
+        def handle(raw: Any, address: Any) -> None:
+            counter[0] += 1
+            remote, rport = ("unix:", 0) if family == "unix" else (address[0], address[1])
+            try:
+                sock = ClientSocket(raw, hub)
+            except BaseException:
+                raw.close()
+                self._connection_closed()
+                raise
+            mv[accepted] += 1
+            mv[active] += 1
+            conn = None
+            try:
+                done = accept_tls(sock, lt.context, timeout_s, remote)
+                if done is not False:
+                    info = ConnectionInfo(remote, rport, host, port, counter[0])
+                    if done is not True:
+                        info.tls = tls_info(done, verify != "off")
+                    conn = TlsConnection(sock, info, router, runtime, clock)
+                    conn.setup(done is True, verify)
+            finally:
+                if conn is None:
+                    sock.close()
+                    mv[active] -= 1
+                    self._connection_closed()
+            if conn is None:
+                return
+            conn.parkable = True
+            connections.add(conn)
             self._serve(conn)
 
         return handle
