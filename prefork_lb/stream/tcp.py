@@ -16,6 +16,11 @@ Rules (shared/reference/nginx-semantics.md section 8):
    not retried, and the error is logged at alert at most once a second. The worker's
    budget (worker/fdbudget.py) keeps a descriptor for every accepted connection, so this
    happens only when the limit changed under the worker.
+6. A TLS-terminated client (``listen ... ssl``; the handshake is done before ``run``, in
+   the worker) is relayed in plaintext to the upstream. The client's EOF (close_notify
+   or a TCP FIN) half-closes the upstream as rule 2; the upstream's EOF sends the client
+   close_notify and ends the session (a TLS connection cannot be half-closed at the TCP
+   level and keep reading through OpenSSL).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ MIN_READ = 1048576
 class TcpSession:
     """One client connection: pick, connect (with retries), relay, log."""
 
-    __slots__ = ("activity", "client", "clock", "rt", "session", "upstream")
+    __slots__ = ("activity", "client", "clock", "rt", "session", "tls", "upstream")
 
     def __init__(
         self, client: socket.socket, session: Session, rt: StreamServerRuntime, clock: Callable[[], float]
@@ -57,6 +62,7 @@ class TcpSession:
         self.clock = clock
         self.upstream: socket.socket | None = None
         self.activity = clock()
+        self.tls = False  # the client side is a TLS-terminated gevent SSLSocket (rule 6)
 
     def run(self) -> None:
         rt, session = self.rt, self.session
@@ -148,6 +154,13 @@ class TcpSession:
                 self._abort()
                 return
             if not data:
+                if self.tls and not to_upstream:  # rule 6
+                    try:
+                        dst._sslobj.shutdown()  # close_notify, not awaited
+                    except (OSError, ValueError, AttributeError):
+                        pass
+                    self._abort()
+                    return
                 try:
                     dst.shutdown(stdsocket.SHUT_WR)  # half-close, the other way keeps going
                 except OSError:

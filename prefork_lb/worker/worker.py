@@ -425,6 +425,13 @@ class Worker:
         sessions = self.stream_sessions
         counter = [(self.slot << 40) + (1 << 39)]
         keepalive = any(lc.so_keepalive for lc in rt.config.listen if lc.key == key)
+        lt = self.config.tls.get(key)
+        if lt is not None:
+            from gevent.ssl import SSLSocket
+
+            from prefork_lb.tls.io import handshake_stream
+
+            handshake_s = rt.config.ssl_handshake_timeout_s
 
         def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
@@ -433,6 +440,9 @@ class Worker:
                 sock = gsocket(raw.family, raw.type, 0, raw.detach())
                 if keepalive:
                     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_KEEPALIVE, 1)
+                if lt is not None:
+                    ctx = lt.context
+                    sock = SSLSocket(sock, server_side=True, do_handshake_on_connect=False, _context=ctx)
                 session = Session("TCP", address[0], address[1], key[1], key[2], counter[0], clock())
                 tcp = TcpSession(sock, session, rt, clock)
             except BaseException:
@@ -442,6 +452,11 @@ class Worker:
             sessions.add(tcp)
             rt.begin()
             try:
+                if lt is not None:  # nginx: the handshake comes before the upstream is picked
+                    if not handshake_stream(sock, handshake_s, address[0]):
+                        session.status = 500  # nginx finalizes a failed handshake with 500
+                        return
+                    tcp.tls = True
                 tcp.run()
             finally:
                 sessions.discard(tcp)

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, wait_for
+from tests.harness import LB, accepts, wait_for
+from tests.stream_servers import TcpEcho
 from tests.tls_certs import TestCA
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -359,3 +360,51 @@ servers = [{{ address = "{be.addrs[0]}" }}]
             assert echo["body_len"] == len(payload)
             assert echo["body_sha256"] == hashlib.sha256(payload).hexdigest()
             conn.close()
+
+
+def test_stream_tls_termination(tmp_path: Path, ca: TestCA) -> None:
+    """Catches: ``ssl`` on a stream listen ignored (bytes relayed still encrypted), and the
+    TLS client's close not reaching the upstream."""
+    port, http_port = free_port(), free_port()
+    echo = TcpEcho()
+    cfg = f"""
+workers = 1
+error_log = "error.log"
+error_log_level = "info"
+[http]
+access_log = "off"
+[[http.servers]]
+listen = ["127.0.0.1:{http_port}"]
+  [[http.servers.locations]]
+  match = "/"
+  return = "200 ok"
+[stream]
+access_log = "stream.log"
+[[stream.servers]]
+listen = ["127.0.0.1:{port} ssl"]
+proxy_pass = "{echo.addr}"
+ssl_certificate = ["{ca.dir}/b.test-rsa.crt"]
+ssl_certificate_key = ["{ca.dir}/b.test-rsa.key"]
+ssl_handshake_timeout = "1s"
+"""
+    try:
+        with LB(tmp_path, cfg, http_port) as lb:
+            wait_for(lambda: accepts(port), what="stream listener")
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = client_context(ca).wrap_socket(raw, server_hostname="b.test")
+            assert dict(x[0] for x in s.getpeercert()["subject"])["commonName"] == "b.test"
+            f = s.makefile("rb")
+            assert f.readline() == f"{echo.port}\n".encode()
+            s.sendall(b"x" * 100_000)
+            assert f.read(100_000) == b"x" * 100_000
+            socket.socket.shutdown(s, socket.SHUT_WR)  # a FIN, the TLS state kept for reading
+            assert f.readline() == b"EOF 100000\n"
+            assert f.read() == b""  # the upstream closed: close_notify, then EOF
+            s.close()
+            stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+            stalled.sendall(b"\x16\x03\x01")
+            assert stalled.recv(10) == b""  # ssl_handshake_timeout
+            stalled.close()
+            wait_for(lambda: "client timed out while SSL handshaking" in lb.output(), what="timeout log")
+    finally:
+        echo.close()
