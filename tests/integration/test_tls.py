@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, accepts, wait_for
+from tests.harness import LB, accepts, run_cli, wait_for
 from tests.stream_servers import TcpEcho
 from tests.tls_certs import TestCA
 
@@ -408,3 +408,110 @@ ssl_handshake_timeout = "1s"
             wait_for(lambda: "client timed out while SSL handshaking" in lb.output(), what="timeout log")
     finally:
         echo.close()
+
+
+def nginx_tls_conf(ca: TestCA, port: int) -> str:
+    def server(name: str, extra: str = "", ec: bool = False) -> str:
+        certs = "".join(
+            f"ssl_certificate {ca.dir}/{name}-{k}.crt;\nssl_certificate_key {ca.dir}/{name}-{k}.key;\n"
+            for k in (("rsa", "ec") if ec else ("rsa",))
+        )
+        return f"""
+    server {{
+        listen 127.0.0.1:{port} ssl{extra};
+        server_name {name};
+        ssl_protocols TLSv1.2 TLSv1.3;
+{certs}
+        location / {{ return 200 "{name.split(".")[0]}"; }}
+    }}"""
+
+    user = "user root;" if os.geteuid() == 0 else ""
+    return f"""
+{user}
+worker_processes 1;
+daemon off;
+pid nginx.pid;
+error_log error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path tmp-body;
+    proxy_temp_path tmp-proxy;
+{server("default.test", " default_server")}
+{server("a.test", ec=True)}
+{server("b.test")}
+}}
+"""
+
+
+def tls_probes(port: int, ca: TestCA) -> list[object]:
+    """What the differential compares: certificate and server per (SNI, Host), and the
+    plain-HTTP answer's status line, Connection and explanation."""
+    ctx = client_context(ca)
+    out: list[object] = []
+    for sni, host in (
+        ("a.test", "a.test"),
+        ("b.test", "b.test"),
+        ("unknown.test", "unknown.test"),
+        (None, "a.test"),
+        (None, "nothing.test"),
+        ("b.test", "a.test"),
+        ("a.test", "b.test"),
+    ):
+        out.append((sni, host, tls_get(port, ctx, sni, host)))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    out.append((lines[0], [h for h in lines if h.lower().startswith(b"connection:")]))
+    out.append([line for line in body.split(b"\r\n") if b"center>" in line and b"<hr>" not in line])
+    out.append(body.split(b"\r\n")[1])  # the <title>
+    return out
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_nginx_differential_sni_default_server_and_plain_http(tmp_path: Path, ca: TestCA) -> None:
+    """nginx 1.22 as the oracle: the certificate and the server block for each (SNI, Host)
+    pair, including no SNI and unknown names, and the 400 for plain HTTP on the TLS port.
+    Catches any divergence in SNI/default-server selection or in that answer."""
+    assert NGINX is not None
+    port = free_port()
+    ndir = tmp_path / "nginx"
+    ndir.mkdir()
+    (ndir / "nginx.conf").write_text(nginx_tls_conf(ca, port))
+    proc = subprocess.Popen(
+        [NGINX, "-p", str(ndir), "-c", str(ndir / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: accepts(port), what="nginx to listen")
+        expected = tls_probes(port, ca)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    port = free_port()
+    (tmp_path / "lb").mkdir()
+    with LB(tmp_path / "lb", three_servers(ca, port), port):
+        got = tls_probes(port, ca)
+    assert got == expected
+
+
+def test_config_test_names_a_key_that_does_not_match(tmp_path: Path, ca: TestCA) -> None:
+    """``prefork-lb -t`` (what a certbot deploy hook runs before reloading): a renewed
+    certificate deployed with the old key fails, naming the config file, the key path and
+    both PEM files. Catches contexts built only in the workers (``-t`` would pass)."""
+    port = free_port()
+    conf = tmp_path / "lb.toml"
+    conf.write_text(three_servers(ca, port).replace("a.test-ec.key", "b.test-rsa.key"))
+    out = run_cli("-t", "-c", str(conf))
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert f"{conf}: http.servers[1].ssl_certificate_key[1]" in text, text
+    assert f'"{ca.dir}/b.test-rsa.key" does not match the certificate "{ca.dir}/a.test-ec.crt"' in text
+    conf.write_text(three_servers(ca, port))
+    assert run_cli("-t", "-c", str(conf)).returncode == 0
