@@ -82,8 +82,14 @@ class StreamLoader(SectionLoader):
             index=index,
             ssl=ssl,
             ssl_handshake_timeout_s=t.take("ssl_handshake_timeout", duration, 60.0),
+            ssl_preread=t.take("ssl_preread", boolean, False),
+            preread_timeout_s=t.take("preread_timeout", duration, 30.0),
         )
         t.finish()
+        if server.ssl_preread and server.ssl is not None:
+            raise t.error("ssl_preread", 'reads the ClientHello that "ssl" would terminate: use one of them')
+        if server.ssl_preread and any(lc.udp for lc in listen):
+            raise t.error("ssl_preread", "is for TCP listeners")
         if server.proxy_buffer_size_bytes < 1:
             raise t.error("proxy_buffer_size", "must be at least 1 byte")
         return server

@@ -228,6 +228,8 @@ class StreamServerConfig:
     index: int = 0
     ssl: SslConfig | None = None
     ssl_handshake_timeout_s: float = 60.0  # nginx's stream ssl_handshake_timeout
+    ssl_preread: bool = False  # read the ClientHello for $ssl_preread_* (no termination)
+    preread_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,10 @@ Rules (shared/reference/nginx-semantics.md section 8):
    or a TCP FIN) half-closes the upstream as rule 2; the upstream's EOF sends the client
    close_notify and ends the session (a TLS connection cannot be half-closed at the TCP
    level and keep reading through OpenSSL).
+7. ``ssl_preread``: the worker reads the client's first bytes until its TLS ClientHello is
+   complete (tls/preread.py; at most 16 KiB, within ``preread_timeout``) before the
+   upstream is picked, so ``hash = "$ssl_preread_server_name"`` routes by SNI; those
+   bytes go to the upstream first, unchanged (TLS is not terminated).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ MIN_READ = 1048576
 class TcpSession:
     """One client connection: pick, connect (with retries), relay, log."""
 
-    __slots__ = ("activity", "client", "clock", "rt", "session", "tls", "upstream")
+    __slots__ = ("activity", "client", "clock", "first", "rt", "session", "tls", "upstream")
 
     def __init__(
         self, client: socket.socket, session: Session, rt: StreamServerRuntime, clock: Callable[[], float]
@@ -63,6 +67,7 @@ class TcpSession:
         self.upstream: socket.socket | None = None
         self.activity = clock()
         self.tls = False  # the client side is a TLS-terminated gevent SSLSocket (rule 6)
+        self.first = b""  # rule 7: client bytes read by ssl_preread, sent upstream first
 
     def run(self) -> None:
         rt, session = self.rt, self.session
@@ -124,6 +129,15 @@ class TcpSession:
         size = max(self.rt.config.proxy_buffer_size_bytes, MIN_READ)
         self.client.settimeout(timeout)
         self.upstream.settimeout(timeout)
+        if self.first:  # rule 7
+            try:
+                self.upstream.sendall(self.first)
+            except OSError:
+                self._abort()
+                return
+            self.session.bytes_received += len(self.first)
+            attempt.bytes_sent += len(self.first)
+            self.first = b""
         up = gevent.spawn(self._pump, self.client, self.upstream, size, True, attempt, start)
         try:
             self._pump(self.upstream, self.client, size, False, attempt, start)

@@ -89,6 +89,9 @@ _GETTERS: Final[dict[str, tuple[Callable[[Session], str], bool]]] = {
     "upstream_connect_time": (_upstream(lambda a: _opt_time(a.connect_time_s)), True),
     "upstream_first_byte_time": (_upstream(lambda a: _opt_time(a.first_byte_time_s)), True),
     "upstream_session_time": (_upstream(lambda a: _t3(a.session_time_s)), True),
+    "ssl_preread_server_name": (lambda s: s.preread.server_name, False),
+    "ssl_preread_alpn_protocols": (lambda s: s.preread.alpn_protocols, False),
+    "ssl_preread_protocol": (lambda s: s.preread.protocol, True),
 }
 
 

@@ -179,3 +179,31 @@ def handshake_stream(sock: Any, timeout_s: float, client: str) -> bool:
     except OSError:
         pass
     return False
+
+
+def preread_stream(sock: Any, timeout_s: float) -> tuple[bytes, Any] | None:
+    """``ssl_preread`` on a stream client (a gevent socket): (the bytes read, what their
+    ClientHello says) once the hello is complete, not TLS, or 16 KiB long; None when the
+    client closed, failed or sent no complete hello within ``timeout_s`` (nginx ends the
+    session then). tcp.py rule 7 sends the bytes upstream first."""
+    from prefork_lb.tls.preread import NOT_TLS, PREREAD_BUFFER_BYTES, preread
+
+    data = b""
+    deadline = monotonic() + timeout_s
+    while True:
+        left_s = deadline - monotonic()
+        if left_s <= 0:
+            return None
+        sock.settimeout(left_s)
+        try:
+            chunk = sock.recv(PREREAD_BUFFER_BYTES - len(data))
+        except OSError:  # TimeoutError included
+            return None
+        if not chunk:
+            return None
+        data += chunk
+        found = preread(data)
+        if found is not None:
+            return data, found
+        if len(data) >= PREREAD_BUFFER_BYTES:
+            return data, NOT_TLS

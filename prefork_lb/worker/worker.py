@@ -432,6 +432,9 @@ class Worker:
             from prefork_lb.tls.io import handshake_stream
 
             handshake_s = rt.config.ssl_handshake_timeout_s
+        preread_s = rt.config.preread_timeout_s if rt.config.ssl_preread else 0.0
+        if preread_s:
+            from prefork_lb.tls.io import preread_stream
 
         def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
@@ -457,6 +460,11 @@ class Worker:
                         session.status = 500  # nginx finalizes a failed handshake with 500
                         return
                     tcp.tls = True
+                if preread_s:  # tcp.py rule 7: before the upstream is picked
+                    found = preread_stream(sock, preread_s)
+                    if found is None:
+                        return  # nginx: a preread that ends without a hello ends the session
+                    tcp.first, session.preread = found
                 tcp.run()
             finally:
                 sessions.discard(tcp)

@@ -538,3 +538,63 @@ def test_make_run_demo_serves_https_config(tmp_path: Path) -> None:
     assert "DNS:localhost" in text.stdout and "IP Address:127.0.0.1" in text.stdout
     result = run_cli("-t", "-c", "conf/demo-https.toml", "-p", str(tmp_path))
     assert result.returncode == 0, result.stderr
+
+
+def test_stream_ssl_preread_routes_by_sni_without_terminating(tmp_path: Path, ca: TestCA) -> None:
+    """``ssl_preread = true`` + ``hash = "$ssl_preread_server_name"``: the stream server
+    reads the ClientHello, picks the upstream by SNI, and relays the untouched TLS bytes to
+    it (here the LB's own HTTPS listeners, so the client's handshake completes end to end).
+    Catches: preread bytes lost or not forwarded (the handshake fails), the variables empty,
+    the hash not seeing them (one name going to both upstreams), a plain client stuck."""
+    port, h1, h2 = free_port(), free_port(), free_port()
+    cfg = (
+        f"""
+workers = 1
+error_log = "error.log"
+[http]
+access_log = "off"
+[http.log_formats]
+t = '{LOG}'
+[stream.log_formats]
+pre = '$ssl_preread_server_name|$ssl_preread_protocol|$ssl_preread_alpn_protocols|$upstream_addr|$status'
+[stream.upstreams.by_sni]
+method = "hash"
+hash = "$ssl_preread_server_name"
+servers = [{{ address = "127.0.0.1:{h1}" }}, {{ address = "127.0.0.1:{h2}" }}]
+[[stream.servers]]
+listen = ["127.0.0.1:{port}"]
+proxy_pass = "by_sni"
+ssl_preread = true
+preread_timeout = "2s"
+access_log = "stream.log"
+log_format = "pre"
+"""
+        + tls_server(
+            ca, "a.test", f'"127.0.0.1:{h1} ssl", "127.0.0.1:{h2} ssl"', 'return = "200 a $server_port"'
+        )
+        + tls_server(
+            ca, "b.test", f'"127.0.0.1:{h1} ssl", "127.0.0.1:{h2} ssl"', 'return = "200 b $server_port"'
+        )
+    )
+    ctx = client_context(ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with LB(tmp_path, cfg, h1):
+        wait_for(lambda: accepts(port), what="stream listener")
+        answers = {name: {tls_get(port, ctx, name, name) for _ in range(4)} for name in ("a.test", "b.test")}
+        for name, got in answers.items():
+            assert len(got) == 1, got  # one name, one upstream
+            cn, status, body = next(iter(got))
+            assert (cn, status) == (name, 200) and body.startswith(name[0].encode() + b" ")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS: relayed as is
+            assert b"400" in plain.recv(4096).split(b"\r\n")[0]  # the TLS port's plain-HTTP answer
+        log = tmp_path / "stream.log"
+        lines = wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 9 and log.read_text())
+    rows = [line.split("|") for line in lines.splitlines()]
+    seen = sorted(tuple(r[:3]) for r in rows)
+    assert (
+        seen
+        == [("-", "-", "-")]
+        + [("a.test", "TLSv1.3", "http/1.1")] * 4
+        + [("b.test", "TLSv1.3", "http/1.1")] * 4
+    )

@@ -189,3 +189,31 @@ def test_stream_server_ssl(tmp_path: Path, ca: TestCA) -> None:
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
     msg = error(tmp_path, config_text(ca) + stream.replace("6443 ssl", "6443"))
     assert 'stream.servers[0].ssl_certificate: needs a listen address with the "ssl" flag' in msg
+
+
+def test_stream_ssl_preread(tmp_path: Path, ca: TestCA) -> None:
+    """ssl_preread is a TCP stream key that excludes terminating TLS on the same server,
+    and its variables compile in a stream hash key."""
+    stream = textwrap.dedent(
+        """
+        [stream.upstreams.by_sni]
+        method = "hash"
+        hash = "$ssl_preread_server_name"
+        servers = [{ address = "127.0.0.1:9001" }]
+        [[stream.servers]]
+        listen = ["127.0.0.1:6443"]
+        proxy_pass = "by_sni"
+        ssl_preread = true
+        preread_timeout = "5s"
+        """
+    )
+    server = load(tmp_path, config_text(ca) + stream).stream.servers[0]
+    assert server.ssl_preread and server.preread_timeout_s == 5.0
+    both = stream.replace('"127.0.0.1:6443"', '"127.0.0.1:6443 ssl"') + (
+        f'ssl_certificate = ["{ca.dir}/b.test-rsa.crt"]\nssl_certificate_key = ["{ca.dir}/b.test-rsa.key"]\n'
+    )
+    assert 'stream.servers[0].ssl_preread: reads the ClientHello that "ssl" would terminate' in error(
+        tmp_path, config_text(ca) + both
+    )
+    udp = stream.replace('"127.0.0.1:6443"', '"127.0.0.1:6443 udp"')
+    assert "stream.servers[0].ssl_preread: is for TCP listeners" in error(tmp_path, config_text(ca) + udp)
