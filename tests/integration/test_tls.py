@@ -609,3 +609,39 @@ log_format = "pre"
         + [("a.test", "TLSv1.3", "http/1.1")] * 4
         + [("b.test", "TLSv1.3", "http/1.1")] * 4
     )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_root_only_key_works_after_the_privilege_drop(tmp_path: Path, ca: TestCA) -> None:
+    """The key is 0600 root and the workers run as nobody: handshakes still work because
+    the master loaded it before fork. Catches a context (or a reload's) built in the worker."""
+    import pwd
+
+    tmp_path.chmod(0o755)  # the worker user must reach its log files
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o700)
+    for ext in ("crt", "key"):
+        shutil.copy(ca.dir / f"a.test-rsa.{ext}", secret / f"a.{ext}")
+    (secret / "a.key").chmod(0o600)
+    port = free_port()
+    cfg = f"""
+workers = 1
+user = "nobody"
+error_log = "error.log"
+[http]
+access_log = "off"
+[[http.servers]]
+listen = ["127.0.0.1:{port} ssl"]
+ssl_certificate = ["{secret}/a.crt"]
+ssl_certificate_key = ["{secret}/a.key"]
+  [[http.servers.locations]]
+  match = "/"
+  return = "200 ok"
+"""
+    with LB(tmp_path, cfg, port) as lb:
+        assert lb.workers()[0].uids().effective == pwd.getpwnam("nobody").pw_uid
+        assert tls_get(port, client_context(ca), "a.test", "a.test") == ("a.test", 200, b"ok")
+        old = {p.pid for p in lb.workers()}
+        assert lb.signal("reload").returncode == 0
+        wait_for(lambda: {p.pid for p in lb.workers()} - old, what="new worker")
+        assert tls_get(port, client_context(ca), "a.test", "a.test") == ("a.test", 200, b"ok")
