@@ -429,7 +429,10 @@ class Worker:
         if lt is not None:
             from gevent.ssl import SSLSocket
 
+            from prefork_lb.tls.info import tls_info
             from prefork_lb.tls.io import handshake_stream
+
+            verify = lt.verify_client
 
             handshake_s = rt.config.ssl_handshake_timeout_s
         preread_s = rt.config.preread_timeout_s if rt.config.ssl_preread else 0.0
@@ -460,6 +463,14 @@ class Worker:
                         session.status = 500  # nginx finalizes a failed handshake with 500
                         return
                     tcp.tls = True
+                    session.tls = tls_info(sock, verify != "off")
+                    if verify == "on" and not session.tls.has_client_cert:
+                        logging.getLogger("prefork_lb.error").info(
+                            "client sent no required SSL certificate while SSL handshaking, client: %s",
+                            address[0],
+                        )
+                        session.status = 400  # nginx's stream module: 400, no upstream
+                        return
                 if preread_s:  # tcp.py rule 7: before the upstream is picked
                     found = preread_stream(sock, preread_s)
                     if found is None:

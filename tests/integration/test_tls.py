@@ -645,3 +645,64 @@ ssl_certificate_key = ["{secret}/a.key"]
         assert lb.signal("reload").returncode == 0
         wait_for(lambda: {p.pid for p in lb.workers()} - old, what="new worker")
         assert tls_get(port, client_context(ca), "a.test", "a.test") == ("a.test", 200, b"ok")
+
+
+def test_stream_tls_variables_and_required_client_certificate(tmp_path: Path, ca: TestCA) -> None:
+    """A TLS stream server logs $ssl_protocol, $ssl_client_verify and $ssl_client_s_dn;
+    with ``ssl_verify_client = "on"`` a client without a certificate never reaches the
+    upstream (nginx: session status 400). Catches the verify mode "optional" (needed at the
+    TLS level, tls/contexts.py rule 3) letting certificate-less clients through."""
+    port, http_port = free_port(), free_port()
+    echo = TcpEcho()
+    client = ca.dir / "client-user-rsa"
+    cfg = f"""
+workers = 1
+error_log = "error.log"
+error_log_level = "info"
+[http]
+access_log = "off"
+[[http.servers]]
+listen = ["127.0.0.1:{http_port}"]
+  [[http.servers.locations]]
+  match = "/"
+  return = "200 ok"
+[stream.log_formats]
+v = '$status|$ssl_protocol|$ssl_client_verify|$ssl_client_s_dn|$upstream_addr'
+[[stream.servers]]
+listen = ["127.0.0.1:{port} ssl"]
+proxy_pass = "{echo.addr}"
+ssl_certificate = ["{ca.dir}/b.test-rsa.crt"]
+ssl_certificate_key = ["{ca.dir}/b.test-rsa.key"]
+ssl_client_certificate = "{ca.cert}"
+ssl_verify_client = "on"
+access_log = "stream.log"
+log_format = "v"
+"""
+    with_cert = client_context(ca)
+    with_cert.load_cert_chain(f"{client}.crt", f"{client}.key")
+    try:
+        with LB(tmp_path, cfg, http_port) as lb:
+            wait_for(lambda: accepts(port), what="stream listener")
+            s = with_cert.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert s.recv(100) == f"{echo.port}\n".encode()
+            s.close()
+            s = client_context(ca).wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+            try:
+                assert s.recv(100) == b""  # closed, nothing from the upstream
+            except (ssl.SSLError, OSError):
+                pass  # or the close comes as an error, depending on timing
+            s.close()
+            log = tmp_path / "stream.log"
+
+            def sessions() -> list[str]:
+                lines = log.read_text().splitlines() if log.exists() else []
+                return sorted(line for line in lines if "|TLSv1.3|" in line)
+
+            rows = wait_for(lambda: len(sessions()) >= 2 and sessions(), what="two TLS sessions logged")
+            assert "client sent no required SSL certificate" in lb.output()
+        assert rows == [
+            f"200|TLSv1.3|SUCCESS|CN=client-user,O=prefork-lb tests|{echo.addr}",
+            "400|TLSv1.3|NONE|-|-",
+        ]
+    finally:
+        echo.close()
