@@ -706,3 +706,30 @@ log_format = "v"
         ]
     finally:
         echo.close()
+
+
+def test_421_when_client_certificates_and_host_disagree_with_sni(tmp_path: Path, ca: TestCA) -> None:
+    """nginx 1.22 (nginx-semantics-2.md T5): with client certificates verified, a request
+    whose Host selects another server than SNI did gets 421 Misdirected Request (a client
+    could otherwise present a certificate checked for one vhost to another). Without SNI,
+    or with Host and SNI agreeing, it is served. Catches the check missing."""
+    port = free_port()
+    verify = f'ssl_client_certificate = "{ca.cert}"\nssl_verify_client = "optional"'
+    cfg = (
+        f"""
+error_log = "error.log"
+[http]
+access_log = "off"
+[http.log_formats]
+t = '{LOG}'
+"""
+        + tls_server(ca, "default.test", f'"127.0.0.1:{port} ssl"', 'return = "200 default"', verify)
+        + tls_server(ca, "a.test", f'"127.0.0.1:{port} ssl"', 'return = "200 a"', verify)
+    )
+    ctx = client_context(ca)
+    with LB(tmp_path, cfg, port):
+        assert tls_get(port, ctx, "a.test", "a.test")[1:] == (200, b"a")
+        _, status, _ = tls_get(port, ctx, "a.test", "default.test")
+        assert status == 421
+        assert tls_get(port, ctx, None, "a.test")[1:] == (200, b"a")
+        assert tls_get(port, ctx, "default.test", "default.test")[1:] == (200, b"default")
