@@ -20,12 +20,13 @@ $(VENV)/.test-extras: $(BIN)/prefork-lb pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-# Two demo backends (127.0.0.1:9001, :9002) and prefork-lb on http://127.0.0.1:8080/ in the
+# Two demo backends (127.0.0.1:9001, :9002) and prefork-lb on http://127.0.0.1:8080/ and
+# https://127.0.0.1:8443/ (self-signed certificate made in .run/ on first run) in the
 # foreground; Ctrl-C stops everything (the master gracefully: run_demo.py sends it QUIT).
-# Logs and the pid file go to .run/: `.venv/bin/prefork-lb -s reload -c conf/prefork-lb.toml -p .run`.
+# Logs and the pid file go to .run/: `.venv/bin/prefork-lb -s reload -c conf/demo-https.toml -p .run`.
 run: $(BIN)/prefork-lb
 	@mkdir -p $(RUN)
-	@$(BIN)/python scripts/run_demo.py --prefix $(RUN) -- $(BIN)/prefork-lb -c conf/prefork-lb.toml -p $(RUN)
+	@$(BIN)/python scripts/run_demo.py --prefix $(RUN) -- $(BIN)/prefork-lb -c conf/demo-https.toml -p $(RUN)
 
 # The whole suite on the compiled build, then again on the pure-Python build (PREFORK_LB_PURE=1)
 # for what the C extension replaces: the balancer loops (unit, differential) and the zone lock

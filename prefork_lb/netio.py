@@ -128,6 +128,16 @@ def _wait(sock: Any, watcher: Any, timeout_s: float | None) -> None:
         dl.deadline = 0.0
 
 
+def wait_readable(sock: Any, timeout_s: float | None) -> None:
+    """One wait for ``sock`` to be readable (rule 2's timeout); for callers that read
+    through something else (tls/io.py's handshake)."""
+    _wait(sock, sock._read_event, timeout_s)
+
+
+def wait_writable(sock: Any, timeout_s: float | None) -> None:
+    _wait(sock, sock._write_event, timeout_s)
+
+
 def recv(sock: Any, size: int, timeout_s: float | None, wait_first: bool = False) -> bytes:
     """Up to ``size`` bytes (b"" at EOF); ``TimeoutError`` if nothing came within ``timeout_s``.
 

@@ -3,7 +3,7 @@
 Accepted forms: ``127.0.0.1:8080``, ``[::1]:8080``, ``*:8080`` / ``8080`` (all IPv4
 addresses), ``localhost:9001`` (hostnames are resolved by the loader), ``unix:/path``.
 A listen entry may carry nginx's flags after the address: ``default_server``,
-``reuseport``, ``backlog=N``.
+``reuseport``, ``backlog=N``, ``ssl``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def parse_listen(text: str) -> ListenConfig:
             socket.inet_pton(socket.AF_INET, address.host)
         except OSError:
             raise ValueError(f'"{words[0]}": listen needs an IP address, not a hostname') from None
-    default_server = reuseport = udp = so_keepalive = False
+    default_server = reuseport = udp = so_keepalive = ssl = False
     backlog = 511
     for word in words[1:]:
         if word == "default_server":
@@ -77,6 +77,8 @@ def parse_listen(text: str) -> ListenConfig:
             reuseport = True
         elif word == "udp":
             udp = True
+        elif word == "ssl":
+            ssl = True
         elif word in ("so_keepalive=on", "so_keepalive=off"):
             so_keepalive = word.endswith("on")
         elif word.startswith("backlog="):
@@ -86,11 +88,13 @@ def parse_listen(text: str) -> ListenConfig:
             backlog = int(value)
         else:
             raise ValueError(
-                f'unknown listen parameter "{word}" (default_server, reuseport, backlog=N; '
+                f'unknown listen parameter "{word}" (default_server, reuseport, backlog=N, ssl; '
                 "stream: udp, so_keepalive=on)"
             )
     if address.family == "unix" and udp:
         raise ValueError("udp needs an IP address")
+    if udp and ssl:
+        raise ValueError("ssl is for TCP listeners (DTLS is not supported)")
     return ListenConfig(
         address=address,
         default_server=default_server,
@@ -98,4 +102,5 @@ def parse_listen(text: str) -> ListenConfig:
         backlog=backlog,
         udp=udp,
         so_keepalive=so_keepalive,
+        ssl=ssl,
     )

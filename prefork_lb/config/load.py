@@ -15,12 +15,14 @@ Rules:
 - The zone must hold a slot for every upstream peer and every server status zone, checked
   here so a config that would not fit is refused by ``-t`` too.
 - A status location (api, metrics, dashboard) on a non-loopback address needs an allow list.
+- TLS contexts are built last, here, so ``-t`` checks certificates and keys as startup does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from prefork_lb.config.errors import ConfigError
 from prefork_lb.config.load_http import HttpLoader
@@ -105,6 +107,7 @@ def _load(main: str, prefix: str | None, source: Source) -> Config:
     _check_zone_size(source, zone_size, http, stream)
     _check_listen_conflicts(source, http, stream)
     _check_status_exposure(source, http)
+    tls = _build_tls(source, http, stream)
     return Config(
         path=main,
         prefix=prefix,
@@ -123,7 +126,27 @@ def _load(main: str, prefix: str | None, source: Source) -> Config:
         group=group,
         worker_rlimit_nofile=rlimit_nofile,
         worker_heartbeat_timeout_s=heartbeat_s,
+        tls=tls,
     )
+
+
+def _build_tls(source: Source, http: HttpConfig, stream: StreamConfig) -> dict[tuple[str, str, int], Any]:
+    """TLS contexts, built here in the master (before fork) and by ``-t`` alike
+    (tls/contexts.py rule 1). Nothing is imported without a TLS listener."""
+    if not any(
+        lc.ssl
+        for lc in [
+            *(lc for s in http.servers for lc in s.listen),
+            *(lc for s in stream.servers for lc in s.listen),
+        ]
+    ):
+        return {}
+    from prefork_lb.tls.contexts import TlsError, build_listen_tls
+
+    try:
+        return build_listen_tls(http.servers, stream.servers)
+    except TlsError as e:
+        raise source.error(e.key, str(e)) from None
 
 
 def _workers(v: object) -> int:

@@ -284,6 +284,7 @@ class HttpLoader(SectionLoader):
                         f"{t.key_path('server_name')}[{i}]", f"invalid regex: {e}"
                     ) from None
         header_timeout = t.take("client_header_timeout", duration, 60.0)
+        ssl = self.ssl(t, listen)
         settings = self.location_settings(t, http_settings)
         logs = self.log_settings(t, http_logs)
         location_tables = t.table_list("locations")
@@ -302,6 +303,7 @@ class HttpLoader(SectionLoader):
             lingering_time_s=settings.get("lingering_time_s", 30.0),
             lingering_timeout_s=settings.get("lingering_timeout_s", 5.0),
             index=index,
+            ssl=ssl,
         )
 
     def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:

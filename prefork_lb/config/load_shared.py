@@ -22,7 +22,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 from prefork_lb.config.addresses import parse_address, parse_listen
-from prefork_lb.config.model import Address, ListenConfig, Method, UpstreamConfig, UpstreamServer
+from prefork_lb.config.model import (
+    SSL_PROTOCOLS,
+    Address,
+    ListenConfig,
+    Method,
+    SslConfig,
+    SslVerifyClient,
+    UpstreamConfig,
+    UpstreamServer,
+)
 from prefork_lb.config.source import (
     Source,
     Table,
@@ -69,6 +78,66 @@ class SectionLoader:
             except ValueError as e:
                 raise self.source.error(f"{t.key_path('listen')}[{i}]", str(e)) from None
         return out
+
+    def ssl(self, t: Table, listen: list[ListenConfig]) -> SslConfig | None:
+        """A server's ``ssl_*`` keys (the same in http and stream servers). None when the
+        server has no ``ssl`` listen; the keys are then refused, never silently ignored."""
+        present = [k for k in SSL_KEYS if t.has(k)]
+        if not any(lc.ssl for lc in listen):
+            if present:
+                raise t.error(present[0], 'needs a listen address with the "ssl" flag')
+            for k in SSL_KEYS:
+                t.raw(k, None)
+            return None
+        if not t.has("ssl_certificate"):
+            raise t.error("ssl_certificate", 'is required for a listen address with the "ssl" flag')
+        certs = t.take("ssl_certificate", string_list)
+        keys = t.take("ssl_certificate_key", string_list)
+        if not certs:
+            raise t.error("ssl_certificate", "must name at least one certificate file")
+        if len(keys) != len(certs):
+            raise t.error(
+                "ssl_certificate_key",
+                f"must name one key per certificate ({len(certs)} certificates, {len(keys)} keys)",
+            )
+        for key, paths in (("ssl_certificate", certs), ("ssl_certificate_key", keys)):
+            for i, p in enumerate(paths):
+                self._readable(t, f"{key}[{i}]" if t.has(key) else key, self.path(p))
+        protocols = tuple(t.take("ssl_protocols", _ssl_protocols, list(SSL_PROTOCOLS)))
+        ciphers = t.take("ssl_ciphers", string, "HIGH:!aNULL:!MD5")
+        cache = t.take("ssl_session_cache", _session_cache, "none")
+        timeout_s = t.take("ssl_session_timeout", whole_seconds, 300.0)
+        tickets = t.take("ssl_session_tickets", boolean, True)
+        verify = cast(SslVerifyClient, t.take("ssl_verify_client", choice(("off", "on", "optional")), "off"))
+        ca = t.take("ssl_client_certificate", string, None)
+        if ca is not None:
+            ca = self.path(ca)
+            self._readable(t, "ssl_client_certificate", ca)
+        if verify != "off" and ca is None:
+            raise t.error(
+                "ssl_verify_client", 'needs "ssl_client_certificate" (the CA that signs client certificates)'
+            )
+        return SslConfig(
+            certificates=tuple(self.path(p) for p in certs),
+            keys=tuple(self.path(p) for p in keys),
+            protocols=protocols,
+            ciphers=ciphers,
+            session_cache=cache,
+            session_timeout_s=timeout_s,
+            session_tickets=tickets,
+            client_certificate=ca,
+            verify_client=verify,
+            key_path=t.path,
+        )
+
+    def _readable(self, t: Table, key: str, path: str) -> None:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise self.source.error(
+                f"{t.path}.{key}", f'cannot read "{path}" ({e.errno}: {e.strerror})'
+            ) from None
 
     def upstream(self, name: str, t: Table, context: Context = "http") -> UpstreamConfig:
         methods = METHODS if context == "http" else STREAM_METHODS
@@ -208,6 +277,47 @@ def _check_key(t: Table, key: str, context: Context) -> None:
         (compile_stream_template if context == "stream" else compile_template)(key)
     except VariableError as e:
         raise t.error("hash", str(e)) from None
+
+
+SSL_KEYS = (
+    "ssl_certificate",
+    "ssl_certificate_key",
+    "ssl_protocols",
+    "ssl_ciphers",
+    "ssl_session_cache",
+    "ssl_session_timeout",
+    "ssl_session_tickets",
+    "ssl_client_certificate",
+    "ssl_verify_client",
+)
+
+
+def _ssl_protocols(v: object) -> list[str]:
+    items = string_list(v)
+    if not items:
+        raise ValueError("must name at least one protocol")
+    for item in items:
+        if item not in SSL_PROTOCOLS:
+            hint = " (TLS 1.0 and 1.1 are not supported)" if item in ("TLSv1", "TLSv1.1", "SSLv3") else ""
+            raise ValueError(f'unknown protocol "{item}"{hint}; allowed: {", ".join(SSL_PROTOCOLS)}')
+    return items
+
+
+def _session_cache(v: object) -> str:
+    text = string(v)
+    if text in ("off", "none"):
+        return text
+    parts = text.split(":")
+    if len(parts) == 3 and parts[0] == "shared" and parts[1]:
+        from prefork_lb.units import parse_size_bytes
+
+        try:
+            if parse_size_bytes(parts[2]) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f'"{text}": the size must be positive, e.g. "shared:SSL:10m"') from None
+        return text
+    raise ValueError('must be "off", "none" or "shared:NAME:SIZE" (e.g. "shared:SSL:10m")')
 
 
 def _random_options(v: object) -> bool:

@@ -60,6 +60,7 @@ class StreamLoader(SectionLoader):
         for i, lc in enumerate(listen):
             if lc.default_server:
                 raise self.source.error(f"{t.key_path('listen')}[{i}]", "default_server is for http servers")
+        ssl = self.ssl(t, listen)
         target = t.take("proxy_pass", string)
         if target not in upstreams:
             try:
@@ -92,6 +93,10 @@ class StreamLoader(SectionLoader):
             if log_path == "off"
             else (AccessLogConfig(log_path, fmt, log_formats[fmt], key=log_key),),
             index=index,
+            ssl=ssl,
+            ssl_handshake_timeout_s=t.take("ssl_handshake_timeout", duration, 60.0),
+            ssl_preread=t.take("ssl_preread", boolean, False),
+            preread_timeout_s=t.take("preread_timeout", duration, 30.0),
         )
         hc_timeout = t.take("health_check_timeout", duration, 5.0)
         if t.has("health_check"):
@@ -107,6 +112,10 @@ class StreamLoader(SectionLoader):
             if checks is not None:
                 checks.append(check)
         t.finish()
+        if server.ssl_preread and server.ssl is not None:
+            raise t.error("ssl_preread", 'reads the ClientHello that "ssl" would terminate: use one of them')
+        if server.ssl_preread and any(lc.udp for lc in listen):
+            raise t.error("ssl_preread", "is for TCP listeners")
         if server.proxy_buffer_size_bytes < 1:
             raise t.error("proxy_buffer_size", "must be at least 1 byte")
         return server

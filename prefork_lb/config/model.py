@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from prefork_lb.health.model import HealthCheck
 
@@ -64,6 +64,7 @@ class ListenConfig:
     backlog: int = 511  # nginx's default on Linux
     udp: bool = False  # stream only
     so_keepalive: bool = False  # stream only: SO_KEEPALIVE on accepted connections
+    ssl: bool = False  # TLS termination; one "ssl" listen makes the whole address TLS (nginx)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -71,6 +72,27 @@ class ListenConfig:
         port are two sockets)."""
         family = f"{self.address.family}-udp" if self.udp else self.address.family
         return (family, self.address.host, self.address.port)
+
+
+SslVerifyClient = Literal["off", "on", "optional"]
+SSL_PROTOCOLS: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+
+
+@dataclass(frozen=True, slots=True)
+class SslConfig:
+    """A server's ``ssl_*`` keys (http and stream alike), paths absolute. The SSLContexts
+    themselves are built from it in the master (``prefork_lb.tls.contexts``)."""
+
+    certificates: tuple[str, ...]  # ssl_certificate
+    keys: tuple[str, ...]  # ssl_certificate_key, one per certificate
+    protocols: tuple[str, ...] = SSL_PROTOCOLS
+    ciphers: str = "HIGH:!aNULL:!MD5"
+    session_cache: str = "none"  # "off" | "none" | "shared:NAME:SIZE"
+    session_timeout_s: float = 300.0
+    session_tickets: bool = True
+    client_certificate: str | None = None
+    verify_client: SslVerifyClient = "off"
+    key_path: str = field(default="", compare=False)  # "http.servers[0]", for messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +206,7 @@ class ServerConfig:
     lingering_time_s: float = 30.0
     lingering_timeout_s: float = 5.0
     index: int = 0  # position in [[http.servers]], for messages
+    ssl: SslConfig | None = None
 
 
 def zone_name(server: ServerConfig | StreamServerConfig) -> str:
@@ -217,6 +240,10 @@ class StreamServerConfig:
     udp_sessions: int = 4096  # UDP: session table bound per listener per worker (oldest expire)
     access_logs: tuple[AccessLogConfig, ...] = ()
     index: int = 0
+    ssl: SslConfig | None = None
+    ssl_handshake_timeout_s: float = 60.0  # nginx's stream ssl_handshake_timeout
+    ssl_preread: bool = False  # read the ClientHello for $ssl_preread_* (no termination)
+    preread_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +275,9 @@ class Config:
     converted: str = ""  # the TOML an nginx.conf became (``-c nginx.conf``), for -T
     notes: tuple[str, ...] = ()  # its conversion report: logged as warnings at load
     origins: dict[str, str] = field(default_factory=dict)  # its key paths -> "nginx.conf:LINE"
+    # TLS listen key -> prefork_lb.tls.contexts.ListenTls, built by load_config in the master
+    # before fork (ticket keys shared by all workers); empty without TLS listeners
+    tls: dict[tuple[str, str, int], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def log_paths(self) -> list[str]:
         """Every log file a worker writes or reopens (error log and access logs)."""

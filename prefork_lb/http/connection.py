@@ -87,6 +87,10 @@ class ClientConnection:
         "status_zone",
         "tunnel",
     )
+    # tls/connection.py: a TLS connection that may have to refuse its requests (plain HTTP
+    # on the TLS port, no client certificate, 421) sets this (a slot there); here a class
+    # constant, so a plain connection pays one attribute read per request
+    tls_check = False
 
     def __init__(
         self,
@@ -252,6 +256,9 @@ class ClientConnection:
                 self._slash_redirect(ex)
                 return self._done(ex, None)
             loc = matcher.match(ex.path)
+            if self.tls_check:
+                ex.location = loc
+                self._tls_refuse(ex, server)
             if loc is None:
                 self._finish_body()
                 self.respond_error(ex, 404)
@@ -297,6 +304,9 @@ class ClientConnection:
             ex.status = ex.status or 499
             self._done(ex, runtime.locations.get(id(ex.location)) if ex.location else None)
             raise
+
+    def _tls_refuse(self, ex: Exchange, server: ServerConfig) -> None:
+        """Raise HttpError when a TLS connection must refuse the request (tls/connection.py)."""
 
     def _done(self, ex: Exchange, lr: LocationRuntime | None) -> bool:
         ex.end_time = self.clock()

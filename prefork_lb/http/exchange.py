@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prefork_lb.config.model import LocationConfig, ServerConfig
+    from prefork_lb.tls.info import TlsInfo
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class ConnectionInfo:
     server_port: int
     connection_id: int
     requests: int = 0  # requests started on this connection so far ($connection_requests)
+    tls: TlsInfo | None = None  # a TLS connection's handshake ($ssl_*, $scheme)
 
 
 @dataclass(slots=True)

@@ -32,9 +32,12 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prefork_lb.http.exchange import Attempt, Exchange
+
+if TYPE_CHECKING:
+    from prefork_lb.tls.info import TlsInfo
 
 __all__ = [
     "ENTRY_DASH",
@@ -175,6 +178,16 @@ def _constant(value: str) -> Getter:
         return value
 
     return get
+
+
+def _tls(get: Callable[[TlsInfo], str]) -> Getter:
+    """A TLS variable: "" on a plain connection (nginx: not found)."""
+
+    def getter(ex: Exchange) -> str:
+        tls = ex.conn.tls
+        return "" if tls is None else get(tls)
+
+    return getter
 
 
 def _proxy_add_x_forwarded_for(ex: Exchange) -> str:
@@ -365,7 +378,14 @@ _VARIABLES: Final[dict[str, Variable]] = {
         _v("query_string", lambda ex: ex.args, lookup=_args_lookup),
         _v("is_args", lambda ex: "?" if ex.args else "", plain=True),
         _v("host", lambda ex: ex.host or _server_name(ex)),
-        _v("scheme", _constant("http"), plain=True, constant="http"),
+        _v("scheme", lambda ex: "http" if ex.conn.tls is None else "https", plain=True),
+        _v("https", lambda ex: "" if ex.conn.tls is None else "on", plain=True),
+        _v("ssl_protocol", _tls(lambda t: t.protocol), plain=True),
+        _v("ssl_cipher", _tls(lambda t: t.cipher), plain=True),
+        _v("ssl_server_name", _tls(lambda t: t.server_name)),
+        _v("ssl_session_reused", _tls(lambda t: "r" if t.session_reused else "."), plain=True),
+        _v("ssl_client_verify", _tls(lambda t: t.client_verify), plain=True),
+        _v("ssl_client_s_dn", _tls(lambda t: t.client_s_dn)),
         _v("server_protocol", _server_protocol),
         _v("server_name", _server_name),
         _v("proxy_host", _proxy_host),

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prefork_lb.tls.info import TlsInfo
+from prefork_lb.tls.preread import NOT_TLS, Preread
+
 
 @dataclass(slots=True)
 class StreamAttempt:
@@ -33,3 +36,5 @@ class Session:
     bytes_sent: int = 0  # to the client
     bytes_received: int = 0  # from the client
     attempts: list[StreamAttempt] = field(default_factory=list)
+    preread: Preread = NOT_TLS  # ssl_preread: what the ClientHello said ($ssl_preread_*)
+    tls: TlsInfo | None = None  # a TLS-terminated session's handshake ($ssl_*)

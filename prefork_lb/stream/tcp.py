@@ -16,6 +16,15 @@ Rules (shared/reference/nginx-semantics.md section 8):
    not retried, and the error is logged at alert at most once a second. The worker's
    budget (worker/fdbudget.py) keeps a descriptor for every accepted connection, so this
    happens only when the limit changed under the worker.
+6. A TLS-terminated client (``listen ... ssl``; the handshake is done before ``run``, in
+   the worker) is relayed in plaintext to the upstream. The client's EOF (close_notify
+   or a TCP FIN) half-closes the upstream as rule 2; the upstream's EOF sends the client
+   close_notify and ends the session (a TLS connection cannot be half-closed at the TCP
+   level and keep reading through OpenSSL).
+7. ``ssl_preread``: the worker reads the client's first bytes until its TLS ClientHello is
+   complete (tls/preread.py; at most 16 KiB, within ``preread_timeout``) before the
+   upstream is picked, so ``hash = "$ssl_preread_server_name"`` routes by SNI; those
+   bytes go to the upstream first, unchanged (TLS is not terminated).
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ MIN_READ = 1048576
 class TcpSession:
     """One client connection: pick, connect (with retries), relay, log."""
 
-    __slots__ = ("activity", "client", "clock", "rt", "session", "upstream")
+    __slots__ = ("activity", "client", "clock", "first", "rt", "session", "tls", "upstream")
 
     def __init__(
         self, client: socket.socket, session: Session, rt: StreamServerRuntime, clock: Callable[[], float]
@@ -57,6 +66,8 @@ class TcpSession:
         self.clock = clock
         self.upstream: socket.socket | None = None
         self.activity = clock()
+        self.tls = False  # the client side is a TLS-terminated gevent SSLSocket (rule 6)
+        self.first = b""  # rule 7: client bytes read by ssl_preread, sent upstream first
 
     def run(self) -> None:
         rt, session = self.rt, self.session
@@ -118,6 +129,15 @@ class TcpSession:
         size = max(self.rt.config.proxy_buffer_size_bytes, MIN_READ)
         self.client.settimeout(timeout)
         self.upstream.settimeout(timeout)
+        if self.first:  # rule 7
+            try:
+                self.upstream.sendall(self.first)
+            except OSError:
+                self._abort()
+                return
+            self.session.bytes_received += len(self.first)
+            attempt.bytes_sent += len(self.first)
+            self.first = b""
         up = gevent.spawn(self._pump, self.client, self.upstream, size, True, attempt, start)
         try:
             self._pump(self.upstream, self.client, size, False, attempt, start)
@@ -148,6 +168,13 @@ class TcpSession:
                 self._abort()
                 return
             if not data:
+                if self.tls and not to_upstream:  # rule 6
+                    try:
+                        dst._sslobj.shutdown()  # close_notify, not awaited
+                    except (OSError, ValueError, AttributeError):
+                        pass
+                    self._abort()
+                    return
                 try:
                     dst.shutdown(stdsocket.SHUT_WR)  # half-close, the other way keeps going
                 except OSError:

@@ -89,6 +89,14 @@ _GETTERS: Final[dict[str, tuple[Callable[[Session], str], bool]]] = {
     "upstream_connect_time": (_upstream(lambda a: _opt_time(a.connect_time_s)), True),
     "upstream_first_byte_time": (_upstream(lambda a: _opt_time(a.first_byte_time_s)), True),
     "upstream_session_time": (_upstream(lambda a: _t3(a.session_time_s)), True),
+    "ssl_protocol": (lambda s: s.tls.protocol if s.tls else "", True),
+    "ssl_cipher": (lambda s: s.tls.cipher if s.tls else "", True),
+    "ssl_session_reused": (lambda s: ("r" if s.tls.session_reused else ".") if s.tls else "", True),
+    "ssl_client_verify": (lambda s: s.tls.client_verify if s.tls else "", True),
+    "ssl_client_s_dn": (lambda s: s.tls.client_s_dn if s.tls else "", False),
+    "ssl_preread_server_name": (lambda s: s.preread.server_name, False),
+    "ssl_preread_alpn_protocols": (lambda s: s.preread.alpn_protocols, False),
+    "ssl_preread_protocol": (lambda s: s.preread.protocol, True),
 }
 
 

@@ -237,6 +237,9 @@ class Worker:
         return accepted
 
     def _handler(self, key: tuple[str, str, int], router: Any) -> Any:
+        lt = self.config.tls.get(key)
+        if lt is not None:
+            return self._tls_handler(key, router, lt)
         from prefork_lb.http.connection import ClientConnection
         from prefork_lb.http.exchange import ConnectionInfo
         from prefork_lb.netio import ClientSocket
@@ -268,6 +271,59 @@ class Worker:
             connections.add(conn)
             mv[accepted] += 1
             mv[active] += 1
+            self._serve(conn)
+
+        return handle
+
+    def _tls_handler(self, key: tuple[str, str, int], router: Any, lt: Any) -> Any:
+        """An HTTP connection on a TLS address: the handshake (tls/io.py) in the connection's
+        greenlet, then ``TlsConnection`` (tls/connection.py)."""
+        from prefork_lb.http.exchange import ConnectionInfo
+        from prefork_lb.netio import ClientSocket
+        from prefork_lb.tls.connection import TlsConnection
+        from prefork_lb.tls.info import tls_info
+        from prefork_lb.tls.io import accept_tls
+
+        runtime = self.runtime
+        connections = self.connections
+        clock = self.clock
+        family, host, port = key
+        counter = [self.slot << 40]
+        mv = runtime.zone.mv
+        accepted, active = runtime.accepted_cell, runtime.active_cell
+        hub = self.gevent.get_hub()
+        timeout_s = router.default.client_header_timeout_s
+        verify = lt.verify_client
+
+        def handle(raw: Any, address: Any) -> None:
+            counter[0] += 1
+            remote, rport = ("unix:", 0) if family == "unix" else (address[0], address[1])
+            try:
+                sock = ClientSocket(raw, hub)
+            except BaseException:
+                raw.close()
+                self._connection_closed()
+                raise
+            mv[accepted] += 1
+            mv[active] += 1
+            conn = None
+            try:
+                done = accept_tls(sock, lt.context, timeout_s, remote)
+                if done is not False:
+                    info = ConnectionInfo(remote, rport, host, port, counter[0])
+                    if done is not True:
+                        info.tls = tls_info(done, verify != "off")
+                    conn = TlsConnection(sock, info, router, runtime, clock)
+                    conn.setup(done is True, verify)
+            finally:
+                if conn is None:
+                    sock.close()
+                    mv[active] -= 1
+                    self._connection_closed()
+            if conn is None:
+                return
+            conn.parkable = True
+            connections.add(conn)
             self._serve(conn)
 
         return handle
@@ -374,6 +430,19 @@ class Worker:
         sessions = self.stream_sessions
         counter = [(self.slot << 40) + (1 << 39)]
         keepalive = any(lc.so_keepalive for lc in rt.config.listen if lc.key == key)
+        lt = self.config.tls.get(key)
+        if lt is not None:
+            from gevent.ssl import SSLSocket
+
+            from prefork_lb.tls.info import tls_info
+            from prefork_lb.tls.io import handshake_stream
+
+            verify = lt.verify_client
+
+            handshake_s = rt.config.ssl_handshake_timeout_s
+        preread_s = rt.config.preread_timeout_s if rt.config.ssl_preread else 0.0
+        if preread_s:
+            from prefork_lb.tls.io import preread_stream
 
         def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
@@ -382,6 +451,9 @@ class Worker:
                 sock = gsocket(raw.family, raw.type, 0, raw.detach())
                 if keepalive:
                     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_KEEPALIVE, 1)
+                if lt is not None:
+                    ctx = lt.context
+                    sock = SSLSocket(sock, server_side=True, do_handshake_on_connect=False, _context=ctx)
                 session = Session("TCP", address[0], address[1], key[1], key[2], counter[0], clock())
                 tcp = TcpSession(sock, session, rt, clock)
             except BaseException:
@@ -391,6 +463,24 @@ class Worker:
             sessions.add(tcp)
             rt.begin()
             try:
+                if lt is not None:  # nginx: the handshake comes before the upstream is picked
+                    if not handshake_stream(sock, handshake_s, address[0]):
+                        session.status = 500  # nginx finalizes a failed handshake with 500
+                        return
+                    tcp.tls = True
+                    session.tls = tls_info(sock, verify != "off")
+                    if verify == "on" and not session.tls.has_client_cert:
+                        logging.getLogger("prefork_lb.error").info(
+                            "client sent no required SSL certificate while SSL handshaking, client: %s",
+                            address[0],
+                        )
+                        session.status = 400  # nginx's stream module: 400, no upstream
+                        return
+                if preread_s:  # tcp.py rule 7: before the upstream is picked
+                    found = preread_stream(sock, preread_s)
+                    if found is None:
+                        return  # nginx: a preread that ends without a hello ends the session
+                    tcp.first, session.preread = found
                 tcp.run()
             finally:
                 sessions.discard(tcp)

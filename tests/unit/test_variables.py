@@ -519,9 +519,9 @@ def test_template_metadata() -> None:
     lit = compile_template("no variables $")
     assert lit.is_literal and lit.variables == ()
     assert lit.render(make_exchange()) == "no variables $"
-    folded = compile_template("$scheme://static")  # constants fold into the literal
-    assert folded.is_literal and folded.variables == ("scheme",)
-    assert folded.render(make_exchange()) == "http://static"
+    folded = compile_template("[$remote_user]static")  # constants fold into the literal
+    assert folded.is_literal and folded.variables == ("remote_user",)
+    assert folded.render(make_exchange()) == "[]static"
     assert compile_template("").render(make_exchange()) == ""
 
 
