@@ -107,7 +107,7 @@ def _http_version(v: object) -> str:
 SSL_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
 
-def _ssl_protocols(v: object) -> tuple[str, ...]:
+def ssl_protocols(v: object) -> tuple[str, ...]:
     items = string_list(v)
     if not items:
         raise ValueError(f"needs at least one of: {', '.join(SSL_PROTOCOLS)}")
@@ -117,7 +117,7 @@ def _ssl_protocols(v: object) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _ssl_ciphers(v: object) -> str:
+def ssl_ciphers(v: object) -> str:
     import ssl
 
     text = string(v)
@@ -142,8 +142,8 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "proxy_ssl_trusted_certificate": ("proxy_ssl_trusted_certificate", string),
     "proxy_ssl_server_name": ("proxy_ssl_server_name", boolean),
     "proxy_ssl_name": ("proxy_ssl_name", string),
-    "proxy_ssl_protocols": ("proxy_ssl_protocols", _ssl_protocols),
-    "proxy_ssl_ciphers": ("proxy_ssl_ciphers", _ssl_ciphers),
+    "proxy_ssl_protocols": ("proxy_ssl_protocols", ssl_protocols),
+    "proxy_ssl_ciphers": ("proxy_ssl_ciphers", ssl_ciphers),
     "proxy_ssl_session_reuse": ("proxy_ssl_session_reuse", boolean),
     "proxy_buffer_size": ("proxy_buffer_size_bytes", size),
     "client_max_body_size": ("client_max_body_size_bytes", size),
@@ -343,7 +343,7 @@ class HttpLoader(SectionLoader):
         if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
             raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
         if proxy_pass and proxy_pass.ssl:
-            self._check_upstream_ssl(t, settings)
+            check_upstream_ssl(t, settings)
         access_logs = tuple(
             AccessLogConfig(
                 e.path,
@@ -419,23 +419,6 @@ class HttpLoader(SectionLoader):
                 compile_template(value)
             except VariableError as e:
                 raise t.error(key, f"{name}: {e}" if name else str(e)) from None
-
-    def _check_upstream_ssl(self, t: Table, settings: dict[str, Any]) -> None:
-        """A location with ``proxy_pass "https://..."``: nginx's config errors, at load."""
-        import ssl
-
-        trusted = settings.get("proxy_ssl_trusted_certificate", "")
-        if settings.get("proxy_ssl_verify") and not trusted:
-            raise t.error(
-                "proxy_ssl_verify",
-                'needs "proxy_ssl_trusted_certificate" (the CA certificates to verify the upstream with)',
-            )
-        if trusted:
-            try:
-                ssl.create_default_context(cafile=trusted)
-            except (OSError, ssl.SSLError) as e:
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                raise t.error("proxy_ssl_trusted_certificate", f'cannot load "{trusted}": {reason}') from None
 
 
 def _parse_match(match: str) -> tuple[Any, str, re.Pattern[str] | None]:
@@ -532,3 +515,21 @@ def _check_duplicate_locations(source: Source, t: Table, locations: tuple[Locati
         if key in seen:
             raise source.error(f"{t.key_path('locations')}[{i}].match", f'duplicate location "{loc.pattern}"')
         seen.add(key)
+
+
+def check_upstream_ssl(t: Table, settings: dict[str, Any]) -> None:
+    """A location with ``proxy_pass "https://..."``: nginx's config errors, at load."""
+    import ssl
+
+    trusted = settings.get("proxy_ssl_trusted_certificate", "")
+    if settings.get("proxy_ssl_verify") and not trusted:
+        raise t.error(
+            "proxy_ssl_verify",
+            'needs "proxy_ssl_trusted_certificate" (the CA certificates to verify the upstream with)',
+        )
+    if trusted:
+        try:
+            ssl.create_default_context(cafile=trusted)
+        except (OSError, ssl.SSLError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise t.error("proxy_ssl_trusted_certificate", f'cannot load "{trusted}": {reason}') from None

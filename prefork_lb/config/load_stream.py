@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from prefork_lb.config.load_health import health_check, mark_checked, stream_matches
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
-from prefork_lb.config.model import AccessLogConfig, StreamConfig, StreamServerConfig, UpstreamConfig
+from prefork_lb.config.model import (
+    AccessLogConfig,
+    StreamConfig,
+    StreamServerConfig,
+    StreamUpstreamSsl,
+    UpstreamConfig,
+)
 from prefork_lb.config.source import Table, boolean, duration, non_negative_int, positive_int, size, string
 from prefork_lb.health.model import HealthCheck, StreamMatch
 
@@ -97,6 +103,7 @@ class StreamLoader(SectionLoader):
             ssl_handshake_timeout_s=t.take("ssl_handshake_timeout", duration, 60.0),
             ssl_preread=t.take("ssl_preread", boolean, False),
             preread_timeout_s=t.take("preread_timeout", duration, 30.0),
+            upstream_ssl=self.upstream_ssl(t, target),
         )
         hc_timeout = t.take("health_check_timeout", duration, 5.0)
         if t.has("health_check"):
@@ -116,6 +123,46 @@ class StreamLoader(SectionLoader):
             raise t.error("ssl_preread", 'reads the ClientHello that "ssl" would terminate: use one of them')
         if server.ssl_preread and any(lc.udp for lc in listen):
             raise t.error("ssl_preread", "is for TCP listeners")
+        if server.upstream_ssl is not None and any(lc.udp for lc in listen):
+            raise t.error("proxy_ssl", "is for TCP listeners (no DTLS)")
         if server.proxy_buffer_size_bytes < 1:
             raise t.error("proxy_buffer_size", "must be at least 1 byte")
         return server
+
+    def upstream_ssl(self, t: Table, target: str) -> StreamUpstreamSsl | None:
+        """``proxy_ssl = true`` and its ``proxy_ssl_*`` keys (nginx's stream proxy module);
+        the same errors as an http location's (load_http.check_upstream_ssl)."""
+        from prefork_lb.config.load_http import check_upstream_ssl, ssl_ciphers, ssl_protocols
+
+        keys = (
+            "proxy_ssl_verify",
+            "proxy_ssl_trusted_certificate",
+            "proxy_ssl_server_name",
+            "proxy_ssl_name",
+            "proxy_ssl_protocols",
+            "proxy_ssl_ciphers",
+            "proxy_ssl_session_reuse",
+        )
+        if not t.take("proxy_ssl", boolean, False):
+            for key in keys:
+                if t.has(key):
+                    raise t.error(key, 'needs "proxy_ssl = true"')
+            return None
+        trusted = t.take("proxy_ssl_trusted_certificate", string, "")
+        verify = t.take("proxy_ssl_verify", boolean, False)
+        trusted_path = self.path(trusted) if trusted else ""
+        settings = {"proxy_ssl_verify": verify, "proxy_ssl_trusted_certificate": trusted_path}
+        check_upstream_ssl(t, settings)
+        default_name = target.rsplit(":", 1)[0] if target.count(":") == 1 else target
+        name = t.take("proxy_ssl_name", string, default_name)
+        if "$" in name:
+            raise t.error("proxy_ssl_name", "variables are not supported in stream proxy_ssl_name")
+        return StreamUpstreamSsl(
+            verify=verify,
+            trusted_certificate=trusted_path,
+            server_name=t.take("proxy_ssl_server_name", boolean, False),
+            name=name,
+            protocols=t.take("proxy_ssl_protocols", ssl_protocols, ("TLSv1.2", "TLSv1.3")),
+            ciphers=t.take("proxy_ssl_ciphers", ssl_ciphers, "DEFAULT"),
+            session_reuse=t.take("proxy_ssl_session_reuse", boolean, True),
+        )

@@ -244,6 +244,20 @@ class StreamServerConfig:
     ssl_handshake_timeout_s: float = 60.0  # nginx's stream ssl_handshake_timeout
     ssl_preread: bool = False  # read the ClientHello for $ssl_preread_* (no termination)
     preread_timeout_s: float = 30.0
+    upstream_ssl: StreamUpstreamSsl | None = None  # proxy_ssl = true: TLS to the upstream
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUpstreamSsl:
+    """A stream server's ``proxy_ssl_*`` settings (nginx's stream proxy module)."""
+
+    verify: bool = False
+    trusted_certificate: str = ""  # absolute path once loaded
+    server_name: bool = False  # send SNI
+    name: str = ""  # checked (verify) and sent as SNI; nginx's default: the proxy_pass host
+    protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    ciphers: str = "DEFAULT"
+    session_reuse: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Config, StreamServerConfig, UpstreamConfig
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat
 from prefork_lb.stream.session import Session, StreamAttempt
+from prefork_lb.stream.upstream_tls import StreamUpstreamTls
 from prefork_lb.stream.variables import compile_stream_log_format, compile_stream_template
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_stream_peer
@@ -74,6 +75,7 @@ class StreamServerRuntime:
     upstream: StreamUpstream
     logs: tuple[tuple[AccessLogWriter, LogFormat], ...]
     zone: StatusZone
+    upstream_tls: StreamUpstreamTls | None = None  # proxy_ssl = true (stream/upstream_tls.py)
 
     def begin(self) -> None:
         self.zone.begin(self.upstream.group.zone.mv)
@@ -113,7 +115,8 @@ def build_stream_runtime(
             if fmt is None:
                 fmt = formats[al.format_name] = compile_stream_log_format(al.format)
             writers.append((logs.get(al.path), fmt))
-        rt = StreamServerRuntime(server, upstreams[server.proxy_pass], tuple(writers), zones[id(server)])
+        tls = None if server.upstream_ssl is None else StreamUpstreamTls(server.upstream_ssl)
+        rt = StreamServerRuntime(server, upstreams[server.proxy_pass], tuple(writers), zones[id(server)], tls)
         for lc in server.listen:
             out[lc.key] = rt
     return out

@@ -25,6 +25,9 @@ Rules (shared/reference/nginx-semantics.md section 8):
    complete (tls/preread.py; at most 16 KiB, within ``preread_timeout``) before the
    upstream is picked, so ``hash = "$ssl_preread_server_name"`` routes by SNI; those
    bytes go to the upstream first, unchanged (TLS is not terminated).
+8. ``proxy_ssl = true``: TLS to the upstream (stream/upstream_tls.py): the handshake is
+   part of connecting (a failure is charged and retried like a connect failure), and the
+   client's EOF is not passed on to a TLS upstream (no half-close in TLS).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from gevent import socket
 from prefork_lb.balance.peers import new_selection
 from prefork_lb.http.upstream import open_connection
 from prefork_lb.stream.session import Session, StreamAttempt
+from prefork_lb.stream.upstream_tls import HANDSHAKING
 from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
 
 if TYPE_CHECKING:
@@ -84,11 +88,18 @@ class TcpSession:
                 return
             attempt = StreamAttempt(peer.addr)
             session.attempts.append(attempt)
+            phase = "connecting to upstream"
+            conn = None
             try:
                 conn = open_connection(peer.server.address, rt.config.proxy_connect_timeout_s, now)
+                if rt.upstream_tls is not None:  # rule 8
+                    phase = HANDSHAKING
+                    conn.sock = rt.upstream_tls.wrap(conn.sock, peer.addr, rt.config.proxy_connect_timeout_s)
             except OSError as e:
                 attempt.session_time_s = self.clock() - now
-                if e.errno in RESOURCE_ERRORS:  # rule 5
+                if conn is not None:
+                    conn.close()
+                if conn is None and e.errno in RESOURCE_ERRORS:  # rule 5
                     rt.upstream.release(sel, peer, False, self.clock())
                     alert(
                         "tcp socket",
@@ -104,7 +115,8 @@ class TcpSession:
                     session.status = 500
                     return
                 rt.upstream.release(sel, peer, True, self.clock())
-                rt.log_error("connect() failed (%s) while connecting to upstream, upstream: %s", e, peer.addr)
+                what = "connect()" if conn is None else "SSL_do_handshake()"
+                rt.log_error("%s failed (%s) while %s, upstream: %s", what, e, phase, peer.addr)
                 timeout = rt.config.proxy_next_upstream_timeout_s
                 if (
                     rt.config.proxy_next_upstream
@@ -121,6 +133,8 @@ class TcpSession:
             finally:
                 attempt.session_time_s = self.clock() - now
                 rt.upstream.release(sel, peer, False, self.clock(), attempt)
+                if rt.upstream_tls is not None:  # rule 8: the session for the next connection
+                    rt.upstream_tls.keep_session(peer.addr, conn.sock)
             return
 
     def _relay(self, attempt: StreamAttempt, start: float) -> None:
@@ -175,6 +189,8 @@ class TcpSession:
                         pass
                     self._abort()
                     return
+                if to_upstream and self.rt.upstream_tls is not None:
+                    return  # rule 8: no half-close in TLS; the upstream's side goes on
                 try:
                     dst.shutdown(stdsocket.SHUT_WR)  # half-close, the other way keeps going
                 except OSError:

@@ -305,3 +305,72 @@ def test_active_health_checks_use_the_location_tls(
             wait_for(lambda: "is unhealthy: SSL handshake failed" in lb.output(), what="unhealthy")
             assert lb.get("/")[0] == 502
             assert backend.log(0) == []  # neither a probe nor a client request got through
+
+
+def _stream_lb(tmp_path: Path, backend: TlsNginx, server_extra: str) -> LB:
+    port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = f"""
+workers = 1
+error_log = "error.log"
+error_log_level = "info"
+[http]
+access_log = "off"
+[stream.upstreams.backend]
+servers = [{{ address = "{backend.addr}" }}]
+[[stream.servers]]
+listen = ["127.0.0.1:{port}"]
+proxy_pass = "backend"
+proxy_connect_timeout = "5s"
+proxy_timeout = "10s"
+proxy_ssl = true
+{server_extra}
+"""
+    return LB(tmp_path, config, port)
+
+
+def _through_stream(port: int) -> bytes:
+    """One HTTP request over the TCP proxy; everything the client got until the close."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: up.test\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError:  # closed with our request unread: nothing relayed
+                data = b""
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def test_stream_proxy_ssl(tmp_path: Path, backend: TlsNginx, pki: Pki) -> None:
+    """Catches: no TLS from stream servers to upstreams (old code: ``proxy_ssl`` was an
+    unknown key), SNI sent without proxy_ssl_server_name, the verified name not sent, or
+    sessions not reused from one TCP session to the next (stream/upstream_tls.py rule 3)."""
+    with _stream_lb(tmp_path / "off", backend, "") as lb:
+        assert _through_stream(lb.port).endswith(b"tls 1 . sni=\n")
+    extra = (
+        f'proxy_ssl_verify = true\nproxy_ssl_trusted_certificate = "{pki.ca}"\n'
+        'proxy_ssl_name = "up.test"\nproxy_ssl_server_name = true\nproxy_ssl_protocols = ["TLSv1.2"]'
+    )
+    with _stream_lb(tmp_path / "verify", backend, extra) as lb:
+        first = _through_stream(lb.port)
+        second = _through_stream(lb.port)
+        assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"tls 1 . sni=up.test\n")
+        assert second.endswith(b"tls 1 r sni=up.test\n")  # the session was resumed
+
+
+def test_stream_proxy_ssl_verify_failure(tmp_path: Path, backend: TlsNginx, pki: Pki) -> None:
+    """Catches: a stream upstream whose certificate fails verification still relayed, or
+    the failure not logged as nginx does (rule 2: charged and logged while handshaking)."""
+    extra = (
+        f'proxy_ssl_verify = true\nproxy_ssl_trusted_certificate = "{pki.other_ca}"\n'
+        'proxy_ssl_name = "up.test"'
+    )
+    with _stream_lb(tmp_path, backend, extra) as lb:
+        assert _through_stream(lb.port) == b""
+        wait_for(lambda: "while SSL handshaking to upstream" in lb.output(), what="the handshake error")
+        assert "certificate verify failed" in lb.output()

@@ -430,6 +430,45 @@ def test_proxy_ssl_trusted_certificate_unreadable(tmp_path: Path) -> None:
         assert reason in message
 
 
+STREAM_SSL = """
+[stream.upstreams.b]
+servers = [{{ address = "127.0.0.1:9001" }}]
+[[stream.servers]]
+listen = ["127.0.0.1:7000{udp}"]
+proxy_pass = "b"
+{extra}
+"""
+
+
+@pytest.mark.parametrize(
+    ("udp", "extra", "message"),
+    [
+        ("", "proxy_ssl_verify = true", 'stream.servers[0].proxy_ssl_verify: needs "proxy_ssl = true"'),
+        (
+            "",
+            "proxy_ssl = true\nproxy_ssl_verify = true",
+            'stream.servers[0].proxy_ssl_verify: needs "proxy_ssl_trusted_certificate" '
+            "(the CA certificates to verify the upstream with)",
+        ),
+        ("", 'proxy_ssl = true\nproxy_ssl_name = "$host"', "stream.servers[0].proxy_ssl_name: variables"),
+        (" udp", "proxy_ssl = true", "stream.servers[0].proxy_ssl: is for TCP listeners (no DTLS)"),
+    ],
+)
+def test_stream_proxy_ssl_errors(tmp_path: Path, udp: str, extra: str, message: str) -> None:
+    """Catches: stream proxy_ssl_* keys silently ignored without proxy_ssl, verification
+    with nothing to verify against, or TLS configured on a UDP server."""
+    text = make() + STREAM_SSL.format(udp=udp, extra=extra)
+    assert error(tmp_path, text).startswith(f"{tmp_path / 'lb.toml'}: {message}")
+
+
+def test_stream_proxy_ssl_defaults(tmp_path: Path) -> None:
+    """Catches: nginx's defaults (verify off, no SNI, the proxy_pass host as the name)."""
+    config = load(tmp_path, make() + STREAM_SSL.format(udp="", extra="proxy_ssl = true"))
+    ssl = config.stream.servers[0].upstream_ssl
+    assert ssl is not None
+    assert (ssl.verify, ssl.server_name, ssl.name, ssl.session_reuse) == (False, False, "b", True)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
