@@ -137,7 +137,6 @@ def _connect(check: HealthCheck, server: UpstreamServer, kind: int) -> Any:
     return sock
 
 
-_TLS_VERSIONS = {"TLSv1": "TLSv1", "TLSv1.1": "TLSv1_1", "TLSv1.2": "TLSv1_2", "TLSv1.3": "TLSv1_3"}
 _contexts: dict[int, Any] = {}  # id(check) -> its gevent SSLContext, made on first use
 
 
@@ -145,21 +144,13 @@ def _tls_context(check: HealthCheck) -> Any:
     """The location's proxy_ssl_* settings (http/upstream_tls.py rule 1), one per check."""
     ctx = _contexts.get(id(check))
     if ctx is None:
-        import ssl
-
         import gevent.ssl
 
-        ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        versions = sorted(getattr(ssl.TLSVersion, _TLS_VERSIONS[p]) for p in check.tls_protocols)
-        ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
-        ctx.set_ciphers(check.tls_ciphers)
-        if check.tls_verify:
-            ctx.load_verify_locations(cafile=check.tls_cafile)
-            ctx.check_hostname = True
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        else:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+        from prefork_lb.tls.client import client_context
+
+        ctx = client_context(
+            gevent.ssl.SSLContext, check.tls_protocols, check.tls_ciphers, check.tls_verify, check.tls_cafile
+        )
         _contexts[id(check)] = ctx
     return ctx
 

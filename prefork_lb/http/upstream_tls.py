@@ -38,31 +38,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prefork_lb.http.template import Template, compile_template
 from prefork_lb.netio import recv, send_all
+from prefork_lb.tls.client import client_context, is_ip
 
 if TYPE_CHECKING:
     from prefork_lb.config.model import LocationConfig
     from prefork_lb.http.exchange import Exchange
     from prefork_lb.http.upstream import UpstreamConnection
 
-_VERSIONS: Final = {
-    "TLSv1": ssl.TLSVersion.TLSv1,
-    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
-    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
-    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
-}
 _PIECE: Final = 16384  # plaintext per TLS record
 _RAW_READ: Final = 65536
 HANDSHAKING: Final = "SSL handshaking to upstream"
-
-
-def _is_ip(name: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 class UpstreamTls:
@@ -71,18 +56,13 @@ class UpstreamTls:
     __slots__ = ("context", "id", "name", "reuse", "sessions", "sni", "verify")
 
     def __init__(self, loc: LocationConfig, ident: int) -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        versions = sorted(_VERSIONS[p] for p in loc.proxy_ssl_protocols)
-        ctx.minimum_version = versions[0]
-        ctx.maximum_version = versions[-1]
-        ctx.set_ciphers(loc.proxy_ssl_ciphers)
-        if loc.proxy_ssl_verify:
-            ctx.load_verify_locations(cafile=loc.proxy_ssl_trusted_certificate)
-            ctx.check_hostname = True
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        else:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+        ctx = client_context(
+            ssl.SSLContext,
+            loc.proxy_ssl_protocols,
+            loc.proxy_ssl_ciphers,
+            loc.proxy_ssl_verify,
+            loc.proxy_ssl_trusted_certificate,
+        )
         self.context = ctx
         self.id = ident
         self.verify = loc.proxy_ssl_verify
@@ -102,7 +82,7 @@ class UpstreamTls:
             name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
         elif name.startswith("["):
             name = name[1 : name.index("]")] if "]" in name else name
-        if not self.verify and _is_ip(name):
+        if not self.verify and is_ip(name):
             return None  # nginx never sends an IP literal as SNI
         return name
 

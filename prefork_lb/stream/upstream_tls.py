@@ -19,29 +19,15 @@ http/upstream_tls.py):
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from typing import Any, Final
 
 from gevent import ssl as gevent_ssl
 
 from prefork_lb.config.model import StreamUpstreamSsl
+from prefork_lb.tls.client import client_context, is_ip
 
-_VERSIONS: Final = {
-    "TLSv1": ssl.TLSVersion.TLSv1,
-    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
-    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
-    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
-}
 HANDSHAKING: Final = "SSL handshaking to upstream"
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 class StreamUpstreamTls:
@@ -50,20 +36,11 @@ class StreamUpstreamTls:
     __slots__ = ("context", "hostname", "reuse", "sessions")
 
     def __init__(self, cfg: StreamUpstreamSsl) -> None:
-        ctx = gevent_ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        versions = sorted(_VERSIONS[p] for p in cfg.protocols)
-        ctx.minimum_version = versions[0]
-        ctx.maximum_version = versions[-1]
-        ctx.set_ciphers(cfg.ciphers)
-        if cfg.verify:
-            ctx.load_verify_locations(cafile=cfg.trusted_certificate)
-            ctx.check_hostname = True
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        else:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+        ctx = client_context(
+            gevent_ssl.SSLContext, cfg.protocols, cfg.ciphers, cfg.verify, cfg.trusted_certificate
+        )
         self.context = ctx
-        send = cfg.verify or (cfg.server_name and not _is_ip(cfg.name))
+        send = cfg.verify or (cfg.server_name and not is_ip(cfg.name))
         self.hostname: str | None = cfg.name if send and cfg.name else None
         self.reuse = cfg.session_reuse
         self.sessions: dict[str, ssl.SSLSession] = {}

@@ -307,30 +307,38 @@ ssl_certificate_key = ["{certs}/a.key"]
     trusting_both.load_verify_locations(str(renewal.cert))
     with LB(tmp_path, cfg, port) as lb:
         kept = Tls(port, trusting_both, "a.test")
-        assert kept.get("a.test")[0] == 200
-        issuer = dict(x[0] for x in kept.sock.getpeercert()["issuer"])["commonName"]
-        assert issuer == "prefork-lb test CA"
-        old_workers = {p.pid for p in lb.workers()}
-        new = renewal.issue("a.test")
-        shutil.copy(new.cert, certs / "a.crt")
-        shutil.copy(new.key, certs / "a.key")
-        assert lb.signal("reload").returncode == 0
-        wait_for(lambda: {p.pid for p in lb.workers()} - old_workers, what="new worker")
+        try:
+            assert kept.get("a.test")[0] == 200
+            issuer = dict(x[0] for x in kept.sock.getpeercert()["issuer"])["commonName"]
+            assert issuer == "prefork-lb test CA"
+            old_workers = {p.pid for p in lb.workers()}
+            new = renewal.issue("a.test")
+            shutil.copy(new.cert, certs / "a.crt")
+            shutil.copy(new.key, certs / "a.key")
+            # A request on its way across the reload: its head starts before and ends after
+            # (an idle keep-alive connection may be closed by the draining worker after 1 s,
+            # worker.py DRAIN_IDLE_CLOSE_S; one with a request started never is).
+            kept.sock.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+            assert lb.signal("reload").returncode == 0
+            wait_for(lambda: {p.pid for p in lb.workers()} - old_workers, what="new worker")
 
-        def new_issuer() -> bool:
-            conn = Tls(port, trusting_both, "a.test")
-            try:
-                return bool(
-                    conn.sock.getpeercert()["serialNumber"] != kept.sock.getpeercert()["serialNumber"]
-                )
-            finally:
-                conn.close()
+            def new_issuer() -> bool:
+                conn = Tls(port, trusting_both, "a.test")
+                try:
+                    return bool(
+                        conn.sock.getpeercert()["serialNumber"] != kept.sock.getpeercert()["serialNumber"]
+                    )
+                finally:
+                    conn.close()
 
-        wait_for(new_issuer, what="the renewed certificate")
-        status, headers, body = kept.get("a.test")  # the old worker still answers it
-        assert (status, body) == (200, b"ok")
-        assert headers.get("connection") == "close"
-        kept.close()
+            wait_for(new_issuer, what="the renewed certificate")
+            kept.sock.sendall(b"\r\n")  # the old worker still answers it
+            resp = http.client.HTTPResponse(kept.sock)  # type: ignore[arg-type]
+            resp.begin()
+            assert (resp.status, resp.read()) == (200, b"ok")
+            assert resp.getheader("connection") == "close"
+        finally:
+            kept.close()
 
 
 def test_proxied_keepalive_bodies_over_tls(tmp_path: Path, ca: TestCA) -> None:
