@@ -425,6 +425,7 @@ def _inherit_tls(m: Mapper, level: dict[str, Any], path: str, servers: list[dict
     """Copy ``level``'s (http or stream) TLS values into its servers; the server's own wins."""
     ssl_on = level.pop("_ssl_on", None)
     values = {k: level.pop(k) for k in (*_SSL_KEYS, *_STREAM_INHERITED) if k in level}
+    used: set[str] = set()
     for i, s in enumerate(servers):
         kp = f"{path}.servers[{i}]"
         if ssl_on is not None and "listen" in s:
@@ -436,11 +437,16 @@ def _inherit_tls(m: Mapper, level: dict[str, Any], path: str, servers: list[dict
                 continue
             if key == "ssl_preread" and (tls or udp):
                 continue  # nginx: no ClientHello to read there; the loader refuses it
+            used.add(key)
             if key not in s:
                 s[key] = value
                 for store in (m.out.origins, m.out.comments):
                     for k in [k for k in store if k == f"{path}.{key}" or k.startswith(f"{path}.{key}[")]:
                         store[kp + k[len(path) :]] = store[k]
+    for key in [k for k in values if k not in used]:  # nginx has nothing to apply them to either
+        where = m.out.origins.get(f"{path}.{key}", "")
+        m.forget(f"{path}.{key}")
+        m.out.notes.append(Note(where, f'"{key}": no server here it applies to; not converted', False))
 
 
 # nginx's map for WebSocket (docs: "WebSocket proxying"), built in as $connection_upgrade

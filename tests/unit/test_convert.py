@@ -1086,3 +1086,20 @@ def test_tls_directives_prefork_lb_lacks_are_reported() -> None:
     assert s["listen"] == ["443 ssl"] and not any(k.startswith("ssl_") for k in s)
     assert [(n.where, n.unsupported) for n in out.notes] == [(f"nginx.conf:{i}", True) for i in range(2, 8)]
     assert "generated" not in out.notes[1].text and "reload" in out.notes[1].text
+
+
+def test_http_level_tls_without_a_tls_server_is_noted() -> None:
+    """Catches: Debian's http-level ``ssl_protocols`` (and ``ssl on``) vanishing without a note
+    when no server listens with ``ssl``, or being copied into plain servers (which the loader
+    refuses); an http-level ``ssl on`` not making every server's listens TLS."""
+    plain = d("server", block=[d("listen", "80"), d("location", "/", block=[d("return", "200")])])
+    out = map_config([d("http", block=[d("ssl_protocols", "TLSv1.2", line=2), plain])])
+    assert "ssl_protocols" not in out.doc["http"] and "ssl_protocols" not in out.doc["http"]["servers"][0]
+    assert [str(n) for n in out.notes] == [
+        'nginx.conf:2: "ssl_protocols": no server here it applies to; not converted'
+    ]
+    tls = d("server", block=[d("listen", "443"), d("location", "/", block=[d("return", "200")])])
+    out = map_config([d("http", block=[tls, d("ssl", "on", line=3), d("ssl_certificate", "a.crt", line=4)])])
+    s = out.doc["http"]["servers"][0]
+    assert (s["listen"], s["ssl_certificate"]) == (["443 ssl"], ["a.crt"])
+    assert out.origins["http.servers[0].ssl_certificate[0]"] == "nginx.conf:4"
