@@ -23,8 +23,9 @@ Rules:
   stream-level value is copied into each server that listens with ``ssl`` (the server's own
   value wins; a server's own ``ssl_certificate`` set replaces the inherited set, as nginx's
   arrays do). ``ssl on`` (removed in nginx 1.25) adds the flag to the listens it covers.
-  A server without an ``ssl`` listen gets no ``ssl_*`` key (nginx ignores them there; the
-  loader refuses them): a server-level one is noted, not converted.
+  ``ssl`` is per address in nginx: a server with a certificate on an address another
+  server flags ``ssl`` gets the flag too. A server without an ``ssl`` listen gets no
+  ``ssl_*`` key (nginx ignores them there; the loader refuses them): noted, not converted.
 - To add a directive: a handler in the context's table (``_HTTP_LEVEL``, ``_SERVER``,
   ``_LOCATION``, ``_UPSTREAM``, ``_STREAM``, ``_STREAM_SERVER``, ``_MAIN``), remove it from
   ``unsupported.NOT_YET``, and add its row to docs/convert.md.
@@ -397,28 +398,38 @@ def _has_ssl_listen(s: dict[str, Any]) -> bool:
 
 
 def _tls_server(m: Mapper, s: dict[str, Any], d: Directive, kp: str) -> None:
-    """A server's own ``ssl on`` and ``ssl_*`` keys, before the inherited ones are copied."""
-    ssl_on = s.pop("_ssl_on", None)
-    if ssl_on is not None:
+    """A server's own ``ssl on``: every listen of it gets the ``ssl`` flag."""
+    if s.pop("_ssl_on", None) is not None:
         s["listen"] = [e if "ssl" in e.split()[1:] else f"{e} ssl" for e in s.get("listen", [])]
-    if not _has_ssl_listen(s):
-        for key in _SSL_KEYS:
-            if key in s:
-                value = s.pop(key)
-                if isinstance(value, bool):
-                    text = "on" if value else "off"
-                else:
-                    text = " ".join(value) if isinstance(value, list) else str(value)
-                where = m.out.origins.get(f"{kp}.{key}", d.where)
-                m.forget(f"{kp}.{key}")
-                m.out.notes.append(
-                    Note(
-                        where,
-                        f'"{key} {text}": the server has no "ssl" listen, where nginx ignores it too; '
-                        "not converted",
-                        False,
-                    )
+
+
+def _address(entry: str) -> str:
+    """A listen entry's address, for comparing them: ``443``, ``*:443``, ``0.0.0.0:443`` are one."""
+    address = entry.split()[0]
+    if address.isdigit():
+        return f"*:{address}"
+    return "*:" + address[len("0.0.0.0:") :] if address.startswith("0.0.0.0:") else address
+
+
+def _drop_plain_ssl(m: Mapper, s: dict[str, Any], kp: str) -> None:
+    """A server without an ``ssl`` listen: nginx ignores its ``ssl_*``, the loader refuses them."""
+    for key in _SSL_KEYS:
+        if key in s:
+            value = s.pop(key)
+            if isinstance(value, bool):
+                text = "on" if value else "off"
+            else:
+                text = " ".join(value) if isinstance(value, list) else str(value)
+            where = m.out.origins.get(f"{kp}.{key}", m.out.origins.get(kp, ""))
+            m.forget(f"{kp}.{key}")
+            m.out.notes.append(
+                Note(
+                    where,
+                    f'"{key} {text}": the server has no "ssl" listen, where nginx ignores it too; '
+                    "not converted",
+                    False,
                 )
+            )
 
 
 def _inherit_tls(m: Mapper, level: dict[str, Any], path: str, servers: list[dict[str, Any]]) -> None:
@@ -426,11 +437,30 @@ def _inherit_tls(m: Mapper, level: dict[str, Any], path: str, servers: list[dict
     ssl_on = level.pop("_ssl_on", None)
     values = {k: level.pop(k) for k in (*_SSL_KEYS, *_STREAM_INHERITED) if k in level}
     used: set[str] = set()
-    for i, s in enumerate(servers):
-        kp = f"{path}.servers[{i}]"
+    for s in servers:
         if ssl_on is not None and "listen" in s:
             s["listen"] = [e if "ssl" in e.split()[1:] else f"{e} ssl" for e in s["listen"]]
+    # nginx: "ssl" on one server's listen makes the address TLS for all its servers; the
+    # loader takes a server's certificate only with the flag on its own listen, so a server
+    # with a certificate on such an address gets it (one without uses the default server's)
+    tls_addresses = {_address(e) for s in servers for e in s.get("listen", []) if "ssl" in e.split()[1:]}
+    for i, s in enumerate(servers):
+        kp = f"{path}.servers[{i}]"
+        if "ssl_certificate" in s or "ssl_certificate" in values:
+            for j, e in enumerate(s.get("listen", [])):
+                if _address(e) in tls_addresses and "ssl" not in e.split()[1:]:
+                    s["listen"][j] = f"{e} ssl"
+                    m.out.notes.append(
+                        Note(
+                            m.out.origins.get(f"{kp}.listen[{j}]", ""),
+                            f'"listen {e}": another server listens on this address with "ssl", which '
+                            'makes it TLS for every server (nginx); mapped with "ssl"',
+                            False,
+                        )
+                    )
         tls = _has_ssl_listen(s)
+        if not tls:
+            _drop_plain_ssl(m, s, kp)
         udp = any("udp" in e.split()[1:] for e in s.get("listen", []))
         for key, value in values.items():
             if key in _SSL_KEYS and not tls:

@@ -1103,3 +1103,48 @@ def test_http_level_tls_without_a_tls_server_is_noted() -> None:
     s = out.doc["http"]["servers"][0]
     assert (s["listen"], s["ssl_certificate"]) == (["443 ssl"], ["a.crt"])
     assert out.origins["http.servers[0].ssl_certificate[0]"] == "nginx.conf:4"
+
+
+def test_round_trip_tls_address_shared_with_a_server_without_the_flag(tmp_path: Path, tls_ca: Any) -> None:
+    """Catches: a server on an address another server made TLS (nginx: ``ssl`` is per
+    address) losing its own certificate (SNI would get the default server's) or failing the
+    load (the loader takes ssl_* only with the flag on the server's own listen); a server
+    there without a certificate made to need one (nginx serves it the default's)."""
+    c = tls_ca.dir
+    config = load(
+        tmp_path,
+        f"""
+        http {{
+            server {{
+                listen 127.0.0.1:8443 ssl;
+                server_name a.test;
+                ssl_certificate {c}/a.test-rsa.crt;
+                ssl_certificate_key {c}/a.test-rsa.key;
+                location / {{ return 200 a; }}
+            }}
+            server {{
+                listen 127.0.0.1:8443;
+                server_name b.test;
+                ssl_certificate {c}/b.test-rsa.crt;
+                ssl_certificate_key {c}/b.test-rsa.key;
+                location / {{ return 200 b; }}
+            }}
+            server {{
+                listen 127.0.0.1:8443;
+                server_name c.test;
+                ssl_session_tickets off;
+                location / {{ return 200 c; }}
+            }}
+        }}
+        """,
+    )
+    _, b, c_server = config.http.servers
+    assert b.listen[0].ssl and b.ssl is not None and b.ssl.certificates == (f"{c}/b.test-rsa.crt",)
+    assert c_server.ssl is None and not c_server.listen[0].ssl
+    notes = [str(n) for n in convert_file(str(tmp_path / "nginx.conf")).notes]
+    assert notes == [
+        'nginx.conf:11: "listen 127.0.0.1:8443": another server listens on this address with "ssl", which '
+        'makes it TLS for every server (nginx); mapped with "ssl"',
+        'nginx.conf:20: "ssl_session_tickets off": the server has no "ssl" listen, where nginx ignores it '
+        "too; not converted",
+    ]
