@@ -387,10 +387,16 @@ def _ssl_on(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
 
 
 def _prefer_server_ciphers(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """Python's ssl sets OP_CIPHER_SERVER_PREFERENCE: ``on`` is what prefork-lb does; with
+    ``off`` (certbot's) the cipher picked may differ, always one of ssl_ciphers."""
     if d.args[0] == "on":
         m.differ(d, "prefork-lb always prefers its own cipher order; nothing to set")
     else:
-        m.skip(d, "is not supported: prefork-lb always prefers its own cipher order (nginx's on)")
+        m.differ(
+            d,
+            "prefork-lb always prefers its own cipher order (nginx's on), not the client's; the cipher is "
+            "still one of ssl_ciphers",
+        )
 
 
 def _has_ssl_listen(s: dict[str, Any]) -> bool:
