@@ -1151,3 +1151,28 @@ def test_round_trip_tls_address_shared_with_a_server_without_the_flag(tmp_path: 
         'nginx.conf:20: "ssl_session_tickets off": the server has no "ssl" listen, where nginx ignores it '
         "too; not converted",
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["off"], "off"),
+        (["none"], "none"),
+        (["builtin"], "shared:builtin:5120k"),  # nginx's 20480 sessions, ~256 bytes each
+        (["builtin:1000"], "shared:builtin:250k"),
+        (["builtin:1000", "shared:SSL:10m"], "shared:SSL:10m"),
+    ],
+)
+def test_mapping_ssl_session_cache(args: list[str], expected: str) -> None:
+    """Catches: nginx's ``builtin[:N]`` (which the loader does not take) copied as written, or
+    a ``shared:`` beside it lost; off/none changed."""
+    server = d(
+        "server",
+        block=[
+            d("listen", "443", "ssl"),
+            d("ssl_session_cache", *args),
+            d("location", "/", block=[d("return", "200")]),
+        ],
+    )
+    out = map_config([d("http", block=[server])])
+    assert out.doc["http"]["servers"][0]["ssl_session_cache"] == expected
