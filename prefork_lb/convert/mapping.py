@@ -17,8 +17,15 @@ Rules:
 - nginx's documented WebSocket ``map $http_upgrade $connection_upgrade`` is recognised and
   not converted: the variable is built in with the same values. Any other ``map`` is skipped
   (one defining ``$connection_upgrade`` says the built-in one is used instead).
-- A skipped block (a named location, a server listening only with ``ssl``) takes its key
+- A skipped block (a named location, a stream server with ``proxy_ssl on``) takes its key
   paths with it, so comments and origins never point at the wrong entry.
+- TLS termination (``ssl_*``): prefork-lb's keys are server-level only, so an http- or
+  stream-level value is copied into each server that listens with ``ssl`` (the server's own
+  value wins; a server's own ``ssl_certificate`` set replaces the inherited set, as nginx's
+  arrays do). ``ssl on`` (removed in nginx 1.25) adds the flag to the listens it covers.
+  ``ssl`` is per address in nginx: a server with a certificate on an address another
+  server flags ``ssl`` gets the flag too. A server without an ``ssl`` listen gets no
+  ``ssl_*`` key (nginx ignores them there; the loader refuses them): noted, not converted.
 - To add a directive: a handler in the context's table (``_HTTP_LEVEL``, ``_SERVER``,
   ``_LOCATION``, ``_UPSTREAM``, ``_STREAM``, ``_STREAM_SERVER``, ``_MAIN``), remove it from
   ``unsupported.NOT_YET``, and add its row to docs/convert.md.
@@ -187,6 +194,7 @@ def _http(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     # nginx inherits whatever the level, wherever in the block it is written
     header_timeout = http.pop("client_header_timeout", None)
     http_rules = http.pop("_access", None)
+    _inherit_tls(m, http, "http", http.get("servers", []))
     for i, s in enumerate(http.get("servers", [])):
         if header_timeout is not None:
             s.setdefault("client_header_timeout", header_timeout)
@@ -231,6 +239,7 @@ def _stream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     stream["_proxy_ssl"] = any(x.name == "proxy_ssl" and x.args[0] == "on" for x in d.block or [])
     m.each(d.block, stream, "stream", _STREAM)
     del stream["_proxy_ssl"]
+    _inherit_tls(m, stream, "stream", stream.get("servers", []))
 
 
 # ---- http, server and location levels ----
@@ -287,6 +296,193 @@ def _ssl_protocols(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> Non
     if len(kept) < len(d.args):
         m.differ(d, "SSLv2 and SSLv3 are not spoken by prefork-lb; mapped without them")
     m.put(t, path, "proxy_ssl_protocols", kept, d)
+
+
+# ---- TLS termination (http and stream servers; http/stream-level values are copied in) ----
+
+# keys the loader accepts only on a server with an ``ssl`` listen (load_shared.SSL_KEYS)
+_SSL_KEYS = (
+    "ssl_certificate",
+    "ssl_certificate_key",
+    "ssl_protocols",
+    "ssl_ciphers",
+    "ssl_session_cache",
+    "ssl_session_timeout",
+    "ssl_session_tickets",
+    "ssl_client_certificate",
+    "ssl_verify_client",
+)
+# stream keys the loader takes on any server; a stream-level value is copied into each
+_STREAM_INHERITED = ("ssl_handshake_timeout", "ssl_preread", "preread_timeout")
+_OLD_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
+
+
+def _ssl_file(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``ssl_certificate`` / ``ssl_certificate_key``: each directive adds one file."""
+    if "$" in d.args[0] or d.args[0].startswith("data:"):
+        m.skip(d, "is not supported: certificates and keys are files (no variables, no data:)")
+        return
+    files = t.setdefault(d.name, [])
+    m.out.origins.setdefault(_path(path, d.name), d.where)
+    m.out.origins[f"{_path(path, d.name)}[{len(files)}]"] = d.where
+    if d.comment:
+        m.out.comments[_path(path, d.name)] = "\n".join(
+            filter(None, (m.out.comments.get(_path(path, d.name)), d.comment))
+        )
+    files.append(d.args[0])
+
+
+def _ssl_server_protocols(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    kept = [p for p in d.args if p not in _OLD_PROTOCOLS]
+    if not kept:
+        m.skip(
+            d,
+            "names only protocols prefork-lb does not speak (it terminates TLSv1.2 and TLSv1.3; its "
+            "default, both, is used)",
+        )
+        return
+    if len(kept) < len(d.args):
+        m.differ(d, "prefork-lb terminates TLSv1.2 and TLSv1.3 only; mapped without the older ones")
+    m.put(t, path, "ssl_protocols", kept, d)
+
+
+def _ssl_session_cache(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``off | none | [builtin[:size]] [shared:name:size]``; prefork-lb's cache is OpenSSL's
+    built-in one per worker (what nginx's ``builtin`` is), written ``shared:NAME:SIZE``."""
+    words = d.args
+    if words[0] in ("off", "none"):
+        m.put(t, path, "ssl_session_cache", words[0], d)
+        return
+    shared = [w for w in words if w.startswith("shared:")]
+    builtin = [w for w in words if w == "builtin" or w.startswith("builtin:")]
+    if shared:
+        value = shared[0]
+    elif builtin:
+        sessions = builtin[0].partition(":")[2]
+        count = int(sessions) if sessions.isdigit() else 20480  # nginx's builtin default
+        value = f"shared:builtin:{max(1, count * 256 // 1024)}k"  # ~256 bytes a session
+    else:
+        m.put(t, path, "ssl_session_cache", " ".join(words), d)  # the loader names the line
+        return
+    m.differ(
+        d,
+        f'mapped to "{value}": prefork-lb\'s session cache is per worker (a session ID resumes only on '
+        "the worker that issued it; tickets resume on any worker)",
+    )
+    m.put(t, path, "ssl_session_cache", value, d)
+
+
+def _ssl_verify_client(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if d.args[0] == "optional_no_ca":
+        m.skip(d, "is not supported: client certificates are verified against ssl_client_certificate")
+        return
+    m.put(t, path, "ssl_verify_client", d.args[0], d)
+
+
+def _ssl_on(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``ssl on`` (deprecated, removed in nginx 1.25): every listen of the server(s) is TLS."""
+    if d.args[0] == "on":
+        t["_ssl_on"] = d
+        m.differ(d, 'deprecated (removed in nginx 1.25): mapped to the "ssl" flag on the listen addresses')
+
+
+def _prefer_server_ciphers(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """Python's ssl sets OP_CIPHER_SERVER_PREFERENCE: ``on`` is what prefork-lb does; with
+    ``off`` (certbot's) the cipher picked may differ, always one of ssl_ciphers."""
+    if d.args[0] == "on":
+        m.differ(d, "prefork-lb always prefers its own cipher order; nothing to set")
+    else:
+        m.differ(
+            d,
+            "prefork-lb always prefers its own cipher order (nginx's on), not the client's; the cipher is "
+            "still one of ssl_ciphers",
+        )
+
+
+def _has_ssl_listen(s: dict[str, Any]) -> bool:
+    return any("ssl" in entry.split()[1:] for entry in s.get("listen", []))
+
+
+def _tls_server(m: Mapper, s: dict[str, Any], d: Directive, kp: str) -> None:
+    """A server's own ``ssl on``: every listen of it gets the ``ssl`` flag."""
+    if s.pop("_ssl_on", None) is not None:
+        s["listen"] = [e if "ssl" in e.split()[1:] else f"{e} ssl" for e in s.get("listen", [])]
+
+
+def _address(entry: str) -> str:
+    """A listen entry's address, for comparing them: ``443``, ``*:443``, ``0.0.0.0:443`` are one."""
+    address = entry.split()[0]
+    if address.isdigit():
+        return f"*:{address}"
+    return "*:" + address[len("0.0.0.0:") :] if address.startswith("0.0.0.0:") else address
+
+
+def _drop_plain_ssl(m: Mapper, s: dict[str, Any], kp: str) -> None:
+    """A server without an ``ssl`` listen: nginx ignores its ``ssl_*``, the loader refuses them."""
+    for key in _SSL_KEYS:
+        if key in s:
+            value = s.pop(key)
+            if isinstance(value, bool):
+                text = "on" if value else "off"
+            else:
+                text = " ".join(value) if isinstance(value, list) else str(value)
+            where = m.out.origins.get(f"{kp}.{key}", m.out.origins.get(kp, ""))
+            m.forget(f"{kp}.{key}")
+            m.out.notes.append(
+                Note(
+                    where,
+                    f'"{key} {text}": the server has no "ssl" listen, where nginx ignores it too; '
+                    "not converted",
+                    False,
+                )
+            )
+
+
+def _inherit_tls(m: Mapper, level: dict[str, Any], path: str, servers: list[dict[str, Any]]) -> None:
+    """Copy ``level``'s (http or stream) TLS values into its servers; the server's own wins."""
+    ssl_on = level.pop("_ssl_on", None)
+    values = {k: level.pop(k) for k in (*_SSL_KEYS, *_STREAM_INHERITED) if k in level}
+    used: set[str] = set()
+    for s in servers:
+        if ssl_on is not None and "listen" in s:
+            s["listen"] = [e if "ssl" in e.split()[1:] else f"{e} ssl" for e in s["listen"]]
+    # nginx: "ssl" on one server's listen makes the address TLS for all its servers; the
+    # loader takes a server's certificate only with the flag on its own listen, so a server
+    # with a certificate on such an address gets it (one without uses the default server's)
+    tls_addresses = {_address(e) for s in servers for e in s.get("listen", []) if "ssl" in e.split()[1:]}
+    for i, s in enumerate(servers):
+        kp = f"{path}.servers[{i}]"
+        if "ssl_certificate" in s or "ssl_certificate" in values:
+            for j, e in enumerate(s.get("listen", [])):
+                if _address(e) in tls_addresses and "ssl" not in e.split()[1:]:
+                    s["listen"][j] = f"{e} ssl"
+                    m.out.notes.append(
+                        Note(
+                            m.out.origins.get(f"{kp}.listen[{j}]", ""),
+                            f'"listen {e}": another server listens on this address with "ssl", which '
+                            'makes it TLS for every server (nginx); mapped with "ssl"',
+                            False,
+                        )
+                    )
+        tls = _has_ssl_listen(s)
+        if not tls:
+            _drop_plain_ssl(m, s, kp)
+        udp = any("udp" in e.split()[1:] for e in s.get("listen", []))
+        for key, value in values.items():
+            if key in _SSL_KEYS and not tls:
+                continue
+            if key == "ssl_preread" and (tls or udp):
+                continue  # nginx: no ClientHello to read there; the loader refuses it
+            used.add(key)
+            if key not in s:
+                s[key] = value
+                for store in (m.out.origins, m.out.comments):
+                    for k in [k for k in store if k == f"{path}.{key}" or k.startswith(f"{path}.{key}[")]:
+                        store[kp + k[len(path) :]] = store[k]
+    for key in [k for k in values if k not in used]:  # nginx has nothing to apply them to either
+        where = m.out.origins.get(f"{path}.{key}", "")
+        m.forget(f"{path}.{key}")
+        m.out.notes.append(Note(where, f'"{key}": no server here it applies to; not converted', False))
 
 
 # nginx's map for WebSocket (docs: "WebSocket proxying"), built in as $connection_upgrade
@@ -382,6 +578,7 @@ def _server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     s: dict[str, Any] = {}
     m.mark(kp, d)
     m.each(d.block, s, kp, _SERVER)
+    _tls_server(m, s, d, kp)
     listen = s.get("listen")
     if listen == []:
         m.forget(kp)
@@ -444,13 +641,10 @@ def _listen(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
                 m.differ(d, f'"{word}": the keepalive timings are the kernel\'s; mapped to so_keepalive=on')
                 word = "so_keepalive=on"
             words.append(word)
-        elif word in ("ssl", "quic", "proxy_protocol"):
-            m.skip(
-                d,
-                reason("ssl")
-                if word != "proxy_protocol"
-                else "has no prefork-lb equivalent (proxy_protocol)",
-            )
+        elif word == "ssl":
+            words.append(word)
+        elif word in ("quic", "proxy_protocol"):
+            m.skip(d, f"has no prefork-lb equivalent ({word})")
             return
         elif word == "http2":
             m.differ(d, "http2: prefork-lb serves HTTP/1.1 on this address")
@@ -633,6 +827,7 @@ def _stream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> Non
     s: dict[str, Any] = {}
     m.mark(kp, d)
     m.each(d.block, s, kp, _STREAM_SERVER)
+    _tls_server(m, s, d, kp)
     if s.pop("_proxy_ssl", t["_proxy_ssl"]):
         m.forget(kp)
         m.skip(
@@ -720,8 +915,28 @@ _INHERITED: dict[str, Handler] = {
     "deny": _access_rule,
     "error_log": _error_log,
 }
+_TLS: dict[str, Handler] = {
+    "ssl": _ssl_on,
+    "ssl_certificate": _ssl_file,
+    "ssl_certificate_key": _ssl_file,
+    "ssl_protocols": _ssl_server_protocols,
+    "ssl_ciphers": _text,
+    "ssl_session_cache": _ssl_session_cache,
+    "ssl_session_timeout": _simple,
+    "ssl_session_tickets": _flag,
+    "ssl_client_certificate": _text,
+    "ssl_verify_client": _ssl_verify_client,
+    "ssl_prefer_server_ciphers": _prefer_server_ciphers,
+}
+_STREAM_TLS: dict[str, Handler] = {
+    **_TLS,
+    "ssl_handshake_timeout": _simple,
+    "ssl_preread": _flag,
+    "preread_timeout": _simple,
+}
 _HTTP_LEVEL: dict[str, Handler] = {
     **_INHERITED,
+    **_TLS,
     "upstream": _upstream,
     "server": _server,
     "log_format": _log_format,
@@ -730,6 +945,7 @@ _HTTP_LEVEL: dict[str, Handler] = {
 }
 _SERVER: dict[str, Handler] = {
     **_INHERITED,
+    **_TLS,
     "listen": _listen,
     "server_name": _server_name,
     "location": _location,
@@ -759,6 +975,7 @@ _UPSTREAM: dict[str, Handler] = {
     "keepalive_time": _simple,
 }
 _STREAM: dict[str, Handler] = {
+    **_STREAM_TLS,
     "upstream": _upstream,
     "server": _stream_server,
     "log_format": _log_format,
@@ -768,6 +985,7 @@ _STREAM: dict[str, Handler] = {
 }
 _STREAM_SERVER: dict[str, Handler] = {
     **dict.fromkeys(_STREAM_SIMPLE, _simple),
+    **_STREAM_TLS,
     "listen": _listen,
     "proxy_pass": _stream_proxy_pass,
     "proxy_next_upstream": _stream_next_upstream,

@@ -93,6 +93,27 @@ REASONS: dict[str, str] = {
     "proxy_ssl_conf_command": "is not supported: OpenSSL configuration commands are not passed through",
     "proxy_ssl_key_log": "is not supported: no TLS key log",
     "proxy_ssl*": "is not supported: TLS to upstreams is built for http only (docs/config.md)",
+    # TLS termination: the ssl_* directives convert/mapping.py does not map
+    "ssl_dhparam": "is not supported: no custom DH parameters (key exchange is ECDHE, and TLS 1.3's); "
+    "remove it",
+    "ssl_ecdh_curve": "is not supported: OpenSSL's default groups are offered (X25519, P-256, ...)",
+    "ssl_stapling*": "is not supported: no OCSP stapling (clients check revocation themselves)",
+    "ssl_trusted_certificate": "is not supported: it serves OCSP stapling, which prefork-lb does not do; "
+    "client certificates are verified against ssl_client_certificate",
+    "ssl_verify_depth": "is not supported: client chains are verified to OpenSSL's default depth "
+    "(100; nginx's default of 1 allows one intermediate CA)",
+    "ssl_session_ticket_key": "is not supported: the ticket key is made in the master on each load and "
+    "reload (shared by the workers, rotated by reload); tickets from other machines do not resume",
+    "ssl_buffer_size": "is not supported: TLS records are as large as prefork-lb's writes (up to 16k)",
+    "ssl_password_file": "is not supported: keys must be unencrypted PEM (the master reads them as root "
+    "before dropping privileges: protect them with file permissions)",
+    "ssl_early_data": "is not supported: no TLS 1.3 early data (0-RTT); clients send after the handshake",
+    "ssl_conf_command": "is not supported: OpenSSL configuration commands are not passed through",
+    "ssl_crl": "is not supported: no certificate revocation lists for client certificates",
+    "ssl_ocsp*": "is not supported: client certificates are not checked with OCSP",
+    "ssl_reject_handshake": "is not supported: a handshake for an unknown name gets the default server's "
+    "certificate",
+    "ssl_*": "is not supported by prefork-lb's TLS termination (docs/config.md lists its ssl_* keys)",
     "js_*": "has no prefork-lb equivalent (no njs)",
     "perl*": "has no prefork-lb equivalent",
 }
@@ -119,8 +140,6 @@ NOT_YET: dict[str, str] = {
     "limit_req*": f"{_PLANNED}: rate limiting",
     "limit_conn*": f"{_PLANNED}: connection limiting",
     "limit_rate*": f"{_PLANNED}: rate limiting",
-    "ssl_*": f"{_PLANNED}: TLS; until then terminate TLS in front of prefork-lb",
-    "ssl": f"{_PLANNED}: TLS; until then terminate TLS in front of prefork-lb",
     "proxy_cache*": f"{_PLANNED}: caching",
     "proxy_no_cache": f"{_PLANNED}: caching",
     "sticky": f'{_PLANNED}: session persistence; meanwhile `method = "hash"` on a cookie keeps clients on '

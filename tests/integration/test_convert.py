@@ -44,8 +44,8 @@ http {{
         location = /ok {{ return 200 "fine"; }}
     }}
     server {{
-        listen 127.0.0.1:{tls_port} ssl;
-        ssl_certificate cert.pem;
+        listen 127.0.0.1:{quic_port} quic;
+        ssl_stapling on;
         location / {{ proxy_pass http://app; }}
     }}
 }}
@@ -56,9 +56,9 @@ def test_unsupported_directives_report_and_working_subset(tmp_path: Path) -> Non
     """Catches: a config full of directives prefork-lb lacks either refused as a whole or served
     with them dropped silently: the report names each one (file:line) in the error log and on
     ``-t``, ``--strict`` fails, and the rest serves."""
-    port, tls_port = free_port(), free_port()
+    port, quic_port = free_port(), free_port()
     with Backend(count=1) as backend:
-        conf = UNSUPPORTED_HEAVY.format(backend=backend.addrs[0], port=port, tls_port=tls_port)
+        conf = UNSUPPORTED_HEAVY.format(backend=backend.addrs[0], port=port, quic_port=quic_port)
         lb = lb_from_conf(tmp_path, conf, port)
         strict = run_cli("convert", "--strict", str(lb.conf))
         assert strict.returncode == 1 and strict.stdout == ""
@@ -75,7 +75,7 @@ def test_unsupported_directives_report_and_working_subset(tmp_path: Path) -> Non
             assert lb.get("/ok")[2] == b"fine"
             assert lb.get("/static/x")[0] == 404  # kept, answering 404: never sent to the backend
             assert re.search(r'\[warn\] \d+#0: nginx.conf:11: "server_tokens off"', lb.output())
-            assert tls_port not in _listening(lb.master_pid)
+            assert quic_port not in _listening(lb.master_pid)
 
 
 def _listening(pid: int) -> set[int]:

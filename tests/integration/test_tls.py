@@ -741,3 +741,66 @@ t = '{LOG}'
         assert status == 421
         assert tls_get(port, ctx, None, "a.test")[1:] == (200, b"a")
         assert tls_get(port, ctx, "default.test", "default.test")[1:] == (200, b"default")
+
+
+def _curl_tls(port: int, ca: TestCA, name: str, *extra: str) -> tuple[int, str, list[str]]:
+    """curl's exit status, body, and what it says of the handshake (protocol, cipher, subject)."""
+    out = subprocess.run(
+        ["curl", "-sSv", "--cacert", str(ca.cert), "--resolve", f"{name}:{port}:127.0.0.1", *extra,
+         f"https://{name}:{port}/"],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    seen = [
+        line.strip("* ").strip()
+        for line in out.stderr.splitlines()
+        if "SSL connection using" in line or line.lstrip("* ").startswith(("subject:", "issuer:"))
+    ]
+    return out.returncode, out.stdout, seen
+
+
+@pytest.mark.nginx
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_nginx_conf_https_servers_converted_as_nginx_serves_them(tmp_path: Path, ca: TestCA) -> None:
+    """One nginx.conf, run by nginx and by prefork-lb (``-c nginx.conf``, converted): two
+    https servers on one address picked by SNI, with an http-level ssl_protocols and
+    ssl_ciphers. curl sees the same certificate subject, protocol, cipher and answer per
+    name, and a TLS 1.3-only client fails on both. Catches: ``listen ... ssl`` or ssl_*
+    skipped by the converter (the old one: no server left), or the http-level protocols and
+    ciphers not reaching the servers (prefork-lb's defaults would negotiate TLS 1.3)."""
+    from tests.nginx_conf import Nginx, lb_from_conf, scenario
+
+    def conf(port: int) -> str:
+        def server(name: str, extra: str = "") -> str:
+            return f"""
+    server {{
+        listen 127.0.0.1:{port} ssl{extra};
+        server_name {name};
+        ssl_certificate {ca.dir}/{name}-rsa.crt;
+        ssl_certificate_key {ca.dir}/{name}-rsa.key;
+        location / {{ return 200 "{name.split(".")[0]}"; }}
+    }}"""
+
+        return scenario(f"""
+    access_log off;
+    ssl_protocols TLSv1.2;
+    ssl_ciphers ECDHE-RSA-AES128-GCM-SHA256;
+{server("a.test", " default_server")}
+{server("b.test")}
+""")
+
+    def probes(port: int) -> list[tuple[int, str, list[str]]]:
+        out = [_curl_tls(port, ca, name) for name in ("a.test", "b.test")]
+        code, _, _ = _curl_tls(port, ca, "b.test", "--tlsv1.3")
+        out.append((code, "", []))
+        return out
+
+    port = free_port()
+    with Nginx(tmp_path / "nginx", port, conf(port)):
+        expected = probes(port)
+    port = free_port()
+    with lb_from_conf(tmp_path / "lb", conf(port), port):
+        got = probes(port)
+    assert expected[0][:2] == (0, "a") and expected[1][:2] == (0, "b") and expected[2][0] != 0, expected
+    assert "SSL connection using TLSv1.2 / ECDHE-RSA-AES128-GCM-SHA256" in expected[1][2], expected
+    assert [line for line in expected[1][2] if "CN=b.test" in line], expected
+    assert got == expected

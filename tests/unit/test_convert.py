@@ -219,11 +219,11 @@ def test_mapping_locations() -> None:
 
 
 def test_mapping_listen_parameters() -> None:
-    """Catches: an ssl listener served as plaintext, or http2/ipv6only silently dropped."""
+    """Catches: a quic listener served as TCP, or http2/ipv6only silently dropped."""
     server = d(
         "server",
         block=[
-            d("listen", "443", "ssl", line=2),
+            d("listen", "443", "quic", line=2),
             d("listen", "80", "default", "reuseport", "backlog=100", "http2", line=3),
             d("location", "/", block=[d("return", "200")]),
         ],
@@ -933,3 +933,246 @@ def test_connection_upgrade_map_quoted_either_way(tmp_path: Path, empty: str) ->
     )
     conversion = convert_file(str(tmp_path / "nginx.conf"))
     assert [n.where for n in conversion.notes] == ["nginx.conf:3"] and not conversion.unsupported
+
+
+# ---- TLS termination: listen ... ssl, ssl_*, stream ssl_preread ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    from tests.tls_certs import TestCA
+
+    ca = TestCA(tmp_path_factory.mktemp("convert-tls") / "certs")
+    for name in ("a.test", "b.test"):
+        ca.issue(name)
+    ca.issue("a.test", "ec")
+    return ca
+
+
+def test_round_trip_tls_termination_and_inheritance(tmp_path: Path, tls_ca: Any) -> None:
+    """Catches: ``listen ... ssl`` or an ``ssl_*`` directive skipped (old converter: all were,
+    "planned"); an http-level ssl_* not copied into each TLS server, or copied over the
+    server's own value; a second ssl_certificate replacing the first; an http-level value
+    copied into a plain server (the loader refuses ssl_* there); ``ssl on`` not making the
+    server's listens TLS; TLSv1/TLSv1.1 (which the loader refuses) kept."""
+    c = tls_ca.dir
+    config = load(
+        tmp_path,
+        f"""
+        http {{
+            ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
+            ssl_ciphers HIGH:!aNULL;
+            ssl_session_cache builtin:1000 shared:SSL:10m;
+            ssl_session_timeout 1h;
+            ssl_certificate {c}/b.test-rsa.crt;
+            ssl_certificate_key {c}/b.test-rsa.key;
+            server {{
+                listen 127.0.0.1:8443 ssl http2 default_server;
+                server_name a.test;
+                ssl_certificate {c}/a.test-rsa.crt;
+                ssl_certificate_key {c}/a.test-rsa.key;
+                ssl_certificate {c}/a.test-ec.crt;
+                ssl_certificate_key {c}/a.test-ec.key;
+                ssl_session_tickets off;
+                ssl_protocols TLSv1.3;
+                ssl_prefer_server_ciphers on;
+                location / {{ return 200 a; }}
+            }}
+            server {{
+                listen 127.0.0.1:8444;
+                server_name b.test;
+                ssl on;
+                ssl_client_certificate {c}/ca.crt;
+                ssl_verify_client optional;
+                ssl_dhparam dh.pem;
+                location / {{ return 200 b; }}
+            }}
+            server {{
+                listen 127.0.0.1:8080;
+                ssl_ciphers ALL;
+                location / {{ return 200 plain; }}
+            }}
+        }}
+        """,
+    )
+    a, b, plain = config.http.servers
+    assert a.listen[0].ssl and a.listen[0].default_server and b.listen[0].ssl
+    assert a.ssl is not None and b.ssl is not None and plain.ssl is None and not plain.listen[0].ssl
+    assert a.ssl.certificates == (f"{c}/a.test-rsa.crt", f"{c}/a.test-ec.crt")
+    assert a.ssl.keys == (f"{c}/a.test-rsa.key", f"{c}/a.test-ec.key")
+    assert (a.ssl.protocols, a.ssl.ciphers, a.ssl.session_tickets) == (("TLSv1.3",), "HIGH:!aNULL", False)
+    assert (a.ssl.session_cache, a.ssl.session_timeout_s) == ("shared:SSL:10m", 3600.0)
+    assert b.ssl.certificates == (f"{c}/b.test-rsa.crt",) and b.ssl.protocols == ("TLSv1.2", "TLSv1.3")
+    assert (b.ssl.client_certificate, b.ssl.verify_client) == (f"{c}/ca.crt", "optional")
+    notes = [str(n) for n in convert_file(str(tmp_path / "nginx.conf")).notes]
+    assert notes == [
+        'nginx.conf:3: "ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3": prefork-lb terminates TLSv1.2 and '
+        "TLSv1.3 only; mapped without the older ones",
+        'nginx.conf:5: "ssl_session_cache builtin:1000 shared:SSL:10m": mapped to "shared:SSL:10m": '
+        "prefork-lb's session cache is per worker (a session ID resumes only on the worker that issued it; "
+        "tickets resume on any worker)",
+        'nginx.conf:10: "listen 127.0.0.1:8443 ssl http2 default_server": http2: prefork-lb serves HTTP/1.1 '
+        "on this address",
+        'nginx.conf:18: "ssl_prefer_server_ciphers on": prefork-lb always prefers its own cipher order; '
+        "nothing to set",
+        'nginx.conf:24: "ssl on": deprecated (removed in nginx 1.25): mapped to the "ssl" flag on the listen '
+        "addresses",
+        'nginx.conf:27: "ssl_dhparam dh.pem" is not supported: no custom DH parameters (key exchange is '
+        "ECDHE, and TLS 1.3's); remove it; skipped",
+        'nginx.conf:32: "ssl_ciphers ALL": the server has no "ssl" listen, where nginx ignores it too; not '
+        "converted",
+    ]
+
+
+def test_round_trip_stream_tls_and_ssl_preread(tmp_path: Path, tls_ca: Any) -> None:
+    """Catches: stream ``listen ... ssl``, ssl_handshake_timeout, ``ssl_preread`` or
+    preread_timeout skipped (old converter), a stream-level value not reaching each server,
+    or a stream-level ``ssl_preread on`` copied into a TLS or UDP server (the loader refuses
+    both); ``hash $ssl_preread_server_name`` routes by SNI."""
+    c = tls_ca.dir
+    config = load(
+        tmp_path,
+        f"""
+        stream {{
+            ssl_preread on;
+            preread_timeout 5s;
+            ssl_handshake_timeout 10s;
+            ssl_certificate {c}/a.test-rsa.crt;
+            ssl_certificate_key {c}/a.test-rsa.key;
+            upstream by_sni {{ hash $ssl_preread_server_name; server 127.0.0.1:9001; server 127.0.0.1:9002; }}
+            server {{ listen 127.0.0.1:6443; proxy_pass by_sni; }}
+            server {{
+                listen 127.0.0.1:6444 ssl;
+                proxy_pass 127.0.0.1:9003;
+                ssl_handshake_timeout 3s;
+                ssl_session_cache off;
+            }}
+            server {{ listen 127.0.0.1:5353 udp; proxy_pass 127.0.0.1:9004; }}
+        }}
+        """,
+    )
+    preread, tls, udp = config.stream.servers
+    assert preread.ssl_preread and preread.ssl is None and preread.preread_timeout_s == 5.0
+    assert config.stream.upstreams["by_sni"].hash_key == "$ssl_preread_server_name"
+    assert not tls.ssl_preread and tls.ssl is not None and tls.listen[0].ssl
+    assert (tls.ssl.certificates, tls.ssl.session_cache) == ((f"{c}/a.test-rsa.crt",), "off")
+    assert (tls.ssl_handshake_timeout_s, preread.ssl_handshake_timeout_s) == (3.0, 10.0)
+    assert not udp.ssl_preread and udp.ssl is None
+    assert convert_file(str(tmp_path / "nginx.conf")).notes == ()
+
+
+def test_tls_directives_prefork_lb_lacks_are_reported() -> None:
+    """Catches: an ssl_* directive prefork-lb lacks mapped or dropped silently (each gets a
+    reason saying what prefork-lb does instead), a certificate path with variables mapped
+    to a file that cannot exist, or ``ssl_verify_client optional_no_ca`` mapped to a
+    verifying mode; ``ssl_prefer_server_ciphers off`` (certbot's) without a note."""
+    server = d(
+        "server",
+        block=[
+            d("listen", "443", "ssl"),
+            d("ssl_certificate", "$ssl_server_name.crt", line=2),
+            d("ssl_session_ticket_key", "t.key", line=3),
+            d("ssl_stapling", "on", line=4),
+            d("ssl_verify_client", "optional_no_ca", line=5),
+            d("ssl_early_data", "on", line=6),
+            d("ssl_prefer_server_ciphers", "off", line=7),
+            d("location", "/", block=[d("return", "200")]),
+        ],
+    )
+    out = map_config([d("http", block=[server])])
+    s = out.doc["http"]["servers"][0]
+    assert s["listen"] == ["443 ssl"] and not any(k.startswith("ssl_") for k in s)
+    assert [(n.where, n.unsupported) for n in out.notes] == [
+        *((f"nginx.conf:{i}", True) for i in range(2, 7)),
+        ("nginx.conf:7", False),  # prefork-lb prefers its own order: a difference, not a gap
+    ]
+    assert "generated" not in out.notes[1].text and "reload" in out.notes[1].text
+
+
+def test_http_level_tls_without_a_tls_server_is_noted() -> None:
+    """Catches: Debian's http-level ``ssl_protocols`` (and ``ssl on``) vanishing without a note
+    when no server listens with ``ssl``, or being copied into plain servers (which the loader
+    refuses); an http-level ``ssl on`` not making every server's listens TLS."""
+    plain = d("server", block=[d("listen", "80"), d("location", "/", block=[d("return", "200")])])
+    out = map_config([d("http", block=[d("ssl_protocols", "TLSv1.2", line=2), plain])])
+    assert "ssl_protocols" not in out.doc["http"] and "ssl_protocols" not in out.doc["http"]["servers"][0]
+    assert [str(n) for n in out.notes] == [
+        'nginx.conf:2: "ssl_protocols": no server here it applies to; not converted'
+    ]
+    tls = d("server", block=[d("listen", "443"), d("location", "/", block=[d("return", "200")])])
+    out = map_config([d("http", block=[tls, d("ssl", "on", line=3), d("ssl_certificate", "a.crt", line=4)])])
+    s = out.doc["http"]["servers"][0]
+    assert (s["listen"], s["ssl_certificate"]) == (["443 ssl"], ["a.crt"])
+    assert out.origins["http.servers[0].ssl_certificate[0]"] == "nginx.conf:4"
+
+
+def test_round_trip_tls_address_shared_with_a_server_without_the_flag(tmp_path: Path, tls_ca: Any) -> None:
+    """Catches: a server on an address another server made TLS (nginx: ``ssl`` is per
+    address) losing its own certificate (SNI would get the default server's) or failing the
+    load (the loader takes ssl_* only with the flag on the server's own listen); a server
+    there without a certificate made to need one (nginx serves it the default's)."""
+    c = tls_ca.dir
+    config = load(
+        tmp_path,
+        f"""
+        http {{
+            server {{
+                listen 127.0.0.1:8443 ssl;
+                server_name a.test;
+                ssl_certificate {c}/a.test-rsa.crt;
+                ssl_certificate_key {c}/a.test-rsa.key;
+                location / {{ return 200 a; }}
+            }}
+            server {{
+                listen 127.0.0.1:8443;
+                server_name b.test;
+                ssl_certificate {c}/b.test-rsa.crt;
+                ssl_certificate_key {c}/b.test-rsa.key;
+                location / {{ return 200 b; }}
+            }}
+            server {{
+                listen 127.0.0.1:8443;
+                server_name c.test;
+                ssl_session_tickets off;
+                location / {{ return 200 c; }}
+            }}
+        }}
+        """,
+    )
+    _, b, c_server = config.http.servers
+    assert b.listen[0].ssl and b.ssl is not None and b.ssl.certificates == (f"{c}/b.test-rsa.crt",)
+    assert c_server.ssl is None and not c_server.listen[0].ssl
+    notes = [str(n) for n in convert_file(str(tmp_path / "nginx.conf")).notes]
+    assert notes == [
+        'nginx.conf:11: "listen 127.0.0.1:8443": another server listens on this address with "ssl", which '
+        'makes it TLS for every server (nginx); mapped with "ssl"',
+        'nginx.conf:20: "ssl_session_tickets off": the server has no "ssl" listen, where nginx ignores it '
+        "too; not converted",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["off"], "off"),
+        (["none"], "none"),
+        (["builtin"], "shared:builtin:5120k"),  # nginx's 20480 sessions, ~256 bytes each
+        (["builtin:1000"], "shared:builtin:250k"),
+        (["builtin:1000", "shared:SSL:10m"], "shared:SSL:10m"),
+    ],
+)
+def test_mapping_ssl_session_cache(args: list[str], expected: str) -> None:
+    """Catches: nginx's ``builtin[:N]`` (which the loader does not take) copied as written, or
+    a ``shared:`` beside it lost; off/none changed."""
+    server = d(
+        "server",
+        block=[
+            d("listen", "443", "ssl"),
+            d("ssl_session_cache", *args),
+            d("location", "/", block=[d("return", "200")]),
+        ],
+    )
+    out = map_config([d("http", block=[server])])
+    assert out.doc["http"]["servers"][0]["ssl_session_cache"] == expected
