@@ -832,8 +832,9 @@ def _stream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> Non
         m.forget(kp)
         m.skip(
             d,
-            "connects to its upstream with TLS (proxy_ssl on), which stream has not in prefork-lb "
-            "(plain TCP to a TLS upstream would fail)",
+            "connects to its upstream with TLS (proxy_ssl on), which the converter does not map yet "
+            "(plain TCP to a TLS upstream would fail): write the server with proxy_ssl = true and its "
+            "proxy_ssl_* keys in the TOML (docs/config.md, stream servers)",
         )
         return
     if not s.get("listen") or "proxy_pass" not in s:

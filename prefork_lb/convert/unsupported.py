@@ -92,7 +92,8 @@ REASONS: dict[str, str] = {
     "and its CA bundle instead)",
     "proxy_ssl_conf_command": "is not supported: OpenSSL configuration commands are not passed through",
     "proxy_ssl_key_log": "is not supported: no TLS key log",
-    "proxy_ssl*": "is not supported: TLS to upstreams is built for http only (docs/config.md)",
+    "proxy_ssl*": "is not converted for stream servers yet: write proxy_ssl = true and its proxy_ssl_* keys "
+    "in the TOML by hand (docs/config.md, stream servers)",
     # TLS termination: the ssl_* directives convert/mapping.py does not map
     "ssl_dhparam": "is not supported: no custom DH parameters (key exchange is ECDHE, and TLS 1.3's); "
     "remove it",
