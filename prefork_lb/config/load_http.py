@@ -439,8 +439,9 @@ class HttpLoader(SectionLoader):
             )
         if len(actions) > 1:
             raise t.error(actions[1], f'cannot be combined with "{actions[0]}" in one location')
-        if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
-            raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
+        if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*", "@"):
+            kind = "a named" if modifier == "@" else "a regex"
+            raise t.error("proxy_pass", f"cannot have a URI part in {kind} location (as in nginx)")
         if proxy_pass and proxy_pass.ssl:
             check_upstream_ssl(t, settings)
         access_logs = tuple(

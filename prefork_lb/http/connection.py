@@ -253,6 +253,8 @@ class ClientConnection:
             except UriError as e:
                 raise HttpError(e.status, "invalid URI") from None
             if server.rewrite is not None:  # issue 16: SERVER_REWRITE (http/rewrite.py)
+                if self.tls_check:  # a TLS refusal (400, 421) comes before any statement
+                    self._tls_refuse(ex, server)
                 result = run_rewrite(server.rewrite, ex)
                 if type(result) is Respond:
                     self._finish_body()

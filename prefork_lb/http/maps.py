@@ -95,7 +95,7 @@ def compile_map(
         for search, got in regex_table:
             m = search(value)
             if m is not None:
-                ex.captures = (m.group(0), *(g or "" for g in m.groups()))
+                ex.captures = (m.group(0), *m.groups(""))
                 return got(ex)
         return default(ex)
 

@@ -194,14 +194,17 @@ class Proxy:
         ex, lr, up, head = self.ex, self.lr, self.up, self.head
         loc = lr.config
         assert lr.plan is not None
-        has_body = head.chunked or bool(head.content_length)
+        content_length, chunked = head.content_length, head.chunked
+        if ex.error_paged:  # issue 16: an error_page target never gets the body (sent before)
+            content_length, chunked = None, False
+        has_body = chunked or bool(content_length)
         if has_body:
             self.body.prefetch()
         target = upstream_target(ex, head, lr)
         upgrade = upgrade_value(ex, lr.plan) if head.upgrade else None  # rule 10
         self.upgrade = upgrade is not None
         request_head = build_upstream_head(
-            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled, upgrade
+            ex, lr.plan, target, content_length, chunked, up.pool.enabled, upgrade
         )
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream

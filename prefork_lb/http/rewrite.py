@@ -129,6 +129,7 @@ class _Rewrite:
     keep_args: bool  # False when the replacement ends with "?"
     flag: str  # "", "last", "break", "redirect", "permanent"
     absolute: bool  # http://, https://, $scheme: a redirect at once
+    redirect: bool  # absolute, or the flag redirect/permanent
     pattern: str  # the regex as written, for rewrite_log
 
 
@@ -214,10 +215,9 @@ def _rewrite(st: _Rewrite, ex: Exchange, log_matches: bool) -> int | Respond | N
         return None
     if log_matches:
         log.log(25, '"%s" matches "%s", client: %s', st.pattern, ex.path, ex.conn.remote_addr)
-    ex.captures = (m.group(0), *(g or "" for g in m.groups()))
-    redirect = st.absolute or st.flag in ("redirect", "permanent")
-    quoted = redirect and _quoted(ex)
-    path = _render_escaped(st.path, ex, quoted)
+    ex.captures = (m.group(0), *m.groups(""))
+    redirect = st.redirect
+    path = _render_escaped(st.path, ex, redirect and _quoted(ex))
     if st.args is not None:
         new_args = _render_escaped(st.args, ex, _quoted(ex))
         args = f"{new_args}&{ex.args}" if st.keep_args and ex.args else new_args
@@ -439,7 +439,8 @@ def _compile_rewrite(args: list[str], get: _Lookup) -> _Rewrite:
     for p in (*path, *(args_parts or ())):
         if type(p) is int and p > regex.groups:
             raise ValueError(f'"${p}" refers to a capture the regex does not have')
-    return _Rewrite(regex.search, path, args_parts, keep_args, flag, absolute, args[0])
+    redirect = absolute or flag in ("redirect", "permanent")
+    return _Rewrite(regex.search, path, args_parts, keep_args, flag, absolute, redirect, args[0])
 
 
 def _compile_return(args: list[str], get: _Lookup) -> _Return:
@@ -517,7 +518,7 @@ def _condition(text: str, get: _Lookup) -> Callable[[Exchange], bool]:
         if m is None:
             return negate
         if not negate:
-            ex.captures = (m.group(0), *(g or "" for g in m.groups()))
+            ex.captures = (m.group(0), *m.groups(""))
         return not negate
 
     return match

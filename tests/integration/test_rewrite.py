@@ -69,6 +69,10 @@ error_page = {{ "502 503 504" = "@fallback", "404" = "=200 /empty.json" }}
   match = "/dead/"
   proxy_pass = "http://dead"
   [[http.servers.locations]]
+  match = "/deadpost/"
+  proxy_pass = "http://dead"
+  error_page = {{ "502" = "=200 /fromerr/x?echo=1" }}
+  [[http.servers.locations]]
   match = "/ie/"
   proxy_pass = "http://backend"
   proxy_intercept_errors = true
@@ -129,6 +133,15 @@ def test_rewrite_module_end_to_end(tmp_path: Path) -> None:
             # error_page 502 -> @fallback: its answer, with the original status (nginx)
             status, _, body = request(port, "GET", "/dead/x")
             assert (status, body) == (502, b"maintenance")
+            # error_page URI: a POST becomes a GET without its body (sent to the first upstream)
+            status, _, body = request(port, "POST", "/deadpost/", body=b"hello")
+            seen = json.loads(body)
+            assert (status, seen["method"], seen["target"], seen["body_len"]) == (
+                200,
+                "GET",
+                "/fromerr/x?echo=1",
+                0,
+            )
             # proxy_intercept_errors: upstream 404 -> /err body with 404; 403 passed through
             status, _, body = request(port, "GET", "/ie/x?status=404")
             assert (status, body) == (404, b"custom error page")
