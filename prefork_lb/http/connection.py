@@ -588,8 +588,10 @@ class ClientConnection:
             self._send_local(ex, status, error_page(status), extra=[(b"Location", _safe_location(text))])
         elif text is not None:
             self._send_local(ex, status, text.encode("latin-1"), b"text/plain")
+        elif status >= 400:
+            self.respond_error(ex, status)  # nginx: error_page applies to "return 404"
         else:
-            self._send_local(ex, status, error_page(status) if status >= 400 else b"")
+            self._send_local(ex, status, b"")
 
     def _status(self, ex: Exchange, lr: LocationRuntime) -> None:
         """api / metrics / dashboard locations, answered from the shared zone."""
