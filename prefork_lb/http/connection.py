@@ -585,7 +585,8 @@ class ClientConnection:
         text = lr.return_text.render(ex) if lr.return_text is not None else None
         if status in _REDIRECTS:
             assert text is not None
-            self._send_local(ex, status, error_page(status), extra=[(b"Location", _safe_location(text))])
+            location = _safe_location(absolute_url(ex, text))  # nginx's absolute_redirect on
+            self._send_local(ex, status, error_page(status), extra=[(b"Location", location)])
         elif text is not None:
             self._send_local(ex, status, text.encode("latin-1"), b"text/plain")
         elif status >= 400:
