@@ -17,7 +17,7 @@ import pytest
 
 from tests.backends import Backend, free_port
 from tests.harness import LB, request
-from tests.nginx_conf import NGINX, Nginx, scenario
+from tests.nginx_conf import NGINX, Nginx, lb_from_conf, scenario
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
 
@@ -204,6 +204,23 @@ def test_rewrite_and_error_page_match_nginx(tmp_path: Path) -> None:
         port = free_port()
         (tmp_path / "lb").mkdir()
         with LB(tmp_path / "lb", toml(port, be.addrs[0], dead), port):
+            ours = ask(port)
+    diffs = [(t, o) for t, o in zip(theirs, ours, strict=True) if t != o]
+    assert not diffs, "\n".join(f"nginx {t}\n  ours {o}" for t, o in diffs)
+
+
+def test_the_nginx_conf_itself_converts_and_matches_nginx(tmp_path: Path) -> None:
+    """Catches: the converter (``-c nginx.conf``) losing or reordering rewrite statements,
+    error_page, proxy_intercept_errors or named locations: the same nginx.conf run by both."""
+    dead = free_port()
+    with Backend(1) as be:
+        port = free_port()
+        conf = scenario(NGINX_SERVER.format(backend=be.addrs[0], dead=dead, port=port))
+        with Nginx(tmp_path / "nginx", port, conf):
+            theirs = ask(port)
+        port = free_port()
+        conf = scenario(NGINX_SERVER.format(backend=be.addrs[0], dead=dead, port=port))
+        with lb_from_conf(tmp_path / "lb", conf, port):
             ours = ask(port)
     diffs = [(t, o) for t, o in zip(theirs, ours, strict=True) if t != o]
     assert not diffs, "\n".join(f"nginx {t}\n  ours {o}" for t, o in diffs)
