@@ -154,3 +154,46 @@ def test_rewrite_module_end_to_end(tmp_path: Path) -> None:
             status, headers, _ = request(port, "GET", "/crlf/%0d%0aX-Inj:%201")
             assert status == 302 and headers["location"] == "https://x.test/%0D%0AX-Inj:%201"
             assert "x-inj" not in headers
+
+
+def _map_config(port: int, value: str) -> str:
+    return f"""
+workers = 1
+error_log = "error.log"
+error_log_level = "info"
+[http]
+access_log = "off"
+[http.maps.m]
+source = "$arg_k"
+values = {{ default = "{value}" }}
+[[http.servers]]
+listen = ["127.0.0.1:{port}"]
+  [[http.servers.locations]]
+  match = "/"
+  return = "200 $m"
+"""
+
+
+def test_maps_follow_reload_and_survive_a_failed_one(tmp_path: Path) -> None:
+    """Catches: config variables (maps, set) kept from the previous generation after a
+    reload, or a failed reload leaving its half-built variable table behind, so that a
+    worker respawned afterwards compiles its templates against it (the map's placeholder
+    then recurses forever)."""
+    import os
+    import signal
+
+    from tests.harness import wait_for
+
+    port = free_port()
+    with LB(tmp_path, _map_config(port, "one"), port) as lb:
+        assert request(port, "GET", "/")[2] == b"one"
+        lb.conf.write_text(_map_config(port, "two"))
+        assert lb.signal("reload").returncode == 0
+        wait_for(lambda: request(port, "GET", "/")[2] == b"two", what="the reloaded map")
+        lb.conf.write_text(_map_config(port, "$nosuchvar"))
+        assert lb.signal("reload").returncode == 0
+        wait_for(lambda: "reload aborted" in lb.output(), what="the failed reload")
+        (worker,) = lb.workers()
+        os.kill(worker.pid, signal.SIGKILL)
+        wait_for(lambda: [w.pid for w in lb.workers()] not in ([], [worker.pid]), what="a respawned worker")
+        wait_for(lambda: request(port, "GET", "/")[2] == b"two", what="the respawned worker answering")

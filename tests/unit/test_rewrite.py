@@ -261,3 +261,13 @@ def test_config_set_and_map_variables_are_known_everywhere(tmp_path: Path) -> No
     ex = ex_for(b"/")
     assert run(server.rewrite, ex) == CONTINUE
     assert compile_template("$pool/$m").render(ex) == "blue/b"
+
+
+def test_rewrite_log_at_notice(caplog: pytest.LogCaptureFixture) -> None:
+    """Catches: rewrite_log not logging a matching rewrite at notice (25), or logging misses."""
+    block = compile_rules([r"rewrite ^/old/(.*)$ /new/$1 last", "rewrite ^/never$ /x"], log_matches=True)
+    with caplog.at_level(25, logger="prefork_lb.error"):
+        assert run(block, ex_for(b"/old/a")) == SEARCH
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (25, '"^/old/(.*)$" matches "/old/a", client: 192.0.2.7')
+    ]
