@@ -249,6 +249,7 @@ class HttpLoader(SectionLoader):
         from prefork_lb.http.variables import VariableError, lookup_variable
 
         maps = t.table("maps")
+        uses: dict[str, set[str]] = {}  # map -> the variables its source and values name
         for name in list(maps.data):
             mt = maps.table(name, default_empty=False)
             source = mt.take("source", string)
@@ -267,7 +268,18 @@ class HttpLoader(SectionLoader):
                 )
             except (ValueError, VariableError) as e:
                 raise mt.error("values", str(e)) from None
+            uses[name.lower()] = _names_in(source, *(v for v in values.values() if isinstance(v, str)))
         maps.finish()
+        for name in uses:  # a map that needs itself would recurse forever on every request
+            seen: set[str] = set()
+            todo = [name]
+            while todo:
+                for used in uses.get(todo.pop(), ()):
+                    if used == name:
+                        raise maps.error(name, f'"${name}" depends on itself (through its source or values)')
+                    if used not in seen:
+                        seen.add(used)
+                        todo.append(used)
 
     def rewrite_block(self, t: Table, log_matches: bool) -> Any:
         """``rewrite_rules`` at this level, compiled (http/rewrite.py), or None."""
@@ -580,6 +592,18 @@ def _return_action(v: object) -> ReturnAction:
         except VariableError as e:
             raise ValueError(str(e)) from None
     return ReturnAction(status=code, text=text)
+
+
+def _names_in(*texts: str) -> set[str]:
+    from prefork_lb.http.template import parse_template
+
+    names: set[str] = set()
+    for text in texts:
+        try:
+            names.update(value.lower() for is_var, value in parse_template(text) if is_var)
+        except ValueError:
+            pass  # reported where the text is compiled
+    return names
 
 
 def _error_pages(v: object) -> dict[int, ErrorPage]:

@@ -245,6 +245,12 @@ def test_config_errors_name_the_key_and_statement_index(tmp_path: Path) -> None:
     assert "http.maps.m.values" in msg and "invalid regex" in msg
     msg = error(tmp_path, make(more='[http.maps.uri]\nsource = "$uri"\nvalues = { default = "x" }'))
     assert 'cannot define the variable "$uri"' in msg
+    loop = (
+        '[http.maps.a]\nsource = "$b"\nvalues = {}\n'
+        '[http.maps.b]\nsource = "$uri"\nvalues = { default = "$a" }'
+    )
+    msg = error(tmp_path, make(more=loop))
+    assert "http.maps.a" in msg and '"$a" depends on itself' in msg
 
 
 def test_config_set_and_map_variables_are_known_everywhere(tmp_path: Path) -> None:
