@@ -26,6 +26,7 @@ from prefork_lb.config.model import (
     LINGERING_CLOSE,
     NEXT_UPSTREAM_CONDITIONS,
     AccessLogConfig,
+    ErrorPage,
     HttpConfig,
     LocationConfig,
     ProxyPass,
@@ -155,6 +156,9 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "lingering_close": ("lingering_close", _lingering_close),
     "lingering_time": ("lingering_time_s", duration),
     "lingering_timeout": ("lingering_timeout_s", duration),
+    "error_page": ("error_page", lambda v: _error_pages(v)),
+    "proxy_intercept_errors": ("proxy_intercept_errors", boolean),
+    "rewrite_log": ("rewrite_log", boolean),
 }
 
 
@@ -179,12 +183,21 @@ class HttpLoader(SectionLoader):
             if hc is not None:  # the upstream's own check: Host is the group name (rule 2)
                 self.health_checks.append(health_check(hc, "http", name, self.matches, {}, host=name))
         ups.finish()
-        http_settings = self.location_settings(t, {})
-        http_logs = self.log_settings(t, None)
-        servers = tuple(
-            self.server(i, st, http_settings, http_logs) for i, st in enumerate(t.table_list("servers"))
-        )
-        t.finish()
+        from prefork_lb.http.variables import install_user_variables
+
+        user = self.user_variables(t)
+        previous = install_user_variables(user)  # every template below may name them
+        try:
+            self.compile_maps(t, user)
+            http_settings = self.location_settings(t, {})
+            http_logs = self.log_settings(t, None)
+            servers = tuple(
+                self.server(i, st, http_settings, http_logs) for i, st in enumerate(t.table_list("servers"))
+            )
+            t.finish()
+        except BaseException:
+            install_user_variables(previous)  # a failed reload keeps the running config's
+            raise
         _check_default_servers(self.source, servers)
         mark_checked(self.upstreams, self.health_checks)
         return HttpConfig(
@@ -192,7 +205,94 @@ class HttpLoader(SectionLoader):
             servers=servers,
             log_formats=self.log_formats,
             health_checks=tuple(self.health_checks),
+            user_variables=user,
         )
+
+    # ---- issue 16: map and set variables ----
+
+    def user_variables(self, t: Table) -> dict[str, Any]:
+        """``$name`` of every ``set`` in any rewrite_rules and every ``[http.maps.NAME]``:
+        declared before any template is compiled, as nginx declares them at load."""
+        from prefork_lb.http.rewrite import declared_sets
+        from prefork_lb.http.variables import Variable, builtin_variable, set_variable
+
+        rules: list[str] = []
+        for st in t.data.get("servers", []) if isinstance(t.data.get("servers"), list) else []:
+            if isinstance(st, dict):
+                rules += [r for r in st.get("rewrite_rules", []) if isinstance(r, str)]
+                for lt in st.get("locations", []) if isinstance(st.get("locations"), list) else []:
+                    if isinstance(lt, dict):
+                        rules += [r for r in lt.get("rewrite_rules", []) if isinstance(r, str)]
+        user: dict[str, Variable] = {name: set_variable(name) for name in sorted(declared_sets(rules))}
+        maps = t.data.get("maps", {})
+        for name in maps if isinstance(maps, dict) else ():
+            key = name.lower()
+            if builtin_variable(key) or not re.fullmatch(r"\w+", key):
+                raise self.source.error(
+                    f"{t.key_path('maps')}.{name}", f'cannot define the variable "${name}"'
+                )
+
+            def lazy(ex: Any, key: str = key) -> str:  # maps may name maps defined after them
+                return str(user[key].get(ex))
+
+            user[key] = Variable(key, lazy, empty_is_unset=True)
+        for name in user:
+            if builtin_variable(name):
+                raise self.source.error(
+                    t.key_path("servers"), f'"set" cannot redefine the built-in "${name}"'
+                )
+        return user
+
+    def compile_maps(self, t: Table, user: dict[str, Any]) -> None:
+        from prefork_lb.http.maps import compile_map
+        from prefork_lb.http.template import compile_template
+        from prefork_lb.http.variables import VariableError, lookup_variable
+
+        maps = t.table("maps")
+        uses: dict[str, set[str]] = {}  # map -> the variables its source and values name
+        for name in list(maps.data):
+            mt = maps.table(name, default_empty=False)
+            source = mt.take("source", string)
+            values = mt.raw("values")
+            hostnames = mt.take("hostnames", boolean, False)
+            mt.finish()
+            if not isinstance(values, dict):
+                raise mt.error("values", 'must be a table such as { default = "x", "~^/api" = "y" }')
+            try:
+                src = compile_template(source)
+            except VariableError as e:
+                raise mt.error("source", str(e)) from None
+            try:
+                user[name.lower()] = compile_map(
+                    name.lower(), src.render, values, hostnames, lambda n: lookup_variable(n).get
+                )
+            except (ValueError, VariableError) as e:
+                raise mt.error("values", str(e)) from None
+            uses[name.lower()] = _names_in(source, *(v for v in values.values() if isinstance(v, str)))
+        maps.finish()
+        for name in uses:  # a map that needs itself would recurse forever on every request
+            seen: set[str] = set()
+            todo = [name]
+            while todo:
+                for used in uses.get(todo.pop(), ()):
+                    if used == name:
+                        raise maps.error(name, f'"${name}" depends on itself (through its source or values)')
+                    if used not in seen:
+                        seen.add(used)
+                        todo.append(used)
+
+    def rewrite_block(self, t: Table, log_matches: bool) -> Any:
+        """``rewrite_rules`` at this level, compiled (http/rewrite.py), or None."""
+        from prefork_lb.http.rewrite import RuleError, compile_rules
+
+        if not t.has("rewrite_rules"):
+            t.raw("rewrite_rules", None)
+            return None
+        rules = t.take("rewrite_rules", string_list)
+        try:
+            return compile_rules(rules, log_matches=log_matches) if rules else None
+        except RuleError as e:
+            raise self.source.error(f"{t.key_path('rewrite_rules')}[{e.index}]", str(e)) from None
 
     # ---- inheritable settings ----
 
@@ -287,12 +387,14 @@ class HttpLoader(SectionLoader):
         ssl = self.ssl(t, listen)
         settings = self.location_settings(t, http_settings)
         logs = self.log_settings(t, http_logs)
+        server_rewrite = self.rewrite_block(t, settings.get("rewrite_log", False))
         location_tables = t.table_list("locations")
         if not location_tables:
             raise t.error("locations", "must contain at least one [[http.servers.locations]] entry")
         locations = tuple(self.location(lt, settings, logs) for lt in location_tables)
         t.finish()
         _check_duplicate_locations(self.source, t, locations)
+        _check_named_targets(self.source, t, settings.get("error_page", {}), locations)
         return ServerConfig(
             listen=tuple(listen),
             server_names=names,
@@ -304,6 +406,8 @@ class HttpLoader(SectionLoader):
             lingering_timeout_s=settings.get("lingering_timeout_s", 5.0),
             index=index,
             ssl=ssl,
+            rewrite=server_rewrite,
+            error_page=settings.get("error_page", {}),
         )
 
     def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:
@@ -314,6 +418,9 @@ class HttpLoader(SectionLoader):
                 regex = re.compile(pattern, re.IGNORECASE if modifier == "~*" else 0)
             except re.error as e:
                 raise t.error("match", f"invalid regex: {e}") from None
+        elif modifier == "@":
+            if not re.fullmatch(r"@[\w.-]+", pattern):
+                raise t.error("match", f'invalid named location "{pattern}"')
         elif not pattern.startswith("/") and pattern != "":
             raise t.error("match", _match_hint(match))
         proxy_pass = self.proxy_pass(t) if t.has("proxy_pass") else None
@@ -333,15 +440,20 @@ class HttpLoader(SectionLoader):
         )
         settings = self.location_settings(t, inherited)
         entries, fmt = self.log_settings(t, logs)
+        rewrite = self.rewrite_block(t, settings.get("rewrite_log", False))
         hc = t.table("health_check") if t.has("health_check") else None
         t.finish()  # unknown keys first: a typo such as "proxy_pas" gets its hint
         actions = [k for k, v in (("proxy_pass", proxy_pass), ("return", return_), (status, status)) if v]
-        if not actions:
-            raise t.error("match", 'location needs "proxy_pass", "return", "api", "metrics" or "dashboard"')
+        if not actions and rewrite is None:
+            raise t.error(
+                "match",
+                'location needs "proxy_pass", "return", "rewrite_rules", "api", "metrics" or "dashboard"',
+            )
         if len(actions) > 1:
             raise t.error(actions[1], f'cannot be combined with "{actions[0]}" in one location')
-        if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*"):
-            raise t.error("proxy_pass", "cannot have a URI part in a regex location (as in nginx)")
+        if proxy_pass and proxy_pass.uri is not None and modifier in ("~", "~*", "@"):
+            kind = "a named" if modifier == "@" else "a regex"
+            raise t.error("proxy_pass", f"cannot have a URI part in {kind} location (as in nginx)")
         if proxy_pass and proxy_pass.ssl:
             check_upstream_ssl(t, settings)
         access_logs = tuple(
@@ -367,6 +479,7 @@ class HttpLoader(SectionLoader):
             access_logs=access_logs,
             status=status,  # type: ignore[arg-type]
             access=access,
+            rewrite=rewrite,
             **settings,
         )
         if hc is not None:
@@ -422,6 +535,8 @@ class HttpLoader(SectionLoader):
 
 
 def _parse_match(match: str) -> tuple[Any, str, re.Pattern[str] | None]:
+    if match.startswith("@"):
+        return "@", match.strip(), None
     for modifier in _MODIFIERS:
         if match.startswith(modifier + " "):
             return modifier, match[len(modifier) + 1 :].strip(), None
@@ -477,6 +592,68 @@ def _return_action(v: object) -> ReturnAction:
         except VariableError as e:
             raise ValueError(str(e)) from None
     return ReturnAction(status=code, text=text)
+
+
+def _names_in(*texts: str) -> set[str]:
+    from prefork_lb.http.template import parse_template
+
+    names: set[str] = set()
+    for text in texts:
+        try:
+            names.update(value.lower() for is_var, value in parse_template(text) if is_var)
+        except ValueError:
+            pass  # reported where the text is compiled
+    return names
+
+
+def _error_pages(v: object) -> dict[int, ErrorPage]:
+    """``{ "502 503 504" = "@fallback", "404" = "=200 /empty.json" }`` (nginx's error_page)."""
+    if not isinstance(v, dict):
+        raise ValueError('must be a table such as { "502 504" = "@fallback", "404" = "=200 /404.html" }')
+    out: dict[int, ErrorPage] = {}
+    for codes, spec in v.items():
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError(
+                f'"{codes}" needs a target: "/uri", "@name", a URL, with "=CODE" or "=" before it'
+            )
+        words = spec.split()
+        status: int | None = None
+        from_target = False
+        if words[0].startswith("="):
+            code = words.pop(0)[1:]
+            if not code:
+                from_target = True
+            elif code.isdigit() and 100 <= int(code) <= 599:
+                status = int(code)
+            else:
+                raise ValueError(f'"{codes}": invalid response code "{code}"')
+        if len(words) != 1:
+            raise ValueError(f'"{codes}": "{spec}" must be "[=[CODE]] /uri|@name|URL"')
+        target = words[0]
+        if not target.startswith(("/", "@", "http://", "https://", "$scheme")):
+            raise ValueError(
+                f'"{codes}": target "{target}" must start with "/", "@", "http://" or "https://"'
+            )
+        for code in codes.split():
+            if not code.isdigit() or not 300 <= int(code) <= 599:
+                raise ValueError(f'"{codes}": value "{code}" must be between 300 and 599')
+            out[int(code)] = ErrorPage(target, status, from_target)
+    return out
+
+
+def _check_named_targets(
+    source: Source, t: Table, server_pages: dict[int, ErrorPage], locations: tuple[LocationConfig, ...]
+) -> None:
+    """An error_page naming "@x" needs a ``match = "@x"`` location in the same server."""
+    named = {loc.pattern for loc in locations if loc.modifier == "@"}
+    for where, pages in [("error_page", server_pages)] + [
+        (f"locations[{i}].error_page", loc.error_page) for i, loc in enumerate(locations)
+    ]:
+        for page in pages.values():
+            if page.target.startswith("@") and page.target not in named:
+                raise source.error(
+                    t.key_path(where), f'named location "{page.target}" does not exist in this server'
+                )
 
 
 def _networks(v: object) -> list[str]:

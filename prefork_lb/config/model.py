@@ -155,9 +155,18 @@ class ReturnAction:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorPage:
+    """One ``error_page`` target (nginx: ``error_page CODES [=[CODE]] URI|@name|URL``)."""
+
+    target: str  # "/uri[?args]", "@name" or an absolute URL (a 302, or =301/302/303/307/308)
+    status: int | None = None  # "=CODE": the answer's status
+    from_target: bool = False  # "=" alone: the status is whatever the target answers
+
+
+@dataclass(frozen=True, slots=True)
 class LocationConfig:
-    match: str  # as written: "/", "= /x", "^~ /x", "~ re", "~* re"
-    modifier: Literal["", "=", "^~", "~", "~*"]
+    match: str  # as written: "/", "= /x", "^~ /x", "~ re", "~* re", "@name"
+    modifier: Literal["", "=", "^~", "~", "~*", "@"]
     pattern: str
     regex: re.Pattern[str] | None
     proxy_pass: ProxyPass | None
@@ -192,6 +201,11 @@ class LocationConfig:
     access_logs: tuple[AccessLogConfig, ...] = ()
     status: Literal["", "api", "metrics", "dashboard"] = ""  # served by prefork-lb itself
     access: tuple[tuple[bool, str], ...] = ()  # (allow?, CIDR or "all") in order, first match wins
+    # issue 16, rewrite module (http/rewrite.py): the location's compiled rewrite_rules
+    rewrite: Any = field(default=None, compare=False)  # rewrite.Block | None
+    rewrite_log: bool = False
+    error_page: dict[int, ErrorPage] = field(default_factory=dict)  # inherited as a whole
+    proxy_intercept_errors: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +221,8 @@ class ServerConfig:
     lingering_timeout_s: float = 5.0
     index: int = 0  # position in [[http.servers]], for messages
     ssl: SslConfig | None = None
+    rewrite: Any = field(default=None, compare=False)  # server-level rewrite_rules (rewrite.Block)
+    error_page: dict[int, ErrorPage] = field(default_factory=dict)  # answers before a location
 
 
 def zone_name(server: ServerConfig | StreamServerConfig) -> str:
@@ -223,6 +239,8 @@ class HttpConfig:
     servers: tuple[ServerConfig, ...] = ()
     log_formats: dict[str, str] = field(default_factory=dict)
     health_checks: tuple[HealthCheck, ...] = ()  # active checks (health/model.py)
+    # $name -> http.variables.Variable for [http.maps.*] and ``set`` (installed at load)
+    user_variables: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,12 @@ Rules:
 - A location (or server) that returns gets no ``allow``/``deny``: nginx answers ``return`` in
   the rewrite phase, before the access phase, so they never apply to it there.
 - nginx's documented WebSocket ``map $http_upgrade $connection_upgrade`` is recognised and
-  not converted: the variable is built in with the same values. Any other ``map`` is skipped
-  (one defining ``$connection_upgrade`` says the built-in one is used instead).
-- A skipped block (a named location, a stream server with ``proxy_ssl on``) takes its key
+  not converted: the variable is built in with the same values. Any other ``map`` becomes
+  ``[http.maps.NAME]``.
+- The rewrite module (``rewrite``, ``set``, ``if``, ``break``, and a ``return`` written after
+  one of them) becomes the block's ``rewrite_rules``, one statement per item in nginx syntax
+  and in order; a statement after a ``return`` of the block is skipped (nginx never runs it).
+- A skipped block (a nested location, a stream server with ``proxy_ssl on``) takes its key
   paths with it, so comments and origins never point at the wrong entry.
 - TLS termination (``ssl_*``): prefork-lb's keys are server-level only, so an http- or
   stream-level value is copied into each server that listens with ``ssl`` (the server's own
@@ -504,14 +507,19 @@ def _map(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
             "not converted",
         )
         return
-    if variable == "$connection_upgrade":
-        m.skip(
-            d,
-            f"{reason('map')} (prefork-lb's built-in $connection_upgrade is used instead: "
-            '"upgrade" when the request has an Upgrade field, else "close")',
-        )
-        return
-    m.skip(d)
+    name = variable[1:]
+    values = Inline()
+    table: dict[str, Any] = {"source": d.args[0], "values": values}
+    for e in d.block or []:
+        if e.name == "hostnames" and not e.args:
+            table["hostnames"] = True
+        elif e.name in ("volatile", "include") and e.name not in values:
+            m.skip(e, "is not supported inside a map (a map is evaluated each time its variable is read)")
+        elif len(e.args) == 1:
+            values.setdefault(e.name, e.args[0])
+        else:
+            m.skip(e, "is not a map entry (KEY VALUE)")
+    m.put(t.setdefault("maps", {}), f"{path}.maps", name, table, d)
 
 
 def _access_log(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -667,6 +675,9 @@ def _pcre(regex: str) -> str:
 
 
 def _server_return(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if "rewrite_rules" in t:  # after server rewrite statements: it keeps its place among them
+        _statement(m, d, t, path)
+        return
     value = _return_value(m, d)
     if value is not None and "_return" not in t:
         t["_return"] = (value, d)
@@ -688,27 +699,24 @@ def _location(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     locations = t.setdefault("locations", [])
     kp = f"{path}.locations[{len(locations)}]"
     match = _match(d.args)
-    if match is None:
-        m.skip(d, "is a named location, which prefork-lb does not have (used by error_page and try_files)")
-        return
     loc: dict[str, Any] = {"match": match}
     m.mark(kp, d)
     m.out.origins[f"{kp}.match"] = d.where
     m.each(d.block, loc, kp, _LOCATION)
-    if not any(k in loc for k in ("proxy_pass", "return", "api", "metrics", "dashboard")):
+    if not any(k in loc for k in ("proxy_pass", "return", "rewrite_rules", "api", "metrics", "dashboard")):
         # kept, so its URIs never reach another location (think "location ~ /\.ht { deny all; }")
         loc["return"] = 404
         m.differ(d, "has nothing prefork-lb can run (see above for why); it answers 404 here")
     locations.append(loc)
 
 
-def _match(args: list[str]) -> str | None:
+def _match(args: list[str]) -> str:
     if len(args) == 2:
         mod, uri = args
     else:
         text = args[0]
         if text.startswith("@"):
-            return None
+            return text  # a named location (error_page targets)
         for mod in ("^~", "~*", "=", "~"):
             if text.startswith(mod):
                 uri = text[len(mod) :]
@@ -733,9 +741,56 @@ def _proxy_pass(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
 
 
 def _location_return(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if "rewrite_rules" in t:  # after rewrite statements: it keeps its place among them
+        _statement(m, d, t, path)
+        return
     value = _return_value(m, d)
     if value is not None and "return" not in t:
         m.put(t, path, "return", value, d)
+
+
+def _statement_text(d: Directive) -> str:
+    """A rewrite-module directive in the syntax ``rewrite_rules`` reads (http/rewrite.py)."""
+    words = [_pcre(d.args[0]), *d.args[1:]] if d.name == "rewrite" and d.args else d.args
+    args = " ".join(_quote_arg(a) for a in words)
+    if d.name == "if":
+        body = "; ".join(_statement_text(c) for c in d.block or [])
+        return f"if ({args}) {{ {body}; }}"
+    return f"{d.name} {args}".rstrip()
+
+
+def _quote_arg(arg: str) -> str:
+    if arg == "" or any(c in arg for c in " \t;{}\"'"):
+        return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return arg
+
+
+def _statement(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``rewrite``, ``set``, ``if``, ``break`` (and ``return`` after them): one ``rewrite_rules``
+    item each, in order. After a server-level or location ``return`` nothing runs (nginx)."""
+    if "return" in t or "_return" in t:
+        m.skip(d, "never runs: a return before it in this block answers first")
+        return
+    if d.name == "if" and any(c.name not in ("return", "rewrite", "set", "break") for c in d.block or []):
+        m.skip(d, "holds directives prefork-lb's if does not take (only return, rewrite, set, break)")
+        return
+    rules = t.setdefault("rewrite_rules", [])
+    key = f"{path}.rewrite_rules"
+    if not rules:
+        m.mark(key, d)
+    rules.append(_statement_text(d))
+    m.out.origins[f"{key}[{len(rules) - 1}]"] = d.where
+
+
+def _error_page(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    args = list(d.args)
+    target = args.pop()
+    override = args.pop() if args and args[-1].startswith("=") else ""
+    pages = t.setdefault("error_page", Inline({}))
+    key = f"{path}.error_page"
+    if not pages:
+        m.mark(key, d)
+    pages[" ".join(args)] = f"{override} {target}".strip()
 
 
 def _api(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -915,6 +970,9 @@ _INHERITED: dict[str, Handler] = {
     "allow": _access_rule,
     "deny": _access_rule,
     "error_log": _error_log,
+    "error_page": _error_page,
+    "proxy_intercept_errors": _flag,
+    "rewrite_log": _flag,
 }
 _TLS: dict[str, Handler] = {
     "ssl": _ssl_on,
@@ -935,6 +993,7 @@ _STREAM_TLS: dict[str, Handler] = {
     "ssl_preread": _flag,
     "preread_timeout": _simple,
 }
+_REWRITE: dict[str, Handler] = dict.fromkeys(("rewrite", "set", "if", "break"), _statement)
 _HTTP_LEVEL: dict[str, Handler] = {
     **_INHERITED,
     **_TLS,
@@ -952,6 +1011,7 @@ _SERVER: dict[str, Handler] = {
     "location": _location,
     "return": _server_return,
     "client_header_timeout": _client_header_timeout,
+    **_REWRITE,
 }
 _LOCATION: dict[str, Handler] = {
     **_INHERITED,
@@ -960,6 +1020,7 @@ _LOCATION: dict[str, Handler] = {
     "return": _location_return,
     "api": _api,
     "status": _api,
+    **_REWRITE,
 }
 _UPSTREAM: dict[str, Handler] = {
     "server": _upstream_server,

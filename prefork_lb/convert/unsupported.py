@@ -123,19 +123,11 @@ REASONS: dict[str, str] = {
 # convert/mapping.py when its feature lands.
 _PLANNED = "is not built in prefork-lb yet (planned)"
 NOT_YET: dict[str, str] = {
-    "rewrite": f"{_PLANNED}: the rewrite module; until then rewrite in the backend",
-    "set": f"{_PLANNED}: the rewrite module",
-    "if": f"{_PLANNED}: the rewrite module",
-    "break": f"{_PLANNED}: the rewrite module",
-    "rewrite_log": f"{_PLANNED}: the rewrite module",
-    "error_page": f"{_PLANNED}: custom error pages",
     "add_header": f"{_PLANNED}: add_header; until then set headers in the backend",
     "add_trailer": f"{_PLANNED}: add_header",
     "proxy_hide_header": f"{_PLANNED}: response header control",
     "proxy_pass_header": f"{_PLANNED}: response header control",
     "proxy_redirect": f"{_PLANNED}: response header control",
-    "proxy_intercept_errors": f"{_PLANNED}: custom error pages",
-    "map": f"{_PLANNED}: map",
     "split_clients": f"{_PLANNED}: map",
     "geo": f"{_PLANNED}: map",
     "limit_req*": f"{_PLANNED}: rate limiting",

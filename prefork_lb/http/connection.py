@@ -44,11 +44,13 @@ from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.headers import error_page, simple_response
 from prefork_lb.http.proxy import Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
+from prefork_lb.http.rewrite import MAX_URI_CHANGES, SEARCH, Respond, absolute_url
+from prefork_lb.http.rewrite import run as run_rewrite
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
 from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
 
 if TYPE_CHECKING:
-    from prefork_lb.config.model import LocationConfig, ServerConfig
+    from prefork_lb.config.model import ErrorPage, LocationConfig, ServerConfig
     from prefork_lb.http.routing import ServerRouter
     from prefork_lb.http.runtime import HttpRuntime, LocationRuntime, StatusZone
     from prefork_lb.http.tunnel import Tunnel
@@ -250,51 +252,15 @@ class ClientConnection:
                 ex.path = normalize_path(head.raw_path)
             except UriError as e:
                 raise HttpError(e.status, "invalid URI") from None
-            matcher = runtime.matcher(server)
-            if matcher.needs_slash_redirect(ex.path):
-                self._finish_body()
-                self._slash_redirect(ex)
-                return self._done(ex, None)
-            loc = matcher.match(ex.path)
-            if self.tls_check:
-                ex.location = loc
-                self._tls_refuse(ex, server)
-            if loc is None:
-                self._finish_body()
-                self.respond_error(ex, 404)
-                return self._done(ex, None)
-            lr = runtime.locations[id(loc)]
-            ex.location = loc
-            self.linger_from = loc
-            self.body_timeout_s = loc.client_body_timeout_s
-            self.send_timeout_s = loc.send_timeout_s
-            # nginx's phase order (shared/reference/nginx-semantics-2.md 2.1): the body size
-            # is checked when the location is found, ``return`` runs in the rewrite phase,
-            # allow/deny in the access phase after it, then the content (status, proxy).
-            if info.requests >= loc.keepalive_requests:
-                self.keep_alive = False
-            max_body = loc.client_max_body_size_bytes
-            if max_body and head.content_length and head.content_length > max_body:
-                raise HttpError(413, "request entity too large")
-            if loc.return_ is not None:
-                self._finish_body()
-                self._return(ex, lr)
-                return self._done(ex, lr)
-            if lr.access and not lr.allows(self.info.remote_addr):
-                self._finish_body()
-                self.respond_error(ex, 403)
-                return self._done(ex, lr)
-            if loc.status:
-                self._finish_body()
-                self._status(ex, lr)
-                return self._done(ex, lr)
-            outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
-            if outcome.zone_recorded:  # proxy.py rule 9
-                self.status_zone = None
-            if not outcome.keep_alive:
-                self.keep_alive = False
-            self._finish_body()
-            return self._done(ex, lr)
+            if server.rewrite is not None:  # issue 16: SERVER_REWRITE (http/rewrite.py)
+                if self.tls_check:  # a TLS refusal (400, 421) comes before any statement
+                    self._tls_refuse(ex, server)
+                result = run_rewrite(server.rewrite, ex)
+                if type(result) is Respond:
+                    self._finish_body()
+                    self._rewrite_respond(ex, result)
+                    return self._done(ex, None)
+            return self._done(ex, self._process(ex, head, server, None))
         except HttpError as e:
             self.keep_alive = False
             self.respond_error(ex, e.status)
@@ -304,6 +270,141 @@ class ClientConnection:
             ex.status = ex.status or 499
             self._done(ex, runtime.locations.get(id(ex.location)) if ex.location else None)
             raise
+
+    def _process(
+        self, ex: Exchange, head: RequestHead, server: ServerConfig, named: LocationConfig | None
+    ) -> LocationRuntime | None:
+        """Find the location (again after a URI change), run its phases and answer; the
+        location's runtime (for the log), None when no location answered."""
+        runtime = self.runtime
+        matcher = runtime.matcher(server)
+        while True:
+            if named is not None:  # error_page "@name": no search, the URI is kept
+                loc = named
+                named = None
+            else:
+                if matcher.needs_slash_redirect(ex.path):
+                    self._finish_body()
+                    self._slash_redirect(ex)
+                    return None
+                found = matcher.match(ex.path)
+                if self.tls_check and not ex.uri_changes:
+                    ex.location = found
+                    self._tls_refuse(ex, server)
+                if found is None:
+                    self._finish_body()
+                    self.respond_error(ex, 404)
+                    return None
+                loc = found
+            ex.rewrite_break = False
+            lr = runtime.locations[id(loc)]
+            ex.location = loc
+            self.linger_from = loc
+            self.body_timeout_s = loc.client_body_timeout_s
+            self.send_timeout_s = loc.send_timeout_s
+            # nginx's phase order (shared/reference/nginx-semantics-2.md 2.1): the body size
+            # is checked when the location is found, ``return`` runs in the rewrite phase,
+            # allow/deny in the access phase after it, then the content (status, proxy).
+            if self.info.requests >= loc.keepalive_requests:
+                self.keep_alive = False
+            max_body = loc.client_max_body_size_bytes
+            if max_body and head.content_length and head.content_length > max_body:
+                raise HttpError(413, "request entity too large")
+            if loc.rewrite is not None:  # issue 16: REWRITE, then POST_REWRITE's re-search
+                result = run_rewrite(loc.rewrite, ex)
+                if result is SEARCH:
+                    self._count_uri_change(ex)
+                    continue
+                if type(result) is Respond:
+                    self._finish_body()
+                    self._rewrite_respond(ex, result)
+                    return lr
+            break
+        if loc.return_ is not None:
+            self._finish_body()
+            self._return(ex, lr)
+            return lr
+        if lr.access and not lr.allows(self.info.remote_addr):
+            self._finish_body()
+            self.respond_error(ex, 403)
+            return lr
+        if loc.status:
+            self._finish_body()
+            self._status(ex, lr)
+            return lr
+        if loc.proxy_pass is None:  # rewrite_rules only: nginx's static content finds nothing
+            self._finish_body()
+            self.respond_error(ex, 404)
+            return lr
+        outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
+        if outcome.zone_recorded:  # proxy.py rule 9
+            self.status_zone = None
+        if not outcome.keep_alive:
+            self.keep_alive = False
+        self._finish_body()
+        return lr
+
+    def _count_uri_change(self, ex: Exchange) -> None:
+        ex.uri_changes += 1
+        if ex.uri_changes > MAX_URI_CHANGES:
+            log.error(
+                'rewrite or internal redirection cycle while processing "%s", client: %s',
+                ex.path,
+                self.info.remote_addr,
+            )
+            ex.error_paged = True  # the 500 is the default page, with its own status
+            ex.status_override = 0
+            raise HttpError(500, "rewrite or internal redirection cycle")
+
+    def _rewrite_respond(self, ex: Exchange, result: Respond) -> None:
+        """``return`` / a redirecting ``rewrite`` from rewrite_rules (http/rewrite.py rule 6)."""
+        status = result.status
+        if status == 444:  # nginx: close the connection, send nothing
+            ex.status = 444
+            self.keep_alive = False
+            self.abort()
+        elif result.location is not None:
+            location = _safe_location(absolute_url(ex, result.location))
+            self._send_local(ex, status, error_page(status), extra=[(b"Location", location)])
+        elif result.text is not None:
+            self._send_local(ex, status, result.text.encode("latin-1", "replace"), b"text/plain")
+        elif status >= 400:
+            self.respond_error(ex, status)  # error_page applies
+        else:
+            self._send_local(ex, status, b"", b"text/plain")
+
+    def _error_page(self, ex: Exchange, status: int, page: ErrorPage) -> None:
+        """nginx's error_page: an internal redirect to a URI or a named location (counted
+        against the URI change limit), or a redirect to a URL. Not recursive (nginx's
+        ``recursive_error_pages off``)."""
+        ex.error_paged = True
+        target = page.target
+        if not target.startswith(("/", "@")):
+            code = page.status if page.status in _REDIRECTS else 302
+            url = _safe_location(target)
+            self._send_local(ex, code, error_page(code), extra=[(b"Location", url)])
+            return
+        self._count_uri_change(ex)
+        ex.status_override = page.status or (0 if page.from_target else status)
+        if ex.attempts:
+            ex.attempts.append(None)  # a new upstream phase: " : " in $upstream_*
+        server = ex.server
+        assert server is not None
+        head = self.head
+        assert head is not None
+        if target.startswith("@"):
+            self._process(ex, head, server, self.runtime.matcher(server).named[target])
+            return
+        path, _, args = target.partition("?")
+        ex.path, ex.args, ex.uri_rewritten = path, args, True
+        if ex.method != b"HEAD":
+            ex.method = b"GET"
+        if server.rewrite is not None:  # an internal redirect starts at SERVER_REWRITE
+            result = run_rewrite(server.rewrite, ex)
+            if type(result) is Respond:
+                self._rewrite_respond(ex, result)
+                return
+        self._process(ex, head, server, None)
 
     def _tls_refuse(self, ex: Exchange, server: ServerConfig) -> None:
         """Raise HttpError when a TLS connection must refuse the request (tls/connection.py)."""
@@ -449,6 +550,13 @@ class ClientConnection:
             pass
 
     def respond_error(self, ex: Exchange, status: int) -> bool:
+        loc = ex.location
+        pages = loc.error_page if loc is not None else ex.server.error_page if ex.server is not None else None
+        if pages and not ex.error_paged:  # issue 16: error_page
+            page = pages.get(status)
+            if page is not None:
+                self._error_page(ex, status, page)
+                return self.keep_alive
         self._send_local(ex, status, error_page(status))
         return self.keep_alive
 
@@ -462,6 +570,8 @@ class ClientConnection:
     ) -> None:
         """Every response the proxy makes itself goes out here; whether it has a body is
         decided from the method and status in ``simple_response`` (headers.py rule 7)."""
+        if ex.status_override:  # issue 16: an error_page target answers with the page's status
+            status = ex.status_override
         out, body_len = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, ex.method)
         ex.status = status
         ex.bytes_sent += len(out)
@@ -475,11 +585,14 @@ class ClientConnection:
         text = lr.return_text.render(ex) if lr.return_text is not None else None
         if status in _REDIRECTS:
             assert text is not None
-            self._send_local(ex, status, error_page(status), extra=[(b"Location", _safe_location(text))])
+            location = _safe_location(absolute_url(ex, text))  # nginx's absolute_redirect on
+            self._send_local(ex, status, error_page(status), extra=[(b"Location", location)])
         elif text is not None:
             self._send_local(ex, status, text.encode("latin-1"), b"text/plain")
+        elif status >= 400:
+            self.respond_error(ex, status)  # nginx: error_page applies to "return 404"
         else:
-            self._send_local(ex, status, error_page(status) if status >= 400 else b"")
+            self._send_local(ex, status, b"")
 
     def _status(self, ex: Exchange, lr: LocationRuntime) -> None:
         """api / metrics / dashboard locations, answered from the shared zone."""

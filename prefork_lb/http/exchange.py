@@ -69,6 +69,16 @@ class Exchange:
     bytes_sent: int = 0
     end_time: float = 0.0
     attempts: list[Attempt | None] = field(default_factory=list)
+    # the rewrite module (http/rewrite.py rule 4): ``set`` variables, regex captures, whether
+    # a rewrite changed the URI (the upstream then gets ``path``+``args``, not the raw target)
+    vars: dict[str, str] | None = None
+    captures: tuple[str, ...] = ()
+    uri_rewritten: bool = False
+    rewrite_break: bool = False  # ``rewrite ... break`` in the current location (nginx's !valid_location)
+    uri_changed_here: bool = False  # within one block run (rewrite.run)
+    uri_changes: int = 0  # re-searches and internal redirects so far (limit: rewrite.MAX_URI_CHANGES)
+    error_paged: bool = False  # an error_page redirect happened (no recursive error pages)
+    status_override: int = 0  # error_page's status for the answer of its target (0: none)
 
     @property
     def remote_addr(self) -> str:  # balance.base.RequestKey

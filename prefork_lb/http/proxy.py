@@ -135,17 +135,23 @@ def upstream_target(ex: Exchange, head: RequestHead, lr: LocationRuntime) -> byt
     """The request-target sent upstream (nginx's proxy_pass URI rules)."""
     proxy = lr.config.proxy_pass
     assert proxy is not None
-    if proxy.uri is None:
+    if ex.uri_rewritten:  # issue 16: the rewritten $uri, re-escaped, plus $args (nginx)
+        query = b"?" + ex.args.encode("latin-1") if ex.args else b""
+        if proxy.uri is None or ex.rewrite_break:
+            return encode_path(ex.path) + query
+    elif proxy.uri is None:
         if head.authority is None:
             return head.target
         return head.raw_path + (b"?" + head.query if head.query else b"")
+    else:
+        query = b"?" + head.query if head.query else b""
     loc = lr.config
     path = ex.path
     if loc.modifier in ("", "^~", "=") and path.startswith(loc.pattern):
         path = proxy.uri + path[len(loc.pattern) :]
     else:
         path = proxy.uri
-    return encode_path(path) + (b"?" + head.query if head.query else b"")
+    return encode_path(path) + query
 
 
 class ProxyOutcome(NamedTuple):
@@ -188,14 +194,17 @@ class Proxy:
         ex, lr, up, head = self.ex, self.lr, self.up, self.head
         loc = lr.config
         assert lr.plan is not None
-        has_body = head.chunked or bool(head.content_length)
+        content_length, chunked = head.content_length, head.chunked
+        if ex.error_paged:  # issue 16: an error_page target never gets the body (sent before)
+            content_length, chunked = None, False
+        has_body = chunked or bool(content_length)
         if has_body:
             self.body.prefetch()
         target = upstream_target(ex, head, lr)
         upgrade = upgrade_value(ex, lr.plan) if head.upgrade else None  # rule 10
         self.upgrade = upgrade is not None
         request_head = build_upstream_head(
-            ex, lr.plan, target, head.content_length, head.chunked, up.pool.enabled, upgrade
+            ex, lr.plan, target, content_length, chunked, up.pool.enabled, upgrade
         )
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
@@ -264,6 +273,17 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, status not in (403, 404), None)
                 continue
+            if (
+                loc.proxy_intercept_errors
+                and status >= 300
+                and status in loc.error_page
+                and not ex.error_paged
+            ):
+                # issue 16: the error_page answers instead of the upstream's response
+                attempt.response_time_s = self.now() - now
+                conn.close()
+                self._free(sel, peer, False, attempt)
+                return ProxyOutcome(self.client.respond_error(ex, status), False)
             if status == 101:  # rule 10: the tunnel holds the peer until it ends
                 keep_alive = self._tunnel(conn, resp, leftover, attempt, now)
             else:

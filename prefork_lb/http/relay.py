@@ -76,10 +76,11 @@ def relay(
         field = _CHUNKED
     else:
         field, keep_alive = b"", False
-    head = build_response_head(
-        resp.status, resp.reason, resp.headers, resp.connection_tokens, field, keep_alive, now
-    )
-    ex.status = resp.status
+    status, reason = resp.status, resp.reason
+    if ex.status_override:  # issue 16: error_page "=CODE" (or the original status) over its target
+        status, reason = ex.status_override, b""
+    head = build_response_head(status, reason, resp.headers, resp.connection_tokens, field, keep_alive, now)
+    ex.status = status
     ex.bytes_sent = len(head)
     try:
         if framing == "none":

@@ -43,14 +43,17 @@ _Search = Callable[[str], re.Match[str] | None]
 class LocationMatcher:
     """Selects the location for a normalized path."""
 
-    __slots__ = ("_exact", "_prefixes", "_redirects", "_regexes")
+    __slots__ = ("_exact", "_prefixes", "_redirects", "_regexes", "named")
 
     def __init__(self, locations: Sequence[LocationConfig]) -> None:
         exact: dict[str, LocationConfig] = {}
         prefixes: list[LocationConfig] = []
         regexes: list[tuple[_Search, LocationConfig]] = []
+        self.named: dict[str, LocationConfig] = {}  # "@name": reached only by error_page
         for loc in locations:
-            if loc.modifier == "=":
+            if loc.modifier == "@":
+                self.named.setdefault(loc.pattern, loc)
+            elif loc.modifier == "=":
                 exact.setdefault(loc.pattern, loc)
             elif loc.modifier in ("", "^~"):
                 prefixes.append(loc)

@@ -45,8 +45,11 @@ __all__ = [
     "OptGetter",
     "Variable",
     "VariableError",
+    "builtin_variable",
     "compile_variable",
+    "install_user_variables",
     "lookup_variable",
+    "set_variable",
 ]
 
 Getter = Callable[[Exchange], str]
@@ -447,9 +450,45 @@ _PREFIXES: Final[tuple[tuple[str, Callable[[str], tuple[Getter, OptGetter]]], ..
 )
 
 
+# Variables the config defines (``set $name``, ``[http.maps.NAME]``): installed by the config
+# loader before it compiles any template (``install_user_variables``), so every template
+# knows them, as nginx declares them at load. Workers inherit the table with the fork.
+_USER: dict[str, Variable] = {}
+
+
+def install_user_variables(table: dict[str, Variable]) -> dict[str, Variable]:
+    """Replace the config-defined variables; returns the previous table (to restore it
+    when the config that installed this one fails to load)."""
+    global _USER
+    old, _USER = _USER, table
+    return old
+
+
+def builtin_variable(name: str) -> bool:
+    """Is ``$name`` one of the built-in variables (or a ``http_``/``arg_``/``cookie_`` one)?
+    ``$connection_upgrade`` is not: nginx has it only as the documented map."""
+    key = name.lower()
+    if key == "connection_upgrade":
+        return False
+    return key in _VARIABLES or any(key.startswith(prefix) for prefix, _ in _PREFIXES)
+
+
+def set_variable(name: str) -> Variable:
+    """``$name`` declared by ``set``: the value set for this request, "" until then."""
+
+    def get(ex: Exchange) -> str:
+        values = ex.vars
+        return values.get(name, "") if values is not None else ""
+
+    return Variable(name, get, empty_is_unset=True)
+
+
 def lookup_variable(name: str) -> Variable:
     """The compiled variable for ``name`` (without "$"); raises ``VariableError`` if unknown."""
     key = name.lower()
+    var = _USER.get(key) if _USER else None  # a map may replace $connection_upgrade only
+    if var is not None:
+        return var
     var = _VARIABLES.get(key)
     if var is not None:
         return var

@@ -339,7 +339,7 @@ def test_location_without_proxy_pass_or_return(tmp_path: Path) -> None:
     """
     assert error(tmp_path, make(more=more)) == (
         f"{tmp_path / 'lb.toml'}: http.servers[0].locations[1].match: "
-        'location needs "proxy_pass", "return", "api", "metrics" or "dashboard"'
+        'location needs "proxy_pass", "return", "rewrite_rules", "api", "metrics" or "dashboard"'
     )
 
 

@@ -140,7 +140,7 @@ def test_mapping_unsupported_directives_are_reported_never_dropped() -> None:
             "http",
             block=[
                 d("gzip", "on", line=42),
-                d("map", "$a", "$b", block=[], line=43),
+                d("split_clients", "$a", "$b", block=[], line=43),
                 d("frobnicate", "1", line=44),
             ],
         ),
@@ -149,7 +149,7 @@ def test_mapping_unsupported_directives_are_reported_never_dropped() -> None:
     assert [str(n) for n in out.notes] == [
         'nginx.conf:42: "gzip on" has no prefork-lb equivalent (compression belongs to the backend here); '
         "skipped",
-        'nginx.conf:43: "map $a $b" is not built in prefork-lb yet (planned): map; skipped',
+        'nginx.conf:43: "split_clients $a $b" is not built in prefork-lb yet (planned): map; skipped',
         'nginx.conf:44: "frobnicate 1" has no prefork-lb equivalent; skipped',
     ]
     assert all(n.unsupported for n in out.notes)
@@ -196,8 +196,9 @@ def test_mapping_server_return_and_empty_server() -> None:
 
 def test_mapping_locations() -> None:
     """Catches: location modifiers written without nginx's optional space, PCRE named groups,
-    named and nested locations (which prefork-lb lacks) kept, a location that serves files
-    dropped (its URIs would then reach another location: a backend)."""
+    named locations (error_page targets) lost, nested locations (which prefork-lb lacks)
+    kept, a location that serves files dropped (its URIs would then reach another location:
+    a backend)."""
     locs = [
         d("location", "=/exact", block=[d("return", "200")]),
         d("location", "^~", "/static/", block=[d("return", "201")]),
@@ -212,10 +213,10 @@ def test_mapping_locations() -> None:
     ]
     out = map_config([d("http", block=[d("server", block=[d("listen", "80"), *locs])])])
     matches = [loc["match"] for loc in out.doc["http"]["servers"][0]["locations"]]
-    assert matches == ["= /exact", "^~ /static/", r"~* \.(?P<ext>png)$", "/outer", "/static-files"]
+    assert matches == ["= /exact", "^~ /static/", r"~* \.(?P<ext>png)$", "@named", "/outer", "/static-files"]
     assert out.doc["http"]["servers"][0]["locations"][-1]["return"] == 404  # its URIs stay its own
     skipped = [n.text.split('"')[1] for n in out.notes if n.unsupported]
-    assert skipped == ["location @named", "location /outer/inner", "root /srv"]
+    assert skipped == ["location /outer/inner", "root /srv"]
 
 
 def test_mapping_listen_parameters() -> None:
@@ -878,30 +879,79 @@ def test_mapping_connection_upgrade_map_is_built_in(entries: list[tuple[str, str
 
 
 @pytest.mark.parametrize(
-    ("args", "entries", "built_in"),
+    ("args", "entries", "expected"),
     [
-        (("$http_upgrade", "$connection_upgrade"), [("default", "upgrade"), ("", "")], True),
         (
             ("$http_upgrade", "$connection_upgrade"),
-            [("default", "upgrade"), ("", "close"), ("hostnames",)],
-            True,
+            [("default", "upgrade"), ("", "")],
+            {"source": "$http_upgrade", "values": {"default": "upgrade", "": ""}},
         ),
-        (("$http_connection", "$connection_upgrade"), [("default", "upgrade"), ("", "close")], True),
-        (("$http_upgrade", "$conn"), [("default", "upgrade"), ("", "close")], False),
+        (
+            ("$host", "$site"),
+            [("hostnames",), ("*.example.com", "wild"), ("default", "none")],
+            {"source": "$host", "values": {"*.example.com": "wild", "default": "none"}, "hostnames": True},
+        ),
+        (
+            ("$uri", "$api"),
+            [("~^/api/(v\\d)/", "$1"), ("default", "")],
+            {"source": "$uri", "values": {"~^/api/(v\\d)/": "$1", "default": ""}},
+        ),
     ],
-    ids=["keepalive-variant", "hostnames", "other-source", "other-variable"],
+    ids=["keepalive-variant", "hostnames", "regex"],
 )
-def test_mapping_other_maps_stay_unsupported(
-    args: tuple[str, str], entries: list[tuple[str, ...]], built_in: bool
+def test_mapping_other_maps_are_converted(
+    args: tuple[str, str], entries: list[tuple[str, ...]], expected: dict[str, Any]
 ) -> None:
     """Catches: a map that is not exactly nginx's documented one (``'' ''`` for upstream
-    keep-alive, a flag, another source or variable) taken as the built-in, or one defining
-    $connection_upgrade otherwise skipped without saying the built-in one is used instead."""
+    keep-alive, hostnames, regexes) taken as the built-in or not converted to
+    ``[http.maps.NAME]`` (issue 16)."""
     block = [d(e[0], *e[1:]) for e in entries]
     out = map_config([d("http", block=[d("map", *args, block=block, line=2)])])
-    (note,) = out.notes
-    assert note.unsupported and note.text.startswith(f'"map {" ".join(args)}" is not built in prefork-lb yet')
-    assert ("built-in $connection_upgrade is used instead" in note.text) == built_in
+    assert not out.notes
+    assert out.doc["http"]["maps"] == {args[1][1:]: expected}
+
+
+def test_mapping_rewrite_module_and_error_page() -> None:
+    """Catches: rewrite/set/if/break/return losing their order in ``rewrite_rules`` (server
+    and location), error_page codes and ``=code`` lost, proxy_intercept_errors dropped, a
+    statement after a return converted although nginx never runs it (issue 16)."""
+    server = d(
+        "server",
+        block=[
+            d("listen", "80"),
+            d("rewrite", r"^(/download/.*)/media/(\w+)\.?.*$", "$1/mp3/$2.mp3", "last"),
+            d("if", "$http_user_agent", "~*", "bad bot", block=[d("return", "403")]),
+            d("set", "$pool", "blue"),
+            d("error_page", "502", "503", "@fallback"),
+            d("error_page", "404", "=200", "/empty.json"),
+            d(
+                "location",
+                "/x/",
+                block=[
+                    d("rewrite", "^/x/(.*)$", "/y/$1", "break"),
+                    d("return", "403"),
+                    d("proxy_pass", "http://127.0.0.1:1"),
+                    d("proxy_intercept_errors", "on"),
+                ],
+            ),
+            d("location", "/r/", block=[d("return", "404"), d("set", "$a", "1")]),
+            d("location", "@fallback", block=[d("return", "503", "maintenance")]),
+        ],
+    )
+    out = map_config([d("http", block=[server])])
+    s = out.doc["http"]["servers"][0]
+    assert s["rewrite_rules"] == [
+        r"rewrite ^(/download/.*)/media/(\w+)\.?.*$ $1/mp3/$2.mp3 last",
+        'if ($http_user_agent ~* "bad bot") { return 403; }',
+        "set $pool blue",
+    ]
+    assert s["error_page"] == {"502 503": "@fallback", "404": "=200 /empty.json"}
+    x, r, fallback = s["locations"]
+    assert x["rewrite_rules"] == ["rewrite ^/x/(.*)$ /y/$1 break", "return 403"]
+    assert x["proxy_intercept_errors"] is True
+    assert r == {"match": "/r/", "return": 404}
+    assert fallback == {"match": "@fallback", "return": "503 maintenance"}
+    assert [n.text.split('"')[1] for n in out.notes if n.unsupported] == ["set $a 1"]
 
 
 def test_mapping_stream_level_proxy_ssl_applies_to_every_server() -> None:
