@@ -192,6 +192,12 @@ class LocationConfig:
     access_logs: tuple[AccessLogConfig, ...] = ()
     status: Literal["", "api", "metrics", "dashboard"] = ""  # served by prefork-lb itself
     access: tuple[tuple[bool, str], ...] = ()  # (allow?, CIDR or "all") in order, first match wins
+    # response header rules (http/header_rules.py), inherited all or nothing as in nginx
+    add_header: tuple[tuple[str, str, bool], ...] = ()  # (name, value template, always)
+    proxy_hide_header: tuple[str, ...] = ()
+    proxy_pass_header: tuple[str, ...] = ()
+    # "default" entries and (prefix, replacement template) pairs in order; () = "off"
+    proxy_redirect: tuple[str | tuple[str, str], ...] = ("default",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -462,8 +462,15 @@ class ClientConnection:
     ) -> None:
         """Every response the proxy makes itself goes out here; whether it has a body is
         decided from the method and status in ``simple_response`` (headers.py rule 7)."""
-        out, body_len = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, ex.method)
         ex.status = status
+        added: list[bytes] | tuple[()] = ()
+        if ex.location is not None:  # add_header (http/header_rules.py rule 1)
+            rules = self.runtime.locations[id(ex.location)].headers
+            if rules.add:
+                added = rules.added(ex, status)
+        out, body_len = simple_response(
+            status, body, self.keep_alive, self.clock(), ctype, extra, ex.method, added
+        )
         ex.bytes_sent += len(out)
         ex.body_bytes_sent += body_len
         self.send(out)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final
 from gevent import socket
 
 from prefork_lb.http.client import ClientGone
+from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules
 from prefork_lb.http.headers import build_response_head
 from prefork_lb.http.request_body import LAST_CHUNK
 from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError
@@ -60,8 +61,10 @@ def relay(
     keep_alive: bool,
     read_timeout_s: float,
     now: float,
+    rules: ResponseRules = DEFAULT_RULES,
 ) -> tuple[bool, bool]:
-    """Send ``resp`` and its body (``leftover`` first) to the client; rule 4's pair."""
+    """Send ``resp`` and its body (``leftover`` first) to the client; rule 4's pair.
+    ``rules``: the location's header rules (http/header_rules.py)."""
     http11 = req.version >= (1, 1)
     framing = resp.framing
     if framing == "length":
@@ -76,10 +79,10 @@ def relay(
         field = _CHUNKED
     else:
         field, keep_alive = b"", False
+    ex.status = resp.status  # before the head: add_header may render $status
     head = build_response_head(
-        resp.status, resp.reason, resp.headers, resp.connection_tokens, field, keep_alive, now
+        resp.status, resp.reason, resp.headers, resp.connection_tokens, field, keep_alive, now, rules, ex
     )
-    ex.status = resp.status
     ex.bytes_sent = len(head)
     try:
         if framing == "none":
