@@ -136,12 +136,13 @@ class ResponseRules:
 
 def absolute_prefix(ex: Exchange) -> str:
     """``scheme://host[:port]`` for making a relative redirect absolute (nginx's header
-    filter with server_name_in_redirect off and port_in_redirect on)."""
+    filter with server_name_in_redirect off and port_in_redirect on: the request's host,
+    else the local address the connection came in on)."""
     scheme = "http" if ex.conn.tls is None else "https"
     host = ex.host
-    if not host and ex.server is not None and ex.server.server_names:
-        host = ex.server.server_names[0]
-    host = host or ex.conn.server_addr
+    if not host:
+        addr = ex.conn.server_addr
+        host = f"[{addr}]" if ":" in addr else addr
     port = ex.conn.server_port
     default = 80 if scheme == "http" else 443
     suffix = "" if port == default or port <= 0 else f":{port}"

@@ -13,6 +13,7 @@ Location.
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ class _Handler(BaseHTTPRequestHandler):
             name, _, value = item.partition(":")
             self.send_header(name, value)
         body = b"" if status in (204, 304) else b"ok\n"
+        if "echo" in q:  # the request's fields as received, one per line
+            body = "".join(f"{k}: {v}\n" for k, v in self.headers.items()).encode("latin-1")
         if status not in (204, 304):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -342,3 +345,98 @@ def test_defaults_with_no_key_set(tmp_path: Path, backend: int) -> None:
     assert ours == theirs
     assert ("location", f"http://{HOST}:PORT/c") in ours[1]
     assert not any(n in ("x-pad", "x-accel-buffering") for n, _ in ours[1])
+
+
+@needs_nginx
+def test_debug_headers_after_a_failed_try(tmp_path: Path, backend: int) -> None:
+    """Section 3.7: ``add_header X-Upstream $upstream_addr always`` and friends show every
+    attempt (a dead first peer, then the live one), then only the live peer once the dead
+    one is skipped. Connect times are compared as "-" or a number."""
+    be = f"127.0.0.1:{backend}"
+    dead = f"127.0.0.1:{free_port()}"
+    ngx = f"""
+    upstream pool {{ server {dead}; server {be}; }}
+    server {{
+        listen 127.0.0.1:PORT;
+        server_name {HOST};
+        location / {{
+            proxy_pass http://pool;
+            add_header X-Upstream $upstream_addr always;
+            add_header X-Up-Status $upstream_status always;
+            add_header X-Up-Conn $upstream_connect_time always;
+        }}
+    }}"""
+    toml = f"""
+workers = 1
+error_log = "error.log"
+[http]
+access_log = "off"
+[http.upstreams.pool]
+servers = [{{ address = "{dead}" }}, {{ address = "{be}" }}]
+[[http.servers]]
+listen = ["127.0.0.1:PORT"]
+server_name = ["{HOST}"]
+  [[http.servers.locations]]
+  match = "/"
+  proxy_pass = "http://pool"
+  add_header = {{ X-Upstream = {{ value = "$upstream_addr", always = true }}, X-Up-Status = {{ value = \
+"$upstream_status", always = true }}, X-Up-Conn = {{ value = "$upstream_connect_time", always = true }} }}
+""".replace("\\\n", "")
+
+    def times(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(n, re.sub(r"\d+\.\d{3}", "T", v) if n == "x-up-conn" else v) for n, v in fields]
+
+    results = _both(tmp_path, ngx, toml, ["/a", "/b"])
+    for theirs, ours in results:
+        assert (ours[0], times(ours[1])) == (theirs[0], times(theirs[1]))
+    first, second = (dict(times(r[1][1])) for r in results)
+    assert first["x-upstream"] == f"{dead}, {be}" and first["x-up-status"] == "502, 200"
+    assert first["x-up-conn"] == "-, T"
+    assert second["x-upstream"] == be and second["x-up-status"] == "200"
+
+
+def test_reference_injection_payloads(tmp_path: Path, backend: int) -> None:
+    """Section 2.5's exact payloads, where nginx 1.22 injects ``X-Inj: 1`` as a field of its
+    own: ``return 302 https://x.test$uri``, ``add_header X-U $uri``, ``proxy_set_header X-U
+    $uri`` (the upstream received two fields there). Here each stays one field, its CR/LF
+    percent-encoded; ``$request_uri`` stays raw and safe; NUL in the path is a 400. The
+    ``return`` and ``proxy_set_header`` rows held already (issue 11); the add_header rows
+    fail on the old code (no add_header)."""
+    be = f"127.0.0.1:{backend}"
+    port = free_port()
+    toml = _toml(f"""
+  [[http.servers.locations]]
+  match = "/ret/"
+  return = "302 https://x.test$uri"
+  [[http.servers.locations]]
+  match = "/retru/"
+  return = "302 https://x.test$request_uri"
+  [[http.servers.locations]]
+  match = "/h/"
+  return = "200 ok"
+  add_header = {{ X-U = "$uri" }}
+  [[http.servers.locations]]
+  match = "/crlfp/"
+  proxy_pass = "http://{be}"
+  proxy_set_header = {{ X-U = "$uri" }}
+""").replace("PORT", str(port))
+    with LB(tmp_path, toml, port):
+        for prefix, field in (("/ret/", b"Location: https://x.test/ret/"), ("/h/", b"X-U: /h/")):
+            for crlf, encoded in (("%0d%0a", b"%0D%0A"), ("%0a", b"%0A")):
+                head = _raw_head(port, f"{prefix}{crlf}X-Inj:%201")
+                assert not any(line.lower().startswith(b"x-inj") for line in head.split(b"\r\n")), head
+                assert field + encoded + b"X-Inj:" in head, head  # one field, encoded
+        head = _raw_head(port, "/retru/%0d%0aX-Inj:%201")
+        assert b"Location: https://x.test/retru/%0d%0aX-Inj:%201\r\n" in head + b"\r\n", head
+        assert _raw_head(port, "/ret/%00x").startswith(b"HTTP/1.1 400 ")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"GET /crlfp/%0d%0aX-Inj:%201?echo=1 HTTP/1.1\r\n"
+                + f"Host: {HOST}\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        received = data.split(b"\r\n\r\n", 1)[1].decode("latin-1").splitlines()
+        assert "X-U: /crlfp/%0D%0AX-Inj: 1" in received, received
+        assert not any(line.lower().startswith("x-inj") for line in received), received
