@@ -144,8 +144,11 @@ def _proxy_redirect(v: object) -> tuple[str | tuple[str, str], ...]:
         if not prefix:
             raise ValueError(f"[{i}]: the prefix must not be empty")
         if prefix.startswith("~"):
-            raise ValueError(f"[{i}]: regex prefixes are not supported yet")
-        if "$" in prefix:
+            try:
+                re.compile(prefix[2 if prefix.startswith("~*") else 1 :])
+            except re.error as e:
+                raise ValueError(f"[{i}]: invalid regex: {e}") from None
+        elif "$" in prefix:
             raise ValueError(f"[{i}]: variables in the prefix are not supported")
         out.append((prefix, replacement))
     return tuple(out)
@@ -269,8 +272,7 @@ class HttpLoader(SectionLoader):
                 elif key == "add_header":
                     self._check_templates(t, tuple((n, v) for n, v, _ in settings[field_name]), key)
                 elif key == "proxy_redirect":
-                    pairs = tuple(("", p[1]) for p in settings[field_name] if not isinstance(p, str))
-                    self._check_templates(t, pairs, key)
+                    self._check_redirects(t, settings[field_name])
                 elif key == "proxy_ssl_trusted_certificate":  # relative to the prefix, where written
                     settings[field_name] = self.path(settings[field_name])
                 elif key == "proxy_ssl_name":
@@ -474,6 +476,23 @@ class HttpLoader(SectionLoader):
             raise t.error("proxy_pass", f'"{host}" is neither an upstream name nor an address: {e}') from None
         self.upstreams[host] = implicit_upstream(host, addrs, "http")
         return ProxyPass(upstream=host, uri=uri, host_header=host, ssl=tls)
+
+    def _check_redirects(self, t: Table, rules: tuple[str | tuple[str, str], ...]) -> None:
+        """proxy_redirect replacements: templates, with $1..$9 after a regex prefix."""
+        from prefork_lb.http.header_rules import compile_regex_redirect
+        from prefork_lb.http.template import compile_template
+        from prefork_lb.http.variables import VariableError
+
+        for i, rule in enumerate(rules):
+            if isinstance(rule, str):
+                continue
+            try:
+                if rule[0].startswith("~"):
+                    compile_regex_redirect(*rule)
+                else:
+                    compile_template(rule[1])
+            except VariableError as e:
+                raise t.error("proxy_redirect", f"[{i}]: {e}") from None
 
     def _check_templates(
         self, t: Table, headers: tuple[tuple[str, str], ...], key: str = "proxy_set_header"

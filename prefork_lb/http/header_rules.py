@@ -17,7 +17,8 @@ Rules:
    list, each on its own (nginx 1.22: a location's ``proxy_pass_header`` keeps the server's
    ``proxy_hide_header``; config/load_http.py).
 4. ``proxy_redirect`` rewrites only ``Location`` and ``Refresh`` (after ``url=``), by prefix,
-   case-sensitively, first matching rule wins. ``default`` (nginx's default) maps the
+   case-sensitively, or by ``~regex``/``~*regex`` (the whole value replaced, ``$1``..``$9``
+   its captures), first matching rule wins. ``default`` (nginx's default) maps the
    proxy_pass URL to the location prefix (``http://B/app/`` -> ``/front/``), or, without a
    URI part, ``http://B/`` -> ``/``. A rewritten Location starting with "/" is made
    absolute (``$scheme://$host[:port]``, the port left out when it is the scheme's
@@ -34,11 +35,12 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from prefork_lb.http.template import Template, compile_template
+from prefork_lb.http.template import Template, compile_template, parse_template
 
 if TYPE_CHECKING:
     from prefork_lb.config.model import LocationConfig
@@ -89,13 +91,51 @@ class Redirect:
     prefix: str
     replacement: Template
 
+    def apply(self, text: str, ex: Exchange) -> str | None:
+        if text.startswith(self.prefix):
+            return self.replacement.render(ex) + text[len(self.prefix) :]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RegexRedirect:
+    """``["~regex", "replacement"]`` (``~*``: caseless): a match replaces the whole value;
+    ``$1``..``$9`` in the replacement are the captures (nginx's regex proxy_redirect)."""
+
+    regex: re.Pattern[str]
+    parts: tuple[int | Template, ...]  # capture numbers and templates, in order
+
+    def apply(self, text: str, ex: Exchange) -> str | None:
+        m = self.regex.search(text)
+        if m is None:
+            return None
+        groups = m.groups()
+        return "".join(
+            (groups[p - 1] or "" if p <= len(groups) else "") if isinstance(p, int) else p.render(ex)
+            for p in self.parts
+        )
+
+
+def compile_regex_redirect(pattern: str, replacement: str) -> RegexRedirect:
+    """Raises ``re.error`` or ``VariableError``."""
+    caseless = pattern.startswith("~*")
+    regex = re.compile(pattern[2 if caseless else 1 :], re.IGNORECASE if caseless else 0)
+    parts: list[int | Template] = []
+    for is_var, value in parse_template(replacement):
+        if is_var and value.isdigit():
+            parts.append(int(value))
+        else:
+            # a literal re-parses to itself (its "$" is followed by no name char)
+            parts.append(compile_template("${" + value + "}" if is_var else value))
+    return RegexRedirect(regex, tuple(parts))
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseRules:
     drop: frozenset[bytes]  # lowercased upstream fields not sent (hop-by-hop included)
     own_server: bool  # we send our Server (upstream's hidden)
     own_date: bool
-    redirects: tuple[Redirect, ...]  # empty: proxy_redirect off
+    redirects: tuple[Redirect | RegexRedirect, ...]  # empty: proxy_redirect off
     add: tuple[tuple[bytes, Template, bool], ...]  # (name, value, always)
 
     def added(self, ex: Exchange, status: int) -> list[bytes]:
@@ -129,8 +169,9 @@ class ResponseRules:
 
     def _rewrite(self, text: str, ex: Exchange) -> str | None:
         for rule in self.redirects:
-            if text.startswith(rule.prefix):
-                return rule.replacement.render(ex) + text[len(rule.prefix) :]
+            new = rule.apply(text, ex)
+            if new is not None:
+                return new
         return None
 
 
@@ -152,7 +193,7 @@ def absolute_prefix(ex: Exchange) -> str:
 def _rules(
     hide: Sequence[str],
     pass_: Sequence[str],
-    redirects: tuple[Redirect, ...],
+    redirects: tuple[Redirect | RegexRedirect, ...],
     add: tuple[tuple[bytes, Template, bool], ...],
 ) -> ResponseRules:
     hidden = (DEFAULT_HIDDEN | {h.lower().encode("latin-1") for h in hide}) - {
@@ -181,12 +222,14 @@ def default_redirect(loc: LocationConfig) -> Redirect | None:
 def compile_rules(loc: LocationConfig) -> ResponseRules:
     """A location's rules, compiled once at config load (``DEFAULT_RULES``-like when none of
     the keys is set; only the default redirect differs per location)."""
-    redirects: list[Redirect] = []
+    redirects: list[Redirect | RegexRedirect] = []
     for item in loc.proxy_redirect:
         if isinstance(item, str):  # "default"
             rule = default_redirect(loc)
             if rule is not None:
                 redirects.append(rule)
+        elif item[0].startswith("~"):
+            redirects.append(compile_regex_redirect(*item))
         else:
             redirects.append(Redirect(item[0], compile_template(item[1])))
     add = tuple(

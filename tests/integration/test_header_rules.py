@@ -234,6 +234,7 @@ def test_proxy_redirect(tmp_path: Path, backend: int) -> None:
         location /front/ {{ proxy_pass http://{be}/app/; }}
         location /pair/ {{ proxy_pass http://{be}; proxy_redirect http://backend.test/ /mapped/; }}
         location /off/ {{ proxy_pass http://{be}; proxy_redirect off; }}
+        location /rx/ {{ proxy_pass http://{be}; proxy_redirect ~^/(.*)$ /mapped/$1; }}
     }}"""
     toml = _toml(f"""
   [[http.servers.locations]]
@@ -250,6 +251,10 @@ def test_proxy_redirect(tmp_path: Path, backend: int) -> None:
   match = "/off/"
   proxy_pass = "http://{be}"
   proxy_redirect = "off"
+  [[http.servers.locations]]
+  match = "/rx/"
+  proxy_pass = "http://{be}"
+  proxy_redirect = [["~^/(.*)$", "/mapped/$1"]]
 """)
     paths = [
         "/rd/a" + _q(f"Location:http://{be}/rd/new", f"Refresh:5; url=http://{be}/rd/r", s=302),
@@ -258,6 +263,7 @@ def test_proxy_redirect(tmp_path: Path, backend: int) -> None:
         "/front/a" + _q(f"Location:http://{be}/app/after", s=302),
         "/pair/a" + _q("Location:http://backend.test/p?q=1", s=302),
         "/off/a" + _q(f"Location:http://{be}/rd/new", s=302),
+        "/rx/a" + _q("Location:/b", s=302),
     ]
     results = _both(tmp_path, ngx, toml, paths)
     for path, (theirs, ours) in zip(paths, results, strict=True):
@@ -269,7 +275,8 @@ def test_proxy_redirect(tmp_path: Path, backend: int) -> None:
     assert fields[2]["location"] == "http://other/x"
     assert fields[3]["location"] == f"http://{HOST}:PORT/front/after"
     assert fields[4]["location"] == f"http://{HOST}:PORT/mapped/p?q=1"
-    assert fields[5]["location"] == f"http://{be}/rd/new".replace(f":{backend}", f":{backend}")
+    assert fields[5]["location"] == f"http://{be}/rd/new"
+    assert fields[6]["location"] == f"http://{HOST}:PORT/mapped/b"
 
 
 def _raw_head(port: int, target: str) -> bytes:

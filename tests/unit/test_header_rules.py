@@ -90,8 +90,10 @@ def test_keys_load_and_inherit_wholesale(tmp_path: Path) -> None:
         ('proxy_hide_header = ["X:Y"]', "proxy_hide_header", 'invalid header name "X:Y"'),
         ('proxy_redirect = "on"', "proxy_redirect", 'must be "default", "off" or a list'),
         ('proxy_redirect = [["/a/"]]', "proxy_redirect", '[0] must be "default" or a ["from", "to"] pair'),
-        ('proxy_redirect = [["~^/(.*)$", "/m/$1"]]', "proxy_redirect", "regex prefixes are not supported"),
-        ('proxy_redirect = [["/a/", "/$nosuch/"]]', "proxy_redirect", 'unknown variable "$nosuch"'),
+        ('proxy_redirect = [["~^/(.*$", "/m/$1"]]', "proxy_redirect", "[0]: invalid regex"),
+        ('proxy_redirect = [["/a/", "/$nosuch/"]]', "proxy_redirect", '[0]: unknown variable "$nosuch"'),
+        ('proxy_redirect = [["~^/(.*)$", "/$1/$nosuch"]]', "proxy_redirect", 'variable "$nosuch"'),
+        ('proxy_redirect = [["http://$host/", "/"]]', "proxy_redirect", "variables in the prefix"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, line: str, key: str, message: str) -> None:
@@ -183,3 +185,16 @@ def test_proxy_redirect_default_with_uri_pairs_and_off() -> None:
     assert (
         _head(off, 302, [(b"Location", b"http://be:81/rd/new")]).count(b"Location: http://be:81/rd/new") == 1
     )
+
+
+def test_proxy_redirect_regex_with_captures() -> None:
+    """3.5: ``proxy_redirect ~^/(.*)$ /mapped/$1`` gives ``http://host:port/mapped/b``; ``~*``
+    is caseless; a regex replaces the whole value (after ``url=`` for Refresh)."""
+    rules = compile_rules(
+        _loc(proxy_redirect=(("~^/(.*)$", "/mapped/$1"), ("~*^HTTP://X/(\\w+)", "/$1$host$9")))
+    )
+    ex = _ex()
+    assert rules.rewrite(b"location", b"/b", ex) == b"http://hdr.test:8080/mapped/b"
+    assert rules.rewrite(b"location", b"http://x/abc/def", ex) == b"http://hdr.test:8080/abchdr.test"
+    assert rules.rewrite(b"refresh", b"0;url=/r", ex) == b"0;url=/mapped/r"
+    assert rules.rewrite(b"location", b"https://y/", ex) == b"https://y/"
