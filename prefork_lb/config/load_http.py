@@ -374,6 +374,7 @@ class HttpLoader(SectionLoader):
             lingering_timeout_s=settings.get("lingering_timeout_s", 5.0),
             index=index,
             ssl=ssl,
+            add_header=settings.get("add_header", ()),
         )
 
     def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:

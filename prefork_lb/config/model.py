@@ -213,6 +213,8 @@ class ServerConfig:
     lingering_timeout_s: float = 5.0
     index: int = 0  # position in [[http.servers]], for messages
     ssl: SslConfig | None = None
+    # the server level's add_header: for answers given before a location matched (404)
+    add_header: tuple[tuple[str, str, bool], ...] = ()
 
 
 def zone_name(server: ServerConfig | StreamServerConfig) -> str:

@@ -468,6 +468,10 @@ class ClientConnection:
             rules = self.runtime.locations[id(ex.location)].headers
             if rules.add:
                 added = rules.added(ex, status)
+        elif ex.server is not None and self.runtime.server_headers:
+            server_rules = self.runtime.server_headers.get(id(ex.server))
+            if server_rules is not None:
+                added = server_rules.added(ex, status)
         out, body_len = simple_response(
             status, body, self.keep_alive, self.clock(), ctype, extra, ex.method, added
         )

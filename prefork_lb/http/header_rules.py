@@ -4,7 +4,8 @@ proxy_redirect (sans-IO; shared/reference/nginx-semantics-2.md section 3).
 Rules:
 1. ``add_header`` fields are appended after the upstream's (an upstream ``X-Foo`` and an
    added ``X-Foo`` are both sent, as nginx), only for ``ADD_STATUSES`` unless ``always``;
-   ``always`` covers every status, the proxy's own error pages included. A value that
+   ``always`` covers every status, the proxy's own error pages included; an answer given
+   before a location matched (404) gets the server level's fields. A value that
    renders empty adds nothing. Values are rendered when the head is built, so
    ``$upstream_response_time`` is "-" for the attempt being relayed (nginx).
 2. Hidden upstream response fields: ``DEFAULT_HIDDEN`` (Date, Server, X-Pad, X-Accel-Expires,
@@ -232,10 +233,17 @@ def compile_rules(loc: LocationConfig) -> ResponseRules:
             redirects.append(compile_regex_redirect(*item))
         else:
             redirects.append(Redirect(item[0], compile_template(item[1])))
+    added = compile_added(loc.add_header).add
+    return _rules(loc.proxy_hide_header, loc.proxy_pass_header, tuple(redirects), added)
+
+
+def compile_added(add_header: Sequence[tuple[str, str, bool]]) -> ResponseRules:
+    """Rules with only ``add_header`` (a server's, for answers given before a location
+    matched)."""
     add = tuple(
-        (name.encode("latin-1"), compile_template(value), always) for name, value, always in loc.add_header
+        (name.encode("latin-1"), compile_template(value), always) for name, value, always in add_header
     )
-    return _rules(loc.proxy_hide_header, loc.proxy_pass_header, tuple(redirects), add)
+    return _rules((), (), (), add)
 
 
 DEFAULT_RULES: Final = _rules((), (), (), ())

@@ -25,7 +25,7 @@ from prefork_lb.config.model import (
     zone_name,
 )
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
-from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules, compile_rules
+from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules, compile_added, compile_rules
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.template import Template, compile_template
@@ -129,6 +129,7 @@ class HttpRuntime:
     idle_cell: int = 0
     draining: bool = False
     formats: dict[str, LogFormat] = field(default_factory=dict)
+    server_headers: dict[int, ResponseRules] = field(default_factory=dict)  # id(server): add_header
     streams: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # set by the worker
 
     def matcher(self, server: ServerConfig) -> LocationMatcher:
@@ -195,6 +196,7 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
         row=row,
         zones=status_zones(config.http.servers, "http", zone, slots, row),
         formats=formats,
+        server_headers={id(s): compile_added(s.add_header) for s in config.http.servers if s.add_header},
         accepted_cell=L.row_base(row, zone.peers) + L.R_ACCEPTED,
         active_cell=L.row_base(row, zone.peers) + L.R_ACTIVE,
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,

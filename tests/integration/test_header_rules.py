@@ -122,7 +122,8 @@ needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 @needs_nginx
 def test_add_header_inheritance_and_status_list(tmp_path: Path, backend: int) -> None:
     """H1 + H2: a location's add_header replaces the server's wholesale; without ``always``
-    only nginx's status list gets the field (upstream 304 yes, 404 no; our own 502 no);
+    only nginx's status list gets the field (upstream 304 yes, 404 no; our own 502 no; the
+    404 for a path no location matches gets the server's ``always`` fields);
     an upstream field of the same name is sent as well (append, not replace)."""
     be = f"127.0.0.1:{backend}"
     dead = f"127.0.0.1:{free_port()}"
@@ -131,6 +132,7 @@ def test_add_header_inheritance_and_status_list(tmp_path: Path, backend: int) ->
         listen 127.0.0.1:PORT;
         server_name {HOST};
         add_header X-Srv s;
+        add_header X-Srv-Alw sa always;
         location /inherit/ {{ proxy_pass http://{be}; }}
         location /own/ {{
             add_header X-Norm n;
@@ -159,7 +161,7 @@ def test_add_header_inheritance_and_status_list(tmp_path: Path, backend: int) ->
   proxy_pass = "http://{dead}"
   add_header = {{ X-Norm = "n", X-Alw = {{ value = "a", always = true }} }}
 """,
-        'add_header = { X-Srv = "s" }',
+        'add_header = { X-Srv = "s", X-Srv-Alw = { value = "sa", always = true } }',
     )
     paths = [
         "/inherit/x",
@@ -168,13 +170,17 @@ def test_add_header_inheritance_and_status_list(tmp_path: Path, backend: int) ->
         "/own/nf" + _q(s=404),
         "/own/se" + _q(s=500),
         "/dead/x",
+        "/nowhere",
     ]
     results = _both(tmp_path, ngx, toml, paths)
     for path, (theirs, ours) in zip(paths, results, strict=True):
         assert ours == theirs, path
     # and what nginx does, spelled out
-    (_, inherit), (_, ok), (_, nm), (_, nf), (_, _se), (dead_status, dead_fields) = (r[1] for r in results)
-    assert ("x-srv", "s") in inherit
+    (_, inherit), (_, ok), (_, nm), (_, nf), (_, _se), (dead_status, dead_fields), nowhere = (
+        r[1] for r in results
+    )
+    assert ("x-srv", "s") in inherit and ("x-srv-alw", "sa") in inherit
+    assert nowhere[0] == 404 and ("x-srv-alw", "sa") in nowhere[1] and ("x-srv", "s") not in nowhere[1]
     assert ("x-srv", "s") not in ok and ("x-foo", "upstream") in ok and ("x-foo", "mine") in ok
     assert ("x-norm", "n") in nm and ("x-alw", "a") in nm
     assert ("x-norm", "n") not in nf and ("x-alw", "a") in nf
