@@ -82,6 +82,8 @@ UNSAFE: Final = str.maketrans({c: f"%{c:02X}" for c in (*range(0x09), *range(0x0
 
 def safe_value(text: str) -> bytes:
     """Rule 5: a rendered value as field bytes, control characters percent-encoded."""
+    if text.isprintable():  # the usual case: no control character, nothing to translate
+        return text.encode("latin-1")
     return text.translate(UNSAFE).encode("latin-1")
 
 

@@ -17,6 +17,7 @@ Rules:
    decoded ``$uri``, a header, an argument, a cookie, config text). Encoding, not 400: the
    value came through the request checks, and one rendered field must not fail a request
    the backend may not even look at (the redirect ``Location`` of ``return`` does the same).
+   One function does it for every field: ``header_rules.safe_value``.
 7. Whether a response the proxy generates itself has a body is decided in one place,
    ``has_body`` (as h11's ``_body_framing``): never for HEAD requests (the head still
    describes the body a GET would get, Content-Length included), never for 1xx, 204 and
@@ -41,7 +42,7 @@ from http import HTTPStatus
 from typing import Final
 
 from prefork_lb.http.exchange import Exchange
-from prefork_lb.http.header_rules import DEFAULT_HIDDEN, DEFAULT_RULES, ResponseRules
+from prefork_lb.http.header_rules import DEFAULT_HIDDEN, DEFAULT_RULES, ResponseRules, safe_value
 from prefork_lb.http.template import Template, compile_template
 
 HOP_BY_HOP: Final = frozenset(
@@ -62,8 +63,6 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"pr
 # (header_rules.py rule 2: Server and Date are replaced, X-Pad and X-Accel-* hidden).
 _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"} | DEFAULT_HIDDEN
 SERVER_HEADER: Final = b"Server: prefork-lb\r\n"
-# Rule 6: every CTL except HTAB (0x09), and DEL.
-_UNSAFE: Final = str.maketrans({c: f"%{c:02X}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +103,7 @@ def build_upstream_head(
     for name, template in plan.fields:
         rendered = template.render(ex)
         if rendered:
-            parts += [name, b": ", rendered.translate(_UNSAFE).encode("latin-1"), b"\r\n"]
+            parts += [name, b": ", safe_value(rendered), b"\r\n"]
             if upgrade is not None and name.lower() == b"connection":
                 connection_set = True
     drop = _REQUEST_DROP | plan.overridden
@@ -136,7 +135,7 @@ def upgrade_value(ex: Exchange, plan: HeaderPlan) -> bytes | None:
         for name, template in plan.fields:
             if name.lower() == b"upgrade":
                 rendered = template.render(ex)
-                return rendered.translate(_UNSAFE).encode("latin-1") if rendered else None
+                return safe_value(rendered) if rendered else None
     return ex.header_index.get(b"upgrade") or None
 
 
@@ -183,20 +182,26 @@ def build_response_head(
     """``framing`` is the ready field(s): b"Content-Length: N\\r\\n", chunked, or b"".
     ``rules``/``ex``: the location's header rules (http/header_rules.py) and the exchange
     its templates render from."""
-    parts = [status_line(status, reason)]
-    if rules.own_server:
-        parts.append(SERVER_HEADER)
-    if rules.own_date:
-        parts.append(DATES.field(now))
+    if rules.own_server and rules.own_date:
+        parts = [status_line(status, reason), SERVER_HEADER, DATES.field(now)]
+    else:
+        parts = [status_line(status, reason)]
+        if rules.own_server:
+            parts.append(SERVER_HEADER)
+        if rules.own_date:
+            parts.append(DATES.field(now))
     drop = rules.drop | connection_listed if connection_listed else rules.drop
-    redirects = rules.redirects if ex is not None else ()
-    for name, value in upstream_headers:
-        lname = name.lower()
-        if lname not in drop:
-            if redirects and (lname == b"location" or lname == b"refresh"):
-                assert ex is not None
-                value = rules.rewrite(lname, value, ex)
-            parts += [name, b": ", value, b"\r\n"]
+    if rules.redirects and ex is not None:
+        for name, value in upstream_headers:
+            lname = name.lower()
+            if lname not in drop:
+                if lname == b"location" or lname == b"refresh":
+                    value = rules.rewrite(lname, value, ex)
+                parts += [name, b": ", value, b"\r\n"]
+    else:  # the loop as it was before header rules
+        for name, value in upstream_headers:
+            if name.lower() not in drop:
+                parts += [name, b": ", value, b"\r\n"]
     if rules.add and ex is not None:
         parts += rules.added(ex, status)
     parts.append(framing)
