@@ -11,8 +11,9 @@ Rules:
 2. Hidden upstream response fields: ``DEFAULT_HIDDEN`` (Date, Server, X-Pad, X-Accel-Expires,
    X-Accel-Redirect, X-Accel-Limit-Rate, X-Accel-Buffering, X-Accel-Charset; an unknown
    X-Accel-Foo passes), plus ``proxy_hide_header``, minus ``proxy_pass_header``. A passed
-   Server or Date replaces ours, as in nginx. Hop-by-hop and framing fields never pass
-   (headers.py rule 1), whatever ``proxy_pass_header`` says.
+   Server or Date replaces ours, as in nginx; when the upstream sent none, ours is sent.
+   Hop-by-hop and framing fields never pass (headers.py rule 1), whatever
+   ``proxy_pass_header`` says.
 3. Inheritance is nginx's, all or nothing per key: an ``add_header`` table at a level
    replaces the inherited one, and so does a ``proxy_hide_header`` or ``proxy_pass_header``
    list, each on its own (nginx 1.22: a location's ``proxy_pass_header`` keeps the server's

@@ -184,11 +184,12 @@ def build_response_head(
     its templates render from."""
     if rules.own_server and rules.own_date:
         parts = [status_line(status, reason), SERVER_HEADER, DATES.field(now)]
-    else:
+    else:  # proxy_pass_header Server/Date: the upstream's, else ours (nginx's header filter)
+        names = {name.lower() for name, _ in upstream_headers}
         parts = [status_line(status, reason)]
-        if rules.own_server:
+        if rules.own_server or b"server" not in names:
             parts.append(SERVER_HEADER)
-        if rules.own_date:
+        if rules.own_date or b"date" not in names:
             parts.append(DATES.field(now))
     drop = rules.drop | connection_listed if connection_listed else rules.drop
     if rules.redirects and ex is not None:

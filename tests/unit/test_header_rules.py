@@ -158,6 +158,8 @@ def test_default_hidden_set_and_pass() -> None:
     head = _head(rules, 200, [*upstream, (b"Transfer-Encoding", b"chunked")])
     assert head.count(b"Server: ") == 1 and b"Server: up" in head
     assert b"X-Powered-By" not in head and b"Transfer-Encoding" not in head  # framing is never passed
+    bare = _head(rules, 200, [(b"X-A", b"1")])  # passed but not sent upstream: ours (nginx)
+    assert bare.count(b"Server: prefork-lb\r\n") == 1 and bare.count(b"Date: ") == 1
 
 
 # ---- proxy_redirect ----
