@@ -364,7 +364,8 @@ def test_defaults_with_no_key_set(tmp_path: Path, backend: int) -> None:
 def test_debug_headers_after_a_failed_try(tmp_path: Path, backend: int) -> None:
     """Section 3.7: ``add_header X-Upstream $upstream_addr always`` and friends show every
     attempt (a dead first peer, then the live one), then only the live peer once the dead
-    one is skipped. Connect times are compared as "-" or a number."""
+    one is skipped. Times are compared as "-" or a number: ``$upstream_response_time`` of
+    the attempt being relayed is "-" when the head is built (nginx; it was "0.000")."""
     be = f"127.0.0.1:{backend}"
     dead = f"127.0.0.1:{free_port()}"
     ngx = f"""
@@ -377,6 +378,7 @@ def test_debug_headers_after_a_failed_try(tmp_path: Path, backend: int) -> None:
             add_header X-Upstream $upstream_addr always;
             add_header X-Up-Status $upstream_status always;
             add_header X-Up-Conn $upstream_connect_time always;
+            add_header X-Up-Time $upstream_response_time always;
         }}
     }}"""
     toml = f"""
@@ -392,12 +394,16 @@ server_name = ["{HOST}"]
   [[http.servers.locations]]
   match = "/"
   proxy_pass = "http://pool"
-  add_header = {{ X-Upstream = {{ value = "$upstream_addr", always = true }}, X-Up-Status = {{ value = \
-"$upstream_status", always = true }}, X-Up-Conn = {{ value = "$upstream_connect_time", always = true }} }}
-""".replace("\\\n", "")
+  add_header = {{ X-Upstream = {{ value = "$upstream_addr", always = true }}, \
+X-Up-Status = {{ value = "$upstream_status", always = true }}, \
+X-Up-Conn = {{ value = "$upstream_connect_time", always = true }}, \
+X-Up-Time = {{ value = "$upstream_response_time", always = true }} }}
+"""
 
     def times(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        return [(n, re.sub(r"\d+\.\d{3}", "T", v) if n == "x-up-conn" else v) for n, v in fields]
+        return [
+            (n, re.sub(r"\d+\.\d{3}", "T", v) if n in ("x-up-conn", "x-up-time") else v) for n, v in fields
+        ]
 
     results = _both(tmp_path, ngx, toml, ["/a", "/b"])
     for theirs, ours in results:
@@ -405,6 +411,7 @@ server_name = ["{HOST}"]
     first, second = (dict(times(r[1][1])) for r in results)
     assert first["x-upstream"] == f"{dead}, {be}" and first["x-up-status"] == "502, 200"
     assert first["x-up-conn"] == "-, T"
+    assert first["x-up-time"] == "T, -"  # the attempt being relayed has no response time yet
     assert second["x-upstream"] == be and second["x-up-status"] == "200"
 
 
