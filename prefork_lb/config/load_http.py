@@ -93,6 +93,68 @@ def _header_table(v: object) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _add_header(v: object) -> tuple[tuple[str, str, bool], ...]:
+    """``add_header``: { Name = "value" } or { Name = { value = "...", always = true } }."""
+    if not isinstance(v, dict):
+        raise ValueError('must be a table such as { X-Upstream = "$upstream_addr" }')
+    out = []
+    for name, item in v.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f'invalid header name "{name}"')
+        always = False
+        if isinstance(item, dict):
+            unknown = set(item) - {"value", "always"}
+            if unknown or "value" not in item:
+                raise ValueError(f'"{name}" must be a string or a table {{ value = "...", always = true }}')
+            always = item.get("always", False)
+            if not isinstance(always, bool):
+                raise ValueError(f'"{name}".always must be true or false')
+            item = item["value"]
+        if not isinstance(item, str):
+            raise ValueError(f'value of "{name}" must be a string')
+        if any((c < " " and c != "\t") or c == "\x7f" for c in item):
+            raise ValueError(f'value of "{name}" must not contain control characters (HTAB is allowed)')
+        out.append((name, item, always))
+    return tuple(out)
+
+
+def _header_names(v: object) -> tuple[str, ...]:
+    names = string_list(v)
+    for name in names:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f'invalid header name "{name}"')
+    return tuple(names)
+
+
+def _proxy_redirect(v: object) -> tuple[str | tuple[str, str], ...]:
+    """``"default"``, ``"off"``, or a list of "default" and [prefix, replacement] pairs."""
+    if v == "off":
+        return ()
+    if v == "default":
+        return ("default",)
+    if not isinstance(v, list):
+        raise ValueError('must be "default", "off" or a list of ["from", "to"] pairs')
+    out: list[str | tuple[str, str]] = []
+    for i, item in enumerate(v):
+        if item == "default":
+            out.append("default")
+            continue
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise ValueError(f'[{i}] must be "default" or a ["from", "to"] pair of strings')
+        prefix, replacement = item
+        if not prefix:
+            raise ValueError(f"[{i}]: the prefix must not be empty")
+        if prefix.startswith("~"):
+            try:
+                re.compile(prefix[2 if prefix.startswith("~*") else 1 :])
+            except re.error as e:
+                raise ValueError(f"[{i}]: invalid regex: {e}") from None
+        elif "$" in prefix:
+            raise ValueError(f"[{i}]: variables in the prefix are not supported")
+        out.append((prefix, replacement))
+    return tuple(out)
+
+
 def _lingering_close(v: object) -> str:
     if v not in LINGERING_CLOSE:
         raise ValueError(f"must be one of: {', '.join(LINGERING_CLOSE)}")
@@ -159,6 +221,10 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "error_page": ("error_page", lambda v: _error_pages(v)),
     "proxy_intercept_errors": ("proxy_intercept_errors", boolean),
     "rewrite_log": ("rewrite_log", boolean),
+    "add_header": ("add_header", _add_header),
+    "proxy_hide_header": ("proxy_hide_header", _header_names),
+    "proxy_pass_header": ("proxy_pass_header", _header_names),
+    "proxy_redirect": ("proxy_redirect", _proxy_redirect),
 }
 
 
@@ -303,6 +369,10 @@ class HttpLoader(SectionLoader):
                 settings[field_name] = t.take(key, convert)
                 if key == "proxy_set_header":
                     self._check_templates(t, settings[field_name])
+                elif key == "add_header":
+                    self._check_templates(t, tuple((n, v) for n, v, _ in settings[field_name]), key)
+                elif key == "proxy_redirect":
+                    self._check_redirects(t, settings[field_name])
                 elif key == "proxy_ssl_trusted_certificate":  # relative to the prefix, where written
                     settings[field_name] = self.path(settings[field_name])
                 elif key == "proxy_ssl_name":
@@ -408,6 +478,7 @@ class HttpLoader(SectionLoader):
             ssl=ssl,
             rewrite=server_rewrite,
             error_page=settings.get("error_page", {}),
+            add_header=settings.get("add_header", ()),
         )
 
     def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:
@@ -519,6 +590,23 @@ class HttpLoader(SectionLoader):
             raise t.error("proxy_pass", f'"{host}" is neither an upstream name nor an address: {e}') from None
         self.upstreams[host] = implicit_upstream(host, addrs, "http")
         return ProxyPass(upstream=host, uri=uri, host_header=host, ssl=tls)
+
+    def _check_redirects(self, t: Table, rules: tuple[str | tuple[str, str], ...]) -> None:
+        """proxy_redirect replacements: templates, with $1..$9 after a regex prefix."""
+        from prefork_lb.http.header_rules import compile_regex_redirect
+        from prefork_lb.http.template import compile_template
+        from prefork_lb.http.variables import VariableError
+
+        for i, rule in enumerate(rules):
+            if isinstance(rule, str):
+                continue
+            try:
+                if rule[0].startswith("~"):
+                    compile_regex_redirect(*rule)
+                else:
+                    compile_template(rule[1])
+            except VariableError as e:
+                raise t.error("proxy_redirect", f"[{i}]: {e}") from None
 
     def _check_templates(
         self, t: Table, headers: tuple[tuple[str, str], ...], key: str = "proxy_set_header"

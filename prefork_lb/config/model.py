@@ -206,6 +206,12 @@ class LocationConfig:
     rewrite_log: bool = False
     error_page: dict[int, ErrorPage] = field(default_factory=dict)  # inherited as a whole
     proxy_intercept_errors: bool = False
+    # response header rules (http/header_rules.py), inherited all or nothing as in nginx
+    add_header: tuple[tuple[str, str, bool], ...] = ()  # (name, value template, always)
+    proxy_hide_header: tuple[str, ...] = ()
+    proxy_pass_header: tuple[str, ...] = ()
+    # "default" entries and (prefix, replacement template) pairs in order; () = "off"
+    proxy_redirect: tuple[str | tuple[str, str], ...] = ("default",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +229,8 @@ class ServerConfig:
     ssl: SslConfig | None = None
     rewrite: Any = field(default=None, compare=False)  # server-level rewrite_rules (rewrite.Block)
     error_page: dict[int, ErrorPage] = field(default_factory=dict)  # answers before a location
+    # the server level's add_header: for answers given before a location matched (404)
+    add_header: tuple[tuple[str, str, bool], ...] = ()
 
 
 def zone_name(server: ServerConfig | StreamServerConfig) -> str:

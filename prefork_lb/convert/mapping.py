@@ -268,10 +268,59 @@ def _set_header(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
         headers = Inline()
     headers[d.args[0]] = d.args[1]
     t["proxy_set_header"] = headers  # a level's own headers replace inherited ones (nginx)
-    kp = _path(path, "proxy_set_header")
+    _origin(m, d, path, "proxy_set_header")
+
+
+def _origin(m: Mapper, d: Directive, path: str, key: str) -> None:
+    """A key several directives build: the first one's line, every comment."""
+    kp = _path(path, key)
     m.out.origins.setdefault(kp, d.where)
     if d.comment:
         m.out.comments[kp] = "\n".join(filter(None, (m.out.comments.get(kp), d.comment)))
+
+
+def _add_header(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``add_header NAME VALUE [always]`` -> ``add_header = { NAME = "V" | { value, always } }``."""
+    if len(d.args) < 2 or len(d.args) > 3 or (len(d.args) == 3 and d.args[2] != "always"):
+        m.skip(d, 'needs "add_header NAME VALUE [always]"')
+        return
+    headers = t.get("add_header")
+    if not isinstance(headers, Inline):
+        headers = Inline()
+    name, value = d.args[0], d.args[1]
+    if name in headers:
+        m.differ(d, f"{name} is added twice at this level by nginx; prefork-lb keeps the last one")
+    headers[name] = Inline(value=value, always=True) if len(d.args) == 3 else value
+    t["add_header"] = headers  # a level's own headers replace inherited ones (nginx)
+    _origin(m, d, path, "add_header")
+
+
+def _header_list(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``proxy_hide_header`` / ``proxy_pass_header NAME``: one list per level."""
+    names = t.get(d.name)
+    if not isinstance(names, list):
+        names = []
+    names.append(d.args[0])
+    t[d.name] = names
+    _origin(m, d, path, d.name)
+
+
+def _proxy_redirect(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``default`` / ``off`` / ``FROM TO`` (``~regex`` included), in order at a level."""
+    current = t.get("proxy_redirect")
+    rules: list[Any] = current if isinstance(current, list) else ([current] if current == "default" else [])
+    if d.args == ["off"]:
+        t["proxy_redirect"] = "off"
+    elif d.args == ["default"]:
+        rules.append("default")
+        t["proxy_redirect"] = rules if len(rules) > 1 else "default"
+    elif len(d.args) == 2:
+        rules.append([d.args[0], d.args[1]])
+        t["proxy_redirect"] = rules
+    else:
+        m.skip(d, 'needs "proxy_redirect default|off|FROM TO"')
+        return
+    _origin(m, d, path, "proxy_redirect")
 
 
 def _http_version(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -962,6 +1011,10 @@ _INHERITED: dict[str, Handler] = {
     "keepalive_timeout": _keepalive_timeout,
     "proxy_next_upstream": _next_upstream,
     "proxy_set_header": _set_header,
+    "add_header": _add_header,
+    "proxy_hide_header": _header_list,
+    "proxy_pass_header": _header_list,
+    "proxy_redirect": _proxy_redirect,
     "proxy_http_version": _http_version,
     **dict.fromkeys(_SSL_FLAGS, _flag),
     **dict.fromkeys(_SSL_STRINGS, _text),

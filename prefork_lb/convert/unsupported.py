@@ -24,6 +24,7 @@ _PROXY_HTTP_ONLY = "is not supported: prefork-lb proxies HTTP/1.1 and TCP/UDP on
 
 # directive (or family prefix ending in "_"/"*") -> reason
 REASONS: dict[str, str] = {
+    "add_trailer": "is not supported: prefork-lb adds no response trailers",
     "gzip": "has no prefork-lb equivalent (compression belongs to the backend here)",
     "gzip_*": "has no prefork-lb equivalent (compression belongs to the backend here)",
     "gunzip": "has no prefork-lb equivalent (compression belongs to the backend here)",
@@ -123,11 +124,6 @@ REASONS: dict[str, str] = {
 # convert/mapping.py when its feature lands.
 _PLANNED = "is not built in prefork-lb yet (planned)"
 NOT_YET: dict[str, str] = {
-    "add_header": f"{_PLANNED}: add_header; until then set headers in the backend",
-    "add_trailer": f"{_PLANNED}: add_header",
-    "proxy_hide_header": f"{_PLANNED}: response header control",
-    "proxy_pass_header": f"{_PLANNED}: response header control",
-    "proxy_redirect": f"{_PLANNED}: response header control",
     "split_clients": f"{_PLANNED}: map",
     "geo": f"{_PLANNED}: map",
     "limit_req*": f"{_PLANNED}: rate limiting",

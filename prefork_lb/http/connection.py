@@ -572,8 +572,19 @@ class ClientConnection:
         decided from the method and status in ``simple_response`` (headers.py rule 7)."""
         if ex.status_override:  # issue 16: an error_page target answers with the page's status
             status = ex.status_override
-        out, body_len = simple_response(status, body, self.keep_alive, self.clock(), ctype, extra, ex.method)
         ex.status = status
+        added: list[bytes] | tuple[()] = ()
+        if ex.location is not None:  # add_header (http/header_rules.py rule 1)
+            rules = self.runtime.locations[id(ex.location)].headers
+            if rules.add:
+                added = rules.added(ex, status)
+        elif ex.server is not None and self.runtime.server_headers:
+            server_rules = self.runtime.server_headers.get(id(ex.server))
+            if server_rules is not None:
+                added = server_rules.added(ex, status)
+        out, body_len = simple_response(
+            status, body, self.keep_alive, self.clock(), ctype, extra, ex.method, added
+        )
         ex.bytes_sent += len(out)
         ex.body_bytes_sent += body_len
         self.send(out)

@@ -17,6 +17,7 @@ Rules:
    decoded ``$uri``, a header, an argument, a cookie, config text). Encoding, not 400: the
    value came through the request checks, and one rendered field must not fail a request
    the backend may not even look at (the redirect ``Location`` of ``return`` does the same).
+   One function does it for every field: ``header_rules.safe_value``.
 7. Whether a response the proxy generates itself has a body is decided in one place,
    ``has_body`` (as h11's ``_body_framing``): never for HEAD requests (the head still
    describes the body a GET would get, Content-Length included), never for 1xx, 204 and
@@ -41,6 +42,7 @@ from http import HTTPStatus
 from typing import Final
 
 from prefork_lb.http.exchange import Exchange
+from prefork_lb.http.header_rules import DEFAULT_HIDDEN, DEFAULT_RULES, ResponseRules, safe_value
 from prefork_lb.http.template import Template, compile_template
 
 HOP_BY_HOP: Final = frozenset(
@@ -57,11 +59,10 @@ HOP_BY_HOP: Final = frozenset(
 )
 # Dropped from client requests besides the hop-by-hop set: we set framing and Host ourselves.
 _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"proxy-authorization"}
-# Dropped from upstream responses: framing is ours; Server and Date are replaced (nginx does).
-_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"server", b"date"}
+# Dropped from upstream responses: framing is ours; nginx's default hidden set
+# (header_rules.py rule 2: Server and Date are replaced, X-Pad and X-Accel-* hidden).
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"} | DEFAULT_HIDDEN
 SERVER_HEADER: Final = b"Server: prefork-lb\r\n"
-# Rule 6: every CTL except HTAB (0x09), and DEL.
-_UNSAFE: Final = str.maketrans({c: f"%{c:02X}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ def build_upstream_head(
     for name, template in plan.fields:
         rendered = template.render(ex)
         if rendered:
-            parts += [name, b": ", rendered.translate(_UNSAFE).encode("latin-1"), b"\r\n"]
+            parts += [name, b": ", safe_value(rendered), b"\r\n"]
             if upgrade is not None and name.lower() == b"connection":
                 connection_set = True
     drop = _REQUEST_DROP | plan.overridden
@@ -134,7 +135,7 @@ def upgrade_value(ex: Exchange, plan: HeaderPlan) -> bytes | None:
         for name, template in plan.fields:
             if name.lower() == b"upgrade":
                 rendered = template.render(ex)
-                return rendered.translate(_UNSAFE).encode("latin-1") if rendered else None
+                return safe_value(rendered) if rendered else None
     return ex.header_index.get(b"upgrade") or None
 
 
@@ -175,13 +176,35 @@ def build_response_head(
     framing: bytes,
     keep_alive: bool,
     now: float,
+    rules: ResponseRules = DEFAULT_RULES,
+    ex: Exchange | None = None,
 ) -> bytes:
-    """``framing`` is the ready field(s): b"Content-Length: N\\r\\n", chunked, or b""."""
-    parts = [status_line(status, reason), SERVER_HEADER, DATES.field(now)]
-    drop = _RESPONSE_DROP | connection_listed if connection_listed else _RESPONSE_DROP
-    for name, value in upstream_headers:
-        if name.lower() not in drop:
-            parts += [name, b": ", value, b"\r\n"]
+    """``framing`` is the ready field(s): b"Content-Length: N\\r\\n", chunked, or b"".
+    ``rules``/``ex``: the location's header rules (http/header_rules.py) and the exchange
+    its templates render from."""
+    if rules.own_server and rules.own_date:
+        parts = [status_line(status, reason), SERVER_HEADER, DATES.field(now)]
+    else:  # proxy_pass_header Server/Date: the upstream's, else ours (nginx's header filter)
+        names = {name.lower() for name, _ in upstream_headers}
+        parts = [status_line(status, reason)]
+        if rules.own_server or b"server" not in names:
+            parts.append(SERVER_HEADER)
+        if rules.own_date or b"date" not in names:
+            parts.append(DATES.field(now))
+    drop = rules.drop | connection_listed if connection_listed else rules.drop
+    if rules.redirects and ex is not None:
+        for name, value in upstream_headers:
+            lname = name.lower()
+            if lname not in drop:
+                if lname == b"location" or lname == b"refresh":
+                    value = rules.rewrite(lname, value, ex)
+                parts += [name, b": ", value, b"\r\n"]
+    else:  # the loop as it was before header rules
+        for name, value in upstream_headers:
+            if name.lower() not in drop:
+                parts += [name, b": ", value, b"\r\n"]
+    if rules.add and ex is not None:
+        parts += rules.added(ex, status)
     parts.append(framing)
     parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
     return b"".join(parts)
@@ -214,9 +237,11 @@ def simple_response(
     content_type: bytes = b"text/html",
     extra: Sequence[tuple[bytes, bytes]] = (),
     method: bytes = b"GET",
+    added: Sequence[bytes] = (),
 ) -> tuple[bytes, int]:
     """A complete response the proxy generates itself (errors, ``return``, status pages):
-    (the bytes to send, how many of them are body). ``method`` is the request's (rule 7)."""
+    (the bytes to send, how many of them are body). ``method`` is the request's (rule 7);
+    ``added``: ready add_header field lines (http/header_rules.py rule 1)."""
     parts = [status_line(status), SERVER_HEADER, DATES.field(time.time() if now is None else now)]
     if status >= 200 and status != 204 and status != 304:
         parts += [
@@ -229,6 +254,8 @@ def simple_response(
         ]
     for name, value in extra:
         parts += [name, b": ", value, b"\r\n"]
+    if added:
+        parts += added
     parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
     if not has_body(method, status) or not body:
         return b"".join(parts), 0

@@ -559,6 +559,7 @@ class Proxy:
                 self.keep_alive,
                 self.lr.config.proxy_read_timeout_s,
                 self.now(),
+                self.lr.headers,
             )
         finally:
             attempt.response_time_s = self.now() - start

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final
 from gevent import socket
 
 from prefork_lb.http.client import ClientGone
+from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules
 from prefork_lb.http.headers import build_response_head
 from prefork_lb.http.request_body import LAST_CHUNK
 from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError
@@ -60,8 +61,10 @@ def relay(
     keep_alive: bool,
     read_timeout_s: float,
     now: float,
+    rules: ResponseRules = DEFAULT_RULES,
 ) -> tuple[bool, bool]:
-    """Send ``resp`` and its body (``leftover`` first) to the client; rule 4's pair."""
+    """Send ``resp`` and its body (``leftover`` first) to the client; rule 4's pair.
+    ``rules``: the location's header rules (http/header_rules.py)."""
     http11 = req.version >= (1, 1)
     framing = resp.framing
     if framing == "length":
@@ -79,8 +82,10 @@ def relay(
     status, reason = resp.status, resp.reason
     if ex.status_override:  # issue 16: error_page "=CODE" (or the original status) over its target
         status, reason = ex.status_override, b""
-    head = build_response_head(status, reason, resp.headers, resp.connection_tokens, field, keep_alive, now)
-    ex.status = status
+    ex.status = status  # before the head: add_header may render $status
+    head = build_response_head(
+        status, reason, resp.headers, resp.connection_tokens, field, keep_alive, now, rules, ex
+    )
     ex.bytes_sent = len(head)
     try:
         if framing == "none":

@@ -25,6 +25,7 @@ from prefork_lb.config.model import (
     zone_name,
 )
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
+from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules, compile_added, compile_rules
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.template import Template, compile_template
@@ -56,6 +57,7 @@ class LocationRuntime:
     logs: tuple[tuple[AccessLogWriter, LogFormat, Template | None], ...]  # writer, format, if=
     access: tuple[tuple[bool, IPNetwork | None], ...] = ()  # None = "all"
     tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
+    headers: ResponseRules = DEFAULT_RULES  # add_header, hide/pass, proxy_redirect (header_rules.py)
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -127,10 +129,21 @@ class HttpRuntime:
     idle_cell: int = 0
     draining: bool = False
     formats: dict[str, LogFormat] = field(default_factory=dict)
+    server_headers: dict[int, ResponseRules] = field(default_factory=dict)  # id(server): add_header
     streams: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # set by the worker
 
     def matcher(self, server: ServerConfig) -> LocationMatcher:
         return self.matchers[id(server)]
+
+
+def _has_rules(loc: LocationConfig) -> bool:
+    """Does ``loc`` need its own header rules (else ``DEFAULT_RULES``: nothing to compile)?"""
+    return bool(
+        loc.add_header
+        or loc.proxy_hide_header
+        or loc.proxy_pass_header
+        or (loc.proxy_pass is not None and loc.proxy_redirect)
+    )
 
 
 def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -> HttpRuntime:
@@ -170,6 +183,7 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
                     for allow, net in loc.access
                 ),
                 tls=tls.get(id(loc)),
+                headers=compile_rules(loc) if _has_rules(loc) else DEFAULT_RULES,
             )
     return HttpRuntime(
         config=config,
@@ -182,6 +196,7 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
         row=row,
         zones=status_zones(config.http.servers, "http", zone, slots, row),
         formats=formats,
+        server_headers={id(s): compile_added(s.add_header) for s in config.http.servers if s.add_header},
         accepted_cell=L.row_base(row, zone.peers) + L.R_ACCEPTED,
         active_cell=L.row_base(row, zone.peers) + L.R_ACTIVE,
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,

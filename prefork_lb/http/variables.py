@@ -407,7 +407,8 @@ _VARIABLES: Final[dict[str, Variable]] = {
         # nginx's documented ``map $http_upgrade $connection_upgrade`` built in (there is no
         # ``map``): nginx's canonical WebSocket config copies over verbatim (issue 14)
         _v("connection_upgrade", lambda ex: "upgrade" if ex.header_index.get(b"upgrade") else "close"),
-        # per attempt: status 0/None "-"; connect/header None "-"; response None "0.000"
+        # per attempt: status 0/None "-"; connect/header/response None "-" (response is None
+        # only while the attempt is relayed: add_header renders it then, nginx sends "-")
         _v("upstream_addr", _upstream(lambda a: a.addr), empty_is_unset=True),
         _v(
             "upstream_status",
@@ -429,7 +430,7 @@ _VARIABLES: Final[dict[str, Variable]] = {
         ),
         _v(
             "upstream_response_time",
-            _upstream(lambda a: "0.000" if a.response_time_s is None else _time3(a.response_time_s)),
+            _upstream(lambda a: "-" if a.response_time_s is None else _time3(a.response_time_s)),
             empty_is_unset=True,
             plain=True,
         ),

@@ -67,8 +67,8 @@ def test_unsupported_directives_report_and_working_subset(tmp_path: Path) -> Non
         assert test.returncode == 0, test.stderr
         assert 'nginx.conf:9: "gzip on" has no prefork-lb equivalent' in test.stderr
         skipped = [line for line in test.stderr.splitlines() if line.endswith("; skipped")]
-        # the WebSocket map is built in: a note, not skipped; the if is converted (issue 16)
-        assert len(skipped) == 18, test.stderr
+        # the WebSocket map is built in: a note, not skipped; the if and add_header are converted
+        assert len(skipped) == 17, test.stderr
         assert 'nginx.conf:13: "map $http_upgrade $connection_upgrade": nginx\'s documented' in test.stderr
         with lb:
             status, headers, _ = lb.get("/")

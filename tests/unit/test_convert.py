@@ -1227,3 +1227,43 @@ def test_mapping_ssl_session_cache(args: list[str], expected: str) -> None:
     )
     out = map_config([d("http", block=[server])])
     assert out.doc["http"]["servers"][0]["ssl_session_cache"] == expected
+def test_round_trip_header_rules(tmp_path: Path) -> None:
+    """Catches: add_header (with ``always``), proxy_hide_header, proxy_pass_header or
+    proxy_redirect (default, off, pairs, regex, in order) skipped or mapped to a wrong shape;
+    the old converter reported all four as planned and skipped them."""
+    config = load(
+        tmp_path,
+        """
+        http {
+            add_header X-Http h;
+            server {
+                listen 127.0.0.1:8080;
+                add_header X-Srv s always;
+                proxy_hide_header X-Powered-By;
+                location /a/ {
+                    proxy_pass http://127.0.0.1:9001;
+                    add_header X-Upstream $upstream_addr;
+                    add_header Strict-Transport-Security "max-age=31536000" always;
+                    proxy_pass_header Server;
+                    proxy_pass_header X-Pad;
+                    proxy_redirect default;
+                    proxy_redirect http://backend/ /;
+                    proxy_redirect ~^/(.*)$ /mapped/$1;
+                }
+                location /b/ { proxy_pass http://127.0.0.1:9001; proxy_redirect off; }
+                location /c/ { proxy_pass http://127.0.0.1:9001; }
+            }
+        }
+        """,
+    )
+    server = config.http.servers[0]
+    a, b, c = server.locations
+    assert a.add_header == (
+        ("X-Upstream", "$upstream_addr", False),
+        ("Strict-Transport-Security", "max-age=31536000", True),
+    )
+    assert a.proxy_hide_header == ("X-Powered-By",) and a.proxy_pass_header == ("Server", "X-Pad")
+    assert a.proxy_redirect == ("default", ("http://backend/", "/"), ("~^/(.*)$", "/mapped/$1"))
+    assert b.proxy_redirect == () and b.add_header == (("X-Srv", "s", True),)
+    assert c.proxy_redirect == ("default",)
+    assert server.add_header == (("X-Srv", "s", True),)

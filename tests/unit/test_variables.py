@@ -387,7 +387,11 @@ UPSTREAM_VARS = (
             id="/dn no live upstreams: group name",
         ),
         pytest.param(
-            [Attempt("127.0.0.1:24083", 503), Attempt("127.0.0.1:24082", 503), Attempt("t3", 502)],
+            [
+                Attempt("127.0.0.1:24083", 503, response_time_s=0.0),
+                Attempt("127.0.0.1:24082", 503, response_time_s=0.0),
+                Attempt("t3", 502, response_time_s=0.0),
+            ],
             (
                 "127.0.0.1:24083, 127.0.0.1:24082, t3",
                 "503, 503, 502",
@@ -399,8 +403,8 @@ UPSTREAM_VARS = (
         ),
         pytest.param(
             [Attempt("127.0.0.1:1", None, None, None, None)],
-            ("127.0.0.1:1", "-", "-", "-", "0.000"),
-            id="client aborted: unset status and times",
+            ("127.0.0.1:1", "-", "-", "-", "-"),
+            id="unset status and times (the attempt being relayed, as add_header sees it)",
         ),
         pytest.param(
             [Attempt("127.0.0.1:1", 200, -0.001, -0.5, -1.0)],
