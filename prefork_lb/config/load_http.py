@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
+from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
 from prefork_lb.config.model import (
     LINGERING_CLOSE,
@@ -155,6 +156,7 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "lingering_close": ("lingering_close", _lingering_close),
     "lingering_time": ("lingering_time_s", duration),
     "lingering_timeout": ("lingering_timeout_s", duration),
+    **LIMIT_KEYS,  # limit_req / limit_conn and their *_status, *_dry_run, *_log_level
 }
 
 
@@ -165,6 +167,8 @@ class HttpLoader(SectionLoader):
         self.log_formats: dict[str, str] = {}
         self.matches: dict[str, HttpMatch] = {}
         self.health_checks: list[HealthCheck] = []
+        self.limit_req_zones: dict[str, Any] = {}
+        self.limit_conn_zones: dict[str, Any] = {}
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
@@ -179,6 +183,7 @@ class HttpLoader(SectionLoader):
             if hc is not None:  # the upstream's own check: Host is the group name (rule 2)
                 self.health_checks.append(health_check(hc, "http", name, self.matches, {}, host=name))
         ups.finish()
+        self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
         http_settings = self.location_settings(t, {})
         http_logs = self.log_settings(t, None)
         servers = tuple(
@@ -192,6 +197,8 @@ class HttpLoader(SectionLoader):
             servers=servers,
             log_formats=self.log_formats,
             health_checks=tuple(self.health_checks),
+            limit_req_zones=self.limit_req_zones,
+            limit_conn_zones=self.limit_conn_zones,
         )
 
     # ---- inheritable settings ----
@@ -207,6 +214,9 @@ class HttpLoader(SectionLoader):
                     settings[field_name] = self.path(settings[field_name])
                 elif key == "proxy_ssl_name":
                     self._check_templates(t, (("", settings[field_name]),), key)
+                elif key in ("limit_req", "limit_conn"):
+                    zones = (self.limit_req_zones, self.limit_conn_zones)
+                    check_zone_names(t, key, settings[field_name], *zones)
             else:
                 t.raw(key, None)  # known key, not set at this level
         return settings
@@ -285,6 +295,7 @@ class HttpLoader(SectionLoader):
                     ) from None
         header_timeout = t.take("client_header_timeout", duration, 60.0)
         ssl = self.ssl(t, listen)
+        real_ip = realip(self.source, t)
         settings = self.location_settings(t, http_settings)
         logs = self.log_settings(t, http_logs)
         location_tables = t.table_list("locations")
@@ -304,6 +315,7 @@ class HttpLoader(SectionLoader):
             lingering_timeout_s=settings.get("lingering_timeout_s", 5.0),
             index=index,
             ssl=ssl,
+            realip=real_ip,
         )
 
     def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:

@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
+import gevent
 from gevent import socket
 
 from prefork_lb.http.client import ClientGone
@@ -45,6 +47,7 @@ from prefork_lb.http.headers import error_page, simple_response
 from prefork_lb.http.proxy import Proxy
 from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, RequestReader
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
+from prefork_lb.limits.engine import release_conns
 from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
 
 if TYPE_CHECKING:
@@ -240,6 +243,8 @@ class ClientConnection:
         )
         server = self.router.select(head.host)
         ex.server = server
+        if runtime.realip:  # realip (http/realip.py): a server with set_real_ip_from
+            self._realip(ex, server)
         self.linger_from = server
         self.status_zone = runtime.zones[id(server)]
         self.status_zone.begin(runtime.zone.mv)
@@ -280,7 +285,9 @@ class ClientConnection:
                 self._finish_body()
                 self._return(ex, lr)
                 return self._done(ex, lr)
-            if lr.access and not lr.allows(self.info.remote_addr):
+            if lr.limits is not None and self._limits(ex, lr):  # PREACCESS (limits/engine.py)
+                return self._done(ex, lr)
+            if lr.access and not lr.allows(ex.conn.remote_addr):
                 self._finish_body()
                 self.respond_error(ex, 403)
                 return self._done(ex, lr)
@@ -308,8 +315,39 @@ class ClientConnection:
     def _tls_refuse(self, ex: Exchange, server: ServerConfig) -> None:
         """Raise HttpError when a TLS connection must refuse the request (tls/connection.py)."""
 
+    def _realip(self, ex: Exchange, server: ServerConfig) -> None:
+        rule = self.runtime.realip.get(id(server))
+        if rule is None:
+            return
+        client = rule.client(self.info.remote_addr, ex.header_index)
+        if client is not None:  # this request's view of the connection (nginx restores it too)
+            ex.conn = replace(self.info, remote_addr=client, realip_remote_addr=self.info.remote_addr)
+
+    def _limits(self, ex: Exchange, lr: LocationRuntime) -> bool:
+        """limit_req, then limit_conn (nginx's order); True when the request was answered."""
+        limits = lr.limits
+        assert limits is not None
+        zone = self.runtime.zone
+        if limits.reqs:
+            status, delay_s = limits.limit_req(ex, zone)
+            if status:
+                self._finish_body()
+                self.respond_error(ex, status)
+                return True
+            if delay_s > 0:
+                gevent.sleep(delay_s)  # the connection waits, as nginx's delayed request
+        if limits.conns:
+            status = limits.limit_conn(ex, zone)
+            if status:
+                self._finish_body()
+                self.respond_error(ex, status)
+                return True
+        return False
+
     def _done(self, ex: Exchange, lr: LocationRuntime | None) -> bool:
         ex.end_time = self.clock()
+        if ex.limit_conn_held is not None:
+            release_conns(ex, self.runtime.zone)
         if self.status_zone is not None:
             self.status_zone.end(
                 self.runtime.zone, ex.status, ex.request_length, ex.bytes_sent, ex.status == 499

@@ -34,6 +34,9 @@ class ConnectionInfo:
     connection_id: int
     requests: int = 0  # requests started on this connection so far ($connection_requests)
     tls: TlsInfo | None = None  # a TLS connection's handshake ($ssl_*, $scheme)
+    # realip (http/realip.py): a request's copy whose remote_addr is the trusted client
+    # address has the peer here ($realip_remote_addr); "" on the connection's own record
+    realip_remote_addr: str = ""
 
 
 @dataclass(slots=True)
@@ -69,6 +72,10 @@ class Exchange:
     bytes_sent: int = 0
     end_time: float = 0.0
     attempts: list[Attempt | None] = field(default_factory=list)
+    # limits/engine.py: $limit_req_status, $limit_conn_status, what limit_conn counted
+    limit_req_status: str = ""
+    limit_conn_status: str = ""
+    limit_conn_held: list[tuple[memoryview, int, int]] | None = None
 
     @property
     def remote_addr(self) -> str:  # balance.base.RequestKey

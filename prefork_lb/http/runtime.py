@@ -26,10 +26,12 @@ from prefork_lb.config.model import (
 )
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
 from prefork_lb.http.headers import HeaderPlan
+from prefork_lb.http.realip import RealIpRule
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.template import Template, compile_template
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
 from prefork_lb.http.upstream_tls import UpstreamTls, upstream_tls_table
+from prefork_lb.limits.engine import LocationLimits, Tables
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_zone
@@ -56,6 +58,7 @@ class LocationRuntime:
     logs: tuple[tuple[AccessLogWriter, LogFormat, Template | None], ...]  # writer, format, if=
     access: tuple[tuple[bool, IPNetwork | None], ...] = ()  # None = "all"
     tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
+    limits: LocationLimits | None = None  # limit_req / limit_conn (limits/engine.py)
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -128,13 +131,16 @@ class HttpRuntime:
     draining: bool = False
     formats: dict[str, LogFormat] = field(default_factory=dict)
     streams: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # set by the worker
+    realip: dict[int, RealIpRule] = field(default_factory=dict)  # id(ServerConfig); empty: no cost
 
     def matcher(self, server: ServerConfig) -> LocationMatcher:
         return self.matchers[id(server)]
 
 
-def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -> HttpRuntime:
-    """``zone``/``slots``/``row`` come from the master (the worker's spec)."""
+def build_runtime(
+    config: Config, zone: Zone, slots: dict[str, int], row: int, limit_tables: Tables | None = None
+) -> HttpRuntime:
+    """``zone``/``slots``/``row`` and the limit tables come from the master (the worker's spec)."""
     upstreams = {}
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
@@ -170,6 +176,7 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
                     for allow, net in loc.access
                 ),
                 tls=tls.get(id(loc)),
+                limits=LocationLimits.build(loc, config.http, limit_tables or {}),
             )
     return HttpRuntime(
         config=config,
@@ -185,4 +192,5 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
         accepted_cell=L.row_base(row, zone.peers) + L.R_ACCEPTED,
         active_cell=L.row_base(row, zone.peers) + L.R_ACTIVE,
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
+        realip={id(s): RealIpRule(s.realip) for s in config.http.servers if s.realip is not None},
     )
