@@ -176,7 +176,7 @@ def build_runtime(
                     for allow, net in loc.access
                 ),
                 tls=tls.get(id(loc)),
-                limits=LocationLimits.build(loc, config.http, limit_tables or {}),
+                limits=LocationLimits.build(loc, config.http, limit_tables or {}, row),
             )
     return HttpRuntime(
         config=config,

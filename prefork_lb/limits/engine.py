@@ -83,9 +83,10 @@ class LocationLimits:
         "req_level",
         "req_status",
         "reqs",
+        "row1",
     )
 
-    def __init__(self, loc: LocationConfig, http: HttpConfig, tables: Tables) -> None:
+    def __init__(self, loc: LocationConfig, http: HttpConfig, tables: Tables, row: int) -> None:
         reqs = []
         for lr in loc.limit_req:
             z = http.limit_req_zones[lr.zone]
@@ -107,12 +108,13 @@ class LocationLimits:
         self.conn_status = loc.limit_conn_status
         self.conn_dry_run = loc.limit_conn_dry_run
         self.conn_level = _LEVELS[loc.limit_conn_log_level]
+        self.row1 = row + 1  # this worker's zone row + 1: its limit_conn entries (table.py rule 6)
 
     @classmethod
-    def build(cls, loc: LocationConfig, http: HttpConfig, tables: Tables) -> LocationLimits | None:
+    def build(cls, loc: LocationConfig, http: HttpConfig, tables: Tables, row: int) -> LocationLimits | None:
         if not loc.limit_req and not loc.limit_conn:
             return None
-        return cls(loc, http, tables)
+        return cls(loc, http, tables, row)
 
     # ---- limit_req ----
 
@@ -205,7 +207,7 @@ class LocationLimits:
         zone.lock()
         try:
             for c, h in keys:
-                index = T.conn_acquire(c.mv, c.buckets, h, c.number, now_ms)
+                index = T.conn_acquire(c.mv, c.buckets, h, c.number, now_ms, self.row1)
                 if index < 0:
                     over, full = c, index == -2
                     break

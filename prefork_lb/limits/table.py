@@ -23,6 +23,11 @@ Rules:
    evicts its oldest state by force when the zone is full). limit_conn: a free entry or
    one counting 0 connections; with none, the request is rejected (nginx: "could not
    allocate node", the limit's status).
+6. limit_conn counts per (key, worker row): a key's count is the sum of its entries in
+   the bucket (one per worker counting it; the scan reads all ``WAYS`` entries anyway),
+   and a worker changes only its own entry. So when a worker dies, the master zeroes its
+   entries (``conn_repair``, one 8-byte store each, no lock needed: nobody else writes a
+   dead worker's entry) and the limit stays exact; nginx leaks a crashed worker's counts.
 4. limit_req values are nginx's: ``excess`` in milli-requests, times in ms from
    ``CLOCK_MONOTONIC`` (system-wide, so every worker reads the same clock).
 5. The master keeps a table across reloads while the new config has a zone of the same
@@ -42,7 +47,7 @@ HEADER_WORDS: Final = 8
 H_MAGIC, H_KIND, H_BUCKETS, H_WAYS = range(4)
 WAYS: Final = 8
 ENTRY_WORDS: Final = 4
-E_KEY, E_VALUE, E_LAST_MS = range(3)
+E_KEY, E_VALUE, E_LAST_MS, E_ROW = range(4)  # E_ROW: limit_conn, the counting worker's row + 1
 MIN_SIZE: Final = 8 * (HEADER_WORDS + WAYS * ENTRY_WORDS)
 
 
@@ -125,26 +130,36 @@ def req_commit(mv: memoryview, h: int, index: int, excess: int, now_ms: int) -> 
     mv[index + E_LAST_MS] = now_ms
 
 
-def conn_acquire(mv: memoryview, buckets: int, h: int, limit: int, now_ms: int) -> int:
-    """limit_conn: the entry index counting this request, -1 over the limit, -2 no room."""
+def conn_acquire(mv: memoryview, buckets: int, h: int, limit: int, now_ms: int, row1: int) -> int:
+    """limit_conn for the worker of row ``row1 - 1`` (rule 6): the entry index counting this
+    request, -1 over the limit, -2 no room."""
     base = _bucket_base(buckets, h)
     free = -1
+    mine = -1
+    total = 0
     for i in range(base, base + WAYS * ENTRY_WORDS, ENTRY_WORDS):
         k = mv[i]
         if k == h:
             n = mv[i + E_VALUE]
-            if n >= limit:
-                return -1
-            mv[i + E_VALUE] = n + 1
-            mv[i + E_LAST_MS] = now_ms
-            return i
-        if free < 0 and (k == 0 or mv[i + E_VALUE] <= 0):
+            total += n
+            if mv[i + E_ROW] == row1:
+                mine = i
+            elif n <= 0 and free < 0:
+                free = i
+        elif free < 0 and (k == 0 or mv[i + E_VALUE] <= 0):
             free = i
+    if total >= limit:
+        return -1
+    if mine >= 0:
+        mv[mine + E_VALUE] += 1
+        mv[mine + E_LAST_MS] = now_ms
+        return mine
     if free < 0:
         return -2
     mv[free + E_KEY] = h
     mv[free + E_VALUE] = 1
     mv[free + E_LAST_MS] = now_ms
+    mv[free + E_ROW] = row1
     return free
 
 
@@ -152,6 +167,21 @@ def conn_release(mv: memoryview, h: int, index: int) -> None:
     """The request counted at ``index`` ended (the entry cannot move while it counts)."""
     if mv[index + E_KEY] == h and mv[index + E_VALUE] > 0:
         mv[index + E_VALUE] -= 1
+
+
+def conn_repair(mv: memoryview, row1: int) -> int:
+    """The worker of row ``row1 - 1`` died: zero its counts (rule 6). Returns how many
+    requests it still had counted. Master only, after the worker was reaped."""
+    rows = mv[HEADER_WORDS + E_ROW :: ENTRY_WORDS].tolist()
+    dropped = 0
+    for n, r in enumerate(rows):
+        if r == row1:
+            i = HEADER_WORDS + n * ENTRY_WORDS
+            count = mv[i + E_VALUE]
+            if count > 0:
+                dropped += count
+                mv[i + E_VALUE] = 0
+    return dropped
 
 
 class TableSet:
@@ -171,6 +201,10 @@ class TableSet:
                 table = self.tables[(kind, name, size)] = LimitTable(kind, size)
             out[(kind, name)] = table
         return out
+
+    def repair(self, row: int) -> int:
+        """A worker with zone row ``row`` was reaped: drop what it counted (rule 6)."""
+        return sum(conn_repair(t.mv, row + 1) for t in self.tables.values() if t.kind == KIND_CONN)
 
     def prune(self, zones: dict[tuple[int, str], int]) -> None:
         """After a reload committed: drop the master's mapping of the tables the running

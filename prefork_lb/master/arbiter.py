@@ -415,6 +415,9 @@ class Master:
             if proc is None:
                 continue
             self.rows.release(pid)  # zero its row, recount peer connections from live rows
+            dropped = self.limit_tables.repair(proc.row)  # what its requests held in limit_conn
+            if dropped and not (proc.quitting or self.stopping):
+                log.warning("worker process %d held %d limit_conn count(s), released", pid, dropped)
             if proc.ready_fd >= 0:
                 os.close(proc.ready_fd)
                 proc.ready_fd = -1

@@ -162,6 +162,45 @@ def test_limit_conn_counts_requests_across_workers(tmp_path: Path) -> None:
     assert [r[3] for r in rows if r[6] in ("/held", "/after")] == ["PASSED", "PASSED"]
 
 
+def test_limit_conn_count_of_a_killed_worker_is_released(tmp_path: Path) -> None:
+    """Better than nginx (which leaks a crashed worker's limit_conn counts): a worker
+    SIGKILLed while a request it counted is in flight gives the count back when the master
+    reaps it, so the key is not locked out. Fails with counts kept per key only (the
+    master cannot tell whose they were) and on the old code (config error)."""
+    port = free_port()
+    zones = '[http.limit_conn_zones.addr]\nkey = "$binary_remote_addr"\nsize = "64k"\n'
+    loc = 'limit_conn = { zone = "addr", number = 1 }'
+    with GatedBackend() as gate:
+        text = config(port, gate, zones, loc).replace("workers = 1", "workers = 2")
+        with LB(tmp_path, text, port) as lb:
+            held: list[object] = []
+
+            def hold() -> None:
+                try:
+                    held.append(request(port, "GET", "/held", timeout_s=30)[0])
+                except OSError as e:
+                    held.append(e)
+
+            t = threading.Thread(target=hold)
+            t.start()
+            gate.wait_arrived(1)
+            assert request(port, "GET", "/busy")[0] == 503
+            holder = [
+                w
+                for w in lb.workers()
+                if any(c.raddr and c.raddr.port == gate.port for c in w.net_connections())
+            ]
+            assert len(holder) == 1
+            holder[0].kill()
+            t.join()
+            wait_for(lambda: len(lb.workers()) == 2 and holder[0] not in lb.workers(), what="the respawn")
+            gate.release()
+            after = request(port, "GET", "/after")[0]
+            log = lb.output()
+    assert after == 200
+    assert f"worker process {holder[0].pid} held 1 limit_conn count(s), released" in log
+
+
 def test_realip_from_x_forwarded_for(tmp_path: Path, backend: Backend) -> None:
     """realip: a trusted peer's X-Forwarded-For gives $remote_addr (recursive over trusted
     hops), $realip_remote_addr keeps the peer, deny applies to the real address, and an

@@ -103,16 +103,32 @@ def test_full_bucket_evicts_a_drained_state_first_then_the_oldest() -> None:
 
 def test_limit_conn_counts_and_a_full_bucket_rejects() -> None:
     t = T.LimitTable(T.KIND_CONN, T.MIN_SIZE)
-    a = T.conn_acquire(t.mv, 1, 7, 2, 0)
-    assert T.conn_acquire(t.mv, 1, 7, 2, 0) == a
-    assert T.conn_acquire(t.mv, 1, 7, 2, 0) == -1
+    a = T.conn_acquire(t.mv, 1, 7, 2, 0, 1)
+    assert T.conn_acquire(t.mv, 1, 7, 2, 0, 1) == a
+    assert T.conn_acquire(t.mv, 1, 7, 2, 0, 1) == -1
     T.conn_release(t.mv, 7, a)
-    assert T.conn_acquire(t.mv, 1, 7, 2, 0) == a
+    assert T.conn_acquire(t.mv, 1, 7, 2, 0, 1) == a
     for h in range(100, 100 + T.WAYS - 1):
-        assert T.conn_acquire(t.mv, 1, h, 1, 0) >= 0
-    assert T.conn_acquire(t.mv, 1, 555, 1, 0) == -2  # no entry free (nginx: 503)
+        assert T.conn_acquire(t.mv, 1, h, 1, 0, 1) >= 0
+    assert T.conn_acquire(t.mv, 1, 555, 1, 0, 1) == -2  # no entry free (nginx: 503)
     T.conn_release(t.mv, 100, T.HEADER_WORDS + T.ENTRY_WORDS)
-    assert T.conn_acquire(t.mv, 1, 555, 1, 0) == T.HEADER_WORDS + T.ENTRY_WORDS  # a count of 0 is free
+    assert T.conn_acquire(t.mv, 1, 555, 1, 0, 1) == T.HEADER_WORDS + T.ENTRY_WORDS  # a count of 0 is free
+
+
+def test_limit_conn_sums_workers_and_repair_drops_a_dead_workers_counts() -> None:
+    """Each worker counts in its own entry; the limit is their sum; when a worker dies the
+    master zeroes its entries and the key's other counts stay (table.py rule 6)."""
+    t = T.LimitTable(T.KIND_CONN, 64 * 1024)
+    b = t.buckets
+    w1 = T.conn_acquire(t.mv, b, 7, 3, 0, 1)
+    assert T.conn_acquire(t.mv, b, 7, 3, 0, 1) == w1
+    w2 = T.conn_acquire(t.mv, b, 7, 3, 0, 2)
+    assert w2 not in (w1, -1, -2)
+    assert T.conn_acquire(t.mv, b, 7, 3, 0, 2) == -1  # 2 + 1 = 3 counted: the limit
+    assert T.conn_repair(t.mv, 1) == 2  # worker of row 0 killed while counting 2
+    assert T.conn_acquire(t.mv, b, 7, 3, 0, 2) == w2
+    assert T.conn_acquire(t.mv, b, 7, 3, 0, 2) == w2
+    assert T.conn_acquire(t.mv, b, 7, 3, 0, 3) == -1  # 3 of worker 2 now
 
 
 def test_table_set_keeps_a_zone_across_reloads_unless_its_size_changes() -> None:
