@@ -347,7 +347,7 @@ class ClientConnection:
     def _done(self, ex: Exchange, lr: LocationRuntime | None) -> bool:
         ex.end_time = self.clock()
         if ex.limit_conn_held is not None:
-            release_conns(ex, self.runtime.zone)
+            release_conns(ex)
         if self.status_zone is not None:
             self.status_zone.end(
                 self.runtime.zone, ex.status, ex.request_length, ex.bytes_sent, ex.status == 499

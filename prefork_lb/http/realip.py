@@ -22,40 +22,57 @@ Rules (nginx 1.22 ``ngx_http_get_forwarded_addr``):
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prefork_lb.config.model import RealIp
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_V4_MAPPED = 0xFFFF << 32
 
 
-def _parse(text: str) -> Address | None:
-    text = text.strip()
+def _parse(text: str) -> tuple[int, int] | None:
+    """(family 4 or 6, address as int) of an address, ``[v6]:port`` or ``v4:port``."""
     if text.startswith("["):
         end = text.find("]")
         text = text[1:end] if end > 0 else text
     elif text.count(":") == 1:
         text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(text)
-    except ValueError:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        pass
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except OSError:
         return None
+    if value >> 32 == 0xFFFF:  # ::ffff:a.b.c.d is the IPv4 peer of a dual-stack socket
+        return 4, value & 0xFFFFFFFF
+    return 6, value
+
+
+def _text(addr: tuple[int, int]) -> str:
+    family, value = addr
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
 class RealIpRule:
     __slots__ = ("header", "networks", "recursive")
 
     def __init__(self, config: RealIp) -> None:
-        self.networks: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in config.trusted)
+        nets = [ipaddress.ip_network(n) for n in config.trusted]
+        # (family, network as int, mask as int): a membership test is one "and"
+        self.networks: tuple[tuple[int, int, int], ...] = tuple(
+            (n.version, int(n.network_address), int(n.netmask)) for n in nets
+        )
         self.header = config.header.lower().encode("ascii")
         self.recursive = config.recursive
 
-    def _trusted(self, addr: Address) -> bool:
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr.version == n.version and addr in n for n in self.networks)
+    def _trusted(self, addr: tuple[int, int]) -> bool:
+        family, value = addr
+        return any(fam == family and value & mask == net for fam, net, mask in self.networks)
 
     def client(self, peer: str, header_index: dict[bytes, bytes]) -> str | None:
         """The real client address as text, or None to keep the peer."""
@@ -65,8 +82,8 @@ class RealIpRule:
         peer_ip = _parse(peer)
         if peer_ip is None or not self._trusted(peer_ip):
             return None
-        items = [i for i in value.decode("latin-1").replace(",", " ").split(" ") if i]
-        found: Address | None = None
+        items = value.decode("latin-1").replace(",", " ").split()
+        found: tuple[int, int] | None = None
         while items:
             addr = _parse(items.pop())
             if addr is None:
@@ -74,4 +91,4 @@ class RealIpRule:
             found = addr
             if not self.recursive or not self._trusted(addr):
                 break
-        return None if found is None else str(found)
+        return None if found is None else _text(found)

@@ -7,7 +7,8 @@ handler order), a delayed request waits, then ``limit_conn`` counts it until it 
 Rules:
 1. One lock round trip of the shared zone's lock per module per request: every
    ``limit_req`` of the location is checked, and committed only if none rejects (nginx
-   commits nothing on a reject either); ``limit_conn`` counts in one and releases in one.
+   commits nothing on a reject either); ``limit_conn`` counts in one and releases with
+   none (table.py rule 6).
 2. Nothing is logged, rendered or timed while the lock is held: keys are rendered and the
    clock read before ``lock()``; the messages are logged after ``unlock()``.
 3. An empty key is not limited (nginx).
@@ -238,15 +239,11 @@ class LocationLimits:
         return 0 if dry else self.conn_status
 
 
-def release_conns(ex: Exchange, zone: Zone) -> None:
-    """The request counted by ``LocationLimits.limit_conn`` ended (one lock round trip)."""
+def release_conns(ex: Exchange) -> None:
+    """The request counted by ``LocationLimits.limit_conn`` ended: no lock (table.py rule 6:
+    only this worker writes its entries, and no one takes an entry that still counts)."""
     held = ex.limit_conn_held
     ex.limit_conn_held = None
-    if not held:
-        return
-    zone.lock()
-    try:
+    if held:
         for mv, h, index in held:
             T.conn_release(mv, h, index)
-    finally:
-        zone.unlock()

@@ -10,7 +10,8 @@ creates before it forks the workers that use it, viewed as little-endian int64 w
 
 Rules:
 1. Entries are read and written only while holding the shared zone's lock (the caller's
-   job: ``limits/engine.py`` takes it once per request for all of a location's limits).
+   job: ``limits/engine.py`` takes it once per request for all of a location's limits),
+   except a limit_conn release and repair (rule 6).
    The functions here are sans-IO loads and stores: no logging, no syscall, no allocation
    beyond small ints, so the critical section is a few microseconds.
 2. A key is its 64-bit ``hash()`` (never 0: 0 marks a free entry). ``hash`` of bytes/str is
@@ -25,9 +26,11 @@ Rules:
    allocate node", the limit's status).
 6. limit_conn counts per (key, worker row): a key's count is the sum of its entries in
    the bucket (one per worker counting it; the scan reads all ``WAYS`` entries anyway),
-   and a worker changes only its own entry. So when a worker dies, the master zeroes its
-   entries (``conn_repair``, one 8-byte store each, no lock needed: nobody else writes a
-   dead worker's entry) and the limit stays exact; nginx leaks a crashed worker's counts.
+   and a worker changes only its own entry; another worker takes over an entry only once
+   it counts 0. So a release needs no lock (``conn_release``: an 8-byte store to an entry
+   only its worker writes while it counts; a worker's greenlets never run concurrently),
+   and when a worker dies, the master zeroes its entries the same way (``conn_repair``)
+   and the limit stays exact; nginx leaks a crashed worker's counts.
 4. limit_req values are nginx's: ``excess`` in milli-requests, times in ms from
    ``CLOCK_MONOTONIC`` (system-wide, so every worker reads the same clock).
 5. The master keeps a table across reloads while the new config has a zone of the same
