@@ -138,8 +138,6 @@ NOT_YET: dict[str, str] = {
     "map": f"{_PLANNED}: map",
     "split_clients": f"{_PLANNED}: map",
     "geo": f"{_PLANNED}: map",
-    "limit_req*": f"{_PLANNED}: rate limiting",
-    "limit_conn*": f"{_PLANNED}: connection limiting",
     "limit_rate*": f"{_PLANNED}: rate limiting",
     "proxy_cache*": f"{_PLANNED}: caching",
     "proxy_no_cache": f"{_PLANNED}: caching",
