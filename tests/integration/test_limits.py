@@ -25,10 +25,12 @@ def backend() -> Iterator[Backend]:
 
 
 def config(
-    port: int, backend: Backend | GatedBackend, http_extra: str, location_extra: str, **kw: str
+    port: int, backend: Backend | GatedBackend, http_extra: str, location_extra: str, server_extra: str = ""
 ) -> str:
     addrs = [backend.addr] if isinstance(backend, GatedBackend) else backend.addrs
-    text = basic_config(port, upstream_block("backend", addrs), location_extra=location_extra, **kw)
+    text = basic_config(
+        port, upstream_block("backend", addrs), location_extra=location_extra, server_extra=server_extra
+    )
     text = text.replace("[http.log_formats]\n", f"{http_extra}\n[http.log_formats]\nlim = '{FORMAT}'\n", 1)
     return text.replace('log_format = "up"', 'log_format = "lim"', 1)
 
@@ -45,7 +47,7 @@ def test_limit_req_burst_is_shared_by_all_workers(tmp_path: Path, backend: Backe
     zones = '[http.limit_req_zones.one]\nkey = "$binary_remote_addr"\nsize = "64k"\nrate = "1r/m"\n'
     loc = 'limit_req = { zone = "one", burst = 3, nodelay = true }'
     with LB(tmp_path, config(port, backend, zones, loc).replace("workers = 1", "workers = 2"), port) as lb:
-        statuses = []
+        statuses: list[int] = []
 
         def both_workers_answered() -> bool:
             statuses.append(request(port, "GET", f"/?n={len(statuses)}")[0])

@@ -130,3 +130,35 @@ def test_realip_x_forwarded_for_recursive(tmp_path: Path, backend: Backend) -> N
 
     log = same(tmp_path, make, ask)
     assert [line.split("|")[3] for line in log] == ["203.0.113.7", "10.9.9.9", "10.1.2.3", "127.0.0.1"]
+
+
+def test_l7_concurrent_burst_with_delay_threshold(tmp_path: Path, backend: Backend) -> None:
+    """L7 at 30r/m (one request per 2 s, so the threads' start spread changes nothing): 7
+    concurrent requests, burst=4 delay=2: 3 pass at once, 2 are delayed (then 200), 2 are
+    rejected. The log lines come in completion order: compared as counts."""
+    loc = "limit_req zone=one burst=4 delay=2;"
+
+    def ask(port: int) -> list[tuple[int, str]]:
+        barrier = threading.Barrier(7)
+        out: list[tuple[int, str]] = []
+
+        def one(i: int) -> None:
+            barrier.wait()
+            out.append((request(port, "GET", f"/c{i}", timeout_s=30)[0], "/"))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(7)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sorted(out)
+
+    zone = "limit_req_zone $binary_remote_addr zone=one:1m rate=30r/m;"
+    (ngx, ngx_log), (ours, our_log) = run_conf_both(tmp_path, conf(backend.addrs[0], zone, loc), ask)
+    assert ours == ngx == [(200, "/")] * 5 + [(503, "/")] * 2
+
+    def counts(log: list[str]) -> list[tuple[str, str]]:
+        return sorted((line.split("|")[0], line.split("|")[1]) for line in log)
+
+    assert counts(our_log) == counts(ngx_log)
+    assert counts(our_log).count(("200", "DELAYED")) == 2
