@@ -223,3 +223,22 @@ real_ip_recursive = true"""
     assert rows["/b"][4:6] == ["198.51.100.9", "127.0.0.1"]
     assert rows["/c"][4:6] == ["127.0.0.1", "127.0.0.1"]
     assert rows["/d"][4:6] == ["127.0.0.1", "127.0.0.1"]
+
+
+def test_realip_address_is_the_ip_hash_key(tmp_path: Path) -> None:
+    """ip_hash uses the realip address: a request relayed by a trusted 127.0.0.1 with
+    X-Real-IP 127.0.k.1 goes to the backend a direct client from 127.0.k.1 gets. Old code:
+    the realip keys are unknown (config error); without realip in ip_hash every relayed
+    request would go where 127.0.0.1 goes."""
+    port = free_port()
+    with Backend(count=3) as three:
+        up = upstream_block("backend", three.addrs, extra='method = "ip_hash"')
+        text = basic_config(port, up, server_extra='set_real_ip_from = ["127.0.0.1"]')
+        with LB(tmp_path, text, port):
+            direct = [request(port, "GET", "/", source=f"127.0.{k}.1")[1]["x-port"] for k in range(1, 9)]
+            relayed = [
+                request(port, "GET", "/", headers={"X-Real-IP": f"127.0.{k}.1"})[1]["x-port"]
+                for k in range(1, 9)
+            ]
+    assert len(set(direct)) > 1  # the clients do spread (else the comparison proves nothing)
+    assert relayed == direct
