@@ -28,38 +28,40 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prefork_lb.config.model import RealIp
 
-_V4_MAPPED = 0xFFFF << 32
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_pton = socket.inet_pton
+Addr = tuple[int, int, str]  # (family 4 or 6, address as int, canonical text)
 
 
-def _parse(text: str) -> tuple[int, int] | None:
-    """(family 4 or 6, address as int) of an address, ``[v6]:port`` or ``v4:port``."""
+def _parse(text: str) -> Addr | None:
+    """An address, ``[v6]:port`` or ``v4:port``; IPv4 first (the common case, and
+    ``inet_pton`` accepts only canonical dotted quads, so the text is kept as is)."""
+    try:
+        return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
+    except OSError:
+        pass
     if text.startswith("["):
         end = text.find("]")
         text = text[1:end] if end > 0 else text
     elif text.count(":") == 1:
         text = text.partition(":")[0]
+        try:
+            return 4, int.from_bytes(_pton(_AF_INET, text), "big"), text
+        except OSError:
+            return None
     try:
-        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
-    except OSError:
-        pass
-    try:
-        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+        value = int.from_bytes(_pton(_AF_INET6, text), "big")
     except OSError:
         return None
     if value >> 32 == 0xFFFF:  # ::ffff:a.b.c.d is the IPv4 peer of a dual-stack socket
-        return 4, value & 0xFFFFFFFF
-    return 6, value
-
-
-def _text(addr: tuple[int, int]) -> str:
-    family, value = addr
-    if family == 4:
-        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
-    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+        v4 = value & 0xFFFFFFFF
+        return 4, v4, socket.inet_ntop(_AF_INET, v4.to_bytes(4, "big"))
+    return 6, value, socket.inet_ntop(_AF_INET6, value.to_bytes(16, "big"))
 
 
 class RealIpRule:
-    __slots__ = ("header", "networks", "recursive")
+    __slots__ = ("_peer", "_peer_trusted", "header", "networks", "recursive")
 
     def __init__(self, config: RealIp) -> None:
         nets = [ipaddress.ip_network(n) for n in config.trusted]
@@ -69,9 +71,11 @@ class RealIpRule:
         )
         self.header = config.header.lower().encode("ascii")
         self.recursive = config.recursive
+        self._peer = ""  # the last peer seen and whether it is trusted (a proxy repeats)
+        self._peer_trusted = False
 
-    def _trusted(self, addr: tuple[int, int]) -> bool:
-        family, value = addr
+    def _trusted(self, addr: Addr) -> bool:
+        family, value, _ = addr
         return any(fam == family and value & mask == net for fam, net, mask in self.networks)
 
     def client(self, peer: str, header_index: dict[bytes, bytes]) -> str | None:
@@ -79,11 +83,13 @@ class RealIpRule:
         value = header_index.get(self.header)
         if value is None:
             return None
-        peer_ip = _parse(peer)
-        if peer_ip is None or not self._trusted(peer_ip):
+        if peer != self._peer:
+            peer_ip = _parse(peer)
+            self._peer, self._peer_trusted = peer, peer_ip is not None and self._trusted(peer_ip)
+        if not self._peer_trusted:
             return None
         items = value.decode("latin-1").replace(",", " ").split()
-        found: tuple[int, int] | None = None
+        found: Addr | None = None
         while items:
             addr = _parse(items.pop())
             if addr is None:
@@ -91,4 +97,4 @@ class RealIpRule:
             found = addr
             if not self.recursive or not self._trusted(addr):
                 break
-        return None if found is None else _text(found)
+        return None if found is None else found[2]
