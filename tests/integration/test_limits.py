@@ -5,6 +5,7 @@ wall-clock margins: rates are chosen so nothing drains while a test runs."""
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -242,3 +243,20 @@ def test_realip_address_is_the_ip_hash_key(tmp_path: Path) -> None:
             ]
     assert len(set(direct)) > 1  # the clients do spread (else the comparison proves nothing)
     assert relayed == direct
+
+
+def test_client_closing_during_a_delay_is_noticed(tmp_path: Path, backend: Backend) -> None:
+    """nginx 1.19.9+: a client that closes while its request is delayed by limit_req is
+    noticed at once (499 logged, nothing sent upstream) instead of after the delay (60 s
+    here: rate 1r/m, burst 1). Fails on a plain sleep and on the old code."""
+    port = free_port()
+    zones = '[http.limit_req_zones.one]\nkey = "$binary_remote_addr"\nrate = "1r/m"\n'
+    with LB(tmp_path, config(port, backend, zones, 'limit_req = { zone = "one", burst = 1 }'), port) as lb:
+        assert request(port, "GET", "/first")[0] == 200
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /delayed HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(
+                lambda: 'delaying request, excess: 1.000, by zone "one"' in lb.output(), what="the delay"
+            )
+        rows = log_rows(lb, 2)
+    assert [(r[1], r[2], r[6]) for r in rows] == [("200", "PASSED", "/first"), ("499", "DELAYED", "/delayed")]
