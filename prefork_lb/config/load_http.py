@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
+from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
 from prefork_lb.config.model import (
     LINGERING_CLOSE,
@@ -225,6 +226,7 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "proxy_hide_header": ("proxy_hide_header", _header_names),
     "proxy_pass_header": ("proxy_pass_header", _header_names),
     "proxy_redirect": ("proxy_redirect", _proxy_redirect),
+    **LIMIT_KEYS,  # limit_req / limit_conn and their *_status, *_dry_run, *_log_level
 }
 
 
@@ -235,6 +237,8 @@ class HttpLoader(SectionLoader):
         self.log_formats: dict[str, str] = {}
         self.matches: dict[str, HttpMatch] = {}
         self.health_checks: list[HealthCheck] = []
+        self.limit_req_zones: dict[str, Any] = {}
+        self.limit_conn_zones: dict[str, Any] = {}
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
@@ -254,6 +258,7 @@ class HttpLoader(SectionLoader):
         user = self.user_variables(t)
         previous = install_user_variables(user)  # every template below may name them
         try:
+            self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
             self.compile_maps(t, user)
             http_settings = self.location_settings(t, {})
             http_logs = self.log_settings(t, None)
@@ -272,6 +277,8 @@ class HttpLoader(SectionLoader):
             log_formats=self.log_formats,
             health_checks=tuple(self.health_checks),
             user_variables=user,
+            limit_req_zones=self.limit_req_zones,
+            limit_conn_zones=self.limit_conn_zones,
         )
 
     # ---- issue 16: map and set variables ----
@@ -377,6 +384,9 @@ class HttpLoader(SectionLoader):
                     settings[field_name] = self.path(settings[field_name])
                 elif key == "proxy_ssl_name":
                     self._check_templates(t, (("", settings[field_name]),), key)
+                elif key in ("limit_req", "limit_conn"):
+                    zones = (self.limit_req_zones, self.limit_conn_zones)
+                    check_zone_names(t, key, settings[field_name], *zones)
             else:
                 t.raw(key, None)  # known key, not set at this level
         return settings
@@ -455,6 +465,7 @@ class HttpLoader(SectionLoader):
                     ) from None
         header_timeout = t.take("client_header_timeout", duration, 60.0)
         ssl = self.ssl(t, listen)
+        real_ip = realip(self.source, t)
         settings = self.location_settings(t, http_settings)
         logs = self.log_settings(t, http_logs)
         server_rewrite = self.rewrite_block(t, settings.get("rewrite_log", False))
@@ -479,6 +490,7 @@ class HttpLoader(SectionLoader):
             rewrite=server_rewrite,
             error_page=settings.get("error_page", {}),
             add_header=settings.get("add_header", ()),
+            realip=real_ip,
         )
 
     def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:

@@ -164,6 +164,50 @@ class ErrorPage:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitReqZone:
+    """``[http.limit_req_zones.NAME]``: nginx's ``limit_req_zone key zone=NAME:size rate=``."""
+
+    name: str
+    key: str  # a template ("$binary_remote_addr"); an empty value is not limited
+    size_bytes: int
+    rate_mrps: int  # milli-requests per second, as nginx stores it (r/m: R*1000/60)
+    rate: str  # as written, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConnZone:
+    """``[http.limit_conn_zones.NAME]``: nginx's ``limit_conn_zone key zone=NAME:size``."""
+
+    name: str
+    key: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitReq:
+    """``limit_req = { zone, burst, nodelay | delay, }`` in a location (or inherited)."""
+
+    zone: str
+    burst: int = 0
+    delay: int | None = 0  # requests passed without delay beyond the rate; None = nodelay
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConn:
+    zone: str
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class RealIp:
+    """A server's realip settings (nginx's ngx_http_realip_module)."""
+
+    trusted: tuple[str, ...]  # set_real_ip_from: CIDRs (an address alone is a /32 or /128)
+    header: str = "X-Real-IP"  # real_ip_header (nginx's default)
+    recursive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LocationConfig:
     match: str  # as written: "/", "= /x", "^~ /x", "~ re", "~* re", "@name"
     modifier: Literal["", "=", "^~", "~", "~*", "@"]
@@ -212,6 +256,15 @@ class LocationConfig:
     proxy_pass_header: tuple[str, ...] = ()
     # "default" entries and (prefix, replacement template) pairs in order; () = "off"
     proxy_redirect: tuple[str | tuple[str, str], ...] = ("default",)
+    # limit_req / limit_conn (limits/engine.py); inherited whole from the outer level, as nginx
+    limit_req: tuple[LimitReq, ...] = ()
+    limit_req_status: int = 503
+    limit_req_dry_run: bool = False
+    limit_req_log_level: str = "error"
+    limit_conn: tuple[LimitConn, ...] = ()
+    limit_conn_status: int = 503
+    limit_conn_dry_run: bool = False
+    limit_conn_log_level: str = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +284,7 @@ class ServerConfig:
     error_page: dict[int, ErrorPage] = field(default_factory=dict)  # answers before a location
     # the server level's add_header: for answers given before a location matched (404)
     add_header: tuple[tuple[str, str, bool], ...] = ()
+    realip: RealIp | None = None  # set_real_ip_from / real_ip_header / real_ip_recursive
 
 
 def zone_name(server: ServerConfig | StreamServerConfig) -> str:
@@ -249,6 +303,16 @@ class HttpConfig:
     health_checks: tuple[HealthCheck, ...] = ()  # active checks (health/model.py)
     # $name -> http.variables.Variable for [http.maps.*] and ``set`` (installed at load)
     user_variables: dict[str, Any] = field(default_factory=dict, compare=False)
+    limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
+
+    def limit_zone_sizes(self) -> dict[tuple[int, str], int]:
+        """(kind, name) -> size: what the master's limits/table.TableSet allocates."""
+        from prefork_lb.limits.table import KIND_CONN, KIND_REQ
+
+        out = {(KIND_REQ, z.name): z.size_bytes for z in self.limit_req_zones.values()}
+        out.update({(KIND_CONN, z.name): z.size_bytes for z in self.limit_conn_zones.values()})
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,9 +198,12 @@ def _http(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     header_timeout = http.pop("client_header_timeout", None)
     http_rules = http.pop("_access", None)
     _inherit_tls(m, http, "http", http.get("servers", []))
+    realip = {k: http.pop(k) for k in _REALIP if k in http}  # the contract has it per server
     for i, s in enumerate(http.get("servers", [])):
         if header_timeout is not None:
             s.setdefault("client_header_timeout", header_timeout)
+        for k, v in realip.items():
+            s.setdefault(k, v)
         rules = s.pop("_access", None) or http_rules
         for j, loc in enumerate(s["locations"]):
             kp = f"http.servers[{i}].locations[{j}]"
@@ -618,6 +621,91 @@ def _access_rule(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     rules.append((d.name, d.args[0], d))
 
 
+# ---- limit_req, limit_conn, realip ----
+
+_LIMIT_FLAGS = ("limit_req_dry_run", "limit_conn_dry_run")
+_LIMIT_WORDS = ("limit_req_log_level", "limit_conn_log_level")
+_LIMIT_STATUS = ("limit_req_status", "limit_conn_status")
+
+
+def _zone_arg(args: list[str], d: Directive) -> tuple[str, str] | None:
+    for a in args:
+        if a.startswith("zone="):
+            name, _, size = a[5:].partition(":")
+            return name, size
+    return None
+
+
+def _limit_zone(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``limit_req_zone KEY zone=NAME:SIZE rate=R`` / ``limit_conn_zone KEY zone=NAME:SIZE``."""
+    zone = _zone_arg(d.args[1:], d)
+    if zone is None:
+        m.skip(d, 'has no "zone=NAME:SIZE"')
+        return
+    name, size = zone
+    table = "limit_req_zones" if d.name == "limit_req_zone" else "limit_conn_zones"
+    entry: dict[str, Any] = {"key": d.args[0], "size": size}
+    for a in d.args[1:]:
+        if a.startswith("rate="):
+            entry["rate"] = a[5:]
+        elif a == "sync":
+            m.differ(d, "sync (NGINX Plus zone_sync) has no prefork-lb equivalent: the zone is this server's")
+        elif not a.startswith("zone="):
+            entry[a] = a  # unknown word: the loader refuses it at this line
+    zones = t.setdefault(table, {})
+    kp = f"{path}.{table}"
+    m.put(zones, kp, name, entry, d)
+
+
+def _limit_req(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """``limit_req zone=NAME [burst=N] [nodelay|delay=N]``: lines of one level form its list."""
+    item = Inline()
+    for a in d.args:
+        key, eq, value = a.partition("=")
+        if a == "nodelay":
+            item["nodelay"] = True
+        elif eq and key in ("burst", "delay"):
+            item[key] = scalar(value)
+        elif eq and key == "zone":
+            item["zone"] = value
+        else:
+            item[a] = a  # refused by the loader at this line
+    _append(m, d, t, path, "limit_req", item)
+
+
+def _limit_conn(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    _append(m, d, t, path, "limit_conn", Inline(zone=d.args[0], number=scalar(d.args[1])))
+
+
+def _append(m: Mapper, d: Directive, t: dict[str, Any], path: str, key: str, item: Inline) -> None:
+    items = t.setdefault(key, [])
+    items.append(item)
+    kp = _path(path, key)
+    m.out.origins.setdefault(kp, d.where)
+    if d.comment:
+        m.out.comments[kp] = "\n".join(filter(None, (m.out.comments.get(kp), d.comment)))
+
+
+def _status_code(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, d.name, scalar(d.args[0]), d)
+
+
+def _set_real_ip_from(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    if d.args[0].startswith("unix:"):
+        m.skip(d, "names unix: peers; prefork-lb trusts addresses only")
+        return
+    _append_text(m, d, t, path, "set_real_ip_from", d.args[0])
+
+
+def _append_text(m: Mapper, d: Directive, t: dict[str, Any], path: str, key: str, value: str) -> None:
+    t.setdefault(key, []).append(value)
+    m.out.origins.setdefault(_path(path, key), d.where)
+
+
+def _realip_in_location(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.skip(d, "is supported at http and server level only (set it on the server)")
+
+
 def _upstream(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     name = d.args[0]
     ups = t.setdefault("upstreams", {})
@@ -1026,6 +1114,11 @@ _INHERITED: dict[str, Handler] = {
     "error_page": _error_page,
     "proxy_intercept_errors": _flag,
     "rewrite_log": _flag,
+    "limit_req": _limit_req,
+    "limit_conn": _limit_conn,
+    **dict.fromkeys(_LIMIT_FLAGS, _flag),
+    **dict.fromkeys(_LIMIT_WORDS, _text),
+    **dict.fromkeys(_LIMIT_STATUS, _status_code),
 }
 _TLS: dict[str, Handler] = {
     "ssl": _ssl_on,
@@ -1047,9 +1140,18 @@ _STREAM_TLS: dict[str, Handler] = {
     "preread_timeout": _simple,
 }
 _REWRITE: dict[str, Handler] = dict.fromkeys(("rewrite", "set", "if", "break"), _statement)
+_REALIP_HANDLERS: dict[str, Handler] = {
+    "set_real_ip_from": _set_real_ip_from,
+    "real_ip_header": _text,
+    "real_ip_recursive": _flag,
+}
+_REALIP = tuple(_REALIP_HANDLERS)
 _HTTP_LEVEL: dict[str, Handler] = {
     **_INHERITED,
     **_TLS,
+    **_REALIP_HANDLERS,
+    "limit_req_zone": _limit_zone,
+    "limit_conn_zone": _limit_zone,
     "upstream": _upstream,
     "server": _server,
     "log_format": _log_format,
@@ -1059,6 +1161,7 @@ _HTTP_LEVEL: dict[str, Handler] = {
 _SERVER: dict[str, Handler] = {
     **_INHERITED,
     **_TLS,
+    **_REALIP_HANDLERS,
     "listen": _listen,
     "server_name": _server_name,
     "location": _location,
@@ -1068,6 +1171,7 @@ _SERVER: dict[str, Handler] = {
 }
 _LOCATION: dict[str, Handler] = {
     **_INHERITED,
+    **dict.fromkeys(_REALIP, _realip_in_location),
     "location": _location,
     "proxy_pass": _proxy_pass,
     "return": _location_return,

@@ -126,8 +126,6 @@ _PLANNED = "is not built in prefork-lb yet (planned)"
 NOT_YET: dict[str, str] = {
     "split_clients": f"{_PLANNED}: map",
     "geo": f"{_PLANNED}: map",
-    "limit_req*": f"{_PLANNED}: rate limiting",
-    "limit_conn*": f"{_PLANNED}: connection limiting",
     "limit_rate*": f"{_PLANNED}: rate limiting",
     "proxy_cache*": f"{_PLANNED}: caching",
     "proxy_no_cache": f"{_PLANNED}: caching",

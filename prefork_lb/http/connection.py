@@ -34,9 +34,12 @@ Rules:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
+import gevent
 from gevent import socket
 
 from prefork_lb.http.client import ClientGone
@@ -47,6 +50,7 @@ from prefork_lb.http.request import MESSAGE_END, HttpError, RequestHead, Request
 from prefork_lb.http.rewrite import MAX_URI_CHANGES, SEARCH, Respond, absolute_url
 from prefork_lb.http.rewrite import run as run_rewrite
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
+from prefork_lb.limits.engine import release_conns
 from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
 
 if TYPE_CHECKING:
@@ -242,6 +246,8 @@ class ClientConnection:
         )
         server = self.router.select(head.host)
         ex.server = server
+        if runtime.realip:  # realip (http/realip.py): a server with set_real_ip_from
+            self._realip(ex, server)
         self.linger_from = server
         self.status_zone = runtime.zones[id(server)]
         self.status_zone.begin(runtime.zone.mv)
@@ -324,7 +330,9 @@ class ClientConnection:
             self._finish_body()
             self._return(ex, lr)
             return lr
-        if lr.access and not lr.allows(self.info.remote_addr):
+        if lr.limits is not None and self._limits(ex, lr):  # PREACCESS (limits/engine.py)
+            return lr
+        if lr.access and not lr.allows(ex.conn.remote_addr):  # realip's address (http/realip.py)
             self._finish_body()
             self.respond_error(ex, 403)
             return lr
@@ -409,8 +417,56 @@ class ClientConnection:
     def _tls_refuse(self, ex: Exchange, server: ServerConfig) -> None:
         """Raise HttpError when a TLS connection must refuse the request (tls/connection.py)."""
 
+    def _realip(self, ex: Exchange, server: ServerConfig) -> None:
+        rule = self.runtime.realip.get(id(server))
+        if rule is None:
+            return
+        client = rule.client(self.info.remote_addr, ex.header_index)
+        if client is not None:  # this request's view of the connection (nginx restores it too)
+            ex.conn = replace(self.info, remote_addr=client, realip_remote_addr=self.info.remote_addr)
+
+    def _limits(self, ex: Exchange, lr: LocationRuntime) -> bool:
+        """limit_req, then limit_conn (nginx's order); True when the request was answered.
+        Each runs once per request, as nginx (>= 1.17.6) keeps its status on the main request:
+        an internal redirect (error_page) to another limited location is not counted again."""
+        limits = lr.limits
+        assert limits is not None
+        zone = self.runtime.zone
+        if limits.reqs and not ex.limit_req_status:
+            status, delay_s = limits.limit_req(ex, zone)
+            if status:
+                self._finish_body()
+                self.respond_error(ex, status)
+                return True
+            if delay_s > 0:
+                self._delay(delay_s)
+        if limits.conns and not ex.limit_conn_status:
+            status = limits.limit_conn(ex, zone)
+            if status:
+                self._finish_body()
+                self.respond_error(ex, status)
+                return True
+        return False
+
+    def _delay(self, delay_s: float) -> None:
+        """A delayed request (limit_req) waits holding its connection, as in nginx; a client
+        that closes meanwhile is noticed (nginx 1.19.9+): ClientGone, logged as 499. Once
+        the client sent more (a body, a pipelined request) the rest is a plain sleep."""
+        deadline = time.monotonic() + delay_s
+        try:
+            socket.wait_read(self.sock.fileno(), timeout=delay_s)
+        except TimeoutError:
+            return
+        if peek_readable(self.sock) == b"":
+            raise ClientGone
+        left = deadline - time.monotonic()
+        if left > 0:
+            gevent.sleep(left)
+
     def _done(self, ex: Exchange, lr: LocationRuntime | None) -> bool:
         ex.end_time = self.clock()
+        if ex.limit_conn_held is not None:
+            release_conns(ex)
         if self.status_zone is not None:
             self.status_zone.end(
                 self.runtime.zone, ex.status, ex.request_length, ex.bytes_sent, ex.status == 499

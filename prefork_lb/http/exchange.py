@@ -34,6 +34,9 @@ class ConnectionInfo:
     connection_id: int
     requests: int = 0  # requests started on this connection so far ($connection_requests)
     tls: TlsInfo | None = None  # a TLS connection's handshake ($ssl_*, $scheme)
+    # realip (http/realip.py): a request's copy whose remote_addr is the trusted client
+    # address has the peer here ($realip_remote_addr); "" on the connection's own record
+    realip_remote_addr: str = ""
 
 
 @dataclass(slots=True)
@@ -79,6 +82,10 @@ class Exchange:
     uri_changes: int = 0  # re-searches and internal redirects so far (limit: rewrite.MAX_URI_CHANGES)
     error_paged: bool = False  # an error_page redirect happened (no recursive error pages)
     status_override: int = 0  # error_page's status for the answer of its target (0: none)
+    # limits/engine.py: $limit_req_status, $limit_conn_status, what limit_conn counted
+    limit_req_status: str = ""
+    limit_conn_status: str = ""
+    limit_conn_held: list[tuple[memoryview, int, int]] | None = None
 
     @property
     def remote_addr(self) -> str:  # balance.base.RequestKey

@@ -27,10 +27,12 @@ from prefork_lb.config.model import (
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
 from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules, compile_added, compile_rules
 from prefork_lb.http.headers import HeaderPlan
+from prefork_lb.http.realip import RealIpRule
 from prefork_lb.http.routing import LocationMatcher, ServerRouter, build_routers
 from prefork_lb.http.template import Template, compile_template
 from prefork_lb.http.upstream import KeepalivePool, RequestQueue
 from prefork_lb.http.upstream_tls import UpstreamTls, upstream_tls_table
+from prefork_lb.limits.engine import LocationLimits, Tables
 from prefork_lb.zone import layout as L
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_zone
@@ -58,6 +60,7 @@ class LocationRuntime:
     access: tuple[tuple[bool, IPNetwork | None], ...] = ()  # None = "all"
     tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
     headers: ResponseRules = DEFAULT_RULES  # add_header, hide/pass, proxy_redirect (header_rules.py)
+    limits: LocationLimits | None = None  # limit_req / limit_conn (limits/engine.py)
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -131,6 +134,7 @@ class HttpRuntime:
     formats: dict[str, LogFormat] = field(default_factory=dict)
     server_headers: dict[int, ResponseRules] = field(default_factory=dict)  # id(server): add_header
     streams: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # set by the worker
+    realip: dict[int, RealIpRule] = field(default_factory=dict)  # id(ServerConfig); empty: no cost
 
     def matcher(self, server: ServerConfig) -> LocationMatcher:
         return self.matchers[id(server)]
@@ -146,8 +150,10 @@ def _has_rules(loc: LocationConfig) -> bool:
     )
 
 
-def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -> HttpRuntime:
-    """``zone``/``slots``/``row`` come from the master (the worker's spec)."""
+def build_runtime(
+    config: Config, zone: Zone, slots: dict[str, int], row: int, limit_tables: Tables | None = None
+) -> HttpRuntime:
+    """``zone``/``slots``/``row`` and the limit tables come from the master (the worker's spec)."""
     upstreams = {}
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
@@ -184,6 +190,7 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
                 ),
                 tls=tls.get(id(loc)),
                 headers=compile_rules(loc) if _has_rules(loc) else DEFAULT_RULES,
+                limits=LocationLimits.build(loc, config.http, limit_tables or {}, row),
             )
     return HttpRuntime(
         config=config,
@@ -200,4 +207,5 @@ def build_runtime(config: Config, zone: Zone, slots: dict[str, int], row: int) -
         accepted_cell=L.row_base(row, zone.peers) + L.R_ACCEPTED,
         active_cell=L.row_base(row, zone.peers) + L.R_ACTIVE,
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
+        realip={id(s): RealIpRule(s.realip) for s in config.http.servers if s.realip is not None},
     )

@@ -193,6 +193,19 @@ def _tls(get: Callable[[TlsInfo], str]) -> Getter:
     return getter
 
 
+def _binary_addr(addr: str) -> str:
+    """``$binary_remote_addr``: 4 bytes (IPv4) or 16 (IPv6), one char per byte; a unix
+    socket peer has no address (nginx: empty, so a limit keyed by it does not apply)."""
+    try:
+        return socket.inet_pton(socket.AF_INET, addr).decode("latin-1")
+    except OSError:
+        pass
+    try:
+        return socket.inet_pton(socket.AF_INET6, addr).decode("latin-1")
+    except OSError:
+        return ""
+
+
 def _proxy_add_x_forwarded_for(ex: Exchange) -> str:
     forwarded = ex.header_index.get(b"x-forwarded-for")
     if forwarded is None:
@@ -367,6 +380,10 @@ _VARIABLES: Final[dict[str, Variable]] = {
     v.name: v
     for v in (
         _v("remote_addr", lambda ex: ex.conn.remote_addr, plain=True),
+        _v("binary_remote_addr", lambda ex: _binary_addr(ex.conn.remote_addr)),
+        _v("realip_remote_addr", lambda ex: ex.conn.realip_remote_addr or ex.conn.remote_addr, plain=True),
+        _v("limit_req_status", lambda ex: ex.limit_req_status, empty_is_unset=True, plain=True),
+        _v("limit_conn_status", lambda ex: ex.limit_conn_status, empty_is_unset=True, plain=True),
         _v("remote_port", lambda ex: _port_text(ex.conn.remote_port), plain=True),
         _v("server_addr", lambda ex: ex.conn.server_addr, plain=True),
         _v("server_port", lambda ex: _port_text(ex.conn.server_port), plain=True),

@@ -15,7 +15,9 @@ Rules:
    thing after fork, so no worker keeps a listener a reload removed.
 7. The master creates the shared zone before the first fork and keeps it for its life:
    it assigns each peer a slot (kept across reloads while the peer exists) and each worker
-   a row (claimed before fork, released and repaired when the worker is reaped).
+   a row (claimed before fork, released and repaired when the worker is reaped). The
+   limit_req/limit_conn tables (limits/table.py) are created before the fork of the first
+   worker that uses them and kept across reloads while a zone keeps its kind, name, size.
 8. Binary upgrade (USR2, then WINCH and QUIT, or HUP to roll back) is ``upgrade.py``.
    WINCH retires this master's workers and keeps its sockets; HUP after WINCH spawns them
    again with the config this master has.
@@ -37,6 +39,7 @@ import time
 from types import MappingProxyType
 
 from prefork_lb.config.model import Config
+from prefork_lb.limits.table import TableSet
 from prefork_lb.log import reopen_error_log
 from prefork_lb.master import systemd
 from prefork_lb.master.listeners import Listener, ListenerSet, wanted_listens
@@ -86,6 +89,7 @@ class Master:
         self.prober_started = 0.0
         self.prober_respawn_at = 0.0  # monotonic time of a due respawn, 0 when none is due
         self.prober_stopping: set[int] = set()  # probers told to stop (reload, shutdown)
+        self.limit_tables = TableSet()  # limit_req/limit_conn state (rule 7), kept across reloads
         if inherited:
             zone_fd, sockets = parse_inherit(inherited)
             self.zone = Zone(zone_fd, os.fstat(zone_fd).st_size)
@@ -242,6 +246,7 @@ class Master:
             if ok:
                 self.stop_prober()
                 self.spawn_prober(reloaded=True)
+            self.limit_tables.prune(self.config.http.limit_zone_sizes())  # the config that runs now
         finally:
             systemd.ready()  # also after an aborted reload: the old generation still serves
         systemd.status(
@@ -324,6 +329,7 @@ class Master:
             peer_slots=MappingProxyType(peer_slots or self.peer_slots),
             ready_fd=w,
             log_fds=error_log_fds(),
+            limit_tables=MappingProxyType(self.limit_tables.for_zones(config.http.limit_zone_sizes())),
         )
         pid = os.fork()
         if pid == 0:  # the worker; never returns
@@ -409,6 +415,9 @@ class Master:
             if proc is None:
                 continue
             self.rows.release(pid)  # zero its row, recount peer connections from live rows
+            dropped = self.limit_tables.repair(proc.row)  # what its requests held in limit_conn
+            if dropped and not (proc.quitting or self.stopping):
+                log.warning("worker process %d held %d limit_conn count(s), released", pid, dropped)
             if proc.ready_fd >= 0:
                 os.close(proc.ready_fd)
                 proc.ready_fd = -1

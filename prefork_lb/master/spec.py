@@ -31,7 +31,9 @@ import os
 import signal
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from prefork_lb.config.model import Config
 from prefork_lb.master import systemd
@@ -59,6 +61,8 @@ class WorkerSpec:
     peer_slots: Mapping[str, int]
     ready_fd: int  # write end of the readiness pipe; one byte "R" when serving
     log_fds: tuple[int, ...]  # the error log's descriptors (stdio included when used)
+    # limit_req / limit_conn tables (limits/table.py): anonymous shared mappings, no descriptor
+    limit_tables: Mapping[tuple[int, str], Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def keep_fds(self) -> frozenset[int]:
         return STDIO | {self.ready_fd, *self.zone_fds, *self.log_fds, *(fd for _, fd in self.listeners)}

@@ -110,7 +110,7 @@ class Worker:
 
         self.parked_cell = ZL.row_base(self.row, self.zone.peers) + ZL.R_PARKED
         slots = dict(spec.peer_slots)
-        self.runtime = build_runtime(config, self.zone, slots, self.row)
+        self.runtime = build_runtime(config, self.zone, slots, self.row, dict(spec.limit_tables))
         from prefork_lb.stream.runtime import build_stream_runtime
 
         self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)

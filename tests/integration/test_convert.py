@@ -27,7 +27,7 @@ http {{
     gzip on;
     gzip_types text/plain;
     server_tokens off;
-    limit_req_zone $binary_remote_addr zone=one:10m rate=1r/s;
+    limit_rate_after 1m;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
     proxy_cache_path cache keys_zone=c:10m;
     upstream app {{ server {backend}; sticky cookie srv_id; }}
@@ -37,7 +37,7 @@ http {{
         location / {{
             proxy_pass http://app;
             proxy_cache c;
-            limit_req zone=one;
+            limit_rate 100k;
             if ($request_method = POST) {{ return 405; }}
         }}
         location /static/ {{ root /srv/www; try_files $uri =404; }}

@@ -1267,3 +1267,40 @@ def test_round_trip_header_rules(tmp_path: Path) -> None:
     assert b.proxy_redirect == () and b.add_header == (("X-Srv", "s", True),)
     assert c.proxy_redirect == ("default",)
     assert server.add_header == (("X-Srv", "s", True),)
+
+
+
+def test_limits_and_realip_map(tmp_path: Path) -> None:
+    """Catches: limit_req_zone / limit_req / limit_conn / realip reported as unsupported, or an
+    http-level realip lost (the contract has it per server: copied into each), or several
+    limit_req lines of a level not all kept (nginx checks them all)."""
+    config = load(
+        tmp_path,
+        """events {}
+http {
+    limit_req_zone $binary_remote_addr zone=one:1m rate=30r/m;
+    limit_conn_zone $binary_remote_addr zone=addr:1m;
+    set_real_ip_from 10.0.0.0/8;
+    real_ip_header X-Forwarded-For;
+    limit_req_status 429;
+    server {
+        listen 127.0.0.1:8080;
+        location / {
+            limit_req zone=one burst=5 nodelay;
+            limit_req zone=one burst=9 delay=2;
+            limit_conn addr 3;
+            limit_conn_dry_run on;
+            proxy_pass http://127.0.0.1:9001;
+        }
+    }
+}
+""",
+    )
+    server = config.http.servers[0]
+    loc = server.locations[0]
+    assert config.http.limit_req_zones["one"].rate_mrps == 500
+    assert [(r.burst, r.delay) for r in loc.limit_req] == [(5, None), (9, 2)]
+    assert [(c.zone, c.number) for c in loc.limit_conn] == [("addr", 3)]
+    assert (loc.limit_req_status, loc.limit_conn_dry_run) == (429, True)
+    assert server.realip is not None
+    assert (server.realip.trusted, server.realip.header) == (("10.0.0.0/8",), "X-Forwarded-For")
