@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefork_lb.config.load_shared import SSL_KEYS
 from prefork_lb.convert.read import Directive
 from prefork_lb.convert.toml_writer import Inline
 from prefork_lb.convert.unsupported import reason
@@ -355,7 +356,8 @@ def _ssl_protocols(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> Non
 
 # ---- TLS termination (http and stream servers; http/stream-level values are copied in) ----
 
-# keys the loader accepts only on a server with an ``ssl`` listen (load_shared.SSL_KEYS)
+# keys the loader accepts only on a server with an ``ssl`` listen
+_SSL_KEYS = SSL_KEYS
 _SSL_KEYS = (
     "ssl_certificate",
     "ssl_certificate_key",

@@ -63,8 +63,8 @@ DEFAULT_HIDDEN: Final = frozenset(
         b"x-accel-charset",
     }
 )
-# Never passed, whatever proxy_pass_header says: hop-by-hop (headers.py rule 1) and framing.
-NEVER_PASSED: Final = frozenset(
+# Hop-by-hop fields (headers.py rule 1): never forwarded either way.
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -74,9 +74,10 @@ NEVER_PASSED: Final = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"http2-settings",
-        b"content-length",
     }
 )
+# Never passed, whatever proxy_pass_header says: hop-by-hop (headers.py rule 1) and framing.
+NEVER_PASSED: Final = HOP_BY_HOP | frozenset({b"content-length"})
 # Rule 5: every CTL except HTAB, and DEL.
 UNSAFE: Final = str.maketrans({c: f"%{c:02X}" for c in (*range(0x09), *range(0x0A, 0x20), 0x7F)})
 

@@ -42,21 +42,9 @@ from http import HTTPStatus
 from typing import Final
 
 from prefork_lb.http.exchange import Exchange
-from prefork_lb.http.header_rules import DEFAULT_HIDDEN, DEFAULT_RULES, ResponseRules, safe_value
+from prefork_lb.http.header_rules import DEFAULT_HIDDEN, DEFAULT_RULES, HOP_BY_HOP, ResponseRules, safe_value
 from prefork_lb.http.template import Template, compile_template
 
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"http2-settings",
-    }
-)
 # Dropped from client requests besides the hop-by-hop set: we set framing and Host ourselves.
 _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"proxy-authorization"}
 # Dropped from upstream responses: framing is ours; nginx's default hidden set
