@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.backends import free_port
-from tests.harness import LB, accepts, basic_config, request, status_config, upstream_block, wait_for
+from tests.harness import LB, basic_config, request, status_config, upstream_block, wait_for
+from tests.nginx_conf import Nginx
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 OPENSSL = shutil.which("openssl")
@@ -64,20 +65,19 @@ def make_pki(d: Path) -> Pki:
     return Pki(d / "ca.crt", d / "other.crt", d / "up.crt", d / "up.key")
 
 
-class TlsNginx:
+class TlsNginx(Nginx):
     """nginx serving TLS; each response and log line names the TCP connection, its request
     count, whether the TLS session was resumed and the SNI name received."""
 
     def __init__(self, directory: Path, pki: Pki) -> None:
-        self.dir = directory
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
+        port = free_port()
+        self.addr = f"127.0.0.1:{port}"
         directory.mkdir(parents=True, exist_ok=True)
         user = "user root;" if os.geteuid() == 0 else ""
         inner = free_port()
         (directory / "big").mkdir()
         (directory / "big" / "file").write_bytes(os.urandom(5 << 20))
-        (directory / "nginx.conf").write_text(f"""
+        conf = f"""
 {user}
 worker_processes 1;
 daemon off;
@@ -107,23 +107,8 @@ http {{
         location / {{ return 200 "posted\\n"; }}
     }}
 }}
-""")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> TlsNginx:
-        assert NGINX is not None
-        self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: accepts(self.port), what="nginx to listen")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+"""
+        super().__init__(directory, port, conf)
 
     def log(self, lines: int) -> list[list[str]]:
         path = self.dir / "access.log"
