@@ -145,11 +145,7 @@ class Tunnel:
                 if idle_s and clock() - self.activity < idle_s:
                     continue  # the other direction moved: not idle (rule 4)
                 if not self.failed:
-                    log.error(
-                        "upstream timed out (110: Connection timed out) while proxying upgraded "
-                        "connection, upstream: %s",
-                        self.upstream_addr,
-                    )
+                    self._log_upstream_timeout()
                 self.abort()
                 return
             except OSError:
@@ -173,11 +169,7 @@ class Tunnel:
                             "client timed out (110: Connection timed out) while proxying upgraded connection"
                         )
                     else:
-                        log.error(
-                            "upstream timed out (110: Connection timed out) while proxying upgraded "
-                            "connection, upstream: %s",
-                            self.upstream_addr,
-                        )
+                        self._log_upstream_timeout()
                 self.abort()
                 return
             except OSError:
@@ -189,6 +181,12 @@ class Tunnel:
                 attempt.bytes_received += n
             else:
                 attempt.bytes_sent += n
+
+    def _log_upstream_timeout(self) -> None:
+        log.error(
+            "upstream timed out (110: Connection timed out) while proxying upgraded connection, upstream: %s",
+            self.upstream_addr,
+        )
 
     def abort(self) -> None:
         """Rule 4/5: end both directions now (a failure, or the worker's shutdown timeout)."""
