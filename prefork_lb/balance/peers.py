@@ -33,10 +33,18 @@ Rules:
    checked``), a peer whose ``P_HC_STATE`` is not ``HC_UP`` (checking, unhealthy) is out
    of every filter (``Peer.usable``, ``PeerTable.unusable``, the per-peer loops and the
    compiled ones), whatever max_fails says; in other groups the word is never read.
+11. ``drain`` (issue 19): a draining peer takes only requests bound to it by sticky. Every
+   filter reads ``Peer.out`` (down or draining) where it read ``down``, so drain costs
+   nothing more: the tables list it with the down peers and the compiled loops see weight
+   0 (``table.native_cfg``). ``usable_bound`` is the filter sticky applies to the bound peer:
+   draining allowed. A draining peer still counts in ``tries`` and ``total_weight``.
+12. ``sid`` is nginx's server identifier for sticky: ``route`` if set, else the lowercase hex
+   MD5 of the printable address ``ip:port`` (a unix socket: its path).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -60,13 +68,17 @@ class Peer:
         "addr",
         "backup",
         "down",
+        "drain",
         "fail_timeout_s",
         "hc",
         "index",
         "max_conns",
         "max_fails",
         "name",
+        "out",
+        "route",
         "server",
+        "sid",
         "slot",
         "slow_start_ms",
         "weight",
@@ -85,6 +97,12 @@ class Peer:
         self.fail_timeout_s = int(server.fail_timeout_s)
         self.max_conns = server.max_conns
         self.down = server.down
+        self.drain = server.drain
+        self.out = server.down or server.drain  # rule 11: what every non-sticky filter skips
+        self.route = server.route
+        a = server.address
+        printable = a.host if a.family == "unix" else a.text
+        self.sid = server.route or hashlib.md5(printable.encode()).hexdigest()
         self.backup = server.backup
         self.slow_start_ms = int(server.slow_start_s * 1000)
         self.hc = checked  # active health checks: P_HC_STATE must be HC_UP (rule 10)
@@ -141,7 +159,7 @@ class Peer:
 
     def usable(self, now_s: int) -> bool:
         """nginx's peer filter, without the per-request tried bit."""
-        if self.down:
+        if self.out:
             return False
         mv, b = self._mv, self._b
         if self.hc and mv[b + L.P_HC_STATE]:
@@ -153,6 +171,23 @@ class Peer:
         ):
             return False
         return not (self.max_conns and mv[b + L.P_CONNS] >= self.max_conns)
+
+    def usable_bound(self, now_s: int) -> bool:
+        """The filter for a peer a request is bound to by sticky (rule 11: drain allowed)."""
+        if self.down:
+            return False
+        if self.drain:
+            mv, b = self._mv, self._b
+            if self.hc and mv[b + L.P_HC_STATE]:
+                return False
+            if (
+                self.max_fails
+                and mv[b + L.P_FAILS] >= self.max_fails
+                and now_s - mv[b + L.P_CHECKED] <= self.fail_timeout_s
+            ):
+                return False
+            return not (self.max_conns and mv[b + L.P_CONNS] >= self.max_conns)
+        return self.usable(now_s)
 
     def weight_pct(self, now_ms: int) -> int:
         """slow_start: effective weight scale in percent (100 when not ramping)."""

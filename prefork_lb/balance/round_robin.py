@@ -38,7 +38,7 @@ def pick_round_robin(group: PeerGroup, sel: Selection, now_s: int) -> Peer | Non
     if group.single:
         only = group.primary.peers[0]
         if (
-            only.down
+            only.out
             or (only.max_conns and only.conns >= only.max_conns)
             or (only.hc and only._mv[only._b + L.P_HC_STATE])
         ):

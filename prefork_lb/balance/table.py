@@ -107,7 +107,7 @@ class PeerTable:
         self.inc100 = [w * 100 for w in self.weights]  # slow_start: weight * 100 percent
         self.total = sum(self.weights)
         self.total100 = self.total * 100
-        self.down = [p.index for p in peers if p.down]
+        self.down = [p.index for p in peers if p.out]  # down or draining (peers.py rule 11)
         self.caps: list[int] | None = None
         if any(p.max_conns for p in peers):
             self.caps = [p.max_conns or (1 << 64) for p in peers]
@@ -122,7 +122,7 @@ class PeerTable:
         self.rows = tuple(
             (p.index, p._b, 1 << p.index, p.weight, p.max_fails, p.fail_timeout_s, p.max_conns, p.hc)
             for p in peers
-            if not p.down
+            if not p.out
         )
         self._pack = struct.Struct(f"{n}q")
         self._zeros = [0] * n
@@ -202,9 +202,11 @@ class PeerTable:
 
     # ---- smooth weighted round robin over the whole list ----
 
-    def smooth(self, skip: set[int], now_ms: int = 0, scaled: bool = False) -> int:
+    def smooth(self, skip: set[int], now_ms: int = 0, scaled: bool = False, target: int = -1) -> int:
         """nginx's selection pass (``round_robin.smooth_pick``) over the positions not in
         ``skip`` (which holds every down peer); the chosen position, or -1 if none is left.
+        ``target`` (sticky, balance/sticky.py rule 2): a usable position that pays the total
+        in the winner's place.
 
         Regular peers (effective_weight == weight, no slow_start ramp) are one ``map``;
         the others are handled one by one, exactly as the per-peer loop does.
@@ -239,7 +241,7 @@ class PeerTable:
         for i in skip:
             x[i] = LOW
             total -= inc[i]
-        best = x.index(max(x))
+        best = x.index(max(x)) if target < 0 else target
         x[best] -= total
         for i in skip:
             x[i] = cws[i]
@@ -294,7 +296,7 @@ def native_cfg(peers: Sequence[Peer]) -> bytes | None:
     hot: list[int] = []
     cold: list[int] = []
     for p in peers:
-        hot += (p._b, 0 if p.down else p.weight, p.max_conns, p.max_fails)
+        hot += (p._b, 0 if p.out else p.weight, p.max_conns, p.max_fails)  # draining too
         cold += (p.fail_timeout_s, p.slow_start_ms)
     if any(not 0 <= v < 1 << 31 for v in hot) or limit >= 1 << 31:
         return None

@@ -260,6 +260,9 @@ class HttpLoader(SectionLoader):
         try:
             self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
             self.compile_maps(t, user)
+            from prefork_lb.config.load_sticky import check_variables
+
+            check_variables(t, self.upstreams)  # sticky route/lookup may name maps (load_sticky rule 2)
             http_settings = self.location_settings(t, {})
             http_logs = self.log_settings(t, None)
             servers = tuple(

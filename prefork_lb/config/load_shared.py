@@ -29,6 +29,7 @@ from prefork_lb.config.model import (
     Method,
     SslConfig,
     SslVerifyClient,
+    StickyConfig,
     UpstreamConfig,
     UpstreamServer,
 )
@@ -151,6 +152,7 @@ class SectionLoader:
         random_two = t.take("random", _random_options, False)
         least_time, inflight = t.take("least_time", _least_time, ("header", False))
         queue_size, queue_timeout = t.take("queue", _queue, (0, 60.0))
+        sticky_cfg, sticky_strict = _sticky(t, context)
         servers: list[UpstreamServer] = []
         server_tables = t.table_list("servers")
         if not server_tables:
@@ -180,6 +182,8 @@ class SectionLoader:
             queue_size=queue_size,
             queue_timeout_s=queue_timeout,
             context=context,
+            sticky=sticky_cfg,
+            sticky_strict=sticky_strict,
         )
 
     def upstream_server(self, t: Table) -> list[UpstreamServer]:
@@ -191,6 +195,8 @@ class SectionLoader:
         backup = t.take("backup", boolean, False)
         down = t.take("down", boolean, False)
         slow_start = t.take("slow_start", whole_seconds, 0.0)
+        route = t.take("route", _route, "")
+        drain = t.take("drain", boolean, False)
         t.finish()
         try:
             addrs = resolve(text)
@@ -207,6 +213,8 @@ class SectionLoader:
                 backup=backup,
                 down=down,
                 slow_start_s=slow_start,
+                route=route,
+                drain=drain,
             )
             for a in addrs
         ]
@@ -338,6 +346,27 @@ def _least_time(v: object) -> tuple[Any, bool]:
     if not words or words[0] not in ("header", "last_byte") or words[1:] not in ([], ["inflight"]):
         raise ValueError('must be "header", "last_byte", "header inflight" or "last_byte inflight"')
     return words[0], len(words) == 2
+
+
+def _sticky(t: Table, context: Context) -> tuple[StickyConfig | None, bool]:
+    """``sticky`` and ``sticky_strict`` (config/load_sticky.py); stream has neither."""
+    from prefork_lb.config import load_sticky
+
+    if context == "stream":
+        load_sticky.reject_in_stream(t)
+        return None, False
+    cfg = load_sticky.sticky(t) if t.has("sticky") else None
+    strict = t.take("sticky_strict", boolean, False)
+    if strict and cfg is None:
+        raise t.error("sticky_strict", "needs sticky in the same upstream")
+    return cfg, strict
+
+
+def _route(v: object) -> str:
+    text = string(v)
+    if not text or len(text) > 32 or not all(c.isalnum() or c in "-_." for c in text):
+        raise ValueError("must be 1-32 characters of letters, digits, '-', '_' or '.'")
+    return text
 
 
 def _check_method_options(t: Table, method: str, servers: list[UpstreamServer]) -> None:

@@ -106,6 +106,34 @@ class UpstreamServer:
     backup: bool = False
     down: bool = False
     slow_start_s: float = 0.0
+    route: str = ""  # sticky: the server identifier (nginx ``route=``); "" = md5 of ip:port
+    drain: bool = False  # only requests bound to it by sticky (nginx ``drain``)
+
+
+StickyMode = Literal["cookie", "route", "learn"]
+
+
+@dataclass(frozen=True, slots=True)
+class StickyConfig:
+    """An upstream's ``sticky`` (balance/sticky.py): one of nginx's three forms."""
+
+    mode: StickyMode
+    cookie: str = ""  # cookie: the cookie name
+    expires_s: float = 0.0  # cookie: max-age; 0 = a session cookie (unless expires_max)
+    expires_max: bool = False  # cookie: expires=max (nginx's fixed date, max-age 315360000)
+    domain: str = ""
+    path: str = ""
+    httponly: bool = False
+    secure: bool = False
+    samesite: str = ""  # "strict" | "lax" | "none" | a template ("$var"); "" = not sent
+    route: tuple[str, ...] = ()  # route: variable templates, the first non-empty one counts
+    create: tuple[str, ...] = ()  # learn: "$upstream_cookie_NAME" / "$upstream_http_NAME"
+    lookup: tuple[str, ...] = ()  # learn: request variable templates
+    zone: str = ""  # learn: the shared session table's name
+    zone_size_bytes: int = 0
+    timeout_s: float = 600.0  # learn: a session unused this long is forgotten (nginx 10m)
+    header: bool = False  # learn: learn from the response head, not at the response's end
+    key: str = field(default="", compare=False)  # "http.upstreams.NAME.sticky", for messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +155,8 @@ class UpstreamConfig:
     queue_timeout_s: float = 60.0
     context: Literal["http", "stream"] = "http"
     checked: bool = False  # some active health check probes this group (Config.health_checks)
+    sticky: StickyConfig | None = None  # session persistence (balance/sticky.py); None: no cost
+    sticky_strict: bool = False  # Angie: the bound server unusable -> 502, not rebalancing
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +342,11 @@ class HttpConfig:
 
         out = {(KIND_REQ, z.name): z.size_bytes for z in self.limit_req_zones.values()}
         out.update({(KIND_CONN, z.name): z.size_bytes for z in self.limit_conn_zones.values()})
+        from prefork_lb.balance.learn import KIND_STICKY  # sticky learn session tables
+
+        for up in self.upstreams.values():
+            if up.sticky is not None and up.sticky.mode == "learn":
+                out[(KIND_STICKY, up.sticky.zone)] = up.sticky.zone_size_bytes
         return out
 
 

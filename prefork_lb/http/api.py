@@ -162,6 +162,8 @@ class StatusReader:
     def _state(self, peer: Peer) -> str:
         if peer.down:
             return "down"
+        if peer.drain:  # issue 19: only sticky-bound requests reach it (NGINX Plus "draining")
+            return "draining"
         if peer.hc:  # active health checks (health/state.py) come before passive ones
             hc = self.mv[peer._b + L.P_HC_STATE]
             if hc == L.HC_UNHEALTHY:
@@ -261,11 +263,17 @@ class StatusReader:
         }
 
     def http_upstreams(self) -> dict[str, Any]:
-        return {
+        out = {
             name: self._upstream(name, up.group, len(up.pool), self._http_peer)
             for name, up in self.http.upstreams.items()
             if not up.config.implicit
         }
+        for name, up in self.http.upstreams.items():
+            if up.sticky is not None and name in out:  # sticky learn: its table's figures
+                report = up.sticky.report(self.now_ms)
+                if report is not None:
+                    out[name]["sticky"] = report
+        return out
 
     def stream_upstreams(self) -> dict[str, Any]:
         seen: dict[str, Any] = {}

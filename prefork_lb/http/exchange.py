@@ -86,6 +86,7 @@ class Exchange:
     limit_req_status: str = ""
     limit_conn_status: str = ""
     limit_conn_held: list[tuple[memoryview, int, int]] | None = None
+    sticky_status: str = ""  # $upstream_sticky_status: NEW, HIT, MISS (balance/sticky.py rule 4)
 
     @property
     def remote_addr(self) -> str:  # balance.base.RequestKey

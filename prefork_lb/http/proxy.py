@@ -43,6 +43,11 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
 11. TLS to upstreams (issue 14, http/upstream_tls.py): a new connection is handshaken in
    ``_open`` within ``proxy_connect_timeout``; a failure is the attempt's (502, charged,
    retried as "error"). Pooled TLS connections are looked up by their own key.
+12. Sticky (issue 19, balance/sticky.py): an upstream with ``sticky`` picks through its
+   ``Sticky`` with the request's ``Binding`` (in the pick's critical section, which also
+   sets ``$upstream_sticky_status``); the head of the relayed response gets the cookie
+   naming the peer that answered, or gives the learn table its session (right away with
+   ``header``, else in the last release's critical section). Without sticky: one flag test.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import socket as stdsocket
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection
+from prefork_lb.balance.sticky import Binding
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
 from prefork_lb.http.headers import build_upstream_head, upgrade_value
@@ -164,7 +170,19 @@ class ProxyOutcome(NamedTuple):
 class Proxy:
     """One request through one location's upstream group."""
 
-    __slots__ = ("body", "client", "ex", "head", "keep_alive", "lr", "now", "status_zone", "up", "upgrade")
+    __slots__ = (
+        "binding",
+        "body",
+        "client",
+        "ex",
+        "head",
+        "keep_alive",
+        "lr",
+        "now",
+        "status_zone",
+        "up",
+        "upgrade",
+    )
 
     def __init__(
         self,
@@ -188,6 +206,7 @@ class Proxy:
         self.keep_alive = keep_alive
         self.status_zone = status_zone
         self.upgrade = False  # rule 10: an Upgrade went upstream, so a 101 is a switch
+        self.binding = None if self.up.sticky is None else Binding()  # rule 12
 
     def run(self) -> ProxyOutcome:
         """Proxy the request (rule 9: the connection applies the outcome)."""
@@ -284,6 +303,8 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, False, attempt)
                 return ProxyOutcome(self.client.respond_error(ex, status), False)
+            if self.binding is not None:
+                self._sticky_head(peer, resp)
             if status == 101:  # rule 10: the tunnel holds the peer until it ends
                 keep_alive = self._tunnel(conn, resp, leftover, attempt, now)
             else:
@@ -292,16 +313,44 @@ class Proxy:
 
     def _pick(self, sel: Selection) -> Peer | None:
         zone = self.up.group.zone
+        binding = self.binding
         zone.lock()
         try:
-            return self.up.balancer.pick(sel, self.ex, int(self.now()))
+            if binding is None:
+                return self.up.balancer.pick(sel, self.ex, int(self.now()))
+            sticky = self.up.sticky
+            assert sticky is not None
+            now = self.now()
+            peer = sticky.pick(binding, sel, self.ex, int(now), int(now * 1000))
         finally:
             zone.unlock()
+        self.ex.sticky_status = binding.status
+        return peer
+
+    def _sticky_head(self, peer: Peer, resp: ResponseHead) -> None:
+        """Rule 12: the response head names the peer that answered (cookie), or teaches
+        the learn table a session (at once with ``header``, else at the last release)."""
+        sticky = self.up.sticky
+        binding = self.binding
+        assert sticky is not None and binding is not None
+        if sticky.cfg.mode == "cookie":
+            resp.headers.append((b"Set-Cookie", sticky.set_cookie(peer, int(self.now()), self.ex)))
+        elif sticky.table is not None:
+            value = sticky.created(resp.headers)
+            if value and sticky.cfg.header:
+                zone = self.up.group.zone
+                zone.lock()
+                try:
+                    sticky.learn(value, peer, int(self.now() * 1000))
+                finally:
+                    zone.unlock()
+            else:
+                binding.learned = value
 
     def _all_busy(self) -> bool:
         """Queue only for max_conns: some server would be usable but for its limit."""
         group = self.up.group
-        return any(p.max_conns and not p.down and p.conns >= p.max_conns for p in group.all_peers())
+        return any(p.max_conns and not p.out and p.conns >= p.max_conns for p in group.all_peers())
 
     def _free(
         self,
@@ -342,6 +391,9 @@ class Proxy:
                     int((attempt.response_time_s or 0.0) * 1000),
                 )
             disabled = free(sel, peer, failed, int(now), int(now * 1000))
+            binding = self.binding
+            if last and binding is not None and binding.learned and up.sticky is not None:
+                up.sticky.learn(binding.learned, peer, int(now * 1000))  # rule 12: at the end
             status_zone = self.status_zone
             if last and status_zone is not None:
                 ex = self.ex

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefork_lb.balance.base import Balancer
+from prefork_lb.balance.learn import KIND_STICKY
 from prefork_lb.balance.peers import PeerGroup
 from prefork_lb.balance.registry import make_balancer
+from prefork_lb.balance.sticky import Sticky
 from prefork_lb.config.model import (
     Config,
     LocationConfig,
@@ -48,6 +50,7 @@ class UpstreamRuntime:
     balancer: Balancer
     pool: KeepalivePool
     queue: RequestQueue | None
+    sticky: Sticky | None = None  # session persistence (balance/sticky.py); None: not configured
 
 
 @dataclass(slots=True)
@@ -158,9 +161,14 @@ def build_runtime(
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         queue = RequestQueue(up.queue_size, up.queue_timeout_s) if up.queue_size else None
-        upstreams[name] = UpstreamRuntime(
-            up, group, make_balancer(up, group, compile_template), KeepalivePool(up), queue
-        )
+        balancer = make_balancer(up, group, compile_template)
+        sticky = None
+        if up.sticky is not None:  # issue 19; learn's table is the master's (balance/learn.py)
+            table = (
+                (limit_tables or {}).get((KIND_STICKY, up.sticky.zone)) if up.sticky.mode == "learn" else None
+            )
+            sticky = Sticky(up, group, balancer, compile_template, table)
+        upstreams[name] = UpstreamRuntime(up, group, balancer, KeepalivePool(up), queue, sticky)
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}

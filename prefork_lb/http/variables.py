@@ -451,6 +451,7 @@ _VARIABLES: Final[dict[str, Variable]] = {
             empty_is_unset=True,
             plain=True,
         ),
+        _v("upstream_sticky_status", lambda ex: ex.sticky_status, empty_is_unset=True, plain=True),
         _v("upstream_bytes_sent", _upstream(lambda a: str(a.bytes_sent)), empty_is_unset=True, plain=True),
         _v(
             "upstream_bytes_received",
