@@ -15,7 +15,7 @@ Rules:
 2. The bound peer is taken when it is in the list the request is on (primary, or backup
    once switched), not tried by this request, and usable with draining allowed
    (``Peer.usable_bound``). Round robin then still runs its weight update with the bound
-   peer in the winner's place (``PeerTable.smooth(target=)``): every usable peer's
+   peer in the winner's place (``account``): every usable peer's
    current_weight grows by its effective weight and the bound peer pays the total, so
    bound traffic is accounted; nginx skips the update once the bound peer's current_weight
    is at or below -(total_weight - weight), and so do we; a draining bound peer is taken
@@ -46,8 +46,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prefork_lb.balance import learn
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
+from prefork_lb.balance.table import PeerTable
 from prefork_lb.config.load_sticky import create_parts
 from prefork_lb.config.model import StickyConfig, UpstreamConfig
+from prefork_lb.zone import layout as L
 
 if TYPE_CHECKING:
     from prefork_lb.balance.base import Balancer, KeyTemplate
@@ -156,12 +158,13 @@ class Sticky:
             on_list = current is self.group.backup if bound.backup else current is self.group.primary
             if on_list and not sel.tried & (1 << bound.index) and bound.usable_bound(now_s):
                 b.status = HIT
-                if self.rr and not bound.drain and not self.group.single:
-                    table = current.table
-                    if bound.current_weight > bound.weight - current.total_weight:
-                        table.smooth(
-                            table.unusable(sel.tried, now_s), now_ms, self.group.slow_start, bound.index
-                        )
+                if (
+                    self.rr
+                    and not bound.drain
+                    and not self.group.single
+                    and bound.current_weight > bound.weight - current.total_weight
+                ):
+                    account(current.table, bound.index, sel.tried, now_s, now_ms, self.group.slow_start)
                 return take(sel, bound, now_s)
             b.status = MISS
             if self.strict:
@@ -240,6 +243,26 @@ class Sticky:
             "sessions": learn.live(mv, self.table_buckets, now_ms, self.timeout_ms),
             "evictions": learn.evictions(mv),
         }
+
+
+def account(table: PeerTable, target: int, tried: int, now_s: int, now_ms: int, scaled: bool) -> None:
+    """Rule 2's weight update with ``target`` (usable, not tried) paying the total. With the
+    compiled loops (and no slow_start ramp) nginx's pass runs in C and the total is moved from
+    its winner to ``target`` afterwards: the winner paid ``cw_before + ew_before - cw_after``.
+    Both paths leave the same words as ``PeerTable.smooth(target=)``."""
+    loops = table.native
+    if loops is None or scaled:
+        table.smooth(table.unusable(tried, now_s), now_ms, scaled, target)
+        return
+    cws = table.read(L.P_CW)
+    ews = table.weights if table.at_weight() else table.read(L.P_EW)
+    winner = loops.smooth(table.mv, table.cfg, tried, now_s, 0, False)
+    if winner >= 0 and winner != target:
+        mv, bases = table.mv, table.bases
+        w = bases[winner] + L.P_CW
+        total = cws[winner] + ews[winner] - mv[w]
+        mv[w] += total
+        mv[bases[target] + L.P_CW] -= total
 
 
 def cookie_tail(

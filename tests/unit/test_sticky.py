@@ -137,6 +137,38 @@ def test_round_robin_accounts_bound_requests() -> None:
     # without sticky's accounting the unbound ones would alternate a, b
 
 
+@pytest.mark.parametrize("peers", [3, 14])
+def test_bound_accounting_same_on_both_builds(peers: int) -> None:
+    """``account`` with the compiled loops leaves exactly the words of the pure pass, with
+    failures (irregular effective weights), tried bits and varied weights."""
+    import random
+
+    from prefork_lb.balance.sticky import account
+    from prefork_lb.zone import layout as L
+
+    rng = random.Random(peers)
+    srv = tuple(
+        UpstreamServer(Address("inet", "127.0.0.1", 9001 + i), f"s{i}", weight=1 + i % 4, max_fails=2)
+        for i in range(peers)
+    )
+    groups = [build(srv)[0] for _ in range(2)]
+    if groups[1].primary.table.native is None:
+        pytest.skip("compiled loops not built")
+    groups[0].primary.table.native = None
+    for step in range(300):
+        target = rng.randrange(peers)
+        tried = 0 if step % 3 else 1 << ((target + 1) % peers)
+        for g in groups:
+            account(g.primary.table, target, tried, NOW, NOW * 1000, False)
+        if step % 17 == 0:  # a failure: effective weights irregular for a while
+            victim = rng.randrange(peers)
+            for g in groups:
+                p = g.primary.peers[victim]
+                p._mv[p._b + L.P_EW] = max(0, p.effective_weight - 2)
+        words = [[(p.current_weight, p.effective_weight) for p in g.primary.peers] for g in groups]
+        assert words[0] == words[1]
+
+
 def test_round_robin_update_skipped_at_the_floor() -> None:
     """Bound b keeps paying until cw <= -(total - weight); then the update is skipped."""
     group, st = build(servers(3))
