@@ -32,6 +32,9 @@ error_log_level = "info"
 access_log = "access.log"
 [http.log_formats]
 st = '{FORMAT}'
+[http.maps.route_cookie]
+source = "$cookie_jsessionid"
+values = {{ '~.+\\.(\\w+)$' = "$1" }}
 
 {upstream}
 
@@ -151,7 +154,7 @@ def test_route_and_drain_in_config(tmp_path: Path) -> None:
         up = (
             "[http.upstreams.backend]\n"
             'method = "least_conn"\n'
-            'sticky = { route = ["$cookie_route", "$arg_route"] }\n'
+            'sticky = { route = ["$route_cookie", "$cookie_route", "$arg_route"] }\n'
             f'servers = [{{ address = "{a}", route = "a", drain = true }},'
             f' {{ address = "{b}", route = "b" }}, {{ address = "{c}", route = "c" }}]\n'
         )
@@ -164,6 +167,9 @@ def test_route_and_drain_in_config(tmp_path: Path) -> None:
             # the cookie comes first, the argument second
             assert lb.get("/?route=b", headers={"Cookie": "route=a"})[2].decode().strip() == str(be.ports[0])
             assert "set-cookie" not in lb.get("/?route=b")[1]  # route mode sets no cookie
+            # nginx's documented map: the route is the suffix of JSESSIONID
+            jsession = {"Cookie": "jsessionid=0A1B2C.c; route=b"}
+            assert lb.get("/", headers=jsession)[2].decode().strip() == str(be.ports[2])
             peers = api_upstream(api_port)["peers"]
             assert [p["state"] for p in peers] == ["draining", "up", "up"]  # type: ignore[index]
 
@@ -215,8 +221,9 @@ def learned_session(headers: dict[str, str]) -> str:
     return headers["set-cookie"].split(";")[0].split("=", 1)[1]
 
 
+@pytest.mark.parametrize("header", [False, True])
 def test_learn_binds_sessions_in_every_worker_and_across_reload(
-    tmp_path: Path, session_backends: list[SessionBackend]
+    tmp_path: Path, session_backends: list[SessionBackend], header: bool
 ) -> None:
     """A backend creates ``sessionid``; from the next request on, whichever worker takes
     it, the session goes to that backend (the table is shared); a reload keeps it; the API
@@ -229,7 +236,8 @@ def test_learn_binds_sessions_in_every_worker_and_across_reload(
     up = (
         "[http.upstreams.backend]\n"
         'sticky = { learn = true, create = ["$upstream_cookie_sessionid", "$upstream_http_x_session"],'
-        ' lookup = ["$cookie_sessionid", "$http_x_session"], zone = "client_sessions:1m", timeout = "1h" }\n'
+        ' lookup = ["$cookie_sessionid", "$http_x_session"], zone = "client_sessions:1m", timeout = "1h",'
+        f" header = {str(header).lower()} }}\n"
         "servers = [" + ", ".join(f'{{ address = "{a}" }}' for a in addrs) + "]\n"
     )
     with LB(tmp_path, config(port, api_port, up, workers=2), port) as lb:
