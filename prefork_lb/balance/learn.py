@@ -104,9 +104,10 @@ def evictions(mv: memoryview) -> int:
 
 
 def live(mv: memoryview, buckets: int, now_ms: int, timeout_ms: int) -> int:
-    """Sessions not expired (the API's count; a scan, so only for the API)."""
-    n = 0
-    for e in range(HEADER_WORDS, HEADER_WORDS + buckets * WAYS * ENTRY_WORDS, ENTRY_WORDS):
-        if mv[e + E_KEY] and now_ms - mv[e + E_LAST_MS] <= timeout_ms:
-            n += 1
-    return n
+    """Sessions not expired (the API's count: a scan of two strided slices, ~1 ms per MiB;
+    read without the lock, so a store racing with it may be counted or not)."""
+    end = HEADER_WORDS + buckets * WAYS * ENTRY_WORDS
+    keys = mv[HEADER_WORDS + E_KEY : end : ENTRY_WORDS].tolist()
+    lasts = mv[HEADER_WORDS + E_LAST_MS : end : ENTRY_WORDS].tolist()
+    oldest = now_ms - timeout_ms
+    return sum(1 for k, t in zip(keys, lasts, strict=True) if k and t >= oldest)
