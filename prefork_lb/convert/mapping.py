@@ -981,6 +981,52 @@ def _queue(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     m.put(t, path, "queue", q, d)
 
 
+def _sticky(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """nginx's ``sticky cookie|route|learn`` (issue 19; config/load_sticky.py)."""
+    if path.startswith("stream"):
+        m.skip(d, "has no equivalent in stream upstreams (nginx's sticky is http only)")
+        return
+    form, args = (d.args[0], d.args[1:]) if d.args else ("", [])
+    st = Inline()
+    if form == "cookie" and args:
+        st["cookie"] = args[0]
+        for word in args[1:]:
+            name, eq, value = word.partition("=")
+            if name in ("expires", "domain", "path", "samesite") and eq:
+                st[name] = value
+            elif word in ("httponly", "secure"):
+                st[word] = True
+            else:
+                m.differ(d, f'"{word}" is not supported; the cookie is set without it')
+    elif form == "route" and args:
+        st["route"] = list(args)
+    elif form == "learn":
+        st["learn"] = True
+        create: list[str] = []
+        lookup: list[str] = []
+        for word in args:
+            name, eq, value = word.partition("=")
+            if name == "create" and eq:
+                create.append(value)
+            elif name == "lookup" and eq:
+                lookup.append(value)
+            elif name in ("zone", "timeout") and eq:
+                st[name] = value
+            elif word == "header":
+                st["header"] = True
+            elif word != "sync":  # zone_sync: one server's table is already server-wide here
+                m.differ(d, f'"{word}" is not supported; sessions are learned without it')
+        st["create"], st["lookup"] = create, lookup
+    else:
+        m.skip(d, "is not understood (sticky cookie NAME ..., sticky route $v ..., sticky learn ...)")
+        return
+    m.put(t, path, "sticky", st, d)
+
+
+def _sticky_strict(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    m.put(t, path, "sticky_strict", d.args[:1] == ["on"], d)
+
+
 def _zone(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     """Peer state is always in the shared zone; its size is the global zone_size."""
 
@@ -994,8 +1040,10 @@ def _upstream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> N
             entry[name] = scalar(value)
         elif name in ("fail_timeout", "slow_start") and eq:
             entry[name] = value
-        elif word in ("backup", "down"):
+        elif word in ("backup", "down", "drain"):
             entry[word] = True
+        elif name in ("route", "sid") and eq:  # sticky's server identifier (Angie: sid=)
+            entry["route"] = value
         else:
             m.differ(d, f'"{word}" is not supported; the server is used without it')
     kp = f"{path}.servers[{len(servers)}]"
@@ -1189,6 +1237,8 @@ _UPSTREAM: dict[str, Handler] = {
     "random": _random,
     "least_time": _least_time,
     "queue": _queue,
+    "sticky": _sticky,
+    "sticky_strict": _sticky_strict,
     "zone": _zone,
     "keepalive": _simple,
     "keepalive_requests": _simple,

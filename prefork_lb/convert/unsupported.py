@@ -129,8 +129,6 @@ NOT_YET: dict[str, str] = {
     "limit_rate*": f"{_PLANNED}: rate limiting",
     "proxy_cache*": f"{_PLANNED}: caching",
     "proxy_no_cache": f"{_PLANNED}: caching",
-    "sticky": f'{_PLANNED}: session persistence; meanwhile `method = "hash"` on a cookie keeps clients on '
-    "one server",
     "health_check": f"{_PLANNED}: active health checks (passive checks work: max_fails, fail_timeout)",
     "match": f"{_PLANNED}: active health checks",
     "http2": f"{_PLANNED}: HTTP/2 (prefork-lb serves HTTP/1.1)",

@@ -30,7 +30,7 @@ http {{
     limit_rate_after 1m;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
     proxy_cache_path cache keys_zone=c:10m;
-    upstream app {{ server {backend}; sticky cookie srv_id; }}
+    upstream app {{ server {backend}; ntlm; }}
     server {{
         listen 127.0.0.1:{port};
         add_header X-Frame-Options DENY;

@@ -85,7 +85,7 @@ def test_mapping_upstream_family() -> None:
             d("keepalive", "16"),
             d("keepalive_timeout", "30s"),
             d("server", "10.0.0.1", "weight=5", "max_fails=3", "fail_timeout=30s", line=7, comment="big"),
-            d("server", "10.0.0.2:8080", "max_conns=10", "down", "route=a", line=8),
+            d("server", "10.0.0.2:8080", "max_conns=10", "down", "resolve", line=8),
             d("server", "[::1]", "slow_start=10s"),
         ],
     )
@@ -103,7 +103,7 @@ def test_mapping_upstream_family() -> None:
         ],
     }
     assert [str(n) for n in out.notes] == [
-        'nginx.conf:8: "server 10.0.0.2:8080 max_conns=10 down route=a": "route=a" is not supported; '
+        'nginx.conf:8: "server 10.0.0.2:8080 max_conns=10 down resolve": "resolve" is not supported; '
         "the server is used without it"
     ]
     assert out.comments["http.upstreams.app.servers[0]"] == "big"

@@ -389,3 +389,55 @@ def test_mmap_is_shared_after_fork() -> None:
     """The learn table is the limits tables' anonymous MAP_SHARED mapping (shared by fork)."""
     assert LimitTable(learn.KIND_STICKY, learn.MIN_BYTES)._mmap is not None
     assert mmap.MAP_SHARED
+
+
+NGINX_CONF = """
+events {}
+http {
+    upstream backend {
+        least_conn;
+        sticky cookie srv_id expires=1h domain=.example.com path=/ httponly secure samesite=lax;
+        server 127.0.0.1:9001 route=a;
+        server 127.0.0.1:9002 route=b drain;
+    }
+    upstream learned {
+        sticky learn create=$upstream_cookie_sessionid lookup=$cookie_sessionid zone=client_sessions:1m
+                     timeout=1h header sync;
+        server 127.0.0.1:9003;
+    }
+    upstream routed {
+        sticky route $cookie_route $arg_route;
+        sticky_strict on;
+        server 127.0.0.1:9004 sid=x;
+    }
+    server {
+        listen 127.0.0.1:8080;
+        location / { proxy_pass http://backend; }
+        location /l/ { proxy_pass http://learned; }
+        location /r/ { proxy_pass http://routed; }
+    }
+}
+"""
+
+
+def test_convert_maps_nginx_sticky(tmp_path: Path) -> None:
+    """``prefork-lb convert`` / ``-c nginx.conf``: sticky, sticky_strict, route=/sid=, drain."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF)
+    ups = load_config(str(conf)).http.upstreams
+    assert ups["backend"].sticky == StickyConfig(
+        "cookie", "srv_id", 3600.0, False, ".example.com", "/", True, True, "lax"
+    )
+    assert [(s.route, s.drain) for s in ups["backend"].servers] == [("a", False), ("b", True)]
+    learned = ups["learned"].sticky
+    assert learned is not None
+    assert (learned.create, learned.lookup, learned.zone, learned.timeout_s, learned.header) == (
+        ("$upstream_cookie_sessionid",),
+        ("$cookie_sessionid",),
+        "client_sessions",
+        3600.0,
+        True,
+    )
+    routed = ups["routed"]
+    assert routed.sticky is not None and routed.sticky.route == ("$cookie_route", "$arg_route")
+    assert routed.sticky_strict and routed.servers[0].route == "x"
