@@ -50,6 +50,9 @@ listen = ["127.0.0.1:{api_port}"]
   [[http.servers.locations]]
   match = "/api/"
   api = true
+  [[http.servers.locations]]
+  match = "= /metrics"
+  metrics = true
 """
 
 
@@ -172,6 +175,9 @@ def test_route_and_drain_in_config(tmp_path: Path) -> None:
             assert lb.get("/", headers=jsession)[2].decode().strip() == str(be.ports[2])
             peers = api_upstream(api_port)["peers"]
             assert [p["state"] for p in peers] == ["draining", "up", "up"]  # type: ignore[index]
+            metrics = request(api_port, "GET", "/metrics")[2].decode()
+            states = [ln for ln in metrics.splitlines() if ln.startswith("nginxplus_upstream_server_state{")]
+            assert any(f'server="{a}"' in line and line.endswith(" 2.0") for line in states), states
 
 
 class SessionBackend(http.server.ThreadingHTTPServer):
