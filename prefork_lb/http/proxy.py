@@ -303,12 +303,11 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, False, attempt)
                 return ProxyOutcome(self.client.respond_error(ex, status), False)
-            if self.binding is not None:
-                self._sticky_head(peer, resp)
+            cookie = self._sticky_head(peer, resp) if self.binding is not None else b""
             if status == 101:  # rule 10: the tunnel holds the peer until it ends
                 keep_alive = self._tunnel(conn, resp, leftover, attempt, now)
             else:
-                keep_alive = self._relay(conn, resp, leftover, attempt, now)
+                keep_alive = self._relay(conn, resp, leftover, attempt, now, cookie)
             return ProxyOutcome(keep_alive, self._free(sel, peer, False, attempt, last=True))
 
     def _pick(self, sel: Selection) -> Peer | None:
@@ -327,15 +326,16 @@ class Proxy:
         self.ex.sticky_status = binding.status
         return peer
 
-    def _sticky_head(self, peer: Peer, resp: ResponseHead) -> None:
-        """Rule 12: the response head names the peer that answered (cookie), or teaches
-        the learn table a session (at once with ``header``, else at the last release)."""
+    def _sticky_head(self, peer: Peer, resp: ResponseHead) -> bytes:
+        """Rule 12: the cookie field naming the peer that answered (our own field, so
+        ``proxy_hide_header Set-Cookie`` does not remove it, as in nginx), or b"" after
+        teaching the learn table a session (at once with ``header``, else at the last release)."""
         sticky = self.up.sticky
         binding = self.binding
         assert sticky is not None and binding is not None
         if sticky.cfg.mode == "cookie":
-            resp.headers.append((b"Set-Cookie", sticky.set_cookie(peer, int(self.now()), self.ex)))
-        elif sticky.table is not None:
+            return b"Set-Cookie: " + sticky.set_cookie(peer, int(self.now()), self.ex) + b"\r\n"
+        if sticky.table is not None:
             value = sticky.created(resp.headers)
             if value and sticky.cfg.header:
                 zone = self.up.group.zone
@@ -346,6 +346,7 @@ class Proxy:
                     zone.unlock()
             else:
                 binding.learned = value
+        return b""
 
     def _all_busy(self) -> bool:
         """Queue only for max_conns: some server would be usable but for its limit."""
@@ -594,9 +595,16 @@ class Proxy:
         return False
 
     def _relay(
-        self, conn: UpstreamConnection, resp: ResponseHead, leftover: bytes, attempt: Attempt, start: float
+        self,
+        conn: UpstreamConnection,
+        resp: ResponseHead,
+        leftover: bytes,
+        attempt: Attempt,
+        start: float,
+        extra: bytes = b"",
     ) -> bool:
-        """Relay the response; whether the client connection may stay open."""
+        """Relay the response; whether the client connection may stay open. ``extra``: our
+        own fields for the head (sticky's Set-Cookie)."""
         ex = self.ex
         keep_alive = reusable = False
         try:
@@ -612,6 +620,7 @@ class Proxy:
                 self.lr.config.proxy_read_timeout_s,
                 self.now(),
                 self.lr.headers,
+                extra,
             )
         finally:
             attempt.response_time_s = self.now() - start

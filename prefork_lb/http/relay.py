@@ -62,9 +62,11 @@ def relay(
     read_timeout_s: float,
     now: float,
     rules: ResponseRules = DEFAULT_RULES,
+    extra: bytes = b"",
 ) -> tuple[bool, bool]:
     """Send ``resp`` and its body (``leftover`` first) to the client; rule 4's pair.
-    ``rules``: the location's header rules (http/header_rules.py)."""
+    ``rules``: the location's header rules (http/header_rules.py); ``extra``: ready fields
+    of our own (sticky's Set-Cookie), sent before the framing field, never hidden."""
     http11 = req.version >= (1, 1)
     framing = resp.framing
     if framing == "length":
@@ -79,6 +81,8 @@ def relay(
         field = _CHUNKED
     else:
         field, keep_alive = b"", False
+    if extra:
+        field = extra + field
     status, reason = resp.status, resp.reason
     if ex.status_override:  # issue 16: error_page "=CODE" (or the original status) over its target
         status, reason = ex.status_override, b""
