@@ -149,6 +149,10 @@ class Sticky:
 
     # ---- the choice (rules 1-4) ----
 
+    def new_binding(self) -> Binding:
+        """A request's state (the proxy knows no balancing module: it asks its upstream's)."""
+        return Binding()
+
     def pick(self, b: Binding, sel: Selection, req: Any, now_s: int, now_ms: int) -> Peer | None:
         if not b.resolved:
             self._resolve(b, req, now_ms)

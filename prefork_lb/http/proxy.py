@@ -58,7 +58,6 @@ import socket as stdsocket
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection
-from prefork_lb.balance.sticky import Binding
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
 from prefork_lb.http.headers import build_upstream_head, upgrade_value
@@ -206,7 +205,8 @@ class Proxy:
         self.keep_alive = keep_alive
         self.status_zone = status_zone
         self.upgrade = False  # rule 10: an Upgrade went upstream, so a 101 is a switch
-        self.binding = None if self.up.sticky is None else Binding()  # rule 12
+        sticky = self.up.sticky
+        self.binding = None if sticky is None else sticky.new_binding()  # rule 12
 
     def run(self) -> ProxyOutcome:
         """Proxy the request (rule 9: the connection applies the outcome)."""
