@@ -117,6 +117,21 @@ def test_cookie_time_and_set_cookie_format() -> None:
     )
 
 
+def test_samesite_variable_rendered_and_dropped_when_empty_or_unsafe() -> None:
+    group, st = build(servers(1), samesite="$arg_ss", path="/p")
+    peer = group.primary.peers[0]
+    base = b"srv=" + peer.sid.encode()
+
+    def with_args(args: str) -> bytes:
+        ex = Req().ex
+        ex.args = args
+        return st.set_cookie(peer, NOW, ex)
+
+    assert with_args("ss=Strict") == base + b"; samesite=Strict; path=/p"
+    assert with_args("") == base + b"; path=/p"
+    assert with_args("ss=a;b") == base + b"; path=/p"  # never a second attribute from a variable
+
+
 def test_cookie_hit_new_miss() -> None:
     group, st = build(servers(3))
     b_sid = group.primary.peers[1].sid
