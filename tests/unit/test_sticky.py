@@ -188,10 +188,13 @@ def test_round_robin_update_skipped_at_the_floor() -> None:
     """Bound b keeps paying until cw <= -(total - weight); then the update is skipped."""
     group, st = build(servers(3))
     a, b, c = group.primary.peers
-    for _ in range(20):
-        one(group, st, f"srv={b.sid}")
-    assert b.current_weight > -(group.primary.total_weight - b.weight) - group.primary.total_weight
-    assert a.current_weight + b.current_weight + c.current_weight == 0  # the zero-sum pass
+    one(group, st, f"srv={b.sid}")  # a +1, b +1 -3, c +1: b at the floor -(3 - 1)
+    assert [p.current_weight for p in (a, b, c)] == [1, -2, 1]
+    for _ in range(20):  # every later bound request skips the update
+        assert one(group, st, f"srv={b.sid}") == (b.addr, "HIT")
+    assert [p.current_weight for p in (a, b, c)] == [1, -2, 1]
+    assert one(group, st) == (a.addr, "NEW")  # unbound: a wins (cw 2 vs c 2: the first), pays 3
+    assert [p.current_weight for p in (a, b, c)] == [-1, -1, 2]
 
 
 def test_least_conn_takes_the_bound_peer_directly() -> None:
