@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, Final
 from prefork_lb.balance import learn
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, take
 from prefork_lb.balance.table import PeerTable
-from prefork_lb.config.load_sticky import create_parts
 from prefork_lb.config.model import StickyConfig, UpstreamConfig
 from prefork_lb.zone import layout as L
 
@@ -267,6 +266,15 @@ def account(table: PeerTable, target: int, tried: int, now_s: int, now_ms: int, 
         total = cws[winner] + ews[winner] - mv[w]
         mv[w] += total
         mv[bases[target] + L.P_CW] -= total
+
+
+def create_parts(item: str) -> tuple[str, str]:
+    """("cookie" | "http", lowercased NAME) of a ``create`` value the loader checked
+    (``$upstream_cookie_NAME`` / ``$upstream_http_NAME``: config/load_sticky.py rule 3)."""
+    name = item[1:].lower()
+    if name.startswith("upstream_cookie_"):
+        return "cookie", name[len("upstream_cookie_") :]
+    return "http", name[len("upstream_http_") :]
 
 
 def cookie_tail(

@@ -30,7 +30,7 @@ from prefork_lb.config.model import StickyConfig, UpstreamConfig
 from prefork_lb.config.source import Table, boolean, duration, size, string, string_list
 
 SAMESITE = ("strict", "lax", "none")
-_CREATE = re.compile(r"\$(upstream_cookie|upstream_http)_([A-Za-z0-9_-]+)")
+_CREATE = re.compile(r"\$(upstream_cookie|upstream_http)_([A-Za-z0-9_]+)")
 _ZONE = re.compile(r"([A-Za-z0-9_.-]+):(.+)")
 _FORM_KEYS = {
     "cookie": {"cookie", "expires", "domain", "path", "httponly", "secure", "samesite"},
@@ -201,11 +201,3 @@ def _zone(v: object) -> tuple[str, int]:
     if zone_size < MIN_BYTES:
         raise ValueError(f"the size must be at least {MIN_BYTES} bytes")
     return m.group(1), zone_size
-
-
-def create_parts(item: str) -> tuple[str, str]:
-    """("cookie" | "http", lowercased NAME) of a checked ``create`` value (rule 3)."""
-    m = _CREATE.fullmatch(item)
-    assert m is not None
-    kind = "cookie" if m.group(1) == "upstream_cookie" else "http"
-    return kind, m.group(2).lower()
