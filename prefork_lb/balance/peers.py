@@ -60,12 +60,14 @@ class Peer:
         "addr",
         "backup",
         "down",
+        "drain",
         "fail_timeout_s",
         "hc",
         "index",
         "max_conns",
         "max_fails",
         "name",
+        "route",
         "server",
         "slot",
         "slow_start_ms",
@@ -86,6 +88,8 @@ class Peer:
         self.max_conns = server.max_conns
         self.down = server.down
         self.backup = server.backup
+        self.route = server.route  # issue 19: sticky route identifier
+        self.drain = server.drain  # issue 19: only requests bound by sticky reach it
         self.slow_start_ms = int(server.slow_start_s * 1000)
         self.hc = checked  # active health checks: P_HC_STATE must be HC_UP (rule 10)
         self._mv = zone.mv

@@ -151,8 +151,15 @@ class SectionLoader:
         random_two = t.take("random", _random_options, False)
         least_time, inflight = t.take("least_time", _least_time, ("header", False))
         queue_size, queue_timeout = t.take("queue", _queue, (0, 60.0))
+        state = self.path(t.take("state", string)) if t.has("state") else ""
         servers: list[UpstreamServer] = []
         server_tables = t.table_list("servers")
+        if state:  # issue 19: a group with a state file takes its servers from it (Plus)
+            from prefork_lb.config.state_file import read_state
+
+            saved = read_state(self, state)
+            if saved is not None:
+                server_tables = saved
         if not server_tables:
             raise t.error("servers", "must list at least one server")
         entries = [self.upstream_server(st) for st in server_tables]  # a hostname: several
@@ -180,6 +187,7 @@ class SectionLoader:
             queue_size=queue_size,
             queue_timeout_s=queue_timeout,
             context=context,
+            state_path=state,
         )
 
     def upstream_server(self, t: Table) -> list[UpstreamServer]:
@@ -191,6 +199,8 @@ class SectionLoader:
         backup = t.take("backup", boolean, False)
         down = t.take("down", boolean, False)
         slow_start = t.take("slow_start", whole_seconds, 0.0)
+        route = t.take("route", string, "")
+        drain = t.take("drain", boolean, False)
         t.finish()
         try:
             addrs = resolve(text)
@@ -207,6 +217,8 @@ class SectionLoader:
                 backup=backup,
                 down=down,
                 slow_start_s=slow_start,
+                route=route,
+                drain=drain,
             )
             for a in addrs
         ]

@@ -106,6 +106,8 @@ class UpstreamServer:
     backup: bool = False
     down: bool = False
     slow_start_s: float = 0.0
+    route: str = ""  # issue 19: sticky route identifier (nginx's route=)
+    drain: bool = False  # issue 19: only requests bound by sticky reach it
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ class UpstreamConfig:
     queue_timeout_s: float = 60.0
     context: Literal["http", "stream"] = "http"
     checked: bool = False  # some active health check probes this group (Config.health_checks)
+    state_path: str = ""  # issue 19: NGINX Plus `state` file (config/state_file.py), absolute
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,7 @@ class LocationConfig:
     access_logs: tuple[AccessLogConfig, ...] = ()
     status: Literal["", "api", "metrics", "dashboard"] = ""  # served by prefork-lb itself
     access: tuple[tuple[bool, str], ...] = ()  # (allow?, CIDR or "all") in order, first match wins
+    api_write: bool = False  # issue 19: `api = { write = true }` (nginx `api write=on`)
     # issue 16, rewrite module (http/rewrite.py): the location's compiled rewrite_rules
     rewrite: Any = field(default=None, compare=False)  # rewrite.Block | None
     rewrite_log: bool = False

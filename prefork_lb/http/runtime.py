@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefork_lb.balance.base import Balancer
+from prefork_lb.balance.members import Membership, attach
 from prefork_lb.balance.peers import PeerGroup
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import (
@@ -34,6 +35,7 @@ from prefork_lb.http.upstream import KeepalivePool, RequestQueue
 from prefork_lb.http.upstream_tls import UpstreamTls, upstream_tls_table
 from prefork_lb.limits.engine import LocationLimits, Tables
 from prefork_lb.zone import layout as L
+from prefork_lb.zone.servers import ServerTable
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_zone
 from prefork_lb.zone.zone import Zone
@@ -48,6 +50,7 @@ class UpstreamRuntime:
     balancer: Balancer
     pool: KeepalivePool
     queue: RequestQueue | None
+    members: Membership | None = None  # issue 19: runtime server list (balance/members.py)
 
 
 @dataclass(slots=True)
@@ -151,16 +154,24 @@ def _has_rules(loc: LocationConfig) -> bool:
 
 
 def build_runtime(
-    config: Config, zone: Zone, slots: dict[str, int], row: int, limit_tables: Tables | None = None
+    config: Config,
+    zone: Zone,
+    slots: dict[str, int],
+    row: int,
+    limit_tables: Tables | None = None,
+    servers: ServerTable | None = None,
 ) -> HttpRuntime:
-    """``zone``/``slots``/``row`` and the limit tables come from the master (the worker's spec)."""
+    """``zone``/``slots``/``row``, the limit tables and the server table come from the
+    master (the worker's spec)."""
     upstreams = {}
+    table = servers if has_write_api(config) else None  # members.py rule 1
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         queue = RequestQueue(up.queue_size, up.queue_timeout_s) if up.queue_size else None
         upstreams[name] = UpstreamRuntime(
             up, group, make_balancer(up, group, compile_template), KeepalivePool(up), queue
         )
+        attach(upstreams[name], table, row, _http_balancer)
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}
@@ -209,3 +220,12 @@ def build_runtime(
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
         realip={id(s): RealIpRule(s.realip) for s in config.http.servers if s.realip is not None},
     )
+
+
+def _http_balancer(up: UpstreamConfig, group: PeerGroup) -> Balancer:
+    return make_balancer(up, group, compile_template)
+
+
+def has_write_api(config: Config) -> bool:
+    """Some location has ``api = { write = true }``: upstreams can change at run time."""
+    return any(loc.api_write for s in config.http.servers for loc in s.locations)
