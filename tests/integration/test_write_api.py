@@ -427,3 +427,42 @@ def test_write_api_on_public_listener_needs_allow(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(ConfigError, match=r"locations\[0\]\.api"):
         load_config(str(tmp_path / "c.toml"))
+
+
+def _generation(api_port: int) -> int:
+    return int(json.loads(request(api_port, "GET", "/api/9/nginx")[2])["generation"])
+
+
+def test_reload_resets_runtime_changes_unless_state(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """NGINX Plus: a reload replaces the runtime list with the config's; with ``state`` the
+    config reads the saved list, so it survives, with the same ids and counters. The slot of
+    a server the reload dropped is freed once the old generation exited. Catches runtime
+    servers leaking zone slots across reloads, ids renumbered, or peer state reset."""
+    port, api_port = ports
+    with Backend(1, name="a") as a, Backend(1, name="b") as b:
+        with LB(tmp_path, config(port, api_port, a.addrs), port) as lb:
+            zone = ZoneReader(lb.master_pid)
+            used = len(zone.used_slots())
+            assert call(api_port, "POST", "/servers", {"server": b.addrs[0]})[0] == 201
+            assert len(zone.used_slots()) == used + 1
+            assert lb.signal("reload").returncode == 0
+            wait_for(lambda: _generation(api_port) == 2, what="the reload")
+            status, servers = call(api_port, "GET", "/servers")
+            assert [(s["id"], s["server"]) for s in servers] == [(0, a.addrs[0])]
+            wait_for(lambda: len(zone.used_slots()) == used, what="the dropped server's slot to be freed")
+
+        (tmp_path / "state").mkdir()
+        text = config(port, api_port, a.addrs, upstream_extra='state = "state/backend.state"')
+        with LB(tmp_path, text, port) as lb:
+            assert call(api_port, "POST", "/servers", {"server": b.addrs[0]})[0] == 201
+            for _ in range(4):
+                assert request(port, "GET", "/")[0] == 200
+            before = {p["id"]: p["requests"] for p in peers_by_worker(api_port, 2)[lb.workers()[0].pid]}
+            assert lb.signal("reload").returncode == 0
+            wait_for(lambda: _generation(api_port) == 2, what="the reload")
+            status, servers = call(api_port, "GET", "/servers")
+            assert [(s["id"], s["server"]) for s in servers] == [(0, a.addrs[0]), (1, b.addrs[0])]
+            up = json.loads(request(api_port, "GET", "/api/9/http/upstreams/backend")[2])
+            assert {p["id"]: p["requests"] for p in up["peers"]} == before  # same slots, same counters
+            status, doc = call(api_port, "POST", "/servers", {"server": "127.0.0.1:1"})
+            assert status == 201 and doc["id"] == 2  # ids are never reused
