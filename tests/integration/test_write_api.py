@@ -466,3 +466,33 @@ def test_reload_resets_runtime_changes_unless_state(tmp_path: Path, ports: tuple
             assert {p["id"]: p["requests"] for p in up["peers"]} == before  # same slots, same counters
             status, doc = call(api_port, "POST", "/servers", {"server": "127.0.0.1:1"})
             assert status == 201 and doc["id"] == 2  # ids are never reused
+
+
+def test_added_server_is_health_checked(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """A server added to a group with a mandatory health check starts "checking" (no client
+    request reaches it before its first probe) and the prober probes it: a live one becomes
+    "up", a dead one "unhealthy". Catches runtime servers the prober never learns about
+    (they would stay "checking" for ever)."""
+    port, api_port = ports
+    with Backend(1, name="a") as a, Backend(1, name="b") as b:
+        text = config(port, api_port, a.addrs).replace(
+            'proxy_pass = "http://backend"',
+            'proxy_pass = "http://backend"\n  health_check = { interval = "1s", mandatory = true }',
+        )
+        with LB(tmp_path, text, port):
+            wait_for(lambda: call(api_port, "GET", "")[0] == 200, what="the API")
+            dead = f"127.0.0.1:{free_port()}"
+
+            def states() -> dict[str, str]:
+                doc = json.loads(request(api_port, "GET", "/api/9/http/upstreams/backend")[2])
+                return {p["server"]: p["state"] for p in doc["peers"]}
+
+            wait_for(lambda: states()[a.addrs[0]] == "up", what="a up")
+            assert call(api_port, "POST", "/servers", {"server": b.addrs[0]})[0] == 201
+            assert call(api_port, "POST", "/servers", {"server": dead})[0] == 201
+            assert states()[b.addrs[0]] in ("checking", "up")
+            wait_for(
+                lambda: states() == {a.addrs[0]: "up", b.addrs[0]: "up", dead: "unhealthy"}, what="probes"
+            )
+            for _ in range(6):
+                assert request(port, "GET", "/")[0] == 200
