@@ -303,7 +303,7 @@ def test_pick_side_rebuild_and_retarget() -> None:
         refresh_locked(owner)
         assert not m.changed()
         retarget(sel, owner.group)
-        picked = [owner.balancer.pick(sel, None, 0) for _ in range(2)]  # type: ignore[arg-type]
+        picked = [owner.balancer.pick(sel, None, 0) for _ in range(2)]
     assert owner.group is not old
     assert [p.addr for p in owner.group.all_peers()] == ["127.0.0.1:2", "127.0.0.1:3"]
     assert {p.addr for p in picked if p is not None} == {"127.0.0.1:2", "127.0.0.1:3"}
