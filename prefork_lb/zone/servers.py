@@ -207,22 +207,25 @@ class ServerTable:
         mv[b + W_SLOT] = slot
         mv[b + W_STATE] = LIVE
 
+    def _column(self, word: int) -> list[int]:
+        """One word of every record (a strided view: C speed, ~20 us for 3000 records)."""
+        start = self._rec(0)
+        return self.mv[start + word : start + self.records * RECORD_WORDS : RECORD_WORDS].tolist()
+
     def _indexes(self, e: int, state: int = LIVE) -> list[int]:
-        mv = self.mv
-        out = []
-        for i in range(self.records):
-            b = self._rec(i)
-            if mv[b + W_STATE] == state and mv[b + W_ENTRY] == e:
-                out.append(i)
-        out.sort(key=lambda i: int(mv[self._rec(i) + W_ID]))
+        states, entries, ids = self._column(W_STATE), self._column(W_ENTRY), self._column(W_ID)
+        out = [i for i, (st, en) in enumerate(zip(states, entries, strict=True)) if st == state and en == e]
+        out.sort(key=lambda i: ids[i])
         return out
 
+    def _free_records(self, n: int) -> list[int]:
+        return [i for i, st in enumerate(self._column(W_STATE)) if st == FREE][:n]
+
     def _free_record(self) -> int:
-        mv = self.mv
-        for i in range(self.records):
-            if mv[self._rec(i) + W_STATE] == FREE:
-                return i
-        raise TableFull(f"the server table is full ({self.records} servers)")
+        found = self._free_records(1)
+        if not found:
+            raise TableFull(f"the server table is full ({self.records} servers)")
+        return found[0]
 
     def read(self, e: int) -> tuple[int, list[Record]]:
         """(version, live servers in id order), under the lock (rule 1)."""
@@ -312,9 +315,10 @@ class ServerTable:
             if len(d) > MAX_DATA:
                 raise ValueError("server settings too long")
         mv = self.mv
-        free_recs = [i for i in range(self.records) if mv[self._rec(i) + W_STATE] == FREE][: len(servers)]
+        free_recs = self._free_records(len(servers))
         zmv = zone.mv
-        free_slots = [s for s in range(zone.peers) if zmv[L.peer_base(s) + L.P_USED] == 0][: len(servers)]
+        used = zmv[L.peer_base(0) + L.P_USED : L.peer_base(zone.peers) : L.PEER_WORDS].tolist()
+        free_slots = [s for s, u in enumerate(used) if u == 0][: len(servers)]
         if len(free_recs) < len(servers) or len(free_slots) < len(servers):
             raise TableFull(
                 f"the zone has no free peer slot ({zone.peers} slots in use or reserved): raise zone_size"
@@ -377,7 +381,7 @@ class ServerTable:
         self._bump(e)
 
     def zombies(self, e: int) -> int:
-        return len(self._indexes(e, ZOMBIE))
+        return len(self._indexes(e, ZOMBIE)) if self.mv[H_ZOMBIES] else 0
 
     def sweep(self, zone: Any) -> int:
         """Rule 5: free the slots of deleted servers whose last request ended."""
@@ -385,15 +389,14 @@ class ServerTable:
         if not mv[H_ZOMBIES]:
             return 0
         freed = 0
-        for i in range(self.records):
+        for i in [i for i, st in enumerate(self._column(W_STATE)) if st == ZOMBIE]:
             b = self._rec(i)
-            if mv[b + W_STATE] == ZOMBIE:
-                slot = int(mv[b + W_SLOT])
-                if zone.mv[L.peer_base(slot) + L.P_CONNS] <= 0:
-                    mv[b + W_STATE] = FREE
-                    zone.free_peer(slot)
-                    mv[H_ZOMBIES] -= 1
-                    freed += 1
+            slot = int(mv[b + W_SLOT])
+            if zone.mv[L.peer_base(slot) + L.P_CONNS] <= 0:
+                mv[b + W_STATE] = FREE
+                zone.free_peer(slot)
+                mv[H_ZOMBIES] -= 1
+                freed += 1
         return freed
 
     def pending_zombies(self) -> int:

@@ -496,3 +496,35 @@ def test_added_server_is_health_checked(tmp_path: Path, ports: tuple[int, int]) 
             )
             for _ in range(6):
                 assert request(port, "GET", "/")[0] == 200
+
+
+def test_exporter_and_dashboard_read_runtime_servers(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """nginx-prometheus-exporter (NGINX Plus mode) and prefork-lb's /metrics still read the
+    API with the write API on: a server added at run time appears with its state (draining
+    = 2), ids and all; the dashboard page is served next to it."""
+    from tests.integration.test_prometheus_exporter import EXPORTER, Exporter, by_server, families
+
+    if EXPORTER is None:
+        pytest.skip("prometheus-nginx-exporter is not installed")
+    port, api_port = ports
+    with Backend(1) as a, Backend(1) as b:
+        text = (
+            config(port, api_port, a.addrs)
+            + '  [[http.servers.locations]]\n  match = "/dashboard"\n  dashboard = true\n'
+        )
+        with LB(tmp_path, text, port):
+            assert call(api_port, "POST", "/servers", {"server": b.addrs[0]})[0] == 201
+            assert call(api_port, "PATCH", "/servers/1", {"drain": True})[0] == 200
+            for _ in range(4):
+                assert request(port, "GET", "/")[0] == 200
+            exporter = Exporter(f"http://127.0.0.1:{api_port}/api/", tmp_path / "exporter.log")
+            try:
+                fams = families(exporter.scrape())
+            finally:
+                exporter.stop()
+            assert fams["nginxplus_up"].samples[0].value == 1, exporter.log()
+            assert by_server(fams, "nginxplus_upstream_server_state") == {a.addrs[0]: 1, b.addrs[0]: 2}
+            ours = families(request(api_port, "GET", "/metrics")[2].decode())
+            assert by_server(ours, "nginxplus_upstream_server_state") == {a.addrs[0]: 1, b.addrs[0]: 2}
+            status, _, page = request(api_port, "GET", "/dashboard/")
+            assert status == 200 and b"<html" in page.lower()
