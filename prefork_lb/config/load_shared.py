@@ -152,6 +152,8 @@ class SectionLoader:
         least_time, inflight = t.take("least_time", _least_time, ("header", False))
         queue_size, queue_timeout = t.take("queue", _queue, (0, 60.0))
         state = self.path(t.take("state", string)) if t.has("state") else ""
+        if state and not os.path.isdir(os.path.dirname(state)):
+            raise t.error("state", f'the directory of "{state}" does not exist')
         servers: list[UpstreamServer] = []
         server_tables = t.table_list("servers")
         if state:  # issue 19: a group with a state file takes its servers from it (Plus)

@@ -337,6 +337,10 @@ def test_state_roundtrip_through_the_config_loader(tmp_path: Path) -> None:
         load_config(str(tmp_path / "c.toml"))
     (tmp_path / "b.state").unlink()  # no file yet: the config's servers
     assert load_config(str(tmp_path / "c.toml")).http.upstreams["backend"].servers == (server(9),)
+    text = (tmp_path / "c.toml").read_text().replace('"b.state"', '"nodir/b.state"')
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"backend\.state: the directory"):
+        load_config(str(tmp_path / "c.toml"))
 
 
 def test_write_state_is_atomic(tmp_path: Path) -> None:
