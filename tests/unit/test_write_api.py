@@ -365,3 +365,16 @@ def test_api_write_option_parsing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"api\.writ"):
         load_config(str(tmp_path / "c.toml"))
     assert json.dumps(server_document(0, server(1), "http"))
+
+
+def test_a_server_document_is_a_valid_body() -> None:
+    """Clients that read-modify-write whole objects (nginx-plus-go-client's UpdateHTTPServers
+    PATCHes the full server, ``id`` included): a GET document sent back changes nothing,
+    and as a POST body it recreates the same server."""
+    s = server(
+        9, weight=4, max_conns=3, max_fails=2, fail_timeout_s=20.0, slow_start_s=5.0, route="r1", drain=True
+    )
+    doc = json.loads(json.dumps(server_document(3, s, "http")))
+    assert apply_fields(s, doc, upstream(9), patch_id=3) == s
+    posted = {k: v for k, v in doc.items() if k != "id"}
+    assert apply_fields(server(9), parse_body(json.dumps(posted).encode(), None), upstream(9)) == s
