@@ -396,8 +396,8 @@ def _watch_servers(
         entry = table.find(key)
         if entry >= 0:
             watched.append([group, entry, key, -1])  # -1: a respawned prober reconciles at once
-    while True:
-        gevent.sleep(1.0)
+    while True:  # the first pass runs before any probe ends: a slot the config gave a
+        # server the API deleted (maybe another server's now) never gets a verdict
         for w in watched:
             group, entry, key, seen = w
             if table.key_of(entry) != key or table.version(entry) == seen:
@@ -420,3 +420,4 @@ def _watch_servers(
             for slot in [s for s, (g, _) in running.items() if g == group and s not in states]:
                 for greenlet in running.pop(slot)[1]:
                     greenlet.kill(block=False)
+        gevent.sleep(1.0)
