@@ -528,3 +528,31 @@ def test_exporter_and_dashboard_read_runtime_servers(tmp_path: Path, ports: tupl
             assert by_server(ours, "nginxplus_upstream_server_state") == {a.addrs[0]: 1, b.addrs[0]: 2}
             status, _, page = request(api_port, "GET", "/dashboard/")
             assert status == 200 and b"<html" in page.lower()
+
+
+def test_respawned_worker_serves_runtime_servers(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """A worker killed after a POST is respawned with the runtime list (the table), not its
+    config's: its requests reach the added server and it lists it. Catches a respawn that
+    builds from the config alone (the change would be lost in one worker)."""
+    import os
+    import signal
+
+    port, api_port = ports
+    with Backend(1, name="a") as a, Backend(1, name="b") as b:
+        with LB(tmp_path, config(port, api_port, a.addrs), port) as lb:
+            assert call(api_port, "PATCH", "/servers/0", {"down": True})[0] == 200
+            assert call(api_port, "POST", "/servers", {"server": b.addrs[0]})[0] == 201
+            old = {w.pid for w in lb.workers()}
+            victim = sorted(old)[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: len({w.pid for w in lb.workers()} - old) == 1, what="the respawn")
+            new_pid = ({w.pid for w in lb.workers()} - old).pop()
+
+            def new_worker_used_b() -> bool:
+                for _ in range(4):
+                    assert request(port, "GET", "/")[2] == b"b\n"
+                return b.addrs[0] in upstream_addrs_by_pid(lb).get(str(new_pid), set())
+
+            wait_for(new_worker_used_b, what="the new worker to proxy")
+            peers = peers_by_worker(api_port, 2)[new_pid]
+            assert [(p["server"], p["state"]) for p in peers] == [(a.addrs[0], "down"), (b.addrs[0], "up")]
