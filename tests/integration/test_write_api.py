@@ -252,35 +252,48 @@ def test_state_file_survives_restart(tmp_path: Path, ports: tuple[int, int]) -> 
             assert b.stats(b.ports[0])["requests"] > before
 
 
-def test_concurrent_patches_lose_nothing(tmp_path: Path, ports: tuple[int, int]) -> None:
-    """20 clients PATCH 20 servers at once (new connections, so several workers write): every
-    weight is set in every worker's view and in the state file. Catches unserialised writers
-    (a list rebuilt from a stale copy) and a state file written by an older snapshot last."""
+def test_concurrent_writes_lose_nothing(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """20 clients POST at once, then 20 clients PATCH at once (new connections: 3 workers
+    write concurrently): 20 servers with distinct ids and distinct zone slots, every weight
+    set, in every worker's view and in the state file. Catches writers that are not
+    serialised (two POSTs taking the same free record or slot: with the POST's lock dropped
+    it failed 2 runs of 3) and a state file written from an older snapshot last."""
     port, api_port = ports
     (tmp_path / "state").mkdir()
-    with Backend(20) as be:
+    with Backend(21) as be:
         text = config(port, api_port, be.addrs[:1], workers=3, upstream_extra='state = "state/b.state"')
-        with LB(tmp_path, text, port):
-            for addr in be.addrs[1:]:
-                assert call(api_port, "POST", "/servers", {"server": addr})[0] == 201
-            barrier = threading.Barrier(20)
-            results: list[int] = []
+        with LB(tmp_path, text, port) as lb:
+            zone = ZoneReader(lb.master_pid)
+            used = len(zone.used_slots())
 
-            def patch(i: int) -> None:
-                barrier.wait()
-                results.append(call(api_port, "PATCH", f"/servers/{i}", {"weight": i + 2})[0])
+            def together(n: int, job: Any) -> list[Any]:
+                barrier = threading.Barrier(n)
+                results: list[Any] = [None] * n
 
-            threads = [threading.Thread(target=patch, args=(i,)) for i in range(20)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            assert results == [200] * 20
+                def run(i: int) -> None:
+                    barrier.wait()
+                    results[i] = job(i)
+
+                threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(30)
+                return results
+
+            posted = together(20, lambda i: call(api_port, "POST", "/servers", {"server": be.addrs[i + 1]}))
+            assert [s for s, _ in posted] == [201] * 20, posted
+            assert sorted(doc["id"] for _, doc in posted) == list(range(1, 21))
+            assert len(zone.used_slots()) == used + 20
+            patched = together(21, lambda i: call(api_port, "PATCH", f"/servers/{i}", {"weight": i + 2})[0])
+            assert patched == [200] * 21
+            by_addr = {doc["server"]: doc["id"] for _, doc in posted}
+            by_addr[be.addrs[0]] = 0
             for pid, peers in peers_by_worker(api_port, 3).items():
-                assert {p["id"]: p["weight"] for p in peers} == {i: i + 2 for i in range(20)}, pid
+                assert {p["server"]: p["weight"] for p in peers} == {a: by_addr[a] + 2 for a in be.addrs}, pid
             saved = (tmp_path / "state" / "b.state").read_text()
-            for i, addr in enumerate(be.addrs):
-                assert f'{{ address = "{addr}", weight = {i + 2} }}' in saved
+            for addr in be.addrs:
+                assert f'{{ address = "{addr}", weight = {by_addr[addr] + 2} }}' in saved
 
 
 def test_errors_in_nginx_plus_shape(tmp_path: Path, ports: tuple[int, int]) -> None:
