@@ -237,13 +237,14 @@ def implicit_upstream(name: str, addrs: list[Address], context: Context) -> Upst
     )
 
 
-def resolve(text: str) -> list[Address]:
-    """One Address per resolved IP (nginx makes one peer per address of a hostname)."""
+def resolve(text: str, getaddrinfo: Callable[..., Any] = socket.getaddrinfo) -> list[Address]:
+    """One Address per resolved IP (nginx makes one peer per address of a hostname).
+    ``getaddrinfo``: gevent's in a worker (the write API), so a lookup never blocks it."""
     addr = parse_address(text)
     if addr.family != "inet" or _is_ip(addr.host):
         return [addr]
     try:
-        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+        infos = getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise ValueError(f'host "{addr.host}" not found: {e.strerror}') from None
     out: list[Address] = []

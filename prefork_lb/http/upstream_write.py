@@ -114,12 +114,14 @@ def handle(
 
 
 def _post(runtime: HttpRuntime, owner: Member, doc: dict[str, Any], client: str) -> dict[str, Any]:
+    import gevent.socket
+
     from prefork_lb.config.load_shared import resolve
 
     up = owner.config
     text = server_text(doc)
-    try:
-        addrs = resolve(text)  # rule 2: before the lock (a hostname may take a while)
+    try:  # rule 2: before the lock; gevent's resolver (a thread) never blocks the worker
+        addrs = resolve(text, gevent.socket.getaddrinfo)
     except ValueError as e:
         raise ApiError(400, "UpstreamBadAddress", f'invalid "server" value: {e}') from None
     first = UpstreamServer(address=addrs[0], name=text)

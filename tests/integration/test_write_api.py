@@ -569,3 +569,17 @@ def test_respawned_worker_serves_runtime_servers(tmp_path: Path, ports: tuple[in
             wait_for(new_worker_used_b, what="the new worker to proxy")
             peers = peers_by_worker(api_port, 2)[new_pid]
             assert [(p["server"], p["state"]) for p in peers] == [(a.addrs[0], "down"), (b.addrs[0], "up")]
+
+
+def test_post_a_hostname(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """A hostname is resolved at POST (gevent's resolver: the worker keeps serving) into one
+    server per address, each with its own id; the answer is the first."""
+    port, api_port = ports
+    with Backend(1) as a, Backend(1) as b:
+        with LB(tmp_path, config(port, api_port, a.addrs), port):
+            status, doc = call(api_port, "POST", "/servers", {"server": f"localhost:{b.ports[0]}"})
+            assert status == 201, doc
+            servers = call(api_port, "GET", "/servers")[1]
+            added = [s for s in servers if s["id"] != 0]
+            assert doc in added and {s["server"] for s in added} <= {b.addrs[0], f"[::1]:{b.ports[0]}"}
+            assert b.addrs[0] in {s["server"] for s in added}
