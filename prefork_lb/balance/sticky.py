@@ -88,6 +88,7 @@ class Sticky:
     """An upstream's persistence (one per worker per upstream with ``sticky``)."""
 
     __slots__ = (
+        "_compile",
         "_cookie_tail",
         "_expires_at",
         "_expires_text",
@@ -123,6 +124,7 @@ class Sticky:
         self.group = group
         self.balancer = balancer
         self.strict = upstream.sticky_strict
+        self._compile = compile_template
         self.rr = upstream.method == "round_robin"
         self.by_sid: dict[str, Peer] = {}
         self.by_key: dict[int, Peer] = {}
@@ -145,6 +147,12 @@ class Sticky:
         self._cookie_tail, self._samesite = cookie_tail(cfg, compile_template)
         self._expires_at = -1
         self._expires_text = b""
+
+    def rebuilt(self, upstream: UpstreamConfig, group: PeerGroup, balancer: Balancer) -> Sticky:
+        """The same persistence over a rebuilt group (the write API changed the server list,
+        balance/members.py): the learn table and the templates carry over; bindings made from
+        the old group are resolved again (http/proxy.py)."""
+        return Sticky(upstream, group, balancer, self._compile, self.table)
 
     # ---- the choice (rules 1-4) ----
 

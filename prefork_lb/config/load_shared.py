@@ -153,8 +153,17 @@ class SectionLoader:
         least_time, inflight = t.take("least_time", _least_time, ("header", False))
         queue_size, queue_timeout = t.take("queue", _queue, (0, 60.0))
         sticky_cfg, sticky_strict = _sticky(t, context)
+        state = self.path(t.take("state", string)) if t.has("state") else ""
+        if state and not os.path.isdir(os.path.dirname(state)):
+            raise t.error("state", f'the directory of "{state}" does not exist')
         servers: list[UpstreamServer] = []
         server_tables = t.table_list("servers")
+        if state:  # issue 19: a group with a state file takes its servers from it (Plus)
+            from prefork_lb.config.state_file import read_state
+
+            saved = read_state(self, state)
+            if saved is not None:
+                server_tables = saved
         if not server_tables:
             raise t.error("servers", "must list at least one server")
         entries = [self.upstream_server(st) for st in server_tables]  # a hostname: several
@@ -184,6 +193,7 @@ class SectionLoader:
             context=context,
             sticky=sticky_cfg,
             sticky_strict=sticky_strict,
+            state_path=state,
         )
 
     def upstream_server(self, t: Table) -> list[UpstreamServer]:
@@ -231,13 +241,14 @@ def implicit_upstream(name: str, addrs: list[Address], context: Context) -> Upst
     )
 
 
-def resolve(text: str) -> list[Address]:
-    """One Address per resolved IP (nginx makes one peer per address of a hostname)."""
+def resolve(text: str, getaddrinfo: Callable[..., Any] = socket.getaddrinfo) -> list[Address]:
+    """One Address per resolved IP (nginx makes one peer per address of a hostname).
+    ``getaddrinfo``: gevent's in a worker (the write API), so a lookup never blocks it."""
     addr = parse_address(text)
     if addr.family != "inet" or _is_ip(addr.host):
         return [addr]
     try:
-        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+        infos = getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise ValueError(f'host "{addr.host}" not found: {e.strerror}') from None
     out: list[Address] = []

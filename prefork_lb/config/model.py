@@ -157,6 +157,7 @@ class UpstreamConfig:
     checked: bool = False  # some active health check probes this group (Config.health_checks)
     sticky: StickyConfig | None = None  # session persistence (balance/sticky.py); None: no cost
     sticky_strict: bool = False  # Angie: the bound server unusable -> 502, not rebalancing
+    state_path: str = ""  # issue 19: NGINX Plus `state` file (config/state_file.py), absolute
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +276,7 @@ class LocationConfig:
     access_logs: tuple[AccessLogConfig, ...] = ()
     status: Literal["", "api", "metrics", "dashboard"] = ""  # served by prefork-lb itself
     access: tuple[tuple[bool, str], ...] = ()  # (allow?, CIDR or "all") in order, first match wins
+    api_write: bool = False  # issue 19: `api = { write = true }` (nginx `api write=on`)
     # issue 16, rewrite module (http/rewrite.py): the location's compiled rewrite_rules
     rewrite: Any = field(default=None, compare=False)  # rewrite.Block | None
     rewrite_log: bool = False

@@ -933,13 +933,21 @@ def _error_page(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
 
 
 def _api(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
-    if any(a == "write=on" for a in d.args):
-        m.differ(d, "the status API of prefork-lb is read-only: write=on is ignored")
     if d.name == "status":
         m.differ(
             d, "the old NGINX Plus status module is served as the API (its version 9 shape: docs/api.md)"
         )
+    if any(a == "write=on" for a in d.args):  # issue 19: the write API for upstream servers
+        m.put(t, path, "api", Inline(write=True), d)
+        return
     m.put(t, path, "api", True, d)
+
+
+def _state(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """NGINX Plus ``state``: the runtime server list (issue 19). Plus writes ``server ...;``
+    lines, prefork-lb TOML: the list goes to ``<path>.toml``, never read from Plus's file."""
+    m.put(t, path, "state", d.args[0] + ".toml", d)
+    m.differ(d, f"the runtime server list is kept in {d.args[0]}.toml (TOML; Plus's state file is not read)")
 
 
 # ---- upstream ----
@@ -1239,6 +1247,7 @@ _UPSTREAM: dict[str, Handler] = {
     "queue": _queue,
     "sticky": _sticky,
     "sticky_strict": _sticky_strict,
+    "state": _state,
     "zone": _zone,
     "keepalive": _simple,
     "keepalive_requests": _simple,

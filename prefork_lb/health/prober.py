@@ -339,6 +339,13 @@ def run_prober(spec: ProberSpec) -> int:
         log.warning("upstream server %s is checking", addr)
     greenlets = [gevent.spawn(prober.run_target, t) for t in targets]
     gevent.spawn(_watch_master, spec.master_pid, zone)
+    from prefork_lb.http.runtime import has_write_api
+
+    if spec.servers is not None and has_write_api(spec.config):  # issue 19
+        running: dict[int, tuple[tuple[str, str], list[Any]]] = {}
+        for t, g in zip(targets, greenlets, strict=True):
+            running.setdefault(t.peer.slot, ((t.check.context, t.check.upstream), []))[1].append(g)
+        greenlets.append(gevent.spawn(_watch_servers, prober, spec, running))
     gevent.joinall(greenlets)
     return 0
 
@@ -365,3 +372,52 @@ def prober_main(spec: ProberSpec) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _watch_servers(
+    prober: Prober, spec: ProberSpec, running: dict[int, tuple[tuple[str, str], list[Any]]]
+) -> None:
+    """Issue 19: every second, the checked groups whose server list the write API changed
+    (``zone/servers.py``): probe the servers added, stop probing the removed ones. A
+    server added to a ``mandatory`` check's group starts "checking" (the API set it), so
+    it is probed at once. ``running``: slot -> (its group, its probe greenlets), started
+    from the config, which the first pass reconciles with the table."""
+    import gevent
+
+    from prefork_lb.zone.servers import group_key
+
+    table, zone = spec.servers, spec.zone
+    checks: dict[tuple[str, str], list[HealthCheck]] = defaultdict(list)
+    for check in spec.config.health_checks():
+        checks[(check.context, check.upstream)].append(check)
+    watched: list[list[Any]] = []  # [group, entry, key, version seen]
+    for group in checks:
+        key = group_key(*group)
+        entry = table.find(key)
+        if entry >= 0:
+            watched.append([group, entry, key, -1])  # -1: a respawned prober reconciles at once
+    while True:  # the first pass runs before any probe ends: a slot the config gave a
+        # server the API deleted (maybe another server's now) never gets a verdict
+        for w in watched:
+            group, entry, key, seen = w
+            if table.key_of(entry) != key or table.version(entry) == seen:
+                continue
+            with zone:
+                version, records = table.read(entry)
+                states = {r.slot: zone.peer_word(r.slot, L.P_HC_STATE) for r in records}
+            w[3] = version
+            for r in records:
+                if r.slot in running:
+                    continue
+                peer = PeerHealth(r.slot, r.server.address.text, r.server.slow_start_s > 0)
+                spawned = []
+                for check in checks[group]:
+                    ok = initial_ok(states[r.slot], False, check.mandatory, False)
+                    verdict = Verdict(check.fails, check.passes, ok)
+                    peer.verdicts.append(verdict)
+                    spawned.append(gevent.spawn(prober.run_target, Target(check, r.server, peer, verdict)))
+                running[r.slot] = (group, spawned)
+            for slot in [s for s, (g, _) in running.items() if g == group and s not in states]:
+                for greenlet in running.pop(slot)[1]:
+                    greenlet.kill(block=False)
+        gevent.sleep(1.0)

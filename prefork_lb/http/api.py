@@ -21,7 +21,7 @@ from prefork_lb import __version__
 from prefork_lb.zone import layout as L
 
 if TYPE_CHECKING:
-    from prefork_lb.balance.peers import Peer, PeerGroup
+    from prefork_lb.balance.peers import Peer
     from prefork_lb.http.runtime import HttpRuntime
     from prefork_lb.stream.runtime import StreamServerRuntime
 
@@ -46,7 +46,12 @@ class ApiError(Exception):
         self.text = text
 
     def document(self) -> dict[str, Any]:
-        return {"error": {"status": self.status, "text": self.text, "code": self.code}}
+        """NGINX Plus's error shape (issue 19: with ``request_id`` and ``href``)."""
+        return {
+            "error": {"status": self.status, "text": self.text, "code": self.code},
+            "request_id": os.urandom(16).hex(),
+            "href": "https://nginx.org/en/docs/http/ngx_http_api_module.html",
+        }
 
 
 def iso_ms(ms: int) -> str:
@@ -254,17 +259,22 @@ class StatusReader:
                 doc[key] = avg
         return doc
 
-    def _upstream(self, name: str, group: PeerGroup, keepalive: int, peer: Callable[[int, Peer], Any]) -> Any:
+    def _upstream(self, name: str, owner: Any, keepalive: int, peer: Callable[[int, Peer], Any]) -> Any:
+        from prefork_lb.balance.members import refresh, server_ids
+
+        refresh(owner)  # issue 19: the runtime server list as every worker's next pick sees it
+        ids = server_ids(owner)
+        m = owner.members
         return {
-            "peers": [peer(i, p) for i, p in enumerate(group.all_peers())],
+            "peers": [peer(ids[p.slot], p) for p in owner.group.all_peers()],
             "keepalive": keepalive,
-            "zombies": 0,
+            "zombies": m.table.zombies(m.entry) if m is not None else 0,
             "zone": name,
         }
 
     def http_upstreams(self) -> dict[str, Any]:
         out = {
-            name: self._upstream(name, up.group, len(up.pool), self._http_peer)
+            name: self._upstream(name, up, len(up.pool), self._http_peer)
             for name, up in self.http.upstreams.items()
             if not up.config.implicit
         }
@@ -280,7 +290,7 @@ class StatusReader:
         for rt in self.streams.values():
             up = rt.upstream
             if up.config.name not in seen and not up.config.implicit:
-                seen[up.config.name] = self._upstream(up.config.name, up.group, 0, self._stream_peer)
+                seen[up.config.name] = self._upstream(up.config.name, up, 0, self._stream_peer)
         return seen
 
     def workers(self) -> list[dict[str, Any]]:

@@ -337,8 +337,9 @@ class ClientConnection:
             self.respond_error(ex, 403)
             return lr
         if loc.status:
+            body = self._api_body(loc.client_max_body_size_bytes) if loc.api_write else b""
             self._finish_body()
-            self._status(ex, lr)
+            self._status(ex, lr, body)
             return lr
         if loc.proxy_pass is None:  # rewrite_rules only: nginx's static content finds nothing
             self._finish_body()
@@ -661,11 +662,24 @@ class ClientConnection:
         else:
             self._send_local(ex, status, b"")
 
-    def _status(self, ex: Exchange, lr: LocationRuntime) -> None:
+    def _api_body(self, limit: int) -> bytes:
+        """The body of a write API request (issue 19), at most ``limit`` bytes (413)."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            piece = self.read_body(True)
+            if piece is True or piece is None or piece is False:
+                return b"".join(parts)
+            size += len(piece)
+            if limit and size > limit:
+                raise HttpError(413, "request entity too large")
+            parts.append(piece)
+
+    def _status(self, ex: Exchange, lr: LocationRuntime, request_body: bytes = b"") -> None:
         """api / metrics / dashboard locations, answered from the shared zone."""
         from prefork_lb.http import status_pages
 
-        status, ctype, body = status_pages.answer(ex, lr, self.runtime)
+        status, ctype, body = status_pages.answer(ex, lr, self.runtime, request_body)
         self._send_local(ex, status, body, ctype, _NO_STORE)
 
     def _slash_redirect(self, ex: Exchange) -> None:

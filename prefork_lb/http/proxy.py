@@ -57,6 +57,7 @@ import logging
 import socket as stdsocket
 from typing import TYPE_CHECKING, Final, NamedTuple
 
+from prefork_lb.balance.members import refresh_locked, retarget
 from prefork_lb.balance.peers import Peer, Selection, free, log_disabled, new_selection
 from prefork_lb.config.model import Address
 from prefork_lb.http.exchange import Attempt, Exchange
@@ -311,13 +312,22 @@ class Proxy:
             return ProxyOutcome(keep_alive, self._free(sel, peer, False, attempt, last=True))
 
     def _pick(self, sel: Selection) -> Peer | None:
-        zone = self.up.group.zone
+        up = self.up
+        zone = up.group.zone
         binding = self.binding
         zone.lock()
         try:
+            m = up.members
+            if m is not None:  # issue 19, balance/members.py rules 2-3
+                if m.mv[m.word] != m.seen:  # one word read
+                    refresh_locked(up)
+                if sel.group is not up.group:
+                    retarget(sel, up.group)
+                    if binding is not None:
+                        binding.resolved = False  # bound to a Peer of the old group: resolve again
             if binding is None:
-                return self.up.balancer.pick(sel, self.ex, int(self.now()))
-            sticky = self.up.sticky
+                return up.balancer.pick(sel, self.ex, int(self.now()))
+            sticky = up.sticky
             assert sticky is not None
             now = self.now()
             peer = sticky.pick(binding, sel, self.ex, int(now), int(now * 1000))

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefork_lb.balance.base import Balancer
 from prefork_lb.balance.learn import KIND_STICKY
+from prefork_lb.balance.members import Membership, attach
 from prefork_lb.balance.peers import PeerGroup
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.balance.sticky import Sticky
@@ -36,6 +37,7 @@ from prefork_lb.http.upstream import KeepalivePool, RequestQueue
 from prefork_lb.http.upstream_tls import UpstreamTls, upstream_tls_table
 from prefork_lb.limits.engine import LocationLimits, Tables
 from prefork_lb.zone import layout as L
+from prefork_lb.zone.servers import ServerTable
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_zone
 from prefork_lb.zone.zone import Zone
@@ -51,6 +53,7 @@ class UpstreamRuntime:
     pool: KeepalivePool
     queue: RequestQueue | None
     sticky: Sticky | None = None  # session persistence (balance/sticky.py); None: not configured
+    members: Membership | None = None  # issue 19: runtime server list (balance/members.py)
 
 
 @dataclass(slots=True)
@@ -154,21 +157,29 @@ def _has_rules(loc: LocationConfig) -> bool:
 
 
 def build_runtime(
-    config: Config, zone: Zone, slots: dict[str, int], row: int, limit_tables: Tables | None = None
+    config: Config,
+    zone: Zone,
+    slots: dict[str, int],
+    row: int,
+    limit_tables: Tables | None = None,
+    servers: ServerTable | None = None,
 ) -> HttpRuntime:
-    """``zone``/``slots``/``row`` and the limit tables come from the master (the worker's spec)."""
+    """``zone``/``slots``/``row``, the limit tables and the server table come from the
+    master (the worker's spec)."""
     upstreams = {}
+    table = servers if has_write_api(config) else None  # members.py rule 1
     for name, up in config.http.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         queue = RequestQueue(up.queue_size, up.queue_timeout_s) if up.queue_size else None
         balancer = make_balancer(up, group, compile_template)
         sticky = None
         if up.sticky is not None:  # issue 19; learn's table is the master's (balance/learn.py)
-            table = (
+            learn_table = (
                 (limit_tables or {}).get((KIND_STICKY, up.sticky.zone)) if up.sticky.mode == "learn" else None
             )
-            sticky = Sticky(up, group, balancer, compile_template, table)
+            sticky = Sticky(up, group, balancer, compile_template, learn_table)
         upstreams[name] = UpstreamRuntime(up, group, balancer, KeepalivePool(up), queue, sticky)
+        attach(upstreams[name], table, row, _http_balancer)
     logs = AccessLogs()
     formats: dict[str, LogFormat] = {}
     locations: dict[int, LocationRuntime] = {}
@@ -217,3 +228,12 @@ def build_runtime(
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
         realip={id(s): RealIpRule(s.realip) for s in config.http.servers if s.realip is not None},
     )
+
+
+def _http_balancer(up: UpstreamConfig, group: PeerGroup) -> Balancer:
+    return make_balancer(up, group, compile_template)
+
+
+def has_write_api(config: Config) -> bool:
+    """Some location has ``api = { write = true }``: upstreams can change at run time."""
+    return any(loc.api_write for s in config.http.servers for loc in s.locations)

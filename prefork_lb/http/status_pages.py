@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
-from prefork_lb.http.api import ApiError, StatusReader, dumps
+from prefork_lb.http import upstream_write
+from prefork_lb.http.api import VERSIONS, ApiError, StatusReader, dumps
 
 if TYPE_CHECKING:
     from prefork_lb.http.exchange import Exchange
@@ -26,9 +27,15 @@ def _rest(ex: Exchange, lr: LocationRuntime) -> str:
     return ex.path[len(pattern) :] if lr.config.modifier in ("", "^~") and ex.path.startswith(pattern) else ""
 
 
-def answer(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int, bytes, bytes]:
+def answer(
+    ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime, request_body: bytes = b""
+) -> tuple[int, bytes, bytes]:
     """(status, content type, body)."""
     kind = lr.config.status
+    if kind == "api":  # issue 19: upstream servers, read and (api = { write = true }) written
+        parts = [p for p in _rest(ex, lr).split("/") if p]
+        if len(parts) > 1 and parts[0].isdigit() and upstream_write.is_servers_path(parts[1:]):
+            return _servers(ex, lr, runtime, parts[1:], request_body)
     if ex.method not in (b"GET", b"HEAD"):
         error = ApiError(405, "MethodNotAllowed", "method not allowed")
         return 405, JSON, dumps(error.document())
@@ -43,6 +50,33 @@ def answer(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int
         return 200, JSON, dumps(reader.route(_rest(ex, lr), ex.conn.server_addr))
     except ApiError as e:
         return e.status, JSON, dumps(e.document())
+
+
+def _servers(
+    ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime, parts: list[str], body: bytes
+) -> tuple[int, bytes, bytes]:
+    """The servers of one upstream (http/upstream_write.py); writes only where the location
+    says ``write = true``, and from a client its allow list admits or on loopback."""
+    version = _rest(ex, lr).strip("/").split("/", 1)[0]
+    try:
+        if int(version) not in VERSIONS:
+            raise ApiError(404, "UnsupportedVersion", "unsupported API version")
+        write = lr.config.api_write and (bool(lr.access) or _loopback(ex.conn.remote_addr))
+        status, doc = upstream_write.handle(
+            runtime, ex.method, parts, body, ex.header(b"content-type"), write, ex.conn.remote_addr
+        )
+    except ApiError as e:
+        return e.status, JSON, dumps(e.document())
+    return status, JSON, dumps(doc)
+
+
+def _loopback(addr: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr.startswith("unix:") or addr == ""
 
 
 def _dashboard(rest: str) -> tuple[int, bytes, bytes]:

@@ -56,6 +56,7 @@ from prefork_lb.master.spec import ProberSpec, WorkerSpec, enter_child, error_lo
 from prefork_lb.master.upgrade import parse_inherit, start_upgrade, upgrade_exited
 from prefork_lb.signals import MASTER_SIGNALS
 from prefork_lb.zone import layout as ZL
+from prefork_lb.zone.servers import ServerTable
 from prefork_lb.zone.slots import RowTable, SlotTable
 from prefork_lb.zone.zone import Zone
 
@@ -96,7 +97,8 @@ class Master:
             self._adopt_sockets(sockets)
         else:
             self.zone = Zone.create(config.zone_size_bytes)
-        self.slots = SlotTable(self.zone)
+        self.servers = ServerTable(self.zone.peers)  # issue 19: runtime server lists (zone/servers.py)
+        self.slots = SlotTable(self.zone, servers=self.servers)
         if inherited:
             self.slots.adopt(config)
         self.rows = RowTable(self.zone)
@@ -330,6 +332,7 @@ class Master:
             ready_fd=w,
             log_fds=error_log_fds(),
             limit_tables=MappingProxyType(self.limit_tables.for_zones(config.http.limit_zone_sizes())),
+            servers=self.servers,
         )
         pid = os.fork()
         if pid == 0:  # the worker; never returns
@@ -358,6 +361,7 @@ class Master:
             peer_slots=MappingProxyType(dict(self.peer_slots)),
             reloaded=reloaded,
             log_fds=error_log_fds(),
+            servers=self.servers,
         )
         self.zone.set(ZL.H_PROBER_HEARTBEAT_NS, time.monotonic_ns())
         pid = os.fork()

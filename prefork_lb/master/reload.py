@@ -93,7 +93,7 @@ def reload(master: Master) -> bool:
     try:
         removed = master.listeners.sync(config, config.workers)
     except BindError as e:
-        master.slots.restore(snapshot)
+        master.slots.restore(snapshot, master.config)
         log.error("%s; reload aborted, still running the previous configuration", e)
         return False
     master.prepare_logs(config)
@@ -117,7 +117,7 @@ def reload(master: Master) -> bool:
         # or clients would wait in an accept queue that no worker drains.
         for lst in master.listeners.sync(master.config, master.config.workers):
             lst.close()
-        master.slots.restore(snapshot)
+        master.slots.restore(snapshot, master.config)
         return False
     master.config = config
     master.generation = generation

@@ -63,6 +63,7 @@ class WorkerSpec:
     log_fds: tuple[int, ...]  # the error log's descriptors (stdio included when used)
     # limit_req / limit_conn tables (limits/table.py): anonymous shared mappings, no descriptor
     limit_tables: Mapping[tuple[int, str], Any] = field(default_factory=lambda: MappingProxyType({}))
+    servers: Any = None  # issue 19: zone/servers.py's ServerTable (anonymous shared mapping)
 
     def keep_fds(self) -> frozenset[int]:
         return STDIO | {self.ready_fd, *self.zone_fds, *self.log_fds, *(fd for _, fd in self.listeners)}
@@ -79,6 +80,7 @@ class ProberSpec:
     peer_slots: Mapping[str, int]
     reloaded: bool  # started by a reload: checks that are not persistent start over
     log_fds: tuple[int, ...]
+    servers: Any = None  # issue 19: zone/servers.py's ServerTable (runtime-added peers are probed)
 
     def keep_fds(self) -> frozenset[int]:
         return STDIO | {*self.zone_fds, *self.log_fds}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prefork_lb.balance.base import Balancer
+from prefork_lb.balance.members import Membership, attach, refresh_locked, retarget
 from prefork_lb.balance.peers import Peer, PeerGroup, Selection, free, log_disabled
 from prefork_lb.balance.registry import make_balancer
 from prefork_lb.config.model import Config, StreamServerConfig, UpstreamConfig
@@ -18,6 +19,7 @@ from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat
 from prefork_lb.stream.session import Session, StreamAttempt
 from prefork_lb.stream.upstream_tls import StreamUpstreamTls
 from prefork_lb.stream.variables import compile_stream_log_format, compile_stream_template
+from prefork_lb.zone.servers import ServerTable
 from prefork_lb.zone.slots import peer_keys
 from prefork_lb.zone.stats import record_stream_peer
 from prefork_lb.zone.zone import Zone
@@ -33,11 +35,18 @@ class StreamUpstream:
     config: UpstreamConfig
     group: PeerGroup
     balancer: Balancer
+    members: Membership | None = None  # issue 19: runtime server list (balance/members.py)
 
     def pick(self, sel: Selection, session: Session, now: float) -> Peer | None:
         zone = self.group.zone
         zone.lock()
         try:
+            m = self.members
+            if m is not None:  # members.py rules 2-3
+                if m.mv[m.word] != m.seen:  # one word read
+                    refresh_locked(self)
+                if sel.group is not self.group:
+                    retarget(sel, self.group)
             return self.balancer.pick(sel, session, int(now))
         finally:
             zone.unlock()
@@ -96,16 +105,23 @@ class StreamServerRuntime:
 
 
 def build_stream_runtime(
-    config: Config, zone: Zone, slots: dict[str, int], row: int, logs: AccessLogs
+    config: Config,
+    zone: Zone,
+    slots: dict[str, int],
+    row: int,
+    logs: AccessLogs,
+    servers: ServerTable | None = None,
 ) -> dict[tuple[str, str, int], StreamServerRuntime]:
     """Runtime per stream listen key."""
-    from prefork_lb.http.runtime import status_zones
+    from prefork_lb.http.runtime import has_write_api, status_zones
 
     zones = status_zones(config.stream.servers, "stream", zone, slots, row)
     upstreams: dict[str, StreamUpstream] = {}
+    table = servers if has_write_api(config) else None
     for name, up in config.stream.upstreams.items():
         group = PeerGroup.build(up, zone, [slots[k] for k in peer_keys(up)], row)
         upstreams[name] = StreamUpstream(up, group, make_balancer(up, group, compile_stream_template))
+        attach(upstreams[name], table, row, _stream_balancer)
     formats: dict[str, LogFormat] = {}
     out: dict[tuple[str, str, int], StreamServerRuntime] = {}
     for server in config.stream.servers:
@@ -120,3 +136,7 @@ def build_stream_runtime(
         for lc in server.listen:
             out[lc.key] = rt
     return out
+
+
+def _stream_balancer(up: UpstreamConfig, group: PeerGroup) -> Balancer:
+    return make_balancer(up, group, compile_stream_template)

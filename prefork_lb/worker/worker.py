@@ -110,11 +110,22 @@ class Worker:
 
         self.parked_cell = ZL.row_base(self.row, self.zone.peers) + ZL.R_PARKED
         slots = dict(spec.peer_slots)
-        self.runtime = build_runtime(config, self.zone, slots, self.row, dict(spec.limit_tables))
+        self.runtime = build_runtime(
+            config, self.zone, slots, self.row, dict(spec.limit_tables), spec.servers
+        )
         from prefork_lb.stream.runtime import build_stream_runtime
 
-        self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)
+        self.streams = build_stream_runtime(
+            config, self.zone, slots, self.row, self.runtime.access_logs, spec.servers
+        )
         self.runtime.streams = self.streams
+        self.server_table = spec.servers  # issue 19: zombies swept by housekeeping
+        from prefork_lb.balance.members import refresh
+
+        for up in self.runtime.upstreams.values():
+            refresh(up)  # runtime server lists (members.py): the table, not the config
+        for st in self.streams.values():
+            refresh(st.upstream)
         self.udp: list[Any] = []  # UdpListener
         self.stream_sessions: set[Any] = set()
         if "GEVENT_LOOP" not in os.environ:
@@ -525,6 +536,10 @@ class Worker:
             now = self.clock()
             for up in self.runtime.upstreams.values():
                 up.pool.sweep(now)
+            table = self.server_table
+            if table is not None and table.pending_zombies() and self.zone is not None:
+                with self.zone:  # deleted servers whose last request ended (zone/servers.py rule 5)
+                    table.sweep(self.zone)
             self.runtime.access_logs.flush_expired()  # its own clock: time.monotonic()
             if os.getppid() != self.master_pid:
                 self._stop(True)

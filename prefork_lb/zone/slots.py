@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from prefork_lb.config.model import Config, UpstreamConfig, zone_name
 from prefork_lb.health.state import seed_new
 from prefork_lb.zone import layout as L
+from prefork_lb.zone.servers import ServerTable
 from prefork_lb.zone.zone import Zone, ZoneFullError
 
 FOREIGN = -1  # retiring slots that belong to a previous master's workers (binary upgrade)
@@ -52,10 +53,24 @@ class SlotTable:
     zone: Zone
     by_key: dict[str, int] = field(default_factory=dict)
     retiring: list[tuple[int, list[int]]] = field(default_factory=list)  # (generation, slots)
+    servers: ServerTable | None = None  # issue 19: the runtime server lists (zone/servers.py)
 
     def free_slots(self) -> list[int]:
+        """Slots nobody owns: not ours, not retiring, not taken by a worker (the write API)."""
         used = set(self.by_key.values()) | {s for _, slots in self.retiring for s in slots}
-        return [s for s in range(self.zone.peers) if s not in used]
+        mv = self.zone.mv
+        return [s for s in range(self.zone.peers) if s not in used and not mv[L.peer_base(s) + L.P_USED]]
+
+    def _reconcile(self) -> None:
+        """Under the lock: learn the servers the write API added and forget the ones it
+        deleted (their slots belong to the server table until freed: servers.py rule 5)."""
+        if self.servers is None:
+            return
+        prefixes, live = self.servers.live_slots()
+        for key in list(self.by_key):
+            if "\0".join(key.split("\0", 2)[:2]) in prefixes and key not in live:
+                del self.by_key[key]
+        self.by_key.update(live)
 
     def assign(self, config: Config, generation: int) -> dict[str, int]:
         """Slots for every peer of ``config``; state of surviving peers is kept.
@@ -72,15 +87,16 @@ class SlotTable:
                     checking.add(key)
         for key in zone_keys(config).values():
             wanted[key] = 1
-        new_keys = [k for k in wanted if k not in self.by_key]
-        free = self.free_slots()
-        if len(new_keys) > len(free):
-            raise ZoneFullError(
-                f"the zone has room for {self.zone.peers} peers, the configuration needs "
-                f"{len(self.by_key) + len(new_keys)} (raise zone_size)"
-            )
         now_ms = int(time.time() * 1000)
         with self.zone:
+            self._reconcile()
+            new_keys = [k for k in wanted if k not in self.by_key]
+            free = self.free_slots()
+            if len(new_keys) > len(free):
+                raise ZoneFullError(
+                    f"the zone has room for {self.zone.peers} peers, the configuration needs "
+                    f"{len(self.by_key) + len(new_keys)} (raise zone_size)"
+                )
             dropped = [slot for key, slot in self.by_key.items() if key not in wanted]
             self.by_key = {k: s for k, s in self.by_key.items() if k in wanted}
             for key, slot in zip(new_keys, free, strict=False):
@@ -91,6 +107,8 @@ class SlotTable:
                 self.by_key[key] = slot
             for key, slot in self.by_key.items():
                 self.zone.reweigh_peer(slot, wanted[key])
+            if self.servers is not None:
+                self.servers.sync(config.all_upstreams(), self.by_key)
         if dropped:
             self.retiring.append((generation - 1, dropped))
         return dict(self.by_key)
@@ -113,11 +131,23 @@ class SlotTable:
             self.retiring.append((FOREIGN, list(by_hash.values())))
 
     def snapshot(self) -> tuple[dict[str, int], list[tuple[int, list[int]]]]:
+        if self.servers is not None:  # runtime additions are ours before anything is undone
+            with self.zone:
+                self._reconcile()
         return dict(self.by_key), list(self.retiring)
 
-    def restore(self, snap: tuple[dict[str, int], list[tuple[int, list[int]]]]) -> None:
-        """Undo an ``assign`` whose generation never started (slots it set up fall free)."""
-        self.by_key, self.retiring = dict(snap[0]), list(snap[1])
+    def restore(
+        self, snap: tuple[dict[str, int], list[tuple[int, list[int]]]], config: Config | None = None
+    ) -> None:
+        """Undo an ``assign`` whose generation never started (slots it set up fall free).
+        ``config``: the configuration that keeps running (its server lists come back)."""
+        with self.zone:
+            kept = set(snap[0].values()) | {s for _, slots in snap[1] for s in slots}
+            for slot in set(self.by_key.values()) - kept:
+                self.zone.free_peer(slot)
+            self.by_key, self.retiring = dict(snap[0]), list(snap[1])
+            if self.servers is not None and config is not None:
+                self.servers.sync(config.all_upstreams(), self.by_key)
 
     def release_retired(self, oldest_live_generation: int | None, foreign_rows_live: bool = False) -> None:
         """Free slots of removed peers once every worker that could use them is gone."""

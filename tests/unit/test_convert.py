@@ -384,8 +384,8 @@ def test_round_trip_logs_access_and_api(tmp_path: Path) -> None:
         (str(tmp_path / "logs/b.log"), "combined", 0, 1.0),
     ]
     assert api.status == "api" and [allow for allow, _ in api.access] == [True, False]
+    assert api.api_write  # issue 19: write=on is the write API
     assert plain.access_logs == ()
-    assert any("read-only" in n for n in config.notes)
 
 
 def test_round_trip_stream(tmp_path: Path) -> None:
@@ -1304,3 +1304,24 @@ http {
     assert (loc.limit_req_status, loc.limit_conn_dry_run) == (429, True)
     assert server.realip is not None
     assert (server.realip.trusted, server.realip.header) == (("10.0.0.0/8",), "X-Forwarded-For")
+
+
+def test_round_trip_upstream_state(tmp_path: Path) -> None:
+    """Issue 19: NGINX Plus's ``state`` maps to a TOML state file next to Plus's (whose
+    ``server ...;`` syntax prefork-lb does not read). Catches the directive dropped or Plus's
+    file read as TOML."""
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "b.conf").write_text("server 127.0.0.1:9 weight=2;\n")
+    config = load(
+        tmp_path,
+        """
+        http {
+            upstream b { zone b 64k; state st/b.conf; server 127.0.0.1:8; }
+            server { listen 127.0.0.1:8081; location / { proxy_pass http://b; } }
+        }
+        """,
+    )
+    up = config.http.upstreams["b"]
+    assert up.state_path == str(tmp_path / "st" / "b.conf.toml")
+    assert [s.address.port for s in up.servers] == [8]
+    assert any("b.conf.toml" in n for n in config.notes)
