@@ -241,14 +241,15 @@ def implicit_upstream(name: str, addrs: list[Address], context: Context) -> Upst
     )
 
 
-def resolve(text: str, getaddrinfo: Callable[..., Any] = socket.getaddrinfo) -> list[Address]:
+def resolve(text: str, getaddrinfo: Callable[..., Any] | None = None) -> list[Address]:
     """One Address per resolved IP (nginx makes one peer per address of a hostname).
-    ``getaddrinfo``: gevent's in a worker (the write API), so a lookup never blocks it."""
+    ``getaddrinfo``: gevent's in a worker (the write API), so a lookup never blocks it; None:
+    ``socket.getaddrinfo`` looked up at call time (tests patch it)."""
     addr = parse_address(text)
     if addr.family != "inet" or _is_ip(addr.host):
         return [addr]
     try:
-        infos = getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
+        infos = (getaddrinfo or socket.getaddrinfo)(addr.host, addr.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise ValueError(f'host "{addr.host}" not found: {e.strerror}') from None
     out: list[Address] = []
