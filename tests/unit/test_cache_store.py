@@ -388,3 +388,28 @@ def test_purge_key_prefix_and_all(tmp_path: Path) -> None:
     ]
     assert zone.purge_all() == 1
     assert list(walk_entries(zone.root, zone.levels)) == [] and zone.index.entries == 0
+
+
+# ---- the manager's plan (sans-IO) ---------------------------------------------------------------
+
+
+def test_manager_plan_inactive_then_max_size_then_min_free_lru_first() -> None:
+    from prefork_lb.cache.manager import plan_removals
+
+    F = I.F_USED | I.F_EXISTS
+    nodes = [
+        (b"old", F, 1000, 4096, 0),
+        (b"mid", F, 5000, 8192, 0),
+        (b"new", F, 9000, 4096, 0),
+        (b"lock", F | I.F_UPDATING, 100, 4096, 99999),  # someone fetches it: never removed
+        (b"nofile", I.F_USED, 2000, 0, 0),
+    ]
+    assert plan_removals(nodes, 10000, 60000, 0, 20480, 0) == []
+    # inactive 6 s at t=10 s: old (1 s) and nofile (2 s) go, the locked one stays
+    assert [m for m, _, _ in plan_removals(nodes, 10000, 6000, 0, 20480, 0)] == [b"old", b"nofile"]
+    # max_size 8k: least recently used files go until the rest fits
+    assert [m for m, _, _ in plan_removals(nodes, 10000, 60000, 8192, 20480, 0)] == [b"old", b"mid"]
+    # min_free: 5000 bytes short -> two files (4096 is not enough)
+    assert [m for m, _, _ in plan_removals(nodes, 10000, 60000, 0, 20480, 5000)] == [b"old", b"mid"]
+    expired_lock = [(b"lock", F | I.F_UPDATING, 100, 4096, 50)]  # its lock_age passed
+    assert [m for m, _, _ in plan_removals(expired_lock, 10000, 6000, 0, 4096, 0)] == [b"lock"]
