@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -241,3 +242,27 @@ def test_a_cache_directory_on_a_full_filesystem_never_fails(tmp_path: Path) -> N
             e.close()
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_metrics_expose_the_cache_series(tmp_path: Path) -> None:
+    """nginx-prometheus-exporter's cache families (nginxplus_cache_*{cache}) from the index."""
+    cache = tmp_path / "c"
+    fill(cache, [b"a", b"b", b"c"])
+    port, api_port = free_port(), free_port()
+    zones = zone_toml("c", cache, 'max_size = "1m"')
+    with LB(
+        tmp_path,
+        config(port, api_port, zones).replace(
+            'match = "/ro/"\n  api = true', 'match = "= /metrics"\n  metrics = true'
+        ),
+        port,
+    ):
+        wait_for(lambda: not caches(api_port)["c"]["cold"], what="the loader")
+        status, _, body = request(api_port, "GET", "/metrics")
+        text = body.decode()
+        assert status == 200
+        assert 'nginxplus_cache_size{cache="c"} 24576.0' in text
+        assert 'nginxplus_cache_max_size{cache="c"} 1.048576e+06' in text
+        assert 'nginxplus_cache_cold{cache="c"} 0.0' in text
+        assert re.search(r'^nginxplus_cache_miss_responses_written_total\{cache="c"\} 0\.0$', text, re.M)
+        assert 'nginxplus_cache_hit_responses_total{cache="c"} 0.0' in text
