@@ -215,7 +215,8 @@ def test_a_killed_manager_is_respawned(tmp_path: Path) -> None:
 
 def test_a_cache_directory_on_a_full_filesystem_never_fails(tmp_path: Path) -> None:
     """A 64 KiB tmpfs: writers stop storing once it is full, commit returns False, no temp
-    file or partial entry stays, and the error is logged once (store.py rule 1)."""
+    file or partial entry stays (store.py rule 1); remounted read-only, no writer at all
+    and stored entries still read."""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode != 0:
@@ -240,6 +241,12 @@ def test_a_cache_directory_on_a_full_filesystem_never_fails(tmp_path: Path) -> N
             e = zone.lookup(keys[md5], 0).entry
             assert e is not None and e.body_length == 20000
             e.close()
+        # made read-only under it: no writer (EROFS), lookups still serve what is there
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
+        assert zone.writer(b"new", EntryMeta(valid_until_ms=int(time.time() * 1000) + 60000), HEAD) is None
+        e = zone.lookup(keys[on_disk[0]], 0).entry
+        assert e is not None and e.read(10) == b"x" * 10
+        e.close()
     finally:
         subprocess.run(["umount", str(mnt)])
 
@@ -266,3 +273,39 @@ def test_metrics_expose_the_cache_series(tmp_path: Path) -> None:
         assert 'nginxplus_cache_cold{cache="c"} 0.0' in text
         assert re.search(r'^nginxplus_cache_miss_responses_written_total\{cache="c"\} 0\.0$', text, re.M)
         assert 'nginxplus_cache_hit_responses_total{cache="c"} 0.0' in text
+
+
+def test_binary_upgrade_rebuilds_the_index_in_the_new_master(tmp_path: Path) -> None:
+    """USR2: the new master makes its own index (nginx too: shared memory does not cross
+    exec) and its cache manager's loader fills it from the directory; after WINCH and QUIT
+    to the old master, the API (now served by the new workers only) shows every entry."""
+    cache = tmp_path / "c"
+    fill(cache, [b"a", b"b", b"c"])
+    port, api_port = free_port(), free_port()
+    with LB(tmp_path, config(port, api_port, zone_toml("c", cache)), port) as lb:
+        wait_for(lambda: not caches(api_port)["c"]["cold"], what="the loader")
+        old = lb.master_pid
+        os.kill(old, signal.SIGUSR2)
+
+        def new_master() -> int:
+            pid = int(lb.pid_path.read_text()) if lb.pid_path.exists() else 0
+            if not pid or pid == old or not (tmp_path / f"{lb.pid_name}.oldbin").exists():
+                return 0
+            titles = [" ".join(c.cmdline()) for c in psutil.Process(pid).children()]
+            return pid if len([t for t in titles if "worker process" in t]) == 2 else 0
+
+        new = wait_for(new_master, what="the new master and its workers")
+        os.kill(old, signal.SIGWINCH)
+        os.kill(old, signal.SIGQUIT)
+        assert lb.proc is not None and lb.proc.wait(timeout=20) == 0
+        wait_for(
+            lambda: (
+                sum("cache manager" in " ".join(c.cmdline()) for c in psutil.Process(new).children()) == 1
+            ),
+            what="the new master's cache manager",
+        )
+        doc = wait_for(lambda: (d := caches(api_port)["c"]) and not d["cold"] and d, what="the new loader")
+        assert doc["entries"] == 3 and doc["size"] == 3 * 8192
+        assert files(cache) == {key_md5(k) for k in (b"a", b"b", b"c")}
+        os.kill(new, signal.SIGQUIT)
+        wait_for(lambda: not psutil.pid_exists(new), what="the new master to exit")

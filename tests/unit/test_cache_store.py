@@ -413,3 +413,25 @@ def test_manager_plan_inactive_then_max_size_then_min_free_lru_first() -> None:
     assert [m for m, _, _ in plan_removals(nodes, 10000, 60000, 0, 20480, 5000)] == [b"old", b"mid"]
     expired_lock = [(b"lock", F | I.F_UPDATING, 100, 4096, 50)]  # its lock_age passed
     assert [m for m, _, _ in plan_removals(expired_lock, 10000, 6000, 0, 4096, 0)] == [b"lock"]
+
+
+def test_a_process_killed_inside_the_index_lock_does_not_wedge_it(index: I.CacheIndex) -> None:
+    """A child takes the index lock and is SIGKILLed holding it: the next user gets the lock
+    (futex: taken over from the dead holder; flock: released by the kernel) instead of
+    hanging, and the master's break_dead_holder frees it too. Without either, use() blocks."""
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        index.lock()
+        os.write(w, b"L")
+        time.sleep(60)
+        os._exit(0)
+    assert os.read(r, 1) == b"L"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    t0 = time.monotonic()
+    index.use(md5("after"), 1)  # would block forever on a wedged lock
+    assert time.monotonic() - t0 < 2.0
+    assert index.peek(md5("after")) is not None
