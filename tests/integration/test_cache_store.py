@@ -309,3 +309,30 @@ def test_binary_upgrade_rebuilds_the_index_in_the_new_master(tmp_path: Path) -> 
         assert files(cache) == {key_md5(k) for k in (b"a", b"b", b"c")}
         os.kill(new, signal.SIGQUIT)
         wait_for(lambda: not psutil.pid_exists(new), what="the new master to exit")
+
+
+def test_manager_keeps_min_free_on_a_small_filesystem(tmp_path: Path) -> None:
+    """A 256 KiB tmpfs holding eight 20 KB entries, min_free = 150k: the manager removes the
+    least recently used entries until the filesystem has that much free, and no more."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        fill(mnt, [f"k{i}".encode() for i in range(8)], body_size=20000)
+
+        def free() -> int:
+            st = os.statvfs(mnt)
+            return st.f_bavail * st.f_frsize
+
+        assert free() < 150 * 1024
+        port, api_port = free_port(), free_port()
+        with LB(tmp_path, config(port, api_port, zone_toml("c", mnt, 'min_free = "150k"')), port):
+            wait_for(lambda: free() >= 150 * 1024, timeout_s=10, what="min_free reached")
+            left = len(files(mnt))
+            assert 0 < left < 8
+            time.sleep(1.5)  # more manager passes: nothing more goes
+            assert len(files(mnt)) == left
+            assert caches(api_port)["c"]["entries"] == left
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
