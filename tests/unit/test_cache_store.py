@@ -435,3 +435,25 @@ def test_a_process_killed_inside_the_index_lock_does_not_wedge_it(index: I.Cache
     index.use(md5("after"), 1)  # would block forever on a wedged lock
     assert time.monotonic() - t0 < 2.0
     assert index.peek(md5("after")) is not None
+
+
+def test_the_key_locks_of_a_dead_process_are_released_at_reap(tmp_path: Path) -> None:
+    """A worker takes a key lock and dies: before the master reaps it the key stays locked
+    (until lock_age); the reap (IndexSet.break_dead_holder) clears it at once, and only its
+    locks: another process's lock stays."""
+    zone_lock = Zone.for_peers(1, lock="flock")
+    indexes = I.IndexSet(zone_lock)
+    cp = CachePathConfig("c", str(tmp_path), (), 16384)
+    index = indexes.for_paths({"c": cp})["c"]
+    mine, theirs = md5("dies"), md5("lives")
+    assert index.try_lock(theirs, now_ms(), 60000, pid=os.getpid())
+    pid = os.fork()
+    if pid == 0:
+        index.try_lock(mine, now_ms(), 60000, pid=os.getpid())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert index.is_locked(mine, now_ms())  # nobody cleared it yet
+    indexes.break_dead_holder(pid)
+    assert not index.is_locked(mine, now_ms())
+    assert index.is_locked(theirs, now_ms())
+    assert index.release_locks_of(pid) == 0
