@@ -125,6 +125,9 @@ def test_loader_indexes_the_directory_and_drops_bad_and_orphaned_files(tmp_path:
         assert len(manager_pids(lb)) == 1
         assert 'cache "c": loader indexed 3 file(s)' in lb.output()
         assert caches(api_port, "/api/9")["c"] == caches(api_port, "/ro/9")["c"]  # any API location
+        status, _, body = request(api_port, "GET", "/api/9/http/caches/c")  # one cache by name
+        assert status == 200 and json.loads(body)["entries"] == 3
+        assert request(api_port, "GET", "/api/9/http/caches/nope")[0] == 404
 
 
 def test_manager_removes_inactive_entries_and_keeps_max_size(tmp_path: Path) -> None:
