@@ -339,3 +339,37 @@ def test_manager_keeps_min_free_on_a_small_filesystem(tmp_path: Path) -> None:
             assert caches(api_port)["c"]["entries"] == left
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the worker user applies only to a master run as root")
+def test_with_a_worker_user_the_directory_is_theirs_and_the_manager_runs_as_them() -> None:
+    """user = "nobody": the master gives an existing root-owned cache directory (and tmp/)
+    to the worker user, as nginx; the manager drops to that user and still loads the
+    entries; a purge by a worker (also that user) removes the files."""
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="prefork-lb-cache-"))
+    base.chmod(0o755)
+    try:
+        cache = base / "c"
+        fill(cache, [b"a", b"b"])
+        for path in [p for p in cache.rglob("*") if p != cache / "tmp"]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)  # an earlier run's worker wrote them
+        assert cache.stat().st_uid == 0 and (cache / "tmp").stat().st_uid == 0
+        port, api_port = free_port(), free_port()
+        text = config(port, api_port, zone_toml("c", cache)).replace(
+            "workers = 2", 'workers = 2\nuser = "nobody"'
+        )
+        with LB(base, text, port) as lb:
+            doc = wait_for(lambda: (d := caches(api_port)["c"]) and not d["cold"] and d, what="the loader")
+            assert doc["entries"] == 2
+            assert cache.stat().st_uid == nobody.pw_uid and (cache / "tmp").stat().st_uid == nobody.pw_uid
+            manager = psutil.Process(manager_pids(lb)[0])
+            assert manager.uids().real == nobody.pw_uid
+            assert request(api_port, "DELETE", "/api/9/http/caches/c")[0] == 204
+            assert files(cache) == set()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
