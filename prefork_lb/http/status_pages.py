@@ -29,11 +29,11 @@ def _rest(ex: Exchange, lr: LocationRuntime) -> str:
 def answer(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int, bytes, bytes]:
     """(status, content type, body)."""
     kind = lr.config.status
-    if ex.method == b"DELETE" and kind == "api" and runtime.caches:
-        purged = _purge(ex, lr, runtime)  # issue 18: cache purge (cache/status.py)
-        if purged is not None:
-            return purged
     if ex.method not in (b"GET", b"HEAD"):
+        if ex.method == b"DELETE" and kind == "api" and runtime.caches:
+            purged = _purge(ex, lr, runtime)  # issue 18: cache purge (cache/status.py)
+            if purged is not None:
+                return purged
         error = ApiError(405, "MethodNotAllowed", "method not allowed")
         return 405, JSON, dumps(error.document())
     if kind == "dashboard":
