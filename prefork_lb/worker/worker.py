@@ -112,6 +112,10 @@ class Worker:
         self.parked_cell = ZL.row_base(self.row, self.zone.peers) + ZL.R_PARKED
         slots = dict(spec.peer_slots)
         self.runtime = build_runtime(config, self.zone, slots, self.row, dict(spec.limit_tables))
+        if spec.cache_indexes:  # proxy_cache_path zones (cache/store.py); none: nothing to do
+            from prefork_lb.cache.store import open_zones
+
+            self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))
         from prefork_lb.stream.runtime import build_stream_runtime
 
         self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)
@@ -122,11 +126,6 @@ class Worker:
             # Measured (loadtest/cpu_per_request.sh, 3 A/B pairs): libev's C extension costs
             # 82-87 us of worker CPU per proxied request, libuv (cffi) 163-168 us.
             gevent.config.loop = "libev-cext"
-        if spec.cache_indexes:  # proxy_cache_path zones (cache/store.py); none: nothing to do
-            from prefork_lb.cache import status as _cache_status  # noqa: F401 - import as root
-            from prefork_lb.cache.store import open_zones
-
-            self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))
         gevent.get_hub()  # created (not run) as root: gevent imports its loop module lazily
         _drop_privileges(config, self.zone)
         self.connections: set[Any] = set()
