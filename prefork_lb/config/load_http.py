@@ -236,6 +236,7 @@ class HttpLoader(SectionLoader):
         self.upstreams: dict[str, UpstreamConfig] = {}
         self.log_formats: dict[str, str] = {}
         self.matches: dict[str, HttpMatch] = {}
+        self.cache_paths: dict[str, Any] = {}  # [http.proxy_cache_paths] (config/load_cache.py)
         self.health_checks: list[HealthCheck] = []
         self.limit_req_zones: dict[str, Any] = {}
         self.limit_conn_zones: dict[str, Any] = {}
@@ -259,6 +260,9 @@ class HttpLoader(SectionLoader):
         previous = install_user_variables(user)  # every template below may name them
         try:
             self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
+            from prefork_lb.config.load_cache import cache_paths
+
+            self.cache_paths = cache_paths(t, self.path)  # before any proxy_cache names a zone
             self.compile_maps(t, user)
             from prefork_lb.config.load_sticky import check_variables
 
@@ -282,6 +286,7 @@ class HttpLoader(SectionLoader):
             user_variables=user,
             limit_req_zones=self.limit_req_zones,
             limit_conn_zones=self.limit_conn_zones,
+            cache_paths=self.cache_paths,
         )
 
     # ---- issue 16: map and set variables ----

@@ -61,6 +61,8 @@ class WorkerSpec:
     peer_slots: Mapping[str, int]
     ready_fd: int  # write end of the readiness pipe; one byte "R" when serving
     log_fds: tuple[int, ...]  # the error log's descriptors (stdio included when used)
+    # proxy_cache_path indexes by zone name (cache/index.py): anonymous shared mappings, no descriptor
+    cache_indexes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # limit_req / limit_conn tables (limits/table.py): anonymous shared mappings, no descriptor
     limit_tables: Mapping[tuple[int, str], Any] = field(default_factory=lambda: MappingProxyType({}))
     servers: Any = None  # issue 19: zone/servers.py's ServerTable (anonymous shared mapping)
