@@ -41,8 +41,9 @@ def test_patch_drain_keeps_bound_sessions_and_post_binds_new_servers(tmp_path: P
             f'servers = [{{ address = "{a}" }}, {{ address = "{b}" }}]\n'
         )
         cfg = config(port, api_port, up, workers=2).replace("api = true", "api = { write = true }")
+        # the access log holds the proxied requests only
         api_listen = f'listen = ["127.0.0.1:{api_port}"]'
-        cfg = cfg.replace(api_listen, api_listen + '\naccess_log = "off"')  # the log holds proxied requests only
+        cfg = cfg.replace(api_listen, api_listen + '\naccess_log = "off"')
         with LB(tmp_path, cfg, port) as lb:
             assert patch(api_port, 0, {"drain": True}) == 200
             peers = json.loads(request(api_port, "GET", "/api/9/http/upstreams/backend")[2])["peers"]
