@@ -25,6 +25,7 @@ from prefork_lb.config.model import (
     zone_name,
 )
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
+from prefork_lb.http.cache_path import CachePlan, build_plan
 from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules, compile_added, compile_rules
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.realip import RealIpRule
@@ -61,6 +62,7 @@ class LocationRuntime:
     tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
     headers: ResponseRules = DEFAULT_RULES  # add_header, hide/pass, proxy_redirect (header_rules.py)
     limits: LocationLimits | None = None  # limit_req / limit_conn (limits/engine.py)
+    cache: CachePlan | None = None  # issue 18: proxy_cache (http/cache_path.py); None: no cost
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -151,7 +153,12 @@ def _has_rules(loc: LocationConfig) -> bool:
 
 
 def build_runtime(
-    config: Config, zone: Zone, slots: dict[str, int], row: int, limit_tables: Tables | None = None
+    config: Config,
+    zone: Zone,
+    slots: dict[str, int],
+    row: int,
+    limit_tables: Tables | None = None,
+    caches: dict[str, Any] | None = None,
 ) -> HttpRuntime:
     """``zone``/``slots``/``row`` and the limit tables come from the master (the worker's spec)."""
     upstreams = {}
@@ -191,6 +198,7 @@ def build_runtime(
                 tls=tls.get(id(loc)),
                 headers=compile_rules(loc) if _has_rules(loc) else DEFAULT_RULES,
                 limits=LocationLimits.build(loc, config.http, limit_tables or {}, row),
+                cache=build_plan(loc, caches or {}) if loc.proxy_cache else None,
             )
     return HttpRuntime(
         config=config,
