@@ -23,7 +23,7 @@ from typing import Any
 from prefork_lb.config.load_cache import cache_paths
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
 from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
-from prefork_lb.config.load_proxy_cache import CACHE_KEYS, TEMPLATE_KEYS, check_templates
+from prefork_lb.config.load_proxy_cache import CACHE_KEYS, TEMPLATE_KEYS, check_cache_zone, check_templates
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
 from prefork_lb.config.model import (
     LINGERING_CLOSE,
@@ -395,6 +395,8 @@ class HttpLoader(SectionLoader):
                     check_zone_names(t, key, settings[field_name], *zones)
                 elif key in TEMPLATE_KEYS:  # issue 18
                     check_templates(t, key, settings[field_name])
+                elif key == "proxy_cache":  # issue 18: a [http.proxy_cache_paths] zone
+                    check_cache_zone(t, settings[field_name], self.cache_paths)
             else:
                 t.raw(key, None)  # known key, not set at this level
         return settings

@@ -4,7 +4,7 @@ Rules:
 - Every key here is inheritable from ``[http]`` and the server like the other
   ``LOCATION_KEYS`` (the nearest level wins, lists replaced whole), as nginx merges them.
 - ``proxy_cache = "off"`` (or "") cancels an inherited cache; a named zone must be one of
-  ``[http.proxy_cache_paths]`` (checked once every level is read: ``check_cache_zones``).
+  ``[http.proxy_cache_paths]`` (checked where it is written: ``check_cache_zone``).
 - Templates (``proxy_cache_key``, ``proxy_cache_bypass``, ``proxy_no_cache``) are compiled
   where they are written, so an unknown variable is an error naming that level.
 - ``proxy_cache_methods``: GET and HEAD are always added (nginx).
@@ -20,7 +20,6 @@ from typing import Any
 
 from prefork_lb.cache.policy import IGNORABLE_HEADERS, USE_STALE_CONDITIONS, ValidRule, parse_valid_rule
 from prefork_lb.config.source import (
-    Source,
     Table,
     boolean,
     duration,
@@ -126,14 +125,9 @@ def check_templates(t: Table, key: str, value: str | Iterable[str]) -> None:
             raise t.error(key, str(e) if isinstance(value, str) else f"[{i}]: {e}") from None
 
 
-def check_cache_zones(source: Source, servers: Iterable[Any], zones: Mapping[str, Any] | None) -> None:
-    """Every ``proxy_cache`` names a ``[http.proxy_cache_paths]`` entry (error names the location)."""
-    known = zones or {}
-    for s, server in enumerate(servers):
-        for i, loc in enumerate(server.locations):
-            name = loc.proxy_cache
-            if name and name not in known:
-                path = f"http.servers[{s}].locations[{i}].proxy_cache"
-                raise source.error(
-                    path, f'unknown cache zone "{name}" (define it in [http.proxy_cache_paths.{name}])'
-                )
+def check_cache_zone(t: Table, name: str, zones: Mapping[str, Any]) -> None:
+    """``proxy_cache`` names a ``[http.proxy_cache_paths]`` entry: an error where it is written."""
+    if name and name not in zones:
+        raise t.error(
+            "proxy_cache", f'unknown cache zone "{name}" (define it in [http.proxy_cache_paths.{name}])'
+        )

@@ -489,8 +489,8 @@ class Fill:
             decision = P.store_decision(resp.status, resp.headers, now_ms, plan.valid, plan.ignore, no_cache)
             if decision is not None:
                 meta = _meta(decision, resp.headers, ex)
-                status = ex.cache_status.lower() or "miss"
-                writer = plan.zone.writer(self.key, meta, stored_head(resp), status)
+                counted = ex.cache_status.lower() or "miss"
+                writer = plan.zone.writer(self.key, meta, stored_head(resp), counted)
         framing = resp.framing
         length = resp.content_length if framing == "length" else None
         client_head_only = req.method == b"HEAD" or self.background

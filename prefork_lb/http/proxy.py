@@ -245,9 +245,9 @@ class Proxy:
                 ex.attempts.append(Attempt(up.group.name, 502, None, None, 0.0))
                 log.error('no live upstreams while connecting to upstream, upstream: "%s"', up.group.name)
                 if cache is not None:  # rule 12: use_stale error covers "no live upstreams"
-                    stale = cache.on_failure(self.client, "error", self.keep_alive)
-                    if stale is not None:
-                        return stale
+                    from_cache = cache.on_failure(self.client, "error", self.keep_alive)
+                    if from_cache is not None:
+                        return from_cache
                 return ProxyOutcome(self.client.respond_error(ex, 502), False)
             attempt = Attempt(peer.addr)
             ex.attempts.append(attempt)
@@ -281,9 +281,9 @@ class Proxy:
                 if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
                     continue
                 if cache is not None:  # rule 12
-                    stale = cache.on_failure(self.client, fail.condition, self.keep_alive)
-                    if stale is not None:
-                        return stale
+                    from_cache = cache.on_failure(self.client, fail.condition, self.keep_alive)
+                    if from_cache is not None:
+                        return from_cache
                 return ProxyOutcome(self.client.respond_error(ex, fail.status), False)
             except BaseException:
                 # The client failed us (body error, 413, gone): not the peer's fault.

@@ -154,12 +154,7 @@ def _has_rules(loc: LocationConfig) -> bool:
 
 
 def build_runtime(
-    config: Config,
-    zone: Zone,
-    slots: dict[str, int],
-    row: int,
-    limit_tables: Tables | None = None,
-    caches: dict[str, Any] | None = None,
+    config: Config, zone: Zone, slots: dict[str, int], row: int, limit_tables: Tables | None = None
 ) -> HttpRuntime:
     """``zone``/``slots``/``row`` and the limit tables come from the master (the worker's spec)."""
     upstreams = {}
@@ -199,7 +194,6 @@ def build_runtime(
                 tls=tls.get(id(loc)),
                 headers=compile_rules(loc) if _has_rules(loc) else DEFAULT_RULES,
                 limits=LocationLimits.build(loc, config.http, limit_tables or {}, row),
-                cache=build_plan(loc, caches or {}) if loc.proxy_cache else None,
             )
     return HttpRuntime(
         config=config,
@@ -218,3 +212,11 @@ def build_runtime(
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
         realip={id(s): RealIpRule(s.realip) for s in config.http.servers if s.realip is not None},
     )
+
+
+def attach_cache_plans(runtime: HttpRuntime) -> None:
+    """Issue 18: once ``runtime.caches`` holds the worker's open zones, each location with
+    ``proxy_cache`` gets its compiled plan (http/cache_path.py); the others keep None."""
+    for lr in runtime.locations.values():
+        if lr.config.proxy_cache:
+            lr.cache = build_plan(lr.config, runtime.caches)

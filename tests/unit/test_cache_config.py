@@ -83,3 +83,13 @@ def test_errors_name_key_path(tmp_path: Path, line: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         load(tmp_path, make(location=line))
     assert message in str(e.value)
+
+
+def test_proxy_cache_names_a_cache_path(tmp_path: Path) -> None:
+    """A known zone is accepted; an unknown one is an error where it is written."""
+    paths = '[http.proxy_cache_paths.one]\npath = "c"\nkeys_zone = "1m"\n'
+    cfg = load(tmp_path, make(location='proxy_cache = "one"', more=paths))
+    assert cfg.http.servers[0].locations[0].proxy_cache == "one"
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, make(server='proxy_cache = "two"', more=paths))
+    assert 'http.servers[0].proxy_cache: unknown cache zone "two"' in str(e.value)
