@@ -256,30 +256,34 @@ def burst(lb: LB, path: str, n: int) -> list[tuple[str, float]]:
     return out
 
 
+UPDATING = 'proxy_cache_lock = true\n  proxy_cache_use_stale = ["updating"]'
+
+
 @pytest.mark.parametrize(
-    ("loc", "expected", "upstream"),
+    ("loc", "expected", "upstream", "workers"),
     [
-        ("proxy_cache_lock = true", {"EXPIRED": 30}, 30),  # C19: the lock does not protect it
-        (
-            'proxy_cache_lock = true\n  proxy_cache_use_stale = ["updating"]',
-            {"EXPIRED": 1, "UPDATING": 29},
-            1,
-        ),
-        (
-            'proxy_cache_lock = true\n  proxy_cache_use_stale = ["updating"]\n'
-            "  proxy_cache_background_update = true",
-            {"STALE": 1, "UPDATING": 29},
-            1,
-        ),
+        ("proxy_cache_lock = true", {"EXPIRED": 30}, 30, 2),  # C19: the lock does not protect it
+        ("", {"EXPIRED": 30}, 30, 2),  # C20: neither
+        ('proxy_cache_use_stale = ["updating"]', {"EXPIRED": 1, "UPDATING": 29}, 1, 2),  # C20
+        (UPDATING, {"EXPIRED": 1, "UPDATING": 29}, 1, 2),
+        (UPDATING + "\n  proxy_cache_background_update = true", {"STALE": 1, "UPDATING": 29}, 1, 2),
+        (UPDATING, {"EXPIRED": 1, "UPDATING": 29}, 1, 4),
     ],
-    ids=["C19-lock-only", "C17-updating", "C18-background"],
+    ids=[
+        "C19-lock-only",
+        "C20-neither",
+        "C20-updating-only",
+        "C17-updating",
+        "C18-background",
+        "C25-4-workers",
+    ],
 )
 def test_expired_burst(
-    tmp_path: Path, be: CacheBackend, loc: str, expected: dict[str, int], upstream: int
+    tmp_path: Path, be: CacheBackend, loc: str, expected: dict[str, int], upstream: int, workers: int
 ) -> None:
-    """C17-C19: valid 1 s, expired key, upstream 0.5 s, 30 concurrent over 2 workers."""
+    """C17-C20, C25: valid 1 s, expired key, upstream 0.5 s, 30 concurrent over 2 (4) workers."""
     be.route("/e", delay_s=0.5)
-    with start(tmp_path, be, 'proxy_cache_valid = ["200 1s"]\n  ' + loc, workers=2) as lb:
+    with start(tmp_path, be, 'proxy_cache_valid = ["200 1s"]\n  ' + loc, workers=workers) as lb:
         assert get(lb, "/e")[1] == "MISS"
         until_stale()
         results = burst(lb, "/e", 30)
@@ -427,3 +431,33 @@ def test_chunked_upstream_stored_and_large_body_hit(tmp_path: Path, be: CacheBac
     assert b[3]["content-length"] == str(len(b[2]))
     assert (c[1], d[1]) == ("MISS", "HIT") and d[2] == c[2] == b"n=1\n" + big
     assert data.count(b"n=1\n" + big) == 2
+
+
+def test_lock_timeout_waiters_go_upstream_unstored(tmp_path: Path, be: CacheBackend) -> None:
+    """C16: lock_timeout 1 s, upstream 3 s, 6 concurrent: 6 MISS, 6 upstream requests (the
+    waiters give up after 1 s, their responses are not stored); the next GET is a HIT with
+    the lock holder's body (n=1)."""
+    be.route("/t", delay_s=3.0)
+    loc = VALID_10S + '\n  proxy_cache_lock = true\n  proxy_cache_lock_timeout = "1s"'
+    with start(tmp_path, be, loc) as lb:
+        results = burst(lb, "/t", 6)
+        after = get(lb, "/t")
+    assert Counter(s for s, _ in results) == {"MISS": 6}
+    assert be.hits["/t"] == 6
+    assert after[1:3] == ("HIT", b"n=1\n")
+
+
+def test_stale_while_revalidate_and_first_valid_match(tmp_path: Path, be: CacheBackend) -> None:
+    """C13: background_update alone with the upstream's stale-while-revalidate=30: STALE
+    after expiry. C14: "any 1s" before "200 60s": a 200 is valid 1 s only (EXPIRED)."""
+    be.route("/swr", headers=[("Cache-Control", "max-age=1, stale-while-revalidate=30")])
+    be.route("/first")
+    loc = 'proxy_cache_valid = ["any 1s", "200 60s"]\n  proxy_cache_background_update = true'
+    with start(tmp_path, be, loc) as lb:
+        assert [get(lb, p)[1] for p in ("/swr", "/first")] == ["MISS", "MISS"]
+        until_stale(2.1)
+        swr = get(lb, "/swr")
+        first = get(lb, "/first")
+        wait_for(lambda: be.hits["/swr"] == 2, what="the background update")
+    assert swr[1:3] == ("STALE", b"n=1\n")
+    assert first[1:3] == ("EXPIRED", b"n=2\n")
