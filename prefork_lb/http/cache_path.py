@@ -6,8 +6,9 @@ location whose runtime has a ``CachePlan`` (locations without one pay nothing: t
 connection checks one attribute).
 
 Rules:
-1. A method outside ``proxy_cache_methods`` is proxied untouched ($upstream_cache_status
-   empty). HEAD is fetched upstream as GET (``proxy_cache_convert_head``) and stored.
+1. A method outside ``proxy_cache_methods``, and an Upgrade (WebSocket) request, is proxied
+   untouched ($upstream_cache_status empty). HEAD is fetched upstream as GET
+   (``proxy_cache_convert_head``) and stored.
 2. ``proxy_cache_bypass`` true: BYPASS, no lookup, the response is still stored.
 3. A fresh entry is a HIT: served from the file without the balancer or an upstream (the
    stored head replayed through the location's header rules, our Date, no Age; bodies above
@@ -146,7 +147,7 @@ def serve(
 ) -> ProxyOutcome:
     plan = lr.cache
     assert plan is not None
-    if ex.method not in plan.methods:  # rule 1
+    if ex.method not in plan.methods or head.upgrade:  # rule 1
         return Proxy(client, ex, head, lr, keep_alive, status_zone).run()
     zone = plan.zone
     key = plan.key.render(ex).encode("latin-1")

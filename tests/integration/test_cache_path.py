@@ -10,6 +10,7 @@ the only sleeps here; every other wait is on a condition."""
 from __future__ import annotations
 
 import http.client
+import shutil
 import socket
 import threading
 import time
@@ -461,3 +462,28 @@ def test_stale_while_revalidate_and_first_valid_match(tmp_path: Path, be: CacheB
         wait_for(lambda: be.hits["/swr"] == 2, what="the background update")
     assert swr[1:3] == ("STALE", b"n=1\n")
     assert first[1:3] == ("EXPIRED", b"n=2\n")
+
+
+def test_unwritable_cache_serves_uncached(tmp_path: Path, be: CacheBackend) -> None:
+    """The cache's temp directory replaced by a file while running (as root, chmod cannot
+    make a directory unwritable): every request still gets its full 200, nothing is stored
+    (MISS each time, the upstream asked each time) and the error is logged once."""
+    be.route("/w")
+    with start(tmp_path, be, VALID_10S) as lb:
+        tmp = tmp_path / "cache" / "tmp"
+        shutil.rmtree(tmp)
+        tmp.write_text("not a directory")
+        seq = statuses(lb, "/w", 3)
+        log = lb.output()
+    assert seq == [("MISS", b"n=1\n"), ("MISS", b"n=2\n"), ("MISS", b"n=3\n")]
+    assert log.count("cannot create a temp file in") == 1
+
+
+def test_websocket_upgrade_never_cached(tmp_path: Path, be: CacheBackend) -> None:
+    """An Upgrade request on a cached location bypasses the cache entirely: it cannot be
+    answered from an entry a plain GET stored (empty $upstream_cache_status)."""
+    be.route("/ws")
+    with start(tmp_path, be, VALID_10S) as lb:
+        assert get(lb, "/ws")[1] == "MISS"
+        up = get(lb, "/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+    assert up[1] == "" and up[2] == b"n=2\n" and be.hits["/ws"] == 2
