@@ -329,11 +329,13 @@ def _background(
     )
     validators = _validators(entry) if plan.revalidate else None
     stored_status = entry.status
+    stale_meta = entry.meta
 
     def run() -> None:
         fill = Fill(plan, lr, bex, bhead, key, md5, store=True, locked=True, background=True)
         fill.validators = validators
         fill.stored_status = stored_status
+        fill.stale_meta = stale_meta
         try:
             _fetch(_Discard(client.clock), bex, bhead, lr, True, None, fill)
         except Exception:  # never let a background update take the worker down
@@ -363,6 +365,7 @@ class Fill:
         "md5",
         "plan",
         "stale",
+        "stale_meta",
         "store",
         "stored_status",
         "validators",
@@ -394,6 +397,7 @@ class Fill:
         self.as_get = head.method == b"HEAD" and plan.convert_head
         self.validators = _validators(stale) if stale is not None and plan.revalidate else None
         self.stored_status = stale.status if stale is not None else 0
+        self.stale_meta = stale.meta if stale is not None else None  # a background update's too
 
     # -- request (rule 6) --
 
@@ -455,7 +459,7 @@ class Fill:
                 self.plan.ignore,
             )
             if decision is not None:
-                meta = _refreshed_meta(self.validators, decision, resp.headers, stale.meta if stale else None)
+                meta = _refreshed_meta(self.validators, decision, resp.headers, self.stale_meta)
                 self.plan.zone.refresh(self.md5, meta, self.key)
             self.ex.cache_status = "REVALIDATED"
             if stale is None:  # a background update: nothing to send
@@ -876,7 +880,7 @@ def _refreshed_meta(
     return replace(
         base,
         valid_until_ms=decision.valid_until_ms,
-        etag=etag if len(etag) == len(base.etag) or old is None else base.etag,
+        etag=etag,
         stale_while_revalidate_s=decision.updating_s,
         stale_if_error_s=decision.error_s,
     )
