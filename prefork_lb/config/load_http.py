@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prefork_lb.config.load_cache import cache_paths
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
 from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
 from prefork_lb.config.load_proxy_cache import CACHE_KEYS, TEMPLATE_KEYS, check_cache_zone, check_templates
@@ -239,10 +238,10 @@ class HttpLoader(SectionLoader):
         self.upstreams: dict[str, UpstreamConfig] = {}
         self.log_formats: dict[str, str] = {}
         self.matches: dict[str, HttpMatch] = {}
+        self.cache_paths: dict[str, Any] = {}  # [http.proxy_cache_paths] (config/load_cache.py)
         self.health_checks: list[HealthCheck] = []
         self.limit_req_zones: dict[str, Any] = {}
         self.limit_conn_zones: dict[str, Any] = {}
-        self.cache_paths: dict[str, Any] = {}
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
@@ -263,6 +262,8 @@ class HttpLoader(SectionLoader):
         previous = install_user_variables(user)  # every template below may name them
         try:
             self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
+            from prefork_lb.config.load_cache import cache_paths
+
             self.cache_paths = cache_paths(t, self.path)  # before any proxy_cache names a zone
             self.compile_maps(t, user)
             http_settings = self.location_settings(t, {})
@@ -523,8 +524,11 @@ class HttpLoader(SectionLoader):
         if return_ is None:
             t.raw("return", None)
         status = ""
+        api_write = False
+        if isinstance(t.raw("api", None), dict):  # issue 19: api = { write = true }
+            api_write = _api_options(t)
         for key in ("api", "metrics", "dashboard"):
-            if t.take(key, boolean, False):
+            if t.take(key, _api_flag if key == "api" else boolean, False):
                 if status:
                     raise t.error(key, f'cannot be combined with "{status}" in one location')
                 status = key
@@ -572,6 +576,7 @@ class HttpLoader(SectionLoader):
             access_logs=access_logs,
             status=status,  # type: ignore[arg-type]
             access=access,
+            api_write=api_write,
             rewrite=rewrite,
             **settings,
         )
@@ -820,3 +825,16 @@ def check_upstream_ssl(t: Table, settings: dict[str, Any]) -> None:
         except (OSError, ssl.SSLError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise t.error("proxy_ssl_trusted_certificate", f'cannot load "{trusted}": {reason}') from None
+
+
+def _api_flag(v: object) -> bool:
+    """``api = true`` or ``api = { write = ... }`` (the table is read by ``_api_options``)."""
+    return True if isinstance(v, dict) else boolean(v)
+
+
+def _api_options(t: Table) -> bool:
+    """``api = { write = true }``: nginx's ``api write=on`` (read-only stays the default)."""
+    opts = t.table("api")
+    write = opts.take("write", boolean, False)
+    opts.finish()
+    return write

@@ -30,6 +30,10 @@ def answer(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int
     """(status, content type, body)."""
     kind = lr.config.status
     if ex.method not in (b"GET", b"HEAD"):
+        if ex.method == b"DELETE" and kind == "api" and runtime.caches:
+            purged = _purge(ex, lr, runtime)  # issue 18: cache purge (cache/status.py)
+            if purged is not None:
+                return purged
         error = ApiError(405, "MethodNotAllowed", "method not allowed")
         return 405, JSON, dumps(error.document())
     if kind == "dashboard":
@@ -54,3 +58,26 @@ def _dashboard(rest: str) -> tuple[int, bytes, bytes]:
     if body is None:
         body = _cache[name] = resources.files("prefork_lb.dashboard").joinpath(name).read_bytes()
     return 200, ctype, body
+
+
+def _purge(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int, bytes, bytes] | None:
+    import gevent
+
+    from prefork_lb.cache.status import PurgeError, purge
+
+    write = lr.config.api_write and (bool(lr.access) or _is_loopback(ex.conn.remote_addr))
+    try:
+        done = purge(_rest(ex, lr), ex.args, write, runtime.caches, ex.remote_addr, lambda: gevent.sleep(0))
+    except PurgeError as e:
+        return e.status, JSON, dumps(ApiError(e.status, e.code, e.text).document())
+    return (204, JSON, b"") if done else None
+
+
+def _is_loopback(addr: str) -> bool:
+    """Writes without an ``allow`` list only from loopback clients (as the write API)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr.startswith("unix:") or addr == ""

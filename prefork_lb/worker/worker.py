@@ -88,6 +88,7 @@ class Worker:
         import gevent.socket
         from setproctitle import setproctitle
 
+        from prefork_lb.http import status_pages  # noqa: F401 - import as root (importlib.resources)
         from prefork_lb.http.connection import ClientConnection  # noqa: F401 - import as root
         from prefork_lb.http.runtime import build_runtime
         from prefork_lb.worker import privileges
