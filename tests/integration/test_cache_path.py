@@ -234,7 +234,7 @@ def test_lock_burst_new_key_one_upstream_request(tmp_path: Path, be: CacheBacken
         results = burst(lb, "/lock", 30)
     assert Counter(s for s, _ in results) == {"MISS": 1, "HIT": 29}
     assert be.hits["/lock"] == 1
-    assert max(t for _, t in results) < 2.0
+    assert max(t for _, t in results) < 1.0  # measured 0.515 s (1 and 4 workers); nginx 0.51 / 1.0 s
 
 
 def burst(lb: LB, path: str, n: int) -> list[tuple[str, float]]:
