@@ -808,6 +808,12 @@ def stored_head(resp: ResponseHead) -> bytes:
     return b"".join(parts)
 
 
+# Parsed stored heads by their bytes, per worker: a HIT on a known entry skips the parse.
+# Bounded (emptied when full); the values are never mutated (callers copy to add fields).
+PARSED_MAX: Final = 1024
+_PARSED: dict[bytes, tuple[int, bytes, list[tuple[bytes, bytes]]]] = {}
+
+
 def parse_stored_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """(status, reason, headers) of a head written by ``stored_head`` (checksummed in the
     entry, so it is trusted)."""
@@ -894,7 +900,12 @@ def serve_entry(
 ) -> bool:
     """Send ``entry`` to the client (HIT, STALE, UPDATING, REVALIDATED): range and
     conditional answers included. Whether the connection may stay open."""
-    status, reason, headers = parse_stored_head(entry.head)
+    parsed = _PARSED.get(entry.head)
+    if parsed is None:
+        if len(_PARSED) >= PARSED_MAX:
+            _PARSED.clear()
+        parsed = _PARSED[entry.head] = parse_stored_head(entry.head)
+    status, reason, headers = parsed
     length = entry.body_length
     rules = lr.headers
     now = client.clock()
@@ -905,7 +916,7 @@ def serve_entry(
     plan = lr.cache
     if ex.status_override:
         status, reason = ex.status_override, b""
-    elif status == 200:
+    elif status == 200 and (b"if-none-match" in index or b"if-modified-since" in index or b"range" in index):
         etag, last_modified = _validators_of(headers)
         if P.not_modified(
             200, index.get(b"if-none-match"), index.get(b"if-modified-since"), etag, last_modified
