@@ -561,6 +561,14 @@ class Fill:
             status, reason, headers, resp.connection_tokens, field, keep_alive, now, rules, ex
         )
         ex.bytes_sent = len(out_head)
+        if client_head_only and writer is None and resp.framing != "none":
+            # a HEAD (fetched as GET) or a 304 whose body nobody needs: the upstream
+            # connection is closed rather than read to its end
+            try:
+                client.send(out_head)
+            except ClientGone:
+                return False, False
+            return keep_alive, False
         sink = _Sink(client, ex, out_head, window, client_head_only, field == _CHUNKED)
         sink.keep_reading = writer is not None
         try:

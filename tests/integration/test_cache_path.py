@@ -543,3 +543,24 @@ def test_background_update_revalidates(tmp_path: Path, be: CacheBackend) -> None
     assert hit[2] == b"n=1\n"
     assert de[1:3] == ("MISS", b"n=3\n") and be.hits["/br"] == 3
     assert be.seen["/br"][1][1]["if-none-match"] == '"b1"'
+
+
+def test_head_of_an_uncacheable_response_does_not_read_the_body(tmp_path: Path, be: CacheBackend) -> None:
+    """A HEAD fetched as GET whose response is not stored (404 with "10s"): the client gets
+    the head at once; the 16 MB upstream body is not read (the upstream connection closes:
+    the upstream's write fails; reading it to its end, as before, failed this), and a GET
+    after it on the same connection is answered normally."""
+    be.route("/nf", status=404, body=b"e" * (16 << 20))
+    with start(tmp_path, be, VALID_10S) as lb:
+        conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+        conn.request("HEAD", "/nf")
+        head = conn.getresponse()
+        head.read()
+        conn.request("GET", "/nf")
+        body = conn.getresponse().read()
+        conn.close()
+    assert head.status == 404 and head.getheader("X-Cache-Status") == "MISS"
+    assert head.getheader("Content-Length") == str(4 + (16 << 20))
+    assert body == b"n=2\n" + b"e" * (16 << 20)
+    assert [m for m, _ in be.seen["/nf"]] == ["GET", "GET"]
+    assert wait_for(lambda: be.write_errors["/nf"] == 1, what="the unread body's write to fail")
