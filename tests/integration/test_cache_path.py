@@ -564,3 +564,34 @@ def test_head_of_an_uncacheable_response_does_not_read_the_body(tmp_path: Path, 
     assert body == b"n=2\n" + b"e" * (16 << 20)
     assert [m for m, _ in be.seen["/nf"]] == ["GET", "GET"]
     assert wait_for(lambda: be.write_errors["/nf"] == 1, what="the unread body's write to fail")
+
+
+def test_hits_over_tls_use_the_read_path(tmp_path: Path, be: CacheBackend) -> None:
+    """On a TLS connection sendfile cannot work: a 300 KB HIT (and a small one) goes out
+    through reads and TLS sends, byte-exact, twice on one keep-alive connection."""
+    import ssl
+
+    from tests.tls_certs import TestCA
+
+    ca = TestCA(tmp_path / "certs")
+    pair = ca.issue("a.test")
+    big = bytes(range(256)) * 1200
+    be.route("/big", body=big)
+    port = free_port()
+    text = config(port, be, VALID_10S).replace(
+        f'listen = ["127.0.0.1:{port}"]',
+        f'listen = ["127.0.0.1:{port} ssl"]\nssl_certificate = ["{pair.cert}"]\n'
+        f'ssl_certificate_key = ["{pair.key}"]',
+    )
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    ctx.check_hostname = False
+    with LB(tmp_path, text, port):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        seen = []
+        for _ in range(3):
+            conn.request("GET", "/big", headers={"Host": "a.test"})
+            resp = conn.getresponse()
+            seen.append((resp.getheader("X-Cache-Status"), resp.read()))
+        conn.close()
+    assert [s for s, _ in seen] == ["MISS", "HIT", "HIT"]
+    assert all(body == b"n=1\n" + big for _, body in seen)
