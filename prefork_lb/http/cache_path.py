@@ -985,12 +985,26 @@ def serve_entry(
 
 
 def _send_body(client: Client, ex: Exchange, entry: Entry, head: bytes, pos: int, count: int) -> None:
-    """``head`` then ``count`` body bytes from ``pos``: one send when small, else sendfile
-    where the connection offers it (``send_file``), else reads of ``READ_CHUNK``."""
+    """``head`` then ``count`` body bytes from ``pos``. A cache file that cannot be read to
+    the end (an I/O error, shorter than its header said) ends the connection: the client
+    sees a truncated response, never a padded one, and the worker goes on."""
+    try:
+        _send_file_part(client, ex, entry, head, pos, count)
+    except OSError as e:
+        log.error(
+            "cache file %s read failed (%s: %s), client connection closed", entry.path, e.errno, e.strerror
+        )
+        client.abort()
+        raise ClientGone from None
+
+
+def _send_file_part(client: Client, ex: Exchange, entry: Entry, head: bytes, pos: int, count: int) -> None:
+    """One send when small, else sendfile where the connection offers it (``send_file``),
+    else reads of ``READ_CHUNK``."""
     if count <= SENDFILE_MIN:
         data = entry.pread(count, pos)
         if len(data) != count:
-            raise ClientGone  # the file changed under us: end the connection, never pad
+            raise OSError(0, "file shorter than its header says")
         client.send(head + data if head else data)
         ex.body_bytes_sent += count
         ex.bytes_sent += count
@@ -1003,13 +1017,13 @@ def _send_body(client: Client, ex: Exchange, entry: Entry, head: bytes, pos: int
         ex.body_bytes_sent += sent
         ex.bytes_sent += sent
         if sent != count:
-            raise ClientGone
+            raise OSError(0, "file shorter than its header says")
         return
     end = pos + count
     while pos < end:
         data = entry.pread(min(READ_CHUNK, end - pos), pos)
         if not data:
-            raise ClientGone
+            raise OSError(0, "file shorter than its header says")
         client.send(data)
         pos += len(data)
         ex.body_bytes_sent += len(data)

@@ -10,6 +10,7 @@ the only sleeps here; every other wait is on a condition."""
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import socket
 import struct
@@ -595,3 +596,31 @@ def test_hits_over_tls_use_the_read_path(tmp_path: Path, be: CacheBackend) -> No
         conn.close()
     assert [s for s, _ in seen] == ["MISS", "HIT", "HIT"]
     assert all(body == b"n=1\n" + big for _, body in seen)
+
+
+def test_entry_truncated_while_served(tmp_path: Path, be: CacheBackend) -> None:
+    """A cache file cut short while a HIT streams it (sendfile finds its end early): the
+    client's connection is closed with the body short (never padded), the error is logged,
+    the worker goes on, and the next request is a MISS (the file is no longer valid)."""
+    body = b"t" * (32 << 20)
+    be.route("/t", body=body)
+    with start(tmp_path, be, VALID_10S) as lb:
+        assert get(lb, "/t")[1] == "MISS"
+        files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.parent.name != "tmp"]
+        assert len(files) == 1
+        sock = socket.create_connection(("127.0.0.1", lb.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /t HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        got = sock.recv(65536)
+        assert b"X-Cache-Status: HIT" in got
+        os.truncate(files[0], 1 << 20)
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        sock.close()
+        wait_for(lambda: "read failed" in lb.output(), what="the error line")
+        after = get(lb, "/t")
+    assert len(got) < len(body)
+    assert after[1] == "MISS" and after[2] == b"n=2\n" + body
