@@ -191,9 +191,8 @@ class Master:
             close_retired_listeners(self)
             release_retired_slots(self)
             if self.stopping:
-                if not self.workers and not self.prober_pid and not self.prober_stopping and not (
-                    self.cache_manager.running
-                ):
+                manager = self.cache_manager.running  # rule 10: it exits with the workers
+                if not self.workers and not self.prober_pid and not self.prober_stopping and not manager:
                     log.log(25, "exit")
                     return 0
                 if self.stopping == "fast" and time.monotonic() > self.stop_deadline:
