@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from h2.config import H2Configuration
@@ -270,13 +271,17 @@ class H2Session:
             log.info("%s, client: %s", mapped.reason, self.info.remote_addr)
             self._close_with(mapped.code)
             return
+        # the stream's own view of the connection: $connection_requests is this stream's
+        # number (its _handle counts it), not whatever the connection reached by log time
+        info = replace(self.info, requests=self.info.requests)
+        self.info.requests += 1
         stream: H2Stream | TlsH2Stream
         if self.verify is None:
             stream = H2Stream.__new__(H2Stream)
-            stream.init_stream(self, sid, mapped, self.info, self.router, self.runtime, self.clock)
+            stream.init_stream(self, sid, mapped, info, self.router, self.runtime, self.clock)
         else:
             tls_stream = TlsH2Stream.__new__(TlsH2Stream)
-            tls_stream.init_stream(self, sid, mapped, self.info, self.router, self.runtime, self.clock)
+            tls_stream.init_stream(self, sid, mapped, info, self.router, self.runtime, self.clock)
             tls_stream.setup(False, self.verify)
             stream = tls_stream
         stream.remote_ended = end_stream
