@@ -307,3 +307,35 @@ def test_graceful_goaway_on_reload_in_flight_streams_finish(tmp_path: Path) -> N
             gate.shut()
             gate.release()
             assert c2.get("/new").status == 200
+
+
+def test_client_reset_ends_the_upstream_wait(tmp_path: Path) -> None:
+    """RST_STREAM from the client while the upstream has not answered: the stream ends at
+    once (logged 499 with its upstream), the other stream is untouched. Catches: a reset
+    stream left waiting for its upstream (rapid reset would cost upstream time)."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port) as lb:
+        with H2Client(port) as c:
+            gone = c.request("GET", "/gone")
+            kept = c.request("GET", "/kept")
+            gate.wait_arrived(2)
+            c.conn.reset_stream(gone, 8)  # CANCEL
+            c.flush()
+            lines = log_lines(lb, 1)
+            assert lines[0].startswith("GET /gone HTTP/2.0|499|HTTP/2.0|")
+            assert lines[0].endswith(f"|{gate.addr}")
+            assert not c.streams[kept].done
+            gate.release()
+            c.wait(lambda: c.streams[kept].done)
+            assert c.streams[kept].status == 200
+
+
+def test_keepalive_requests_ends_the_connection_gracefully(tmp_path: Path, backend: Backend) -> None:
+    """keepalive_requests = 3: the third stream is served, then GOAWAY NO_ERROR naming it
+    (nginx >= 1.19.7 applies keepalive_requests to HTTP/2)."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0], server_extra="keepalive_requests = 3"), port):
+        with H2Client(port) as c:
+            assert [c.get(f"/k{i}").status for i in range(3)] == [200] * 3
+            c.wait(lambda: c.goaway is not None, what="GOAWAY")
+            assert c.goaway is not None and (c.goaway.error_code, c.goaway.last_stream_id) == (0, 5)
