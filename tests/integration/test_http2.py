@@ -371,3 +371,29 @@ def test_idle_connection_gets_goaway(tmp_path: Path, backend: Backend) -> None:
             assert c.goaway is not None and (c.goaway.error_code, c.goaway.last_stream_id) == (0, 1)
             assert 0.8 <= time.monotonic() - start < 5
             c.wait(lambda: c.closed, what="the close")
+
+
+def test_request_trailers_go_upstream_after_a_chunked_body(tmp_path: Path, backend: Backend) -> None:
+    """A stream's trailers (HEADERS after DATA) reach the upstream in the last chunk of the
+    chunked body; Authorization among them is not forwarded. nginx 1.22 ends the connection
+    instead (GOAWAY PROTOCOL_ERROR). Catches: trailers lost, or a stream error for them."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            sid = c.request("POST", "/t?echo=1", end=False)
+            c.send_body(sid, b"hello", end=False)
+            c.conn.send_headers(sid, [(b"x-checksum", b"abc"), (b"authorization", b"x")], end_stream=True)
+            c.flush()
+            c.wait(lambda: c.streams[sid].done)
+            assert c.streams[sid].status == 200
+            echo = json.loads(bytes(c.streams[sid].data))
+            assert (echo["body_len"], echo["trailers"]) == (5, [["x-checksum", "abc"]])
+            bad = c.request("POST", "/t", end=False)
+            c.send_body(bad, b"x", end=False)
+            c.conn.config.validate_outbound_headers = False
+            c.conn.config.normalize_outbound_headers = False
+            c.conn.send_headers(bad, [(b"X-Upper", b"1")], end_stream=True)
+            c.flush()
+            c.wait(lambda: c.streams[bad].done)
+            assert c.streams[bad].reset_code == 1
+            assert c.get("/still").status == 200

@@ -51,6 +51,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -59,7 +60,13 @@ from hyperframe.frame import GoAwayFrame
 
 from prefork_lb.http.client import ClientGone
 from prefork_lb.http.h2.guard import OK, Guard
-from prefork_lb.http.h2.mapping import REFUSED_STREAM, ConnectionError_, StreamError, map_request
+from prefork_lb.http.h2.mapping import (
+    REFUSED_STREAM,
+    ConnectionError_,
+    StreamError,
+    map_request,
+    map_trailers,
+)
 from prefork_lb.http.h2.stream import H2Stream, StreamIO, TlsH2Stream
 from prefork_lb.netio import ClientSocket, recv, send_all
 
@@ -264,10 +271,23 @@ class H2Session:
             elif kind is RemoteSettingsChanged:
                 for stream in streams.values():
                     stream.wake.set()
+            elif kind is TrailersReceived:  # mapping rule 9; its StreamEnded follows
+                stream = streams.get(ev.stream_id)
+                if stream is not None and stream.reset_code is None:
+                    lines = map_trailers(ev.headers, self.settings.max_header_size_bytes)
+                    if isinstance(lines, bytes):
+                        stream.trailer_lines = lines
+                    elif isinstance(lines, StreamError):
+                        stream.reset_code = lines.code
+                        self.reset_stream(ev.stream_id, lines.code)
+                        stream.wake.set()
+                        self._cancel(stream)
+                    else:
+                        self._close_with(lines.code)
+                        return
             elif kind is ConnectionTerminated:
                 self.closing = True
-            # TrailersReceived: dropped, as HTTP/1.1 trailers (request.py rule 7); its
-            # StreamEnded follows. Ping, priority, settings ACK: h2 answers them.
+            # Ping, priority, settings ACK: h2 answers them.
 
     def _open(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         settings = self.settings
