@@ -13,8 +13,9 @@ Rules:
    SETTINGS frame advertises the limit, while ``h2``'s own check (which would end the
    whole connection) is kept at ``H2_STREAM_CEILING``.
 3. Receive windows: the connection window is opened to 2^31-1 at once (as nginx) and
-   topped up as DATA arrives; each stream's window (``http2_body_preread_size``, 64k) is
-   reopened only as its body is consumed (stream.py rule 1). So a stream buffers at most
+   topped up once half of it was used (DATA of reset streams included); each stream's
+   window (``http2_body_preread_size``, 64k) is reopened only as its body is consumed
+   (stream.py rule 1). So a stream buffers at most
    its window, and a slow upstream never stops the other streams' uploads.
 4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` (from
    the end of its last stream) gets GOAWAY NO_ERROR and is closed. While streams run
@@ -81,7 +82,6 @@ MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
 IDLE_CHECK_S: Final = 5.0  # rule 4
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
-_TOP_UP: Final = 1 << 20  # rule 3: connection window bytes consumed before a WINDOW_UPDATE
 NO_ERROR: Final = 0
 
 
@@ -99,7 +99,6 @@ class _Settings(Settings):
 
 class H2Session:
     __slots__ = (
-        "_conn_unacked",
         "_extra",
         "_flushing",
         "_spawn",
@@ -173,7 +172,6 @@ class H2Session:
         self.idle_since = clock()
         self._flushing: Any = None  # the greenlet sending (rule 1)
         self._extra = b""
-        self._conn_unacked = 0
 
     # ---- the connection's greenlet ----
 
@@ -219,6 +217,9 @@ class H2Session:
                     self._close_with(code)
                     break
                 self._dispatch(events)
+                window = h2.inbound_flow_control_window
+                if window < MAX_WINDOW // 2:  # rule 3: topped up, whoever's DATA it was
+                    h2.increment_flow_control_window(MAX_WINDOW - window)
                 self.flush()
         finally:
             try:
@@ -236,10 +237,6 @@ class H2Session:
             if kind is DataReceived:
                 sid = ev.stream_id
                 flow = ev.flow_controlled_length
-                self._conn_unacked += flow
-                if self._conn_unacked >= _TOP_UP:
-                    self.h2.increment_flow_control_window(self._conn_unacked)
-                    self._conn_unacked = 0
                 stream = streams.get(sid)
                 if stream is not None and stream.reset_code is None:
                     if ev.data:
@@ -490,7 +487,7 @@ class H2Session:
         self.goaway(NO_ERROR)
         if self.streams:
             return False
-        self._wake_reader()
+        self._abort_socket()  # idle: the reader's recv ends now (its wait may be long)
         return True
 
     def abort(self) -> None:
