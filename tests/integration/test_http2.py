@@ -432,3 +432,33 @@ def test_quit_closes_idle_connections_and_finishes_streams(tmp_path: Path) -> No
             assert busy.streams[sid].status == 200
             assert lb.proc is not None
             lb.proc.wait(timeout=15)
+
+
+def test_client_not_reading_bounds_worker_memory(tmp_path: Path, backend: Backend) -> None:
+    """A client that grants huge windows and then reads nothing (a TCP zero-window stall)
+    while two streams download 40 MB each: the worker's memory stays bounded (one stream
+    waits in the socket send, the other behind it, at most OUT_HIGH_WATER queued), instead
+    of queueing whole responses in h2's output buffer. Catches: streams queueing without
+    backpressure while another greenlet's send is blocked."""
+    import psutil
+
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port) as lb:
+        (worker,) = lb.workers()
+        with H2Client(port) as c:
+            c.conn.update_settings({4: 2**31 - 1})  # INITIAL_WINDOW_SIZE
+            c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+            c.flush()
+            c.get("/warm")
+            base = worker.memory_info().rss
+            for _ in range(2):
+                c.request("GET", "/big?size=40000000")
+            samples: list[int] = []
+
+            def settled() -> bool:  # the worker stopped growing: both streams are blocked
+                samples.append(worker.memory_info().rss)
+                return len(samples) > 10 and max(samples[-10:]) - min(samples[-10:]) < 1 << 20
+
+            wait_for(settled, what="the worker's memory to settle")
+            grown = max(samples) - base
+            assert grown < 24 << 20, f"worker grew by {grown >> 20} MiB"

@@ -43,6 +43,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from gevent import getcurrent
+from gevent.event import Event
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -81,6 +82,7 @@ log = logging.getLogger("prefork_lb.error")
 MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
 IDLE_CHECK_S: Final = 5.0  # rule 4
+OUT_HIGH_WATER: Final = 256 * 1024  # rule 1's backpressure
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 NO_ERROR: Final = 0
 
@@ -99,9 +101,11 @@ class _Settings(Settings):
 
 class H2Session:
     __slots__ = (
+        "_drained",
         "_extra",
         "_flushing",
         "_spawn",
+        "_unsent",
         "broken",
         "clock",
         "closing",
@@ -171,6 +175,9 @@ class H2Session:
         self.idle = True
         self.idle_since = clock()
         self._flushing: Any = None  # the greenlet sending (rule 1)
+        self._drained = Event()  # set whenever no send is in progress
+        self._drained.set()
+        self._unsent = 0  # DATA bytes queued in h2 since the sender took its last batch
         self._extra = b""
 
     # ---- the connection's greenlet ----
@@ -375,12 +382,26 @@ class H2Session:
             method(*args)
         except (ProtocolError, StreamClosedError):
             raise ClientGone from None
+        if method == self.h2.send_data:
+            self._unsent += len(args[1])
 
     def flush_for_stream(self) -> None:
+        """Rule 1, and its backpressure: while another greenlet's send is blocked (the
+        client reads slowly), a stream that queued more than ``OUT_HIGH_WATER`` bytes
+        since waits for that send (at most ``send_timeout``), so what waits in memory is
+        bounded by the socket, not by the windows the client granted."""
         try:
             self.flush()
         except OSError:
             raise ClientGone from None
+        while self._flushing is not None and self._unsent > OUT_HIGH_WATER:
+            drained = self._drained
+            if not drained.wait(self.send_timeout_s) or self.broken:
+                raise ClientGone
+            try:
+                self.flush()
+            except OSError:
+                raise ClientGone from None
 
     def reset_stream(self, sid: int, code: int) -> None:
         try:
@@ -411,9 +432,11 @@ class H2Session:
         if self._flushing is not None or self.broken:
             return
         self._flushing = getcurrent()
+        self._drained.clear()
         try:
             while True:
                 data = self.h2.data_to_send()
+                self._unsent = 0
                 if self._extra:
                     data, self._extra = data + self._extra, b""
                 if not data:
@@ -425,6 +448,7 @@ class H2Session:
             raise
         finally:
             self._flushing = None
+            self._drained.set()
 
     def goaway(self, code: int) -> None:
         """Rule 5: GOAWAY naming the last stream accepted, h2's state left open."""
