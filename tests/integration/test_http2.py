@@ -440,7 +440,6 @@ def test_client_not_reading_bounds_worker_memory(tmp_path: Path, backend: Backen
     waits in the socket send, the other behind it, at most OUT_HIGH_WATER queued), instead
     of queueing whole responses in h2's output buffer. Catches: streams queueing without
     backpressure while another greenlet's send is blocked."""
-    import psutil
 
     port = free_port()
     with LB(tmp_path, config(port, backend.addrs[0]), port) as lb:
