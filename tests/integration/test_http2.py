@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import Backend, GatedBackend, free_port
-from tests.h2_client import H2Client
+from tests.h2_client import H2Client, Stream
 from tests.harness import LB as _LB
 from tests.harness import wait_for
 from tests.tls_certs import TestCA
@@ -461,3 +461,28 @@ def test_client_not_reading_bounds_worker_memory(tmp_path: Path, backend: Backen
             wait_for(settled, what="the worker's memory to settle")
             grown = max(samples) - base
             assert grown < 24 << 20, f"worker grew by {grown >> 20} MiB"
+
+
+def test_streams_reset_at_once_never_reach_the_upstream(tmp_path: Path) -> None:
+    """Rapid reset (CVE-2023-44487 pattern): 50 streams each opened and reset in the same
+    write cost no upstream request; a normal stream afterwards is served. Catches: every
+    reset stream still proxied (upstream load from a client that pays nothing)."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port):
+        gate.release()
+        with H2Client(port) as c:
+            assert c.get("/first").status == 200
+            for i in range(50):
+                sid = c.conn.get_next_available_stream_id()
+                c.streams[sid] = Stream()
+                fields = [
+                    (b":method", b"GET"),
+                    (b":scheme", b"http"),
+                    (b":path", b"/r%d" % i),
+                    (b":authority", b"x"),
+                ]
+                c.conn.send_headers(sid, fields)
+                c.conn.reset_stream(sid, 8)
+            c.flush()
+            assert c.get("/after").status == 200
+            assert gate.arrived == 2  # /first and /after only
