@@ -486,3 +486,22 @@ def test_streams_reset_at_once_never_reach_the_upstream(tmp_path: Path) -> None:
             c.flush()
             assert c.get("/after").status == 200
             assert gate.arrived == 2  # /first and /after only
+
+
+def test_shutdown_timeout_ends_held_streams(tmp_path: Path) -> None:
+    """``worker_shutdown_timeout``: a stream still waiting for its upstream when it expires
+    is reset and ends its upstream wait, so it is logged (499) before the worker exits.
+    Catches: held streams left waiting (never logged, the worker killed around them)."""
+    port = free_port()
+    with GatedBackend() as gate:
+        text = 'worker_shutdown_timeout = "1s"\n' + config(port, gate.addr)
+        with LB(tmp_path, text, port) as lb:
+            with H2Client(port) as c:
+                sid = c.request("GET", "/held")
+                gate.wait_arrived(1)
+                lb.signal("quit")
+                c.wait(lambda: c.streams[sid].done or c.closed, what="the stream's end")
+                assert not c.streams[sid].ended
+            assert lb.proc is not None
+            lb.proc.wait(timeout=15)
+            assert lb.access_log()[0].startswith("GET /held HTTP/2.0|499|HTTP/2.0|")

@@ -515,9 +515,11 @@ class H2Session:
         return True
 
     def abort(self) -> None:
+        """The worker's shutdown timeout: every stream ends now, its upstream wait too."""
         self.broken = True
         for stream in list(self.streams.values()):
             stream.abort()
+            self._cancel(stream)
         self._abort_socket()
 
     def close(self) -> None:
