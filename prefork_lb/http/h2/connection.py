@@ -7,7 +7,9 @@ between two yields, so its state is consistent for every greenlet.
 Rules:
 1. Writing: whoever changed ``h2``'s state calls ``flush``; one greenlet at a time sends
    (``_flushing``), looping until nothing is left, so frames never interleave. A send that
-   fails or takes longer than ``send_timeout`` ends the connection.
+   fails or takes longer than ``send_timeout`` ends the connection. The reader may be
+   that greenlet (its own frames: ACKs, WINDOW_UPDATEs): while the client reads nothing
+   it stops reading too, until ``send_timeout``.
 2. Streams: a HEADERS opening a stream while ``http2_max_concurrent_streams`` streams are
    being processed is answered RST_STREAM REFUSED_STREAM (7), per stream, as nginx. The
    SETTINGS frame advertises the limit, while ``h2``'s own check (which would end the
@@ -15,8 +17,8 @@ Rules:
 3. Receive windows: the connection window is opened to 2^31-1 at once (as nginx) and
    topped up once half of it was used (DATA of reset streams included); each stream's
    window (``http2_body_preread_size``, 64k) is reopened only as its body is consumed
-   (stream.py rule 1). So a stream buffers at most
-   its window, and a slow upstream never stops the other streams' uploads.
+   (stream.py rule 1). So a stream buffers at most its window, and a slow upstream never
+   stops the other streams' uploads.
 4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` (from
    the end of its last stream) gets GOAWAY NO_ERROR and is closed. While streams run
    there is no connection-level read timeout (each stream has nginx's per-operation
