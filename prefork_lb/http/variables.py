@@ -407,6 +407,8 @@ _VARIABLES: Final[dict[str, Variable]] = {
         _v("ssl_client_verify", _tls(lambda t: t.client_verify), plain=True),
         _v("ssl_client_s_dn", _tls(lambda t: t.client_s_dn)),
         _v("server_protocol", _server_protocol),
+        # issue 20: nginx's $http2: "h2" over TLS, "h2c" in clear text, "" for HTTP/1.x
+        _v("http2", lambda ex: "" if ex.version[0] != 2 else "h2c" if ex.conn.tls is None else "h2", plain=True),
         _v("server_name", _server_name),
         _v("proxy_host", _proxy_host),
         _v("status", _status, plain=True),
