@@ -190,7 +190,7 @@ class H2Session:
         h2.increment_flow_control_window(MAX_WINDOW - h2.inbound_flow_control_window)
         size = self.settings.recv_buffer_size_bytes
         try:
-            self.flush()
+            self._flush_quietly()
             while not self.broken:
                 if self.closing and not self.streams:
                     break
@@ -229,12 +229,9 @@ class H2Session:
                 window = h2.inbound_flow_control_window
                 if window < MAX_WINDOW // 2:  # rule 3: topped up, whoever's DATA it was
                     h2.increment_flow_control_window(MAX_WINDOW - window)
-                self.flush()
+                self._flush_quietly()
         finally:
-            try:
-                self.flush()
-            except Exception:
-                pass
+            self._flush_quietly()
             self._end_streams()
             self.close()
         return False
@@ -451,6 +448,13 @@ class H2Session:
         finally:
             self._flushing = None
             self._drained.set()
+
+    def _flush_quietly(self) -> None:
+        """A failed send marks the connection broken (the loop ends); nothing to raise."""
+        try:
+            self.flush()
+        except OSError:
+            pass
 
     def goaway(self, code: int) -> None:
         """Rule 5: GOAWAY naming the last stream accepted, h2's state left open."""
