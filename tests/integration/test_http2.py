@@ -505,3 +505,17 @@ def test_shutdown_timeout_ends_held_streams(tmp_path: Path) -> None:
             assert lb.proc is not None
             lb.proc.wait(timeout=15)
             assert lb.access_log()[0].startswith("GET /held HTTP/2.0|499|HTTP/2.0|")
+
+
+def test_client_gone_ends_streams_waiting_for_upstream(tmp_path: Path) -> None:
+    """The client closes its connection while a stream waits for the upstream: the stream
+    ends at once, logged 499 (nginx notices the close too). Catches: the stream waiting
+    for its upstream and logging the upstream's status for a client long gone."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port) as lb:
+        with H2Client(port) as c:
+            c.request("GET", "/left")
+            gate.wait_arrived(1)
+        lines = log_lines(lb, 1)
+        assert lines[0].startswith("GET /left HTTP/2.0|499|HTTP/2.0|")
+        gate.release()

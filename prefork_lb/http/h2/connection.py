@@ -491,6 +491,7 @@ class H2Session:
             if stream.reset_code is None:
                 stream.reset_code = NO_ERROR
             stream.wake.set()
+            self._cancel(stream)  # waiting for its upstream: 499 now, as nginx
 
     def _wake_reader(self) -> None:
         """No stream left after a GOAWAY: FIN after our last frame; the reader ends at the
