@@ -35,6 +35,10 @@ Rules:
 7. ``keepalive_requests`` (nginx >= 1.19.7 applies it to HTTP/2): the stream that reaches
    it is served and followed by a graceful GOAWAY (rule 5). The value is the default
    server's (its first location's, where the server-level value is inherited).
+8. A frame longer than the advertised SETTINGS_MAX_FRAME_SIZE (16k) is refused once more
+   than one read of it is buffered (GOAWAY FRAME_SIZE_ERROR): h2 checks the length only
+   when the whole frame has arrived, so a client declaring 16 MiB could make it buffer
+   that much per connection.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ IDLE_CHECK_S: Final = 5.0  # rule 4
 OUT_HIGH_WATER: Final = 256 * 1024  # rule 1's backpressure
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 NO_ERROR: Final = 0
+FRAME_SIZE_ERROR: Final = 6
 
 
 class _Settings(Settings):
@@ -219,6 +224,11 @@ class H2Session:
                 except ProtocolError as e:
                     log.info("client sent invalid HTTP/2 data (%s), client: %s", e, self.info.remote_addr)
                     self.goaway_sent = True
+                    break
+                if len(getattr(h2.incoming_buffer, "_data", b"")) > size + h2.max_inbound_frame_size + 9:
+                    # rule 8: an overlong frame h2 would buffer whole (up to 16 MiB) first
+                    log.info("client sent too large an HTTP/2 frame, client: %s", self.info.remote_addr)
+                    self._close_with(FRAME_SIZE_ERROR)
                     break
                 code = self.guard.check(events, self.clock())
                 if code != OK:
