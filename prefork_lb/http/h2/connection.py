@@ -122,6 +122,7 @@ class H2Session:
         "idle",
         "idle_since",
         "info",
+        "initial",
         "last_sid",
         "max_requests",
         "router",
@@ -186,6 +187,7 @@ class H2Session:
         self._drained.set()
         self._unsent = 0  # DATA bytes queued in h2 since the sender took its last batch
         self._extra = b""
+        self.initial = b""  # bytes already read from the socket, fed to h2 first
 
     # ---- the connection's greenlet ----
 
@@ -211,12 +213,15 @@ class H2Session:
                     if timeout_s <= 0:
                         self.goaway(NO_ERROR)
                         break
-                try:
-                    data = recv(self.sock, size, timeout_s)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    break
+                if self.initial:  # the preface bytes accept.py read (its rule 2)
+                    data, self.initial = self.initial, b""
+                else:
+                    try:
+                        data = recv(self.sock, size, timeout_s)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
                 if not data:
                     break
                 try:
