@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -602,3 +603,32 @@ def test_preface_split_across_reads(tmp_path: Path, backend: Backend) -> None:
                         statuses.append(dict(ev.headers)[b":status"])
                 raw.sendall(h2c.data_to_send())
             assert statuses == [b"200"]
+
+
+def test_idle_h2_connection_counts_as_idle_in_the_api(tmp_path: Path, backend: Backend) -> None:
+    """The status API's connections.idle counts an HTTP/2 connection with no stream in
+    progress (as an HTTP/1.1 one between requests), and not while a stream runs."""
+    port, api = free_port(), free_port()
+    extra = f"""
+[[http.servers]]
+listen = ["127.0.0.1:{api}"]
+  [[http.servers.locations]]
+  match = "/api/"
+  api = true
+"""
+
+    def idle() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/api/9/connections", timeout=5) as r:
+            return int(json.loads(r.read())["idle"])
+
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr) + extra, port):
+        with H2Client(port) as c:
+            c.wait(lambda: c.conn.remote_settings.max_concurrent_streams == 128, what="SETTINGS")
+            wait_for(lambda: idle() == 1, what="one idle connection")
+            sid = c.request("GET", "/held")
+            gate.wait_arrived(1)
+            assert idle() == 0
+            gate.release()
+            c.wait(lambda: c.streams[sid].done)
+            wait_for(lambda: idle() == 1, what="idle again")
+        wait_for(lambda: idle() == 0, what="no idle connection once closed")
