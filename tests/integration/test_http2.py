@@ -632,3 +632,18 @@ listen = ["127.0.0.1:{api}"]
             c.wait(lambda: c.streams[sid].done)
             wait_for(lambda: idle() == 1, what="idle again")
         wait_for(lambda: idle() == 0, what="no idle connection once closed")
+
+
+def test_hpack_bomb_is_stopped_while_inflating(tmp_path: Path, backend: Backend) -> None:
+    """One 4000-byte field put in the HPACK table, then a header block naming it 20 times
+    (a few dozen bytes on the wire, 80 KB inflated): GOAWAY ENHANCE_YOUR_CALM (11), nginx's
+    answer to a header list over 32k (the decoder stops at the advertised size as it
+    inflates). Catches: the inflated list accepted and proxied."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            first = c.get("/one", headers=[("x-bomb", "b" * 4000)])  # enters both HPACK tables
+            assert first.status == 200
+            c.request("GET", "/two", headers=[("x-bomb", "b" * 4000)] * 20)
+            c.wait(lambda: c.goaway is not None, what="GOAWAY")
+            assert c.goaway is not None and c.goaway.error_code == 11

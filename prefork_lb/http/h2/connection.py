@@ -175,6 +175,9 @@ class H2Session:
                 SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_size_bytes,
             },
         )
+        # what SETTINGS advertises is also what the HPACK decoder accepts: a larger list
+        # (an HPACK bomb: one big field referenced many times) is GOAWAY 11 as it inflates
+        h2.decoder.max_header_list_size = settings.max_header_size_bytes
         self.streams: dict[int, StreamIO] = {}
         self.guard = Guard()
         self.last_sid = 0
