@@ -7,8 +7,9 @@ error code that ends the connection. It only counts: no I/O, no clock of its own
 Rules (a first version; the hostile-input work refines the thresholds):
 1. Rapid reset (CVE-2023-44487): streams the client opens and resets itself are counted
    per window of ``WINDOW_S``; over ``MAX_RESETS`` -> ENHANCE_YOUR_CALM (11).
-2. Control-frame floods (SETTINGS, PING, PRIORITY, WINDOW_UPDATE with no data moving):
-   over ``MAX_CONTROL`` per window -> ENHANCE_YOUR_CALM.
+2. Control-frame floods (SETTINGS, PING, PRIORITY): over ``MAX_CONTROL`` per window ->
+   ENHANCE_YOUR_CALM. WINDOW_UPDATE is not counted here: a client downloading fast may
+   send thousands a second legitimately (telling a flood from that needs the DATA sent).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from h2.events import (
     PriorityUpdated,
     RemoteSettingsChanged,
     StreamReset,
-    WindowUpdated,
 )
 
 OK: Final = 0
@@ -29,7 +29,7 @@ ENHANCE_YOUR_CALM: Final = 11
 WINDOW_S: Final = 1.0
 MAX_RESETS: Final = 200
 MAX_CONTROL: Final = 1000
-_CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged, WindowUpdated)
+_CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged)
 
 
 class Guard:
