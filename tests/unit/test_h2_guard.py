@@ -9,9 +9,7 @@ from prefork_lb.http.h2.guard import ENHANCE_YOUR_CALM, MAX_CONTROL, MAX_RESETS,
 
 
 def reset(remote: bool = True) -> StreamReset:
-    ev = StreamReset()
-    ev.remote_reset = remote
-    return ev
+    return StreamReset(stream_id=1, remote_reset=remote)
 
 
 def test_rapid_reset_over_the_limit() -> None:
@@ -29,5 +27,5 @@ def test_counts_start_over_each_window_and_own_resets_are_free() -> None:
 
 def test_ping_flood_but_not_window_updates() -> None:
     g = Guard()
-    assert g.check([WindowUpdated() for _ in range(20 * MAX_CONTROL)], 1.0) == OK
-    assert g.check([PingReceived() for _ in range(MAX_CONTROL + 1)], 1.1) == ENHANCE_YOUR_CALM
+    assert g.check([WindowUpdated(stream_id=0, delta=1) for _ in range(20 * MAX_CONTROL)], 1.0) == OK
+    assert g.check([PingReceived(ping_data=b'12345678') for _ in range(MAX_CONTROL + 1)], 1.1) == ENHANCE_YOUR_CALM
