@@ -28,4 +28,7 @@ def test_counts_start_over_each_window_and_own_resets_are_free() -> None:
 def test_ping_flood_but_not_window_updates() -> None:
     g = Guard()
     assert g.check([WindowUpdated(stream_id=0, delta=1) for _ in range(20 * MAX_CONTROL)], 1.0) == OK
-    assert g.check([PingReceived(ping_data=b'12345678') for _ in range(MAX_CONTROL + 1)], 1.1) == ENHANCE_YOUR_CALM
+    assert (
+        g.check([PingReceived(ping_data=b"12345678") for _ in range(MAX_CONTROL + 1)], 1.1)
+        == ENHANCE_YOUR_CALM
+    )
