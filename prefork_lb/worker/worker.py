@@ -320,6 +320,7 @@ class Worker:
                     if h2:
                         conn = H2Session(sock, info, router, runtime, clock, spawn)
                         conn.initial = initial
+                        conn.parkable = True
                     else:
                         conn = ClientConnection(sock, info, router, runtime, clock)
                         conn.parkable = True
@@ -391,8 +392,7 @@ class Worker:
                     self._connection_closed()
             if conn is None:
                 return
-            if type(conn) is TlsConnection:
-                conn.parkable = True
+            conn.parkable = True
             connections.add(conn)
             self._serve(conn)
 

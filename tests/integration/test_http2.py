@@ -20,7 +20,7 @@ import pytest
 from tests.backends import Backend, GatedBackend, free_port
 from tests.h2_client import H2Client, Stream
 from tests.harness import LB as _LB
-from tests.harness import wait_for
+from tests.harness import ZoneReader, wait_for
 from tests.tls_certs import TestCA
 
 LOG = "$request|$status|$server_protocol|$connection|$connection_requests|$body_bytes_sent|$upstream_addr"
@@ -647,3 +647,49 @@ def test_hpack_bomb_is_stopped_while_inflating(tmp_path: Path, backend: Backend)
             c.request("GET", "/two", headers=[("x-bomb", "b" * 4000)] * 20)
             c.wait(lambda: c.goaway is not None, what="GOAWAY")
             assert c.goaway is not None and c.goaway.error_code == 11
+
+
+def parked(zone: ZoneReader) -> int:
+    L = zone.L
+    return sum(int(zone.mv[L.row_base(r, zone.peers) + L.R_PARKED]) for r in range(zone.rows))
+
+
+def test_idle_connection_is_parked_served_again_and_expires(tmp_path: Path, backend: Backend) -> None:
+    """An HTTP/2 connection idle for a second is parked (the zone's parked count), served
+    again when a stream arrives (several times), and at ``http2_idle_timeout`` gets GOAWAY
+    and is closed while parked. Catches: a parked connection never woken (the request
+    hangs), its h2 state reset on resume (a second connection preface), or the idle
+    timeout lost while parked."""
+    port = free_port()
+    extra = 'http2_idle_timeout = "3s"'
+    with LB(tmp_path, config(port, backend.addrs[0], server_extra=extra), port) as lb:
+        zone = ZoneReader(lb.master_pid)
+        with H2Client(port) as c:
+            for i in range(3):
+                wait_for(lambda: parked(zone) == 1, what="the connection to be parked")
+                assert c.get(f"/p{i}").status == 200
+                assert parked(zone) == 0
+            wait_for(lambda: parked(zone) == 1, what="parked again")
+            start = time.monotonic()
+            c.wait(lambda: c.goaway is not None, what="GOAWAY")
+            assert c.goaway is not None and (c.goaway.error_code, c.goaway.last_stream_id) == (0, 5)
+            assert time.monotonic() - start < 4
+            c.wait(lambda: c.closed, what="the close")
+        wait_for(lambda: parked(zone) == 0, what="no parked connection")
+
+
+def test_quit_closes_a_parked_connection(tmp_path: Path, backend: Backend) -> None:
+    """``-s quit`` with a parked HTTP/2 connection: GOAWAY, the close, the master's exit,
+    well before worker_shutdown_timeout. Catches: a parked connection the drain cannot
+    reach (no greenlet to wake)."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port) as lb:
+        zone = ZoneReader(lb.master_pid)
+        with H2Client(port) as c:
+            assert c.get("/x").status == 200
+            wait_for(lambda: parked(zone) == 1, what="the connection to be parked")
+            lb.signal("quit")
+            c.wait(lambda: c.closed, what="the close")
+            assert c.goaway is not None and c.goaway.error_code == 0
+        assert lb.proc is not None
+        lb.proc.wait(timeout=10)

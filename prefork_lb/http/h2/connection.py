@@ -22,9 +22,10 @@ Rules:
 4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` (from
    the end of its last stream) gets GOAWAY NO_ERROR and is closed. While streams run
    there is no connection-level read timeout (each stream has nginx's per-operation
-   timeouts); the reader only wakes every ``IDLE_CHECK_S`` (at most) to look, so the
-   idle time is measured within that. With no stream in progress it counts as idle in
-   the zone (the API's ``connections.idle``), as an HTTP/1.1 connection between requests.
+   timeouts). When the last stream ends the reader's wait is restarted (``_Rearm``
+   thrown into it) with the idle timeout; ``IDLE_CHECK_S`` bounds a busy wait anyway.
+   With no stream in progress it counts as idle in the zone (the API's
+   ``connections.idle``), as an HTTP/1.1 connection between requests.
 5. Graceful shutdown (reload, QUIT): ``close_if_idle`` sends GOAWAY NO_ERROR naming the
    last stream accepted, once; streams in progress finish, later streams are refused;
    the connection closes when none is left. h2's ``close_connection`` would stop every
@@ -40,6 +41,12 @@ Rules:
    than one read of it is buffered (GOAWAY FRAME_SIZE_ERROR): h2 checks the length only
    when the whole frame has arrived, so a client declaring 16 MiB could make it buffer
    that much per connection.
+9. Parking (as HTTP/1.1's, http/connection.py rule 6): a ``parkable`` connection with no
+   stream, nothing buffered in h2 either way and no GOAWAY sent, idle for
+   ``PARK_AFTER_S``, returns from ``serve`` with True; the worker watches its socket
+   without a greenlet and runs ``serve`` again when it is readable, or calls ``close``
+   (GOAWAY first, written without waiting) at ``http2_idle_timeout``. The h2 state
+   (~10 KiB) stays; the greenlet (~10 KiB) goes. It stays counted as idle meanwhile.
 """
 
 from __future__ import annotations
@@ -90,9 +97,14 @@ MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
 IDLE_CHECK_S: Final = 5.0  # rule 4
 OUT_HIGH_WATER: Final = 256 * 1024  # rule 1's backpressure
+PARK_AFTER_S: Final = 1.0  # rule 9, as HTTP/1.1's (http/connection.py rule 6)
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 NO_ERROR: Final = 0
 FRAME_SIZE_ERROR: Final = 6
+
+
+class _Rearm(Exception):
+    """Thrown into the reader's recv wait (rule 4): wait again with the idle timeout."""
 
 
 class _Settings(Settings):
@@ -114,6 +126,7 @@ class H2Session:
         "_flushing",
         "_spawn",
         "_unsent",
+        "_waiting",
         "broken",
         "clock",
         "closing",
@@ -126,15 +139,18 @@ class H2Session:
         "initial",
         "last_sid",
         "max_requests",
+        "park_deadline",
+        "parkable",
+        "parked",
         "router",
         "runtime",
         "send_timeout_s",
         "settings",
         "sock",
+        "started",
         "streams",
         "verify",
     )
-    parkable = False  # never parked (connection.py rule 6 is HTTP/1.1's)
 
     def __init__(
         self,
@@ -190,17 +206,26 @@ class H2Session:
         self._drained = Event()  # set whenever no send is in progress
         self._drained.set()
         self._unsent = 0  # DATA bytes queued in h2 since the sender took its last batch
+        self._waiting: Any = None  # the reader, while it waits in recv (rule 4)
         self._extra = b""
         self.initial = b""  # bytes already read from the socket, fed to h2 first
+        self.started = False  # serve ran once (the connection preface is out)
+        self.parkable = False  # set by the worker (rule 9)
+        self.park_deadline = 0.0  # while parked: when the idle timeout expires
+        self.parked = False
 
     # ---- the connection's greenlet ----
 
     def serve(self) -> bool:
+        """Serve until the connection ends (False) or is parked (True, rule 9)."""
         h2 = self.h2
-        h2.initiate_connection()
-        h2.increment_flow_control_window(MAX_WINDOW - h2.inbound_flow_control_window)
+        if not self.started:
+            self.started = True
+            h2.initiate_connection()
+            h2.increment_flow_control_window(MAX_WINDOW - h2.inbound_flow_control_window)
+            self._count_idle(True)
         size = self.settings.recv_buffer_size_bytes
-        self._count_idle(True)
+        parked = self.parked = False
         try:
             self._flush_quietly()
             while not self.broken:
@@ -217,15 +242,25 @@ class H2Session:
                     if timeout_s <= 0:
                         self.goaway(NO_ERROR)
                         break
+                park = idle and self.parkable and not self.closing and timeout_s > PARK_AFTER_S
                 if self.initial:  # the preface bytes accept.py read (its rule 2)
                     data, self.initial = self.initial, b""
                 else:
+                    self._waiting = getcurrent()
                     try:
-                        data = recv(self.sock, size, timeout_s)
+                        data = recv(self.sock, size, PARK_AFTER_S if park else timeout_s)
+                    except _Rearm:
+                        continue
                     except TimeoutError:
+                        if park and self._parkable_now():
+                            self.park_deadline = self.idle_since + self.settings.idle_timeout_s
+                            parked = self.parked = True
+                            return True
                         continue
                     except OSError:
                         break
+                    finally:
+                        self._waiting = None
                 if not data:
                     break
                 try:
@@ -250,11 +285,37 @@ class H2Session:
                     h2.increment_flow_control_window(MAX_WINDOW - window)
                 self._flush_quietly()
         finally:
-            self._count_idle(False)
-            self._flush_quietly()
-            self._end_streams()
-            self.close()
+            if not parked:
+                self._count_idle(False)
+                self._flush_quietly()
+                self._end_streams()
+                self.close()
         return False
+
+    def _parkable_now(self) -> bool:
+        """Rule 9: nothing in progress, nothing buffered either way."""
+        return (
+            not self.streams
+            and self._flushing is None
+            and not self._extra
+            and not self.initial
+            and not getattr(self.h2.incoming_buffer, "_data", b"")
+        )
+
+    def unpark(self) -> None:
+        """The worker stopped watching the parked connection (readable: ``serve`` runs
+        again; or its idle timeout: ``close`` follows)."""
+
+    def _goaway_parked(self) -> None:
+        """Rule 9: a parked connection's idle timeout (on the hub, no greenlet): GOAWAY
+        as rule 4's, written without waiting (a full socket loses it)."""
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last_sid
+        frame.error_code = NO_ERROR
+        try:
+            self.sock._sock.send(self.h2.data_to_send() + frame.serialize())
+        except OSError:
+            pass
 
     def _count_idle(self, idle: bool) -> None:
         """Rule 4: the zone's count of idle connections (the API's ``connections.idle``)."""
@@ -358,6 +419,19 @@ class H2Session:
         if self.info.requests >= self.max_requests:  # rule 7
             self.goaway(NO_ERROR)
 
+    def _rearm_reader(self) -> None:
+        """Rule 4: the last stream ended while the reader waits with a busy connection's
+        timeout; it starts its wait over as an idle one (idle timeout, parking)."""
+        reader = self._waiting
+        if reader is None:
+            return
+
+        def rearm() -> None:  # on the hub: only if it still waits in that recv
+            if self._waiting is reader:
+                reader.throw(_Rearm)
+
+        self.sock.hub.loop.run_callback(rearm)
+
     def _cancel(self, stream: StreamIO) -> None:
         """Stream rule 3: end the reset stream's wait (upstream, delay) at once."""
         glet = stream.glet
@@ -378,6 +452,7 @@ class H2Session:
             self.idle_since = self.clock()
             if not self.broken:
                 self._count_idle(True)
+                self._rearm_reader()
             if self.closing or self.goaway_sent:
                 self._wake_reader()
         try:
@@ -558,6 +633,10 @@ class H2Session:
         self._abort_socket()
 
     def close(self) -> None:
+        if self.parked:  # rule 9: the worker closes a parked connection at its idle timeout
+            self.parked = False
+            self._goaway_parked()
+            self._count_idle(False)
         try:
             self.sock.close()
         except OSError:
