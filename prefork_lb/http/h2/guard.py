@@ -1,0 +1,152 @@
+"""Per-connection accounting of hostile HTTP/2 input (sans-IO; owned by h2edge, issue 20).
+
+``Guard.check(events, now)`` is called by the connection loop after every ``receive_data()``
+with the events it returned, and answers ``OK`` (0) or the GOAWAY error code that ends the
+connection. ``configure(conn, limits)`` sets, once per connection, the limits the ``h2``
+library enforces itself. The guard only counts: no I/O, no clock of its own (``now`` is the
+loop's cached clock), O(events) work, a handful of ints of state.
+
+Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
+1. Rapid reset (CVE-2023-44487): client RST_STREAMs are counted per window of ``window_s``;
+   over ``max_resets`` (default 2 x max_concurrent_streams: nginx refuses new streams past
+   twice its limit in one read) -> ENHANCE_YOUR_CALM (11). ``stillborn(events)`` names the
+   streams opened and reset in the same batch, for which the shell starts no request at all.
+2. Control-frame floods (CVE-2019-9512/9515/9518: PING, SETTINGS, PRIORITY, empty DATA):
+   over ``max_control`` per window -> ENHANCE_YOUR_CALM. WINDOW_UPDATE is not counted: a
+   fast download legitimately sends one per few KiB, and it asks nothing back. Frames that
+   ask for an answer (PING, SETTINGS ACK) cannot pile up either way: the loop writes
+   ``data_to_send()`` before it reads again, so a client that does not read stops being read.
+3. Header fields: one field (name + value, decoded) over ``max_field_size`` -> GOAWAY
+   ENHANCE_YOUR_CALM, as nginx >= 1.19.7 answers a field over large_client_header_buffers'
+   size (nginx measures the Huffman-coded length, we the decoded one: a field between the
+   two sizes passes nginx and not us; random values, the attack, are refused by both).
+4. A header list over ``max_header_size`` (RFC 9113 list size: name + value + 32 per field)
+   is refused by the h2 library's HPACK decoder while it decodes (``configure`` sets the
+   bound; default 64 KiB otherwise), so an HPACK bomb (one big dynamic-table entry
+   referenced by thousands of one-byte indexes) stops at the bound:
+   DenialOfServiceError -> GOAWAY ENHANCE_YOUR_CALM, written by h2 itself.
+5. Decoded header bytes per window over ``max_header_bytes`` (default max_header_size x
+   max_concurrent_streams) -> ENHANCE_YOUR_CALM: HPACK amplification spread over many
+   small streams, each under rule 4, is bounded too.
+6. CONTINUATION floods (CVE-2024-27316 class): h2 buffers a header block until
+   END_HEADERS and fails the connection with PROTOCOL_ERROR after 64 CONTINUATION frames
+   (``h2.frame_buffer.CONTINUATION_BACKLOG``), frames being at most ``max_inbound_frame_size``
+   (16 KiB, set here): at most ~1 MiB per connection, never decoded. The guard sees nothing
+   of a header block before it ends, so this bound is h2's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from h2.connection import H2Connection
+from h2.events import (
+    DataReceived,
+    PingReceived,
+    PriorityUpdated,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamReset,
+    TrailersReceived,
+    UnknownFrameReceived,
+)
+
+OK: Final = 0
+ENHANCE_YOUR_CALM: Final = 11
+FRAME_SIZE: Final = 16384  # SETTINGS_MAX_FRAME_SIZE we accept (the RFC's initial value)
+_CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged, UnknownFrameReceived)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardLimits:
+    """The bounds of one connection; built once per server at config load (``of``)."""
+
+    max_field_size: int = 8192
+    max_header_size: int = 32768
+    max_resets: int = 256
+    max_control: int = 1000
+    max_header_bytes: int = 32768 * 128
+    window_s: float = 1.0
+
+    @classmethod
+    def of(cls, max_field_size: int, max_header_size: int, max_concurrent_streams: int) -> GuardLimits:
+        """From the server's http2 settings (rules 1, 3-5)."""
+        return cls(
+            max_field_size=max_field_size,
+            max_header_size=max_header_size,
+            max_resets=2 * max_concurrent_streams,
+            max_header_bytes=max_header_size * max_concurrent_streams,
+        )
+
+
+DEFAULT_LIMITS: Final = GuardLimits()
+
+
+def configure(conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS) -> None:
+    """The limits h2 enforces itself (rules 4 and 6); call once, before the first receive_data."""
+    conn.decoder.max_header_list_size = limits.max_header_size
+    conn.max_inbound_frame_size = FRAME_SIZE
+
+
+def stillborn(events: Iterable[object]) -> set[int]:
+    """Streams whose request and client reset arrived in the same batch (rule 1): the shell
+    starts nothing for them (no upstream connection, no access log line)."""
+    opened: set[int] = set()
+    dead: set[int] = set()
+    for event in events:
+        if isinstance(event, RequestReceived):
+            opened.add(event.stream_id)
+        elif isinstance(event, StreamReset) and event.remote_reset and event.stream_id in opened:
+            dead.add(event.stream_id)
+    return dead
+
+
+class Guard:
+    """The counters of one connection (rules 1, 2, 3, 5)."""
+
+    __slots__ = ("_control", "_header_bytes", "_resets", "_window_start", "limits", "reason")
+
+    def __init__(self, limits: GuardLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._window_start = 0.0
+        self._resets = 0
+        self._control = 0
+        self._header_bytes = 0
+        self.reason = ""  # why the last non-OK answer was given, for the error log
+
+    def check(self, events: Iterable[object], now: float) -> int:
+        """``OK``, or the GOAWAY error code that ends the connection (``reason`` says why)."""
+        lim = self.limits
+        if now - self._window_start >= lim.window_s:
+            self._window_start = now
+            self._resets = self._control = self._header_bytes = 0
+        for event in events:
+            if isinstance(event, (RequestReceived, TrailersReceived)):
+                total = 0
+                for name, value in event.headers:
+                    n = len(name) + len(value)
+                    if n > lim.max_field_size:
+                        self.reason = f"client sent too large header field ({n} bytes)"
+                        return ENHANCE_YOUR_CALM
+                    total += n
+                self._header_bytes += total
+            elif isinstance(event, DataReceived):
+                if not event.flow_controlled_length and event.stream_ended is None:
+                    self._control += 1
+            elif isinstance(event, StreamReset):
+                if event.remote_reset:
+                    self._resets += 1
+            elif isinstance(event, _CONTROL):
+                self._control += 1
+        if self._resets > lim.max_resets:
+            self.reason = f"client reset too many streams ({self._resets} in {lim.window_s:g}s)"
+            return ENHANCE_YOUR_CALM
+        if self._control > lim.max_control:
+            self.reason = f"http2 flood detected ({self._control} control frames in {lim.window_s:g}s)"
+            return ENHANCE_YOUR_CALM
+        if self._header_bytes > lim.max_header_bytes:
+            self.reason = f"client sent too many header bytes ({self._header_bytes} in {lim.window_s:g}s)"
+            return ENHANCE_YOUR_CALM
+        return OK
