@@ -9,8 +9,17 @@ import h2.exceptions
 import hpack
 import pytest
 from h2.settings import SettingCodes
-from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame
-from hyperframe.frame import Frame, PriorityFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 
 from prefork_lb.http.h2.guard import ENHANCE_YOUR_CALM, OK, Guard, GuardLimits, configure, stillborn
 
@@ -53,7 +62,7 @@ def frames(*fs: Frame) -> bytes:
 
 def goaway_code(conn: h2.connection.H2Connection) -> int:
     data = conn.data_to_send()
-    f, length = Frame.parse_frame_header(memoryview(data[-17:-8]))
+    f, _ = Frame.parse_frame_header(memoryview(data[-17:-8]))
     assert isinstance(f, GoAwayFrame), data[-17:]
     f.parse_body(memoryview(data[-8:]))
     return int(f.error_code)
