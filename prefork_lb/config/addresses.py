@@ -68,7 +68,7 @@ def parse_listen(text: str) -> ListenConfig:
             socket.inet_pton(socket.AF_INET, address.host)
         except OSError:
             raise ValueError(f'"{words[0]}": listen needs an IP address, not a hostname') from None
-    default_server = reuseport = udp = so_keepalive = ssl = False
+    default_server = reuseport = udp = so_keepalive = ssl = http2 = False
     backlog = 511
     for word in words[1:]:
         if word == "default_server":
@@ -79,6 +79,8 @@ def parse_listen(text: str) -> ListenConfig:
             udp = True
         elif word == "ssl":
             ssl = True
+        elif word == "http2":  # issue 20: nginx 1.22's listen flag
+            http2 = True
         elif word in ("so_keepalive=on", "so_keepalive=off"):
             so_keepalive = word.endswith("on")
         elif word.startswith("backlog="):
@@ -88,13 +90,15 @@ def parse_listen(text: str) -> ListenConfig:
             backlog = int(value)
         else:
             raise ValueError(
-                f'unknown listen parameter "{word}" (default_server, reuseport, backlog=N, ssl; '
+                f'unknown listen parameter "{word}" (default_server, reuseport, backlog=N, ssl, http2; '
                 "stream: udp, so_keepalive=on)"
             )
     if address.family == "unix" and udp:
         raise ValueError("udp needs an IP address")
     if udp and ssl:
         raise ValueError("ssl is for TCP listeners (DTLS is not supported)")
+    if udp and http2:
+        raise ValueError("http2 is for TCP listeners")
     return ListenConfig(
         address=address,
         default_server=default_server,
@@ -103,4 +107,5 @@ def parse_listen(text: str) -> ListenConfig:
         udp=udp,
         so_keepalive=so_keepalive,
         ssl=ssl,
+        http2=http2,
     )

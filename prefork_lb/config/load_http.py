@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prefork_lb.config.http2 import http2_level, server_http2
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
 from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
@@ -239,6 +240,7 @@ class HttpLoader(SectionLoader):
         self.health_checks: list[HealthCheck] = []
         self.limit_req_zones: dict[str, Any] = {}
         self.limit_conn_zones: dict[str, Any] = {}
+        self.http2_inherited: dict[str, Any] = {}
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
@@ -261,6 +263,7 @@ class HttpLoader(SectionLoader):
             self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
             self.compile_maps(t, user)
             http_settings = self.location_settings(t, {})
+            self.http2_inherited = http2_level(t, {})  # issue 20 (config/http2.py rule 4)
             http_logs = self.log_settings(t, None)
             servers = tuple(
                 self.server(i, st, http_settings, http_logs) for i, st in enumerate(t.table_list("servers"))
@@ -467,6 +470,9 @@ class HttpLoader(SectionLoader):
         ssl = self.ssl(t, listen)
         real_ip = realip(self.source, t)
         settings = self.location_settings(t, http_settings)
+        http2, http2_settings = server_http2(
+            t, self.http2_inherited, settings.get("keepalive_timeout_s", 75.0)
+        )
         logs = self.log_settings(t, http_logs)
         server_rewrite = self.rewrite_block(t, settings.get("rewrite_log", False))
         location_tables = t.table_list("locations")
@@ -491,6 +497,8 @@ class HttpLoader(SectionLoader):
             error_page=settings.get("error_page", {}),
             add_header=settings.get("add_header", ()),
             realip=real_ip,
+            http2=http2,
+            http2_settings=http2_settings,
         )
 
     def location(self, t: Table, inherited: dict[str, Any], logs: LogSpec) -> LocationConfig:

@@ -66,6 +66,8 @@ class StreamLoader(SectionLoader):
         for i, lc in enumerate(listen):
             if lc.default_server:
                 raise self.source.error(f"{t.key_path('listen')}[{i}]", "default_server is for http servers")
+            if lc.http2:
+                raise self.source.error(f"{t.key_path('listen')}[{i}]", "http2 is for http servers")
         ssl = self.ssl(t, listen)
         target = t.take("proxy_pass", string)
         if target not in upstreams:

@@ -65,6 +65,7 @@ class ListenConfig:
     udp: bool = False  # stream only
     so_keepalive: bool = False  # stream only: SO_KEEPALIVE on accepted connections
     ssl: bool = False  # TLS termination; one "ssl" listen makes the whole address TLS (nginx)
+    http2: bool = False  # issue 20: nginx 1.22's "http2" flag; on for every server of the address
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -268,6 +269,21 @@ class LocationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Config:
+    """A server's ``http2_*`` settings (issue 20, prefork_lb/config/http2.py). A connection
+    uses those of its address's default server (nginx reads them from the connection's
+    default server too)."""
+
+    max_concurrent_streams: int = 128
+    max_field_size_bytes: int = 8192  # large_client_header_buffers size: one field -> GOAWAY 11
+    max_header_size_bytes: int = 32768  # size x number: the whole header list -> GOAWAY 11
+    idle_timeout_s: float = 75.0  # http2_idle_timeout, default keepalive_timeout
+    recv_buffer_size_bytes: int = 256 * 1024
+    chunk_size_bytes: int = 8192
+    body_preread_size_bytes: int = 65536  # the stream window advertised (INITIAL_WINDOW_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: tuple[ListenConfig, ...]
     server_names: tuple[str, ...]
@@ -285,6 +301,8 @@ class ServerConfig:
     # the server level's add_header: for answers given before a location matched (404)
     add_header: tuple[tuple[str, str, bool], ...] = ()
     realip: RealIp | None = None  # set_real_ip_from / real_ip_header / real_ip_recursive
+    http2: bool = False  # issue 20: ``http2 = true`` (nginx >= 1.25.1's "http2 on")
+    http2_settings: Http2Config = field(default_factory=Http2Config)
 
 
 def zone_name(server: ServerConfig | StreamServerConfig) -> str:

@@ -39,6 +39,7 @@ from prefork_lb.config.model import ServerConfig, SslConfig, StreamServerConfig
 
 ListenKey = tuple[str, str, int]
 ALPN_HTTP: Final = ["http/1.1"]
+ALPN_H2: Final = ["h2", "http/1.1"]  # issue 20: an address with HTTP/2 (config/http2.py rule 2)
 _VERSIONS: Final = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 # libssl constants (ssl.h)
 _CTRL_SET_SESS_CACHE_SIZE: Final = 42
@@ -71,16 +72,21 @@ def build_listen_tls(
     http_servers: Sequence[ServerConfig], stream_servers: Sequence[StreamServerConfig]
 ) -> dict[ListenKey, ListenTls]:
     """Every TLS listen address -> its contexts. Raises TlsError."""
+    from prefork_lb.config.http2 import http2_keys
     from prefork_lb.http.routing import build_routers
 
-    contexts: dict[int, ssl.SSLContext] = {}
+    contexts: dict[tuple[int, bool], ssl.SSLContext] = {}
 
     def context_of(server: ServerConfig | StreamServerConfig, alpn: list[str] | None) -> ssl.SSLContext:
-        ctx = contexts.get(id(server))
+        # one per (server, ALPN): a server on an h2 and an HTTP/1-only address offers each
+        # its own list (the SNI-switched context must carry the address's ALPN too)
+        ctx = contexts.get((id(server), alpn is ALPN_H2))
         if ctx is None:
             assert server.ssl is not None
-            ctx = contexts[id(server)] = server_context(server.ssl, alpn)
+            ctx = contexts[(id(server), alpn is ALPN_H2)] = server_context(server.ssl, alpn)
         return ctx
+
+    h2_keys = http2_keys(http_servers)
 
     out: dict[ListenKey, ListenTls] = {}
     tls_keys = {lc.key for s in http_servers for lc in s.listen if lc.ssl}
@@ -93,7 +99,8 @@ def build_listen_tls(
                 f"http.servers[{default.index}].ssl_certificate",
                 f"the default server of the TLS address {_text(key)} needs a certificate",
             )
-        lt = ListenTls(key, context_of(default, ALPN_HTTP), default.ssl.verify_client)
+        alpn = ALPN_H2 if key in h2_keys else ALPN_HTTP
+        lt = ListenTls(key, context_of(default, alpn), default.ssl.verify_client)
         for server in router.servers:
             if server.ssl is None:
                 continue  # no certificate of its own: the default server's is used
@@ -103,7 +110,7 @@ def build_listen_tls(
                     f'must be "{lt.verify_client}" as on the default server of {_text(key)} '
                     f"(http.servers[{default.index}]): the verify mode is fixed before SNI is known",
                 )
-            lt.by_server[id(server)] = context_of(server, ALPN_HTTP)
+            lt.by_server[id(server)] = context_of(server, alpn)
         if len(lt.by_server) > 1:
             lt.context.sni_callback = _sni_callback(router, lt.by_server)
         else:

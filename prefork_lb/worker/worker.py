@@ -130,6 +130,9 @@ class Worker:
         self.servers: list[Any] = []
         self.share: Any = None  # FairShare with several workers (acceptor.py rule 1)
         self.sockets = [(key, stdsocket.socket(fileno=fd)) for key, fd in spec.listeners]
+        from prefork_lb.config.http2 import http2_keys
+
+        self.http2_keys = http2_keys(config.http.servers)  # issue 20
         self.title = f"prefork-lb: worker process #{slot} gen {generation}"
         setproctitle(self.title)
 
@@ -253,6 +256,8 @@ class Worker:
         accepted, active = runtime.accepted_cell, runtime.active_cell
 
         hub = self.gevent.get_hub()
+        if key in self.http2_keys:  # issue 20: h2c by prior knowledge, else HTTP/1.1
+            return self._h2c_handler(key, router)
 
         def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
@@ -271,6 +276,57 @@ class Worker:
             connections.add(conn)
             mv[accepted] += 1
             mv[active] += 1
+            self._serve(conn)
+
+        return handle
+
+    def _h2c_handler(self, key: tuple[str, str, int], router: Any) -> Any:
+        """A plain address with HTTP/2 (http/h2/accept.py rule 2): the preface is sniffed
+        in the connection's greenlet, then ``H2Session`` or ``ClientConnection``."""
+        from prefork_lb.http.connection import ClientConnection
+        from prefork_lb.http.exchange import ConnectionInfo
+        from prefork_lb.http.h2.accept import sniff_preface
+        from prefork_lb.http.h2.connection import H2Session
+        from prefork_lb.netio import ClientSocket
+
+        runtime = self.runtime
+        connections = self.connections
+        clock = self.clock
+        family, host, port = key
+        counter = [self.slot << 40]
+        mv = runtime.zone.mv
+        accepted, active = runtime.accepted_cell, runtime.active_cell
+        hub = self.gevent.get_hub()
+        timeout_s = router.default.client_header_timeout_s
+        spawn = self.runners.spawn
+
+        def handle(raw: Any, address: Any) -> None:
+            counter[0] += 1
+            remote, rport = ("unix:", 0) if family == "unix" else (address[0], address[1])
+            try:
+                sock = ClientSocket(raw, hub)
+            except BaseException:
+                raw.close()
+                self._connection_closed()
+                raise
+            mv[accepted] += 1
+            mv[active] += 1
+            conn: Any = None
+            try:
+                kind = sniff_preface(sock, timeout_s)
+                if kind is not None:
+                    info = ConnectionInfo(remote, rport, host, port, counter[0])
+                    if kind:
+                        conn = H2Session(sock, info, router, runtime, clock, spawn)
+                    else:
+                        conn = ClientConnection(sock, info, router, runtime, clock)
+                        conn.parkable = True
+            finally:
+                if conn is None:
+                    sock.close()
+                    mv[active] -= 1
+                    self._connection_closed()
+            connections.add(conn)
             self._serve(conn)
 
         return handle
@@ -294,6 +350,10 @@ class Worker:
         hub = self.gevent.get_hub()
         timeout_s = router.default.client_header_timeout_s
         verify = lt.verify_client
+        h2 = key in self.http2_keys
+        if h2:
+            from prefork_lb.http.h2.accept import is_h2_tls
+            from prefork_lb.http.h2.connection import H2Session
 
         def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
@@ -306,15 +366,18 @@ class Worker:
                 raise
             mv[accepted] += 1
             mv[active] += 1
-            conn = None
+            conn: Any = None
             try:
                 done = accept_tls(sock, lt.context, timeout_s, remote)
                 if done is not False:
                     info = ConnectionInfo(remote, rport, host, port, counter[0])
                     if done is not True:
                         info.tls = tls_info(done, verify != "off")
-                    conn = TlsConnection(sock, info, router, runtime, clock)
-                    conn.setup(done is True, verify)
+                    if h2 and done is not True and is_h2_tls(done):  # issue 20: ALPN h2
+                        conn = H2Session(sock, info, router, runtime, clock, self.runners.spawn, verify)
+                    else:
+                        conn = TlsConnection(sock, info, router, runtime, clock)
+                        conn.setup(done is True, verify)
             finally:
                 if conn is None:
                     sock.close()
@@ -322,7 +385,8 @@ class Worker:
                     self._connection_closed()
             if conn is None:
                 return
-            conn.parkable = True
+            if type(conn) is TlsConnection:
+                conn.parkable = True
             connections.add(conn)
             self._serve(conn)
 

@@ -16,15 +16,14 @@ Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
    fast download legitimately sends one per few KiB, and it asks nothing back. Frames that
    ask for an answer (PING, SETTINGS ACK) cannot pile up either way: the loop writes
    ``data_to_send()`` before it reads again, so a client that does not read stops being read.
-3. Header fields: one field (name + value, decoded) over ``max_field_size`` -> GOAWAY
-   ENHANCE_YOUR_CALM, as nginx >= 1.19.7 answers a field over large_client_header_buffers'
-   size (nginx measures the Huffman-coded length, we the decoded one: a field between the
-   two sizes passes nginx and not us; random values, the attack, are refused by both).
-4. A header list over ``max_header_size`` (RFC 9113 list size: name + value + 32 per field)
-   is refused by the h2 library's HPACK decoder while it decodes (``configure`` sets the
-   bound; default 64 KiB otherwise), so an HPACK bomb (one big dynamic-table entry
-   referenced by thousands of one-byte indexes) stops at the bound:
-   DenialOfServiceError -> GOAWAY ENHANCE_YOUR_CALM, written by h2 itself.
+3. Header field and list sizes are mapping.py's (rule 2: GOAWAY ENHANCE_YOUR_CALM, nginx's
+   Huffman-coded lengths); the guard does not check them again.
+4. HPACK bombs (one big dynamic-table entry referenced by thousands of one-byte indexes):
+   mapping.py sees a header list only once decoded, so the h2 library's HPACK decoder must
+   stop first: ``configure`` bounds it at twice ``max_header_size`` (RFC 9113 list size:
+   name + value + 32 per field; h2's own default, 64 KiB, would refuse lists a raised
+   large_client_header_buffers allows). Over it: DenialOfServiceError, and h2 writes GOAWAY
+   ENHANCE_YOUR_CALM itself, having decoded at most that many bytes.
 5. Decoded header bytes per window over ``max_header_bytes`` (default max_header_size x
    max_concurrent_streams) -> ENHANCE_YOUR_CALM: HPACK amplification spread over many
    small streams, each under rule 4, is bounded too.
@@ -39,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from h2.connection import H2Connection
@@ -53,6 +53,8 @@ from h2.events import (
     UnknownFrameReceived,
 )
 
+from prefork_lb.config.model import Http2Config
+
 OK: Final = 0
 ENHANCE_YOUR_CALM: Final = 11
 FRAME_SIZE: Final = 16384  # SETTINGS_MAX_FRAME_SIZE we accept (the RFC's initial value)
@@ -63,7 +65,6 @@ _CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged, Unknown
 class GuardLimits:
     """The bounds of one connection; built once per server at config load (``of``)."""
 
-    max_field_size: int = 8192
     max_header_size: int = 32768
     max_resets: int = 256
     max_control: int = 1000
@@ -71,10 +72,9 @@ class GuardLimits:
     window_s: float = 1.0
 
     @classmethod
-    def of(cls, max_field_size: int, max_header_size: int, max_concurrent_streams: int) -> GuardLimits:
-        """From the server's http2 settings (rules 1, 3-5)."""
+    def of(cls, max_header_size: int, max_concurrent_streams: int) -> GuardLimits:
+        """From the server's http2 settings (rules 1, 4, 5)."""
         return cls(
-            max_field_size=max_field_size,
             max_header_size=max_header_size,
             max_resets=2 * max_concurrent_streams,
             max_header_bytes=max_header_size * max_concurrent_streams,
@@ -84,9 +84,15 @@ class GuardLimits:
 DEFAULT_LIMITS: Final = GuardLimits()
 
 
+@lru_cache(maxsize=64)
+def limits_of(settings: Http2Config) -> GuardLimits:
+    """A server's limits, made once per distinct settings (a frozen, hashable config)."""
+    return GuardLimits.of(settings.max_header_size_bytes, settings.max_concurrent_streams)
+
+
 def configure(conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS) -> None:
     """The limits h2 enforces itself (rules 4 and 6); call once, before the first receive_data."""
-    conn.decoder.max_header_list_size = limits.max_header_size
+    conn.decoder.max_header_list_size = 2 * limits.max_header_size
     conn.max_inbound_frame_size = FRAME_SIZE
 
 
@@ -104,7 +110,7 @@ def stillborn(events: Iterable[object]) -> set[int]:
 
 
 class Guard:
-    """The counters of one connection (rules 1, 2, 3, 5)."""
+    """The counters of one connection (rules 1, 2, 5)."""
 
     __slots__ = ("_control", "_header_bytes", "_resets", "_window_start", "limits", "reason")
 
@@ -124,14 +130,8 @@ class Guard:
             self._resets = self._control = self._header_bytes = 0
         for event in events:
             if isinstance(event, (RequestReceived, TrailersReceived)):
-                total = 0
                 for name, value in event.headers:
-                    n = len(name) + len(value)
-                    if n > lim.max_field_size:
-                        self.reason = f"client sent too large header field ({n} bytes)"
-                        return ENHANCE_YOUR_CALM
-                    total += n
-                self._header_bytes += total
+                    self._header_bytes += len(name) + len(value)
             elif isinstance(event, DataReceived):
                 if not event.flow_controlled_length and event.stream_ended is None:
                     self._control += 1

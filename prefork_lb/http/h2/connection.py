@@ -1,0 +1,452 @@
+"""An HTTP/2 client connection (gevent shell over the sans-IO ``h2`` library, issue 20).
+
+The connection's greenlet reads, feeds ``h2`` and dispatches its events; every stream runs
+the HTTP/1.1 pipeline in a greenlet of its own (``stream.py``). ``h2`` is only ever called
+between two yields, so its state is consistent for every greenlet.
+
+Rules:
+1. Writing: whoever changed ``h2``'s state calls ``flush``; one greenlet at a time sends
+   (``_flushing``), looping until nothing is left, so frames never interleave. A send that
+   fails or takes longer than ``send_timeout`` ends the connection.
+2. Streams: a HEADERS opening a stream while ``http2_max_concurrent_streams`` streams are
+   being processed is answered RST_STREAM REFUSED_STREAM (7), per stream, as nginx. The
+   SETTINGS frame advertises the limit, while ``h2``'s own check (which would end the
+   whole connection) is kept at ``H2_STREAM_CEILING``.
+3. Receive windows: the connection window is opened to 2^31-1 at once (as nginx) and
+   topped up as DATA arrives; each stream's window (``http2_body_preread_size``, 64k) is
+   reopened only as its body is consumed (stream.py rule 1). So a stream buffers at most
+   its window, and a slow upstream never stops the other streams' uploads.
+4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` gets
+   GOAWAY NO_ERROR and is closed. While streams run there is no connection-level read
+   timeout (each stream has nginx's per-operation timeouts).
+5. Graceful shutdown (reload, QUIT): ``close_if_idle`` sends GOAWAY NO_ERROR naming the
+   last stream accepted, once; streams in progress finish, later streams are refused;
+   the connection closes when none is left. h2's ``close_connection`` would stop every
+   stream, so this GOAWAY frame is written beside h2's output.
+6. A protocol error found by ``h2`` gets its GOAWAY (h2 queues it); ``guard.Guard`` is
+   asked after every read and may end the connection with its GOAWAY code; header limits
+   (mapping rule 2) end it with ENHANCE_YOUR_CALM. Streams in progress then fail with
+   ClientGone (499).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from prefork_lb.http.h2.guard import OK, Guard, configure, limits_of
+from prefork_lb.http.h2.mapping import REFUSED_STREAM, ConnectionError_, StreamError, map_request
+from prefork_lb.http.h2.stream import H2Stream, StreamIO, TlsH2Stream
+from prefork_lb.netio import ClientSocket, recv, send_all
+
+if TYPE_CHECKING:
+    from prefork_lb.http.exchange import ConnectionInfo
+    from prefork_lb.http.routing import ServerRouter
+    from prefork_lb.http.runtime import HttpRuntime
+
+log = logging.getLogger("prefork_lb.error")
+
+MAX_WINDOW: Final = 2**31 - 1
+H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
+CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
+_TOP_UP: Final = 1 << 20  # rule 3: connection window bytes consumed before a WINDOW_UPDATE
+NO_ERROR: Final = 0
+
+
+class _Settings(Settings):
+    """Rule 2: advertise ``max_concurrent_streams`` but let h2 count to the ceiling."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return H2_STREAM_CEILING
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[SettingCodes.MAX_CONCURRENT_STREAMS] = value
+
+
+class H2Session:
+    __slots__ = (
+        "_conn_unacked",
+        "_extra",
+        "_flushing",
+        "_spawn",
+        "broken",
+        "clock",
+        "closing",
+        "goaway_sent",
+        "guard",
+        "h2",
+        "idle",
+        "idle_since",
+        "info",
+        "last_sid",
+        "router",
+        "runtime",
+        "send_timeout_s",
+        "settings",
+        "sock",
+        "streams",
+        "verify",
+    )
+    parkable = False  # never parked (connection.py rule 6 is HTTP/1.1's)
+
+    def __init__(
+        self,
+        sock: ClientSocket,
+        info: ConnectionInfo,
+        router: ServerRouter,
+        runtime: HttpRuntime,
+        clock: Callable[[], float],
+        spawn: Callable[..., Any],
+        verify: str | None = None,
+    ) -> None:
+        """``verify``: None for h2c, else the TLS address's ssl_verify_client."""
+        self.sock = sock
+        self.info = info
+        self.router = router
+        self.runtime = runtime
+        self.clock = clock
+        self._spawn = spawn
+        self.verify = verify
+        self.settings = settings = router.default.http2_settings
+        self.send_timeout_s = 60.0
+        config = H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=False,  # mapping rule 1: stream errors, not h2's GOAWAY
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        h2 = self.h2 = H2Connection(config)
+        h2.local_settings = _Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: settings.body_preread_size_bytes,
+                SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_size_bytes,
+            },
+        )
+        self.streams: dict[int, StreamIO] = {}
+        self.guard = Guard(limits_of(settings))
+        configure(h2, self.guard.limits)
+        self.last_sid = 0
+        self.goaway_sent = False
+        self.closing = False  # the client sent GOAWAY, or we did: no new streams
+        self.broken = False
+        self.idle = True
+        self.idle_since = clock()
+        self._flushing = False
+        self._extra = b""
+        self._conn_unacked = 0
+
+    # ---- the connection's greenlet ----
+
+    def serve(self) -> bool:
+        h2 = self.h2
+        h2.initiate_connection()
+        h2.increment_flow_control_window(MAX_WINDOW - h2.inbound_flow_control_window)
+        size = self.settings.recv_buffer_size_bytes
+        try:
+            self.flush()
+            while not self.broken:
+                if self.closing and not self.streams:
+                    break
+                idle = not self.streams
+                self.idle = idle
+                if self.closing:  # waiting for the client to close after our GOAWAY
+                    timeout_s: float | None = CLOSE_WAIT_S if idle else None
+                else:
+                    timeout_s = self.settings.idle_timeout_s if idle else None
+                try:
+                    data = recv(self.sock, size, timeout_s)
+                except TimeoutError:
+                    self.goaway(NO_ERROR)
+                    break
+                except OSError:
+                    break
+                if not data:
+                    break
+                try:
+                    events = h2.receive_data(data)
+                except ProtocolError as e:
+                    log.info("client sent invalid HTTP/2 data (%s), client: %s", e, self.info.remote_addr)
+                    self.goaway_sent = True
+                    break
+                code = self.guard.check(events, self.clock())
+                if code != OK:
+                    log.info("HTTP/2 flood from client (GOAWAY %d), client: %s", code, self.info.remote_addr)
+                    self._close_with(code)
+                    break
+                self._dispatch(events)
+                self.flush()
+        finally:
+            try:
+                self.flush()
+            except Exception:
+                pass
+            self._end_streams()
+            self.close()
+        return False
+
+    def _dispatch(self, events: list[Any]) -> None:
+        streams = self.streams
+        for ev in events:
+            kind = type(ev)
+            if kind is DataReceived:
+                sid = ev.stream_id
+                flow = ev.flow_controlled_length
+                self._conn_unacked += flow
+                if self._conn_unacked >= _TOP_UP:
+                    self.h2.increment_flow_control_window(self._conn_unacked)
+                    self._conn_unacked = 0
+                stream = streams.get(sid)
+                if stream is not None and stream.reset_code is None:
+                    if ev.data:
+                        stream.pieces.append((ev.data, flow))
+                        stream.wake.set()
+                    elif flow:
+                        self.consumed(sid, flow)
+            elif kind is RequestReceived:
+                self._open(ev.stream_id, ev.headers, ev.stream_ended is not None)
+            elif kind is StreamEnded:
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.remote_ended = True
+                    stream.wake.set()
+            elif kind is StreamReset:
+                stream = streams.get(ev.stream_id)
+                if stream is not None and stream.reset_code is None:
+                    stream.reset_code = ev.error_code
+                    stream.wake.set()
+            elif kind is WindowUpdated:
+                if ev.stream_id:
+                    stream = streams.get(ev.stream_id)
+                    if stream is not None:
+                        stream.wake.set()
+                else:
+                    for stream in streams.values():
+                        stream.wake.set()
+            elif kind is RemoteSettingsChanged:
+                for stream in streams.values():
+                    stream.wake.set()
+            elif kind is ConnectionTerminated:
+                self.closing = True
+            # TrailersReceived: dropped, as HTTP/1.1 trailers (request.py rule 7); its
+            # StreamEnded follows. Ping, priority, settings ACK: h2 answers them.
+
+    def _open(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        settings = self.settings
+        if self.closing:  # after a GOAWAY either way (rule 5)
+            self.reset_stream(sid, REFUSED_STREAM)
+            return
+        if len(self.streams) >= settings.max_concurrent_streams:  # rule 2
+            self.reset_stream(sid, REFUSED_STREAM)
+            return
+        mapped = map_request(
+            fields, end_stream, settings.max_field_size_bytes, settings.max_header_size_bytes
+        )
+        if isinstance(mapped, StreamError):
+            log.info("client sent %s, stream %d, client: %s", mapped.reason, sid, self.info.remote_addr)
+            self.reset_stream(sid, mapped.code)
+            return
+        if isinstance(mapped, ConnectionError_):
+            log.info("%s, client: %s", mapped.reason, self.info.remote_addr)
+            self._close_with(mapped.code)
+            return
+        stream: H2Stream | TlsH2Stream
+        if self.verify is None:
+            stream = H2Stream.__new__(H2Stream)
+            stream.init_stream(self, sid, mapped, self.info, self.router, self.runtime, self.clock)
+        else:
+            tls_stream = TlsH2Stream.__new__(TlsH2Stream)
+            tls_stream.init_stream(self, sid, mapped, self.info, self.router, self.runtime, self.clock)
+            tls_stream.setup(False, self.verify)
+            stream = tls_stream
+        stream.remote_ended = end_stream
+        self.streams[sid] = stream
+        self.last_sid = sid
+        self.idle = False
+        self._spawn(stream.run)
+
+    # ---- what streams call ----
+
+    def stream_done(self, stream: StreamIO) -> None:
+        self.streams.pop(stream.sid, None)
+        if not self.streams:
+            self.idle_since = self.clock()
+            if self.closing or self.goaway_sent:
+                self._wake_reader()
+        try:
+            self.flush()
+        except OSError:
+            pass
+
+    def window(self, sid: int) -> int:
+        try:
+            room = self.h2.local_flow_control_window(sid)
+        except (StreamClosedError, ProtocolError, KeyError):
+            return 0
+        return min(room, self.h2.max_outbound_frame_size, self.settings.chunk_size_bytes)
+
+    def send_headers(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        self._call(self.h2.send_headers, sid, fields, end)
+
+    def send_data(self, sid: int, data: bytes, end: bool) -> None:
+        self._call(self.h2.send_data, sid, data, end)
+
+    def end_stream(self, sid: int) -> None:
+        self._call(self.h2.end_stream, sid)
+
+    def reset_stream(self, sid: int, code: int) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except (ProtocolError, StreamClosedError):
+            return
+        try:
+            self.flush()
+        except OSError:
+            pass
+
+    def consumed(self, sid: int, flow: int) -> None:
+        """Stream rule 1: reopen the stream's window by what the pipeline took."""
+        if not flow:
+            return
+        try:
+            self.h2.increment_flow_control_window(flow, stream_id=sid)
+        except (ProtocolError, StreamClosedError):
+            return
+        try:
+            self.flush()
+        except OSError:
+            pass
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> None:
+        """An h2 call on behalf of a stream, then flush; any failure is the client's end."""
+        from prefork_lb.http.client import ClientGone
+
+        if self.broken:
+            raise ClientGone
+        try:
+            method(*args)
+        except (ProtocolError, StreamClosedError):
+            raise ClientGone from None
+        try:
+            self.flush()
+        except OSError:
+            raise ClientGone from None
+
+    # ---- writing (rule 1) ----
+
+    def flush(self) -> None:
+        if self._flushing or self.broken:
+            return
+        self._flushing = True
+        try:
+            while True:
+                data = self.h2.data_to_send()
+                if self._extra:
+                    data, self._extra = data + self._extra, b""
+                if not data:
+                    return
+                send_all(self.sock, data, self.send_timeout_s)
+        except OSError:
+            self.broken = True
+            self._abort_socket()
+            raise
+        finally:
+            self._flushing = False
+
+    def goaway(self, code: int) -> None:
+        """Rule 5: GOAWAY naming the last stream accepted, h2's state left open."""
+        if self.goaway_sent:
+            return
+        self.goaway_sent = True
+        self.closing = True
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last_sid
+        frame.error_code = code
+        self._extra += frame.serialize()
+        try:
+            self.flush()
+        except OSError:
+            pass
+
+    def _close_with(self, code: int) -> None:
+        """Rule 6: GOAWAY ``code`` and the end of the connection."""
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            self.h2.close_connection(error_code=code, last_stream_id=self.last_sid)
+        self.closing = True
+        self.broken = True
+        self._flushing = False
+        try:
+            data = self.h2.data_to_send()
+            send_all(self.sock, data, self.send_timeout_s)
+        except OSError:
+            pass
+
+    def _end_streams(self) -> None:
+        """The connection is gone: every stream fails with ClientGone (rule 6)."""
+        self.broken = True
+        for stream in list(self.streams.values()):
+            if stream.reset_code is None:
+                stream.reset_code = NO_ERROR
+            stream.wake.set()
+
+    def _wake_reader(self) -> None:
+        """No stream left after a GOAWAY: FIN after our last frame; the reader ends at the
+        client's FIN or after ``CLOSE_WAIT_S`` (closing with unread input would reset)."""
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _abort_socket(self) -> None:
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # ---- what the worker calls ----
+
+    def close_if_idle(self, idle_s: float, now: float) -> bool:
+        """Rule 5 (the worker is draining)."""
+        self.goaway(NO_ERROR)
+        if self.streams:
+            return False
+        self._wake_reader()
+        return True
+
+    def abort(self) -> None:
+        self.broken = True
+        for stream in list(self.streams.values()):
+            stream.abort()
+        self._abort_socket()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
