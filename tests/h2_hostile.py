@@ -159,7 +159,7 @@ class RawH2:
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 pass
             except OSError:
-                self._closed()
+                self._drain()  # the server closed: what did it say before?
                 return
         if ready_r:
             try:
@@ -175,6 +175,16 @@ class RawH2:
             self.answer.bytes += len(chunk)
             self._in += chunk
             self._parse()
+
+    def _drain(self, timeout_s: float = 2.0) -> None:
+        """Writing failed: read what the server sent before it closed (a GOAWAY may be there)."""
+        self._out.clear()
+        self.reading = True
+        deadline = time.monotonic() + timeout_s
+        while not self.answer.closed and time.monotonic() < deadline:
+            self._pump(0.2)
+        if not self.answer.closed:
+            self._closed()
 
     def _closed(self) -> None:
         self.answer.closed = True

@@ -9,8 +9,8 @@ loop's cached clock), O(events) work, a handful of ints of state.
 Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
 1. Rapid reset (CVE-2023-44487): client RST_STREAMs are counted per window of ``window_s``;
    over ``max_resets`` (default 2 x max_concurrent_streams: nginx refuses new streams past
-   twice its limit in one read) -> ENHANCE_YOUR_CALM (11). ``stillborn(events)`` names the
-   streams opened and reset in the same batch, for which the shell starts no request at all.
+   twice its limit in one read) -> ENHANCE_YOUR_CALM (11). A stream the client reset before
+   its greenlet ran starts nothing (stream.py ``run``): no upstream request, no log line.
 2. Control-frame floods (CVE-2019-9512/9515/9518: PING, SETTINGS, PRIORITY, empty DATA):
    over ``max_control`` per window -> ENHANCE_YOUR_CALM. WINDOW_UPDATE is not counted: a
    fast download legitimately sends one per few KiB, and it asks nothing back. Frames that
@@ -94,19 +94,6 @@ def configure(conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS) -> None:
     """The limits h2 enforces itself (rules 4 and 6); call once, before the first receive_data."""
     conn.decoder.max_header_list_size = 2 * limits.max_header_size
     conn.max_inbound_frame_size = FRAME_SIZE
-
-
-def stillborn(events: Iterable[object]) -> set[int]:
-    """Streams whose request and client reset arrived in the same batch (rule 1): the shell
-    starts nothing for them (no upstream connection, no access log line)."""
-    opened: set[int] = set()
-    dead: set[int] = set()
-    for event in events:
-        if isinstance(event, RequestReceived):
-            opened.add(event.stream_id)
-        elif isinstance(event, StreamReset) and event.remote_reset and event.stream_id in opened:
-            dead.add(event.stream_id)
-    return dead
 
 
 class Guard:

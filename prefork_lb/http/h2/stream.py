@@ -116,6 +116,8 @@ class StreamIO:
     def run(self) -> None:
         me: Any = self
         try:
+            if self.reset_code is not None:  # reset before it ran (rapid reset): nothing starts
+                return
             request = self.request
             if type(request) is RequestHead:
                 me._handle(request)
