@@ -27,14 +27,19 @@ Rules:
    asked after every read and may end the connection with its GOAWAY code; header limits
    (mapping rule 2) end it with ENHANCE_YOUR_CALM. Streams in progress then fail with
    ClientGone (499).
+7. ``keepalive_requests`` (nginx >= 1.19.7 applies it to HTTP/2): the stream that reaches
+   it is served and followed by a graceful GOAWAY (rule 5). The value is the default
+   server's (its first location's, where the server-level value is inherited).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
+from gevent import getcurrent
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -50,6 +55,7 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from prefork_lb.http.client import ClientGone
 from prefork_lb.http.h2.guard import OK, Guard, configure, limits_of
 from prefork_lb.http.h2.mapping import REFUSED_STREAM, ConnectionError_, StreamError, map_request
 from prefork_lb.http.h2.stream import H2Stream, StreamIO, TlsH2Stream
@@ -97,6 +103,7 @@ class H2Session:
         "idle_since",
         "info",
         "last_sid",
+        "max_requests",
         "router",
         "runtime",
         "send_timeout_s",
@@ -126,6 +133,8 @@ class H2Session:
         self._spawn = spawn
         self.verify = verify
         self.settings = settings = router.default.http2_settings
+        locations = router.default.locations
+        self.max_requests = locations[0].keepalive_requests if locations else 1000
         self.send_timeout_s = 60.0
         config = H2Configuration(
             client_side=False,
@@ -153,7 +162,7 @@ class H2Session:
         self.broken = False
         self.idle = True
         self.idle_since = clock()
-        self._flushing = False
+        self._flushing: Any = None  # the greenlet sending (rule 1)
         self._extra = b""
         self._conn_unacked = 0
 
@@ -236,6 +245,7 @@ class H2Session:
                 if stream is not None and stream.reset_code is None:
                     stream.reset_code = ev.error_code
                     stream.wake.set()
+                    self._cancel(stream)
             elif kind is WindowUpdated:
                 if ev.stream_id:
                     stream = streams.get(ev.stream_id)
@@ -271,13 +281,17 @@ class H2Session:
             log.info("%s, client: %s", mapped.reason, self.info.remote_addr)
             self._close_with(mapped.code)
             return
+        # the stream's own view of the connection: $connection_requests is this stream's
+        # number (its _handle counts it), not whatever the connection reached by log time
+        info = replace(self.info, requests=self.info.requests)
+        self.info.requests += 1
         stream: H2Stream | TlsH2Stream
         if self.verify is None:
             stream = H2Stream.__new__(H2Stream)
-            stream.init_stream(self, sid, mapped, self.info, self.router, self.runtime, self.clock)
+            stream.init_stream(self, sid, mapped, info, self.router, self.runtime, self.clock)
         else:
             tls_stream = TlsH2Stream.__new__(TlsH2Stream)
-            tls_stream.init_stream(self, sid, mapped, self.info, self.router, self.runtime, self.clock)
+            tls_stream.init_stream(self, sid, mapped, info, self.router, self.runtime, self.clock)
             tls_stream.setup(False, self.verify)
             stream = tls_stream
         stream.remote_ended = end_stream
@@ -285,6 +299,20 @@ class H2Session:
         self.last_sid = sid
         self.idle = False
         self._spawn(stream.run)
+        if self.info.requests >= self.max_requests:  # rule 7
+            self.goaway(NO_ERROR)
+
+    def _cancel(self, stream: StreamIO) -> None:
+        """Stream rule 3: end the reset stream's wait (upstream, delay) at once."""
+        glet = stream.glet
+        if glet is None:
+            return
+
+        def throw() -> None:  # on the hub: the stream may have moved on meanwhile
+            if stream.glet is glet and self._flushing is not glet and glet is not getcurrent():
+                glet.throw(ClientGone)
+
+        self.sock.hub.loop.run_callback(throw)
 
     # ---- what streams call ----
 
@@ -307,13 +335,28 @@ class H2Session:
         return min(room, self.h2.max_outbound_frame_size, self.settings.chunk_size_bytes)
 
     def send_headers(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
-        self._call(self.h2.send_headers, sid, fields, end)
-
-    def send_data(self, sid: int, data: bytes, end: bool) -> None:
-        self._call(self.h2.send_data, sid, data, end)
+        self.queue(self.h2.send_headers, sid, fields, end)
+        self.flush_for_stream()
 
     def end_stream(self, sid: int) -> None:
-        self._call(self.h2.end_stream, sid)
+        self.queue(self.h2.end_stream, sid)
+        self.flush_for_stream()
+
+    def queue(self, method: Callable[..., Any], *args: Any) -> None:
+        """An h2 call on behalf of a stream (sent by the next flush); a failure is the
+        client's end (ClientGone)."""
+        if self.broken:
+            raise ClientGone
+        try:
+            method(*args)
+        except (ProtocolError, StreamClosedError):
+            raise ClientGone from None
+
+    def flush_for_stream(self) -> None:
+        try:
+            self.flush()
+        except OSError:
+            raise ClientGone from None
 
     def reset_stream(self, sid: int, code: int) -> None:
         try:
@@ -338,27 +381,12 @@ class H2Session:
         except OSError:
             pass
 
-    def _call(self, method: Callable[..., Any], *args: Any) -> None:
-        """An h2 call on behalf of a stream, then flush; any failure is the client's end."""
-        from prefork_lb.http.client import ClientGone
-
-        if self.broken:
-            raise ClientGone
-        try:
-            method(*args)
-        except (ProtocolError, StreamClosedError):
-            raise ClientGone from None
-        try:
-            self.flush()
-        except OSError:
-            raise ClientGone from None
-
     # ---- writing (rule 1) ----
 
     def flush(self) -> None:
-        if self._flushing or self.broken:
+        if self._flushing is not None or self.broken:
             return
-        self._flushing = True
+        self._flushing = getcurrent()
         try:
             while True:
                 data = self.h2.data_to_send()
@@ -372,7 +400,7 @@ class H2Session:
             self._abort_socket()
             raise
         finally:
-            self._flushing = False
+            self._flushing = None
 
     def goaway(self, code: int) -> None:
         """Rule 5: GOAWAY naming the last stream accepted, h2's state left open."""
@@ -396,7 +424,6 @@ class H2Session:
             self.h2.close_connection(error_code=code, last_stream_id=self.last_sid)
         self.closing = True
         self.broken = True
-        self._flushing = False
         try:
             data = self.h2.data_to_send()
             send_all(self.sock, data, self.send_timeout_s)

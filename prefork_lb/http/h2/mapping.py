@@ -155,6 +155,8 @@ def map_request(
         else:
             index[name] = value
         headers.append((name, value))
+    if method == b"CONNECT":  # rule 5; its form has no :scheme and :path (RFC 9113 8.5)
+        return HttpError(405, "method not allowed")
     if method is None or scheme is None or path is None:
         return StreamError(PROTOCOL_ERROR, "missing pseudo-header")
     if not path:

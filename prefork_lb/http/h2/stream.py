@@ -16,7 +16,11 @@ Rules:
    WINDOW_UPDATE (at most ``send_timeout``, then it is reset): a slow reader of one stream
    never blocks another.
 3. A stream the client reset (or the connection ended) fails its next ``read_body`` or
-   ``send`` with ClientGone: logged 499 when no response began, as nginx.
+   ``send`` with ClientGone: logged 499 when no response began, as nginx. A stream waiting
+   elsewhere (the upstream's response, a limit_req delay) gets ClientGone thrown in at
+   once, so its upstream request ends too (nginx finalizes the request on RST_STREAM):
+   a reset stream costs no upstream time (rapid reset, CVE-2023-44487). Never while the
+   stream's greenlet is the connection's writer (a frame half sent would corrupt it).
 4. ``abort`` (a truncated upstream body, 444) resets the stream INTERNAL_ERROR; a response
    not completed when the pipeline returns is reset the same way, except an unframed body
    (its end is the pipeline's return: END_STREAM). A complete response whose request body
@@ -31,6 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
+from gevent import getcurrent
 from gevent.event import Event
 
 from prefork_lb.http.client import ClientGone
@@ -61,6 +66,7 @@ class StreamIO:
     remote_ended: bool
     reset_code: int | None
     wake: Event
+    glet: Any  # the greenlet running the stream, None once it finishes (rule 3)
     mapper: ResponseMapper
     request: RequestHead | HttpError
     if TYPE_CHECKING:  # ClientConnection's, for mypy
@@ -108,6 +114,7 @@ class StreamIO:
         self.remote_ended = False
         self.reset_code = None
         self.wake = Event()
+        self.glet = None
         method = request.method if type(request) is RequestHead else b"GET"
         self.mapper = ResponseMapper(method == b"HEAD")
 
@@ -115,6 +122,7 @@ class StreamIO:
 
     def run(self) -> None:
         me: Any = self
+        self.glet = getcurrent()
         try:
             if self.reset_code is not None:  # reset before it ran (rapid reset): nothing starts
                 return
@@ -131,6 +139,7 @@ class StreamIO:
 
     def _finish(self) -> None:
         """Rule 4, then the connection forgets the stream."""
+        self.glet = None  # no reset is thrown in from here on (rule 3)
         session = self.session
         mapper = self.mapper
         if self.reset_code is None:
@@ -186,24 +195,28 @@ class StreamIO:
             raise ClientGone from None
         session = self.session
         if fields is not None:
-            session.send_headers(self.sid, fields, ended and not pieces)
+            session.queue(session.h2.send_headers, self.sid, fields, ended and not pieces)
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
             self._send_data(piece, ended and i == last)
         if ended and not pieces and fields is None:
-            session.end_stream(self.sid)
+            session.queue(session.h2.end_stream, self.sid)
+        session.flush_for_stream()  # one send for the head and what the windows allowed
         if self.reset_code is not None:
             raise ClientGone
 
     def _send_data(self, data: bytes, end: bool) -> None:
-        """Rule 2: within the windows, in frames of at most the chunk size."""
+        """Rule 2: within the windows, in frames of at most the chunk size; queued, sent
+        by the caller's flush (or before waiting for a window)."""
         session = self.session
+        send_data = session.h2.send_data
         view = memoryview(data)
         while True:
             if self.reset_code is not None:
                 raise ClientGone
             room = session.window(self.sid)
             if room <= 0:
+                session.flush_for_stream()
                 wake = self.wake
                 wake.clear()
                 if not wake.wait(self.send_timeout_s):
@@ -213,7 +226,7 @@ class StreamIO:
             piece = view[:room]
             view = view[room:]
             done = not view
-            session.send_data(self.sid, piece.tobytes(), end and done)
+            session.queue(send_data, self.sid, piece.tobytes(), end and done)
             if done:
                 return
 
@@ -242,7 +255,17 @@ class StreamIO:
         pass
 
 
-_STREAM_SLOTS: Final = ("mapper", "pieces", "remote_ended", "request", "reset_code", "session", "sid", "wake")
+_STREAM_SLOTS: Final = (
+    "glet",
+    "mapper",
+    "pieces",
+    "remote_ended",
+    "request",
+    "reset_code",
+    "session",
+    "sid",
+    "wake",
+)
 
 
 class H2Stream(StreamIO, ClientConnection):

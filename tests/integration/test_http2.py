@@ -1,0 +1,341 @@
+"""HTTP/2 for clients (issue 20) through the real master and workers: curl over TLS (ALPN)
+and by prior knowledge, a raw ``h2`` client (tests/h2_client.py) for multiplexing, the
+stream limit, flow control both ways, malformed requests and graceful GOAWAY, with real
+backends (scripts/demo_backend.py, tests/backends.GatedBackend)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.backends import Backend, GatedBackend, free_port
+from tests.h2_client import H2Client
+from tests.harness import LB, wait_for
+from tests.tls_certs import TestCA
+
+LOG = "$request|$status|$server_protocol|$connection|$connection_requests|$body_bytes_sent|$upstream_addr"
+PATTERN = b"0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    with Backend(count=1) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    ca = TestCA(tmp_path_factory.mktemp("h2tls") / "certs")
+    ca.issue("a.test")
+    ca.issue("b.test")
+    return ca
+
+
+def config(port: int, upstream: str, listen: str = "", server_extra: str = "", http_extra: str = "") -> str:
+    listen = listen or f'"127.0.0.1:{port} http2"'
+    return textwrap.dedent(
+        f"""
+        workers = 1
+        error_log = "error.log"
+        error_log_level = "info"
+        [http]
+        access_log = "access.log"
+        {http_extra}
+        [http.log_formats]
+        t = '{LOG}'
+        [http.upstreams.backend]
+        servers = [{{ address = "{upstream}" }}]
+        [[http.servers]]
+        listen = [{listen}]
+        log_format = "t"
+        {server_extra}
+          [[http.servers.locations]]
+          match = "/"
+          proxy_pass = "http://backend"
+          proxy_read_timeout = "30s"
+        """
+    )
+
+
+def tls_config(port: int, upstream: str, ca: TestCA) -> str:
+    """a.test turns HTTP/2 on (``http2 = true``); b.test shares the address without it."""
+    servers = ""
+    for name, extra in (("a.test", "http2 = true"), ("b.test", "")):
+        servers += textwrap.dedent(
+            f"""
+            [[http.servers]]
+            listen = ["127.0.0.1:{port} ssl"]
+            server_name = ["{name}"]
+            ssl_certificate = "{ca.dir}/{name}-rsa.crt"
+            ssl_certificate_key = "{ca.dir}/{name}-rsa.key"
+            log_format = "t"
+            {extra}
+              [[http.servers.locations]]
+              match = "/"
+              proxy_pass = "http://backend"
+            """
+        )
+    head = config(port, upstream).split("[[http.servers]]")[0]
+    return head + servers
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-s", "--max-time", "20", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def log_lines(lb: LB, count: int) -> list[str]:
+    return wait_for(lambda: (lines := lb.access_log()) and len(lines) >= count and lines, what="access log")
+
+
+def test_curl_prior_knowledge_and_http11_on_one_port(tmp_path: Path, backend: Backend) -> None:
+    """h2c by prior knowledge and HTTP/1.1 on the same ``http2`` address (nginx >= 1.25.1's
+    autodetect), each logged once with its protocol. Catches: the preface sniffing, the
+    stream running the proxy, $server_protocol."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port) as lb:
+        out = curl("--http2-prior-knowledge", "-w", "|%{http_version}", f"http://127.0.0.1:{port}/a?size=20")
+        assert out.stdout == (PATTERN + PATTERN[:4]).decode() + "|2"
+        out = curl("--http1.1", "-w", "|%{http_version}", f"http://127.0.0.1:{port}/b")
+        assert out.stdout == f"{backend.ports[0]}\n|1.1"
+        lines = log_lines(lb, 2)
+    assert lines[0].startswith("GET /a?size=20 HTTP/2.0|200|HTTP/2.0|")
+    assert lines[0].endswith(f"|20|{backend.addrs[0]}")
+    assert lines[1].startswith("GET /b HTTP/1.1|200|HTTP/1.1|")
+
+
+def test_curl_tls_alpn_h2_for_every_server_of_the_address(
+    tmp_path: Path, backend: Backend, ca: TestCA
+) -> None:
+    """ALPN h2 over TLS; b.test, which has no ``http2`` but shares the socket, speaks h2 too
+    (trap 9); ``--http1.1`` still works. Catches: ALPN on the SNI-switched context."""
+    port = free_port()
+    with LB(tmp_path, tls_config(port, backend.addrs[0], ca), port) as lb:
+        for name in ("a.test", "b.test"):
+            out = curl(
+                "--http2",
+                "--cacert",
+                f"{ca.dir}/ca.crt",
+                "--resolve",
+                f"{name}:{port}:127.0.0.1",
+                "-w",
+                "|%{http_version}",
+                f"https://{name}:{port}/x?chunked=1",
+            )
+            assert out.stdout.endswith("|2"), out
+        out = curl(
+            "--http1.1",
+            "--cacert",
+            f"{ca.dir}/ca.crt",
+            "--resolve",
+            f"a.test:{port}:127.0.0.1",
+            "-w",
+            "|%{http_version}",
+            f"https://a.test:{port}/y",
+        )
+        assert out.stdout == f"{backend.ports[0]}\n|1.1"
+        lines = log_lines(lb, 3)
+    assert [line.split("|")[2] for line in lines] == ["HTTP/2.0", "HTTP/2.0", "HTTP/1.1"]
+
+
+def test_raw_client_over_tls(tmp_path: Path, backend: Backend, ca: TestCA) -> None:
+    port = free_port()
+    ctx = ssl.create_default_context(cafile=f"{ca.dir}/ca.crt")
+    with LB(tmp_path, tls_config(port, backend.addrs[0], ca), port):
+        with H2Client(port, tls=ctx, server_hostname="a.test") as c:
+            s = c.get("/z?size=100", authority="a.test")
+    assert s.status == 200 and bytes(s.data) == (PATTERN * 7)[:100]
+
+
+def test_streams_are_multiplexed_on_one_connection(tmp_path: Path) -> None:
+    """Ten streams reach the upstream together (none waits for another's response), each
+    is logged once on the same connection. Catches: streams served one after another."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port) as lb:
+        with H2Client(port) as c:
+            sids = [c.request("GET", f"/m{i}") for i in range(10)]
+            gate.wait_arrived(10)
+            assert not any(c.streams[s].done for s in sids)
+            gate.release()
+            c.wait(lambda: all(c.streams[s].done for s in sids))
+            assert [c.streams[s].status for s in sids] == [200] * 10
+            assert all(bytes(c.streams[s].data) == b"%d\n" % gate.port for s in sids)
+        lines = log_lines(lb, 10)
+    assert sorted(line.split("|")[0] for line in lines) == sorted(f"GET /m{i} HTTP/2.0" for i in range(10))
+    assert len({line.split("|")[3] for line in lines}) == 1  # one $connection
+    assert sorted(int(line.split("|")[4]) for line in lines) == list(range(1, 11))
+
+
+def test_130_streams_128_served_2_refused(tmp_path: Path) -> None:
+    """nginx (nginx-semantics-2.md P3): with 128 streams in progress the 129th and 130th
+    get RST_STREAM REFUSED_STREAM (7) each, the connection lives on and the 128 are served.
+    Catches: h2's own limit (GOAWAY for the whole connection) or no limit at all."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port):
+        with H2Client(port) as c:
+            c.wait(lambda: c.conn.remote_settings.max_concurrent_streams == 128, what="SETTINGS")
+            c.conn.ignore_limit = True  # type: ignore[attr-defined]
+            sids = [c.request("GET", f"/s{i}") for i in range(130)]
+            c.wait(lambda: sum(c.streams[s].reset_code == 7 for s in sids) == 2, what="2 refused")
+            gate.wait_arrived(128)
+            assert [s for s in sids if c.streams[s].reset_code is not None] == sids[128:]
+            gate.release()
+            c.wait(lambda: all(c.streams[s].done for s in sids))
+            assert [c.streams[s].status for s in sids[:128]] == [200] * 128
+            assert c.goaway is None
+            again = c.get("/after")  # the connection still serves
+            assert again.status == 200
+        assert gate.arrived == 129
+
+
+def test_large_upload_and_download(tmp_path: Path, backend: Backend) -> None:
+    """Request bodies stream to the upstream within the 64k stream window (reopened as the
+    upstream consumes), with and without content-length; an 8 MB response streams back
+    within the client's windows. Catches: a window never reopened (a stall), a body cut
+    or re-framed wrongly."""
+    port = free_port()
+    body = bytes(range(256)) * 20000  # 5,120,000 bytes
+    digest = hashlib.sha256(body).hexdigest()
+    with LB(tmp_path, config(port, backend.addrs[0], server_extra='client_max_body_size = "10m"'), port):
+        with H2Client(port) as c:
+            up = c.request("POST", "/u?echo=1", [("content-length", str(len(body)))], body=body)
+            chunked = c.request("PUT", "/c?echo=1", body=body)  # no content-length
+            down = c.request("GET", "/d?size=8000000")
+            c.wait(lambda: all(c.streams[s].done for s in (up, chunked, down)), timeout_s=60)
+            for sid in (up, chunked):
+                assert c.streams[sid].status == 200
+                echo = json.loads(bytes(c.streams[sid].data))
+                assert (echo["body_len"], echo["body_sha256"]) == (len(body), digest)
+            headers = {k.lower(): v for k, v in json.loads(bytes(c.streams[chunked].data))["headers"]}
+            assert headers.get("transfer-encoding") == "chunked"
+            data = bytes(c.streams[down].data)
+            assert len(data) == 8000000 and data == (PATTERN * 500000)
+            assert c.streams[down].header(b"content-length") == b"8000000"
+
+
+def test_stalled_reader_does_not_block_other_streams(tmp_path: Path, backend: Backend) -> None:
+    """A stream whose reader never reopens its window stops at the window; other streams
+    on the connection are served meanwhile. Catches: a connection-wide send blocked by one
+    stream's window."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            c.hold.add(1)
+            slow = c.request("GET", "/big?size=1000000")
+            assert slow == 1
+            c.wait(lambda: len(c.streams[slow].data) >= 65535, what="the first window")
+            for i in range(3):
+                assert c.get(f"/other{i}").status == 200
+            assert len(c.streams[slow].data) == 65535 and not c.streams[slow].done
+            c.hold.discard(1)
+            c.conn.increment_flow_control_window(1 << 20, stream_id=slow)
+            c.flush()
+            c.wait(lambda: c.streams[slow].done)
+            assert bytes(c.streams[slow].data) == (PATTERN * 62500)
+
+
+def test_malformed_stream_reset_others_served(tmp_path: Path, backend: Backend) -> None:
+    """An upper-case header name, a connection-specific header and a missing :path reset
+    only their stream (PROTOCOL_ERROR); CONNECT gets 405; the connection serves on."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port) as lb:
+        with H2Client(port) as c:
+            c.conn.config.validate_outbound_headers = False
+            c.conn.config.normalize_outbound_headers = False
+            bad = [
+                c.request("GET", "/u", [("X-Upper", "1")]),
+                c.request("GET", "/c", [("connection", "keep-alive")]),
+            ]
+            c.wait(lambda: all(c.streams[s].done for s in bad))
+            assert [c.streams[s].reset_code for s in bad] == [1, 1]
+            sid = c.conn.get_next_available_stream_id()
+            c.streams[sid] = type(c.streams[bad[0]])()
+            c.conn.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"x:443")], end_stream=True)
+            c.flush()
+            c.wait(lambda: c.streams[sid].done)
+            assert c.streams[sid].status == 405
+            ok = c.get("/fine", headers=[("cookie", "a=1"), ("cookie", "b=2")], end=True)
+            assert ok.status == 200
+            echo = c.get("/e?echo=1", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+            headers = {k.lower(): v for k, v in json.loads(bytes(echo.data))["headers"]}
+            assert headers["cookie"] == "a=1; b=2"
+            assert c.goaway is None
+        log_lines(lb, 2)
+
+
+def test_oversized_header_goaway_enhance_your_calm(tmp_path: Path, backend: Backend) -> None:
+    """nginx (P4): a 20 KB header value ends the connection with GOAWAY 11."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            c.request("GET", "/big", [("x-big", "v" * 20000)])
+            c.wait(lambda: c.goaway is not None, what="GOAWAY")
+            assert c.goaway is not None and c.goaway.error_code == 11
+
+
+def test_graceful_goaway_on_reload_in_flight_streams_finish(tmp_path: Path) -> None:
+    """``-s reload``: the old worker sends GOAWAY NO_ERROR naming the last stream it took;
+    the three streams in progress finish with 200, then the connection closes. Catches: a
+    GOAWAY through h2's close_connection (which stops every stream) or an abrupt close."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port) as lb:
+        with H2Client(port) as c:
+            sids = [c.request("GET", f"/r{i}") for i in range(3)]
+            gate.wait_arrived(3)
+            lb.signal("reload")
+            c.wait(lambda: c.goaway is not None, what="GOAWAY")
+            assert c.goaway is not None
+            assert (c.goaway.error_code, c.goaway.last_stream_id) == (0, sids[-1])
+            assert not any(c.streams[s].done for s in sids)
+            gate.release()
+            c.wait(lambda: all(c.streams[s].done for s in sids))
+            assert [c.streams[s].status for s in sids] == [200] * 3
+            deadline = time.monotonic() + 10
+            while not c.closed and time.monotonic() < deadline:
+                c.pump(1.0)
+            assert c.closed
+        with H2Client(port) as c2:  # the new generation serves h2
+            gate.shut()
+            gate.release()
+            assert c2.get("/new").status == 200
+
+
+def test_client_reset_ends_the_upstream_wait(tmp_path: Path) -> None:
+    """RST_STREAM from the client while the upstream has not answered: the stream ends at
+    once (logged 499 with its upstream), the other stream is untouched. Catches: a reset
+    stream left waiting for its upstream (rapid reset would cost upstream time)."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port) as lb:
+        with H2Client(port) as c:
+            gone = c.request("GET", "/gone")
+            kept = c.request("GET", "/kept")
+            gate.wait_arrived(2)
+            c.conn.reset_stream(gone, 8)  # CANCEL
+            c.flush()
+            lines = log_lines(lb, 1)
+            assert lines[0].startswith("GET /gone HTTP/2.0|499|HTTP/2.0|")
+            assert lines[0].endswith(f"|{gate.addr}")
+            assert not c.streams[kept].done
+            gate.release()
+            c.wait(lambda: c.streams[kept].done)
+            assert c.streams[kept].status == 200
+
+
+def test_keepalive_requests_ends_the_connection_gracefully(tmp_path: Path, backend: Backend) -> None:
+    """keepalive_requests = 3: the third stream is served, then GOAWAY NO_ERROR naming it
+    (nginx >= 1.19.7 applies keepalive_requests to HTTP/2)."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0], server_extra="keepalive_requests = 3"), port):
+        with H2Client(port) as c:
+            assert [c.get(f"/k{i}").status for i in range(3)] == [200] * 3
+            c.wait(lambda: c.goaway is not None, what="GOAWAY")
+            assert c.goaway is not None and (c.goaway.error_code, c.goaway.last_stream_id) == (0, 5)
