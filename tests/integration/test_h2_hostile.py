@@ -184,10 +184,14 @@ EXPECT: dict[str, tuple[Callable[[hh.Outcome], bool], Callable[[hh.Outcome], boo
         stream_refused,
         # h2 checks the length itself and makes it a connection error (RFC 9113 5.4 allows
         # treating a stream error so); nginx answers 400 on the stream
-        lambda o: stream_refused(o) or goaway(hh.PROTOCOL_ERROR)(o),
+        lambda o: stream_refused(o) or o.answer.goaway == hh.PROTOCOL_ERROR,
         "a body shorter than content-length accepted",
     ),
-    "connect": (stream_refused, stream_refused, "CONNECT proxied"),
+    "connect": (
+        stream_refused,
+        lambda o: o.answer.statuses.get(1) == 405 and o.extra["next_ok"] == 1,  # as HTTP/1.1 CONNECT
+        "CONNECT proxied",
+    ),
     "oversized_header": (
         goaway(hh.ENHANCE_YOUR_CALM),
         goaway(hh.ENHANCE_YOUR_CALM),
