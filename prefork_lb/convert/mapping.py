@@ -344,6 +344,28 @@ def _flag(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     m.put(t, path, d.name, {"on": True, "off": False}.get(word, word), d)
 
 
+def _large_header_buffers(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
+    """nginx's ``number size``; in prefork-lb it bounds HTTP/2 header lists (issue 20)."""
+    if len(d.args) != 2:
+        m.skip(d, "needs a number and a size")
+        return
+    m.put(t, path, d.name, [scalar(d.args[0]), d.args[1]], d)
+    m.differ(d, "bounds HTTP/2 header fields only; HTTP/1.1 head limits are fixed (docs/http-conformance.md)")
+
+
+_HTTP2: dict[str, Handler] = {  # issue 20: http and server levels (config/http2.py)
+    "http2": _flag,
+    "http2_max_concurrent_streams": _simple,
+    "http2_idle_timeout": _simple,
+    "http2_recv_buffer_size": _simple,
+    "http2_chunk_size": _simple,
+    "http2_body_preread_size": _simple,
+    "http2_max_field_size": _simple,
+    "http2_max_header_size": _simple,
+    "large_client_header_buffers": _large_header_buffers,
+}
+
+
 def _ssl_protocols(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     kept = [p for p in d.args if p not in ("SSLv2", "SSLv3")]
     if not kept:
@@ -793,8 +815,8 @@ def _listen(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
         elif word in ("quic", "proxy_protocol"):
             m.skip(d, f"has no prefork-lb equivalent ({word})")
             return
-        elif word == "http2":
-            m.differ(d, "http2: prefork-lb serves HTTP/1.1 on this address")
+        elif word == "http2" and not stream:  # issue 20: HTTP/2 on the address
+            words.append(word)
         else:
             m.differ(d, f'"{word}" is not supported; the address is served without it')
     m.out.origins[f"{_path(path, 'listen')}[{len(listens)}]"] = d.where
@@ -1151,6 +1173,7 @@ _REALIP = tuple(_REALIP_HANDLERS)
 _HTTP_LEVEL: dict[str, Handler] = {
     **_INHERITED,
     **_TLS,
+    **_HTTP2,
     **_REALIP_HANDLERS,
     "limit_req_zone": _limit_zone,
     "limit_conn_zone": _limit_zone,
@@ -1163,6 +1186,7 @@ _HTTP_LEVEL: dict[str, Handler] = {
 _SERVER: dict[str, Handler] = {
     **_INHERITED,
     **_TLS,
+    **_HTTP2,
     **_REALIP_HANDLERS,
     "listen": _listen,
     "server_name": _server_name,

@@ -72,7 +72,6 @@ REASONS: dict[str, str] = {
     "proxy_max_temp_file_size": "has no prefork-lb equivalent (responses always stream to the client)",
     "proxy_temp_file_write_size": "has no prefork-lb equivalent (responses always stream to the client)",
     "proxy_request_buffering": "has no prefork-lb equivalent (see client_body_buffer_size in docs/config.md)",
-    "large_client_header_buffers": _HEAD_LIMITS,
     "client_header_buffer_size": _HEAD_LIMITS,
     "stub_status": "has no prefork-lb equivalent as such: use `api = true` or `metrics = true` in a location "
     "(docs/api.md)",
@@ -133,7 +132,6 @@ NOT_YET: dict[str, str] = {
     "one server",
     "health_check": f"{_PLANNED}: active health checks (passive checks work: max_fails, fail_timeout)",
     "match": f"{_PLANNED}: active health checks",
-    "http2": f"{_PLANNED}: HTTP/2 (prefork-lb serves HTTP/1.1)",
     "ntlm": "has no prefork-lb equivalent (connections are not pinned to clients)",
 }
 

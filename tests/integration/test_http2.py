@@ -339,3 +339,35 @@ def test_keepalive_requests_ends_the_connection_gracefully(tmp_path: Path, backe
             assert [c.get(f"/k{i}").status for i in range(3)] == [200] * 3
             c.wait(lambda: c.goaway is not None, what="GOAWAY")
             assert c.goaway is not None and (c.goaway.error_code, c.goaway.last_stream_id) == (0, 5)
+
+
+def test_expect_100_continue_sends_interim_headers(tmp_path: Path, backend: Backend) -> None:
+    """A request with ``expect: 100-continue`` and no body yet gets HEADERS :status 100 once
+    the proxy needs the body, then the final response. Catches: a client waiting for the
+    interim response forever (or the pipeline's HTTP/1.1 "100 Continue" bytes leaking)."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            sid = c.request(
+                "POST", "/x?echo=1", [("content-length", "5"), ("expect", "100-continue")], end=False
+            )
+            c.wait(lambda: c.streams[sid].interim, what="100 Continue")
+            assert c.streams[sid].interim == [[(b":status", b"100")]]
+            c.send_body(sid, b"hello")
+            c.wait(lambda: c.streams[sid].done)
+            assert c.streams[sid].status == 200
+            assert json.loads(bytes(c.streams[sid].data))["body_len"] == 5
+
+
+def test_idle_connection_gets_goaway(tmp_path: Path, backend: Backend) -> None:
+    """``http2_idle_timeout``: no stream for that long -> GOAWAY NO_ERROR and the close.
+    Catches: idle HTTP/2 connections kept forever."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0], server_extra='http2_idle_timeout = "1s"'), port):
+        with H2Client(port) as c:
+            assert c.get("/one").status == 200
+            start = time.monotonic()
+            c.wait(lambda: c.goaway is not None, what="GOAWAY")
+            assert c.goaway is not None and (c.goaway.error_code, c.goaway.last_stream_id) == (0, 1)
+            assert 0.8 <= time.monotonic() - start < 5
+            c.wait(lambda: c.closed, what="the close")

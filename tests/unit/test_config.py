@@ -255,7 +255,7 @@ def test_missing_locations(tmp_path: Path) -> None:
         ("localhost:80", '"localhost:80": listen needs an IP address, not a hostname'),
         (
             "127.0.0.1:80 bogus_flag",
-            'unknown listen parameter "bogus_flag" (default_server, reuseport, backlog=N, ssl; '
+            'unknown listen parameter "bogus_flag" (default_server, reuseport, backlog=N, ssl, http2; '
             "stream: udp, so_keepalive=on)",
         ),
         ("127.0.0.1:80 backlog=0", '"backlog=0": backlog must be a positive integer'),

@@ -220,7 +220,7 @@ def test_mapping_locations() -> None:
 
 
 def test_mapping_listen_parameters() -> None:
-    """Catches: a quic listener served as TCP, or http2/ipv6only silently dropped."""
+    """Catches: a quic listener served as TCP, or http2 (issue 20) dropped."""
     server = d(
         "server",
         block=[
@@ -230,8 +230,8 @@ def test_mapping_listen_parameters() -> None:
         ],
     )
     out = map_config([d("http", block=[server])])
-    assert out.doc["http"]["servers"][0]["listen"] == ["80 default_server reuseport backlog=100"]
-    assert [(n.where, n.unsupported) for n in out.notes] == [("nginx.conf:2", True), ("nginx.conf:3", False)]
+    assert out.doc["http"]["servers"][0]["listen"] == ["80 default_server reuseport backlog=100 http2"]
+    assert [(n.where, n.unsupported) for n in out.notes] == [("nginx.conf:2", True)]
 
 
 # ---- round trips: nginx syntax -> TOML -> load_config ------------------------------------------
@@ -1050,6 +1050,7 @@ def test_round_trip_tls_termination_and_inheritance(tmp_path: Path, tls_ca: Any)
     )
     a, b, plain = config.http.servers
     assert a.listen[0].ssl and a.listen[0].default_server and b.listen[0].ssl
+    assert a.listen[0].http2 and not b.listen[0].http2  # issue 20
     assert a.ssl is not None and b.ssl is not None and plain.ssl is None and not plain.listen[0].ssl
     assert a.ssl.certificates == (f"{c}/a.test-rsa.crt", f"{c}/a.test-ec.crt")
     assert a.ssl.keys == (f"{c}/a.test-rsa.key", f"{c}/a.test-ec.key")
@@ -1064,8 +1065,6 @@ def test_round_trip_tls_termination_and_inheritance(tmp_path: Path, tls_ca: Any)
         'nginx.conf:5: "ssl_session_cache builtin:1000 shared:SSL:10m": mapped to "shared:SSL:10m": '
         "prefork-lb's session cache is per worker (a session ID resumes only on the worker that issued it; "
         "tickets resume on any worker)",
-        'nginx.conf:10: "listen 127.0.0.1:8443 ssl http2 default_server": http2: prefork-lb serves HTTP/1.1 '
-        "on this address",
         'nginx.conf:18: "ssl_prefer_server_ciphers on": prefork-lb always prefers its own cipher order; '
         "nothing to set",
         'nginx.conf:24: "ssl on": deprecated (removed in nginx 1.25): mapped to the "ssl" flag on the listen '
@@ -1305,3 +1304,36 @@ http {
     assert (loc.limit_req_status, loc.limit_conn_dry_run) == (429, True)
     assert server.realip is not None
     assert (server.realip.trusted, server.realip.header) == (("10.0.0.0/8",), "X-Forwarded-For")
+
+
+def test_round_trip_http2(tmp_path: Path) -> None:
+    """Issue 20: nginx's HTTP/2 directives (1.22's listen flag, 1.25's ``http2 on``, the
+    limits) reach the model. Catches: a flag or key dropped or mis-keyed."""
+    config = load(
+        tmp_path,
+        """
+        http {
+            http2_max_concurrent_streams 64;
+            large_client_header_buffers 2 16k;
+            http2_chunk_size 16k;
+            http2_recv_buffer_size 128k;
+            server {
+                listen 127.0.0.1:8080 http2;
+                http2_idle_timeout 30s;
+                location / { return 200 a; }
+            }
+            server {
+                listen 127.0.0.1:8081;
+                http2 on;
+                http2_max_field_size 4k;
+                location / { return 200 b; }
+            }
+        }
+        """,
+    )
+    a, b = config.http.servers
+    assert a.listen[0].http2 and not a.http2 and b.http2 and not b.listen[0].http2
+    assert (a.http2_settings.max_concurrent_streams, a.http2_settings.idle_timeout_s) == (64, 30.0)
+    assert (a.http2_settings.max_field_size_bytes, a.http2_settings.max_header_size_bytes) == (16384, 32768)
+    assert (a.http2_settings.chunk_size_bytes, a.http2_settings.recv_buffer_size_bytes) == (16384, 131072)
+    assert b.http2_settings.max_field_size_bytes == 4096

@@ -16,9 +16,11 @@ Rules:
    topped up as DATA arrives; each stream's window (``http2_body_preread_size``, 64k) is
    reopened only as its body is consumed (stream.py rule 1). So a stream buffers at most
    its window, and a slow upstream never stops the other streams' uploads.
-4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` gets
-   GOAWAY NO_ERROR and is closed. While streams run there is no connection-level read
-   timeout (each stream has nginx's per-operation timeouts).
+4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` (from
+   the end of its last stream) gets GOAWAY NO_ERROR and is closed. While streams run
+   there is no connection-level read timeout (each stream has nginx's per-operation
+   timeouts); the reader only wakes every ``IDLE_CHECK_S`` (at most) to look, so the
+   idle time is measured within that.
 5. Graceful shutdown (reload, QUIT): ``close_if_idle`` sends GOAWAY NO_ERROR naming the
    last stream accepted, once; streams in progress finish, later streams are refused;
    the connection closes when none is left. h2's ``close_connection`` would stop every
@@ -70,6 +72,7 @@ log = logging.getLogger("prefork_lb.error")
 
 MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
+IDLE_CHECK_S: Final = 5.0  # rule 4
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 _TOP_UP: Final = 1 << 20  # rule 3: connection window bytes consumed before a WINDOW_UPDATE
 NO_ERROR: Final = 0
@@ -180,15 +183,20 @@ class H2Session:
                     break
                 idle = not self.streams
                 self.idle = idle
-                if self.closing:  # waiting for the client to close after our GOAWAY
-                    timeout_s: float | None = CLOSE_WAIT_S if idle else None
+                # the wait is re-armed from here after every read or timeout: the last
+                # stream may end while this greenlet waits (rule 4)
+                if not idle:
+                    timeout_s = min(self.settings.idle_timeout_s, IDLE_CHECK_S)
                 else:
-                    timeout_s = self.settings.idle_timeout_s if idle else None
+                    limit_s = CLOSE_WAIT_S if self.closing else self.settings.idle_timeout_s
+                    timeout_s = self.idle_since + limit_s - self.clock()
+                    if timeout_s <= 0:
+                        self.goaway(NO_ERROR)
+                        break
                 try:
                     data = recv(self.sock, size, timeout_s)
                 except TimeoutError:
-                    self.goaway(NO_ERROR)
-                    break
+                    continue
                 except OSError:
                     break
                 if not data:
