@@ -209,7 +209,7 @@ class H2Session:
                     break
                 code = self.guard.check(events, self.clock())
                 if code != OK:
-                    log.info("HTTP/2 flood from client (GOAWAY %d), client: %s", code, self.info.remote_addr)
+                    log.info("%s (GOAWAY %d), client: %s", self.guard.reason, code, self.info.remote_addr)
                     self._close_with(code)
                     break
                 self._dispatch(events)
