@@ -183,3 +183,25 @@ def test_continuation_flood_bounded_by_h2() -> None:
     conn = server(GuardLimits())
     with pytest.raises(h2.exceptions.FrameTooLargeError):
         conn.receive_data(frames(HeadersFrame(1, enc.encode(REQUEST) + literal(b"x", b"v" * 16384))))
+
+
+def test_receive_cuts_a_flood_within_a_slice() -> None:
+    """Catches: a whole 256 KiB read handed to h2 before the guard looks (rule 7): ~6000
+    rapid-reset streams processed (~0.3 s of CPU) where the bound is 256."""
+    conn, enc, guard = server(), hpack.Encoder(), Guard(GuardLimits(max_resets=256))
+    data = rapid_resets(enc, 1, 6000)
+    assert len(data) > 150_000
+    events, code = guard.receive(conn, data, now=1.0)
+    assert code == ENHANCE_YOUR_CALM
+    opened = conn.highest_inbound_stream_id // 2 + 1
+    assert 256 < opened <= 256 + 16384 // 30, opened  # cut within one slice past the bound
+    assert len(events) <= 3 * opened  # request, end, reset per stream: none beyond the cut
+
+
+def test_receive_small_read_is_one_call() -> None:
+    """A read within one slice gives the same events as receive_data itself."""
+    conn, enc = server(), hpack.Encoder()
+    events, code = Guard().receive(
+        conn, frames(HeadersFrame(1, enc.encode(REQUEST), flags=["END_HEADERS"])), 1.0
+    )
+    assert code == OK and [type(e).__name__ for e in events] == ["RequestReceived"]

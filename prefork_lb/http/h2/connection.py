@@ -202,12 +202,11 @@ class H2Session:
                 if not data:
                     break
                 try:
-                    events = h2.receive_data(data)
+                    events, code = self.guard.receive(h2, data, self.clock())
                 except ProtocolError as e:
                     log.info("client sent invalid HTTP/2 data (%s), client: %s", e, self.info.remote_addr)
                     self.goaway_sent = True
                     break
-                code = self.guard.check(events, self.clock())
                 if code != OK:
                     log.info("%s (GOAWAY %d), client: %s", self.guard.reason, code, self.info.remote_addr)
                     self._close_with(code)

@@ -1,10 +1,10 @@
 """Per-connection accounting of hostile HTTP/2 input (sans-IO; owned by h2edge, issue 20).
 
-``Guard.check(events, now)`` is called by the connection loop after every ``receive_data()``
-with the events it returned, and answers ``OK`` (0) or the GOAWAY error code that ends the
-connection. ``configure(conn, limits)`` sets, once per connection, the limits the ``h2``
-library enforces itself. The guard only counts: no I/O, no clock of its own (``now`` is the
-loop's cached clock), O(events) work, a handful of ints of state.
+``Guard.receive(conn, data, now)`` is the connection loop's ``receive_data()``: it feeds h2
+and calls ``Guard.check(events, now)`` on the events, which answers ``OK`` (0) or the GOAWAY
+error code that ends the connection. ``configure(conn, limits)`` sets, once per connection,
+the limits the ``h2`` library enforces itself. The guard only counts: no I/O, no clock of its
+own (``now`` is the loop's cached clock), O(events) work, a handful of ints of state.
 
 Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
 1. Rapid reset (CVE-2023-44487): client RST_STREAMs are counted per window of ``window_s``;
@@ -32,6 +32,10 @@ Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
    (``h2.frame_buffer.CONTINUATION_BACKLOG``), frames being at most ``max_inbound_frame_size``
    (16 KiB, set here): at most ~1 MiB per connection, never decoded. The guard sees nothing
    of a header block before it ends, so this bound is h2's.
+7. ``receive`` feeds h2 a read in slices of 16 KiB and checks after each, so a flood is cut
+   within 16 KiB of its bound, not after a whole ``http2_recv_buffer_size`` read (256 KiB:
+   ~6000 HEADERS + RST_STREAM pairs at ~50 us each in h2). Reads up to 16 KiB (every TLS
+   record) take one call, as before.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Final
 from h2.connection import H2Connection
 from h2.events import (
     DataReceived,
+    Event,
     PingReceived,
     PriorityUpdated,
     RemoteSettingsChanged,
@@ -58,6 +63,7 @@ from prefork_lb.config.model import Http2Config
 OK: Final = 0
 ENHANCE_YOUR_CALM: Final = 11
 FRAME_SIZE: Final = 16384  # SETTINGS_MAX_FRAME_SIZE we accept (the RFC's initial value)
+SLICE: Final = 16384  # rule 7: bytes handed to h2 between two checks
 _CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged, UnknownFrameReceived)
 
 
@@ -108,6 +114,21 @@ class Guard:
         self._control = 0
         self._header_bytes = 0
         self.reason = ""  # why the last non-OK answer was given, for the error log
+
+    def receive(self, conn: H2Connection, data: bytes, now: float) -> tuple[list[Event], int]:
+        """``conn.receive_data(data)`` in slices of ``SLICE`` bytes with ``check`` after each:
+        the events and ``OK`` or the GOAWAY code (rule 7). h2's ProtocolError propagates."""
+        if len(data) <= SLICE:
+            events = conn.receive_data(data)
+            return events, self.check(events, now)
+        events = []
+        for start in range(0, len(data), SLICE):
+            batch = conn.receive_data(data[start : start + SLICE])
+            events += batch
+            code = self.check(batch, now)
+            if code != OK:
+                return events, code
+        return events, OK
 
     def check(self, events: Iterable[object], now: float) -> int:
         """``OK``, or the GOAWAY error code that ends the connection (``reason`` says why)."""
