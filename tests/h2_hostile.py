@@ -42,6 +42,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CANCEL = 0x8
 NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
 FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
@@ -542,6 +543,22 @@ def zero_window(
     )
 
 
+def zero_window_streams(
+    port: int, tls: bool = False, streams: int = 128, path: str = "/?size=10485760", timeout_s: float = 30.0
+) -> Outcome:
+    """``zero_window`` on ``streams`` streams at once (a 10 MiB body each, 1.3 GB in all): what
+    the server holds for them must stay bounded (per stream, not per body) until its send
+    timeout ends them."""
+    t0 = time.monotonic()
+    c = RawH2(port, tls, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+    _connected(c)
+    sids = [c.get(path) for _ in range(streams)]
+    c.wait(lambda a: a.closed or all(s in a.resets or s in a.ended for s in sids), timeout_s)
+    closed_after = (c.answer.closed_at or time.monotonic()) - t0
+    data = sum(c.answer.data.get(s, 0) for s in sids)
+    return _finish("zero_window_streams", c, t0, closed_after_ms=int(closed_after * 1000), data=data)
+
+
 def _one_request(
     case: str, port: int, tls: bool, block_of: Callable[[RawH2], bytes], body: bytes | None = None
 ) -> Outcome:
@@ -682,6 +699,7 @@ CASES: dict[str, Callable[[int, bool], Outcome]] = {
     "settings_flood": settings_flood,
     "ping_flood": ping_flood,
     "zero_window": zero_window,
+    "zero_window_streams": zero_window_streams,
     "invalid_pseudo": invalid_pseudo,
     "pseudo_after_regular": pseudo_after_regular,
     "missing_path": missing_path,

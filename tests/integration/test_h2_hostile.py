@@ -234,3 +234,24 @@ def test_hostile(target: Target, case: str, tls: bool) -> None:
         assert out.rss_growth_kib <= COST_BOUNDS["rss_kib"], out.line()
     # the worker survived and serves the next client
     assert all(psutil.pid_exists(p) for p in target.pids), f"{target.name} worker died on {case}"
+
+
+def test_zero_window_on_128_streams_is_bounded(target: Target) -> None:
+    """128 streams of 10 MiB each on one connection whose windows never open: prefork-lb holds
+    one upstream read per stream (not the bodies: 1.3 GB), ends every stream at send_timeout
+    and closes their upstream connections. Catches: a relay that keeps reading upstream into
+    memory while the client's window is shut (the RSS bound), or stalled streams kept.
+    nginx is not run here: it spools the 1.3 GB to temp files (~15 s, 4 s CPU; docs/http2.md)."""
+    if target.name == "nginx":
+        pytest.skip("nginx spools every body to disk here (~15 s); its figures are in docs/http2.md")
+    open_before = int(target.backend.stats()["open"])
+    out = hh.run("zero_window_streams", target.plain, False, target.pids)
+    assert out.answer.reset_counts() == {hh.INTERNAL_ERROR: 128}, out.line()
+    assert out.extra["data"] == 0, out.line()
+    assert SEND_TIMEOUT_S * 1000 - 200 <= out.extra["closed_after_ms"] <= SEND_TIMEOUT_S * 1000 + 5000, (
+        out.line()
+    )
+    assert out.rss_growth_kib <= 64 * 1024, out.line()  # measured: ~25 MiB (~200 KiB per stream)
+    wait_for(
+        lambda: int(target.backend.stats()["open"]) <= open_before, what="the 128 upstream connections closed"
+    )
