@@ -16,6 +16,9 @@ Rules:
 4. A tunnel (issue 14, http/tunnel.py) takes the client socket and the bytes the client
    sent behind its upgrade head (``tunnel_io``); while it runs the connection holds it
    (``hold_tunnel``) so that ``abort`` ends both of its sockets.
+5. ``trailers`` gives the trailer fields the client sent after its body, as HTTP/1.1 field
+   lines ("name: value\r\n" each), for a chunked body sent upstream (issue 20: HTTP/2
+   streams; HTTP/1.1 trailers are dropped when parsed).
 """
 
 from __future__ import annotations
@@ -49,3 +52,6 @@ class Client(Protocol):
         """Rule 4: the client socket and the bytes already read behind the upgrade head."""
 
     def hold_tunnel(self, tunnel: Tunnel | None) -> None: ...
+
+    def trailers(self) -> bytes:
+        """Rule 5: the request's trailer section as field lines (b"" for none)."""

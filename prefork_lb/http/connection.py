@@ -594,6 +594,9 @@ class ClientConnection:
     def hold_tunnel(self, tunnel: Tunnel | None) -> None:
         self.tunnel = tunnel
 
+    def trailers(self) -> bytes:
+        return b""  # HTTP/1.1 trailers are dropped when parsed (request.py rule 7)
+
     def abort(self) -> None:
         """End the connection without completing the response (the client sees truncation)."""
         self.keep_alive = False

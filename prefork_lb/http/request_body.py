@@ -10,6 +10,9 @@ Rules (shared/reference/nginx-semantics.md section 6: a retry sends the body aga
    (one chunk per piece received, then the last chunk) after a chunked one.
 4. ``prefetch`` takes only what the client already sent, without waiting, so small bodies
    ride along with the request head in one send.
+5. A chunked body ends with the client's trailer fields (``Client.trailers``): an HTTP/2
+   stream's trailers go upstream (issue 20); HTTP/1.1 trailers are dropped at parsing
+   (request.py rule 7), so there it is always the bare last chunk.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class RequestBody:
         chunks = self.chunks
         if not self.chunked:
             return b"".join(chunks)
-        return b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks if c) + LAST_CHUNK
+        return b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks if c) + self._last_chunk()
 
     def send_to(self, sock: socket.socket, timeout_s: float) -> None:
         """Send the whole body (buffered part first), framed for the upstream."""
@@ -101,4 +104,9 @@ class RequestBody:
                 self.chunks = []
             send_all(sock, b"%x\r\n%b\r\n" % (len(more), more) if chunked else more, timeout_s)
         if chunked:
-            send_all(sock, LAST_CHUNK, timeout_s)
+            send_all(sock, self._last_chunk(), timeout_s)
+
+    def _last_chunk(self) -> bytes:
+        """Rule 5: the last chunk, with the client's trailer fields (HTTP/2 only)."""
+        trailers = self._client.trailers()
+        return b"0\r\n" + trailers + b"\r\n" if trailers else LAST_CHUNK

@@ -326,6 +326,8 @@ class Worker:
                     sock.close()
                     mv[active] -= 1
                     self._connection_closed()
+            if conn is None:
+                return
             connections.add(conn)
             self._serve(conn)
 

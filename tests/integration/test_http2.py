@@ -18,7 +18,8 @@ import pytest
 
 from tests.backends import Backend, GatedBackend, free_port
 from tests.h2_client import H2Client
-from tests.harness import LB, wait_for
+from tests.harness import LB as _LB
+from tests.harness import wait_for
 from tests.tls_certs import TestCA
 
 LOG = "$request|$status|$server_protocol|$connection|$connection_requests|$body_bytes_sent|$upstream_addr"
@@ -85,6 +86,15 @@ def tls_config(port: int, upstream: str, ca: TestCA) -> str:
         )
     head = config(port, upstream).split("[[http.servers]]")[0]
     return head + servers
+
+
+class LB(_LB):
+    """The harness's LB; at exit the error log must hold no alert (a handler's traceback)."""
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if exc[0] is None:
+            assert "[alert]" not in self.output(), self.output()
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -371,3 +381,54 @@ def test_idle_connection_gets_goaway(tmp_path: Path, backend: Backend) -> None:
             assert c.goaway is not None and (c.goaway.error_code, c.goaway.last_stream_id) == (0, 1)
             assert 0.8 <= time.monotonic() - start < 5
             c.wait(lambda: c.closed, what="the close")
+
+
+def test_request_trailers_go_upstream_after_a_chunked_body(tmp_path: Path, backend: Backend) -> None:
+    """A stream's trailers (HEADERS after DATA) reach the upstream in the last chunk of the
+    chunked body; Authorization among them is not forwarded. nginx 1.22 ends the connection
+    instead (GOAWAY PROTOCOL_ERROR). Catches: trailers lost, or a stream error for them."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            sid = c.request("POST", "/t?echo=1", end=False)
+            c.send_body(sid, b"hello", end=False)
+            c.conn.send_headers(sid, [(b"x-checksum", b"abc"), (b"authorization", b"x")], end_stream=True)
+            c.flush()
+            c.wait(lambda: c.streams[sid].done)
+            assert c.streams[sid].status == 200
+            echo = json.loads(bytes(c.streams[sid].data))
+            assert (echo["body_len"], echo["trailers"]) == (5, [["x-checksum", "abc"]])
+            bad = c.request("POST", "/t", end=False)
+            c.send_body(bad, b"x", end=False)
+            c.conn.config.validate_outbound_headers = False
+            c.conn.config.normalize_outbound_headers = False
+            c.conn.send_headers(bad, [(b"X-Upper", b"1")], end_stream=True)
+            c.flush()
+            c.wait(lambda: c.streams[bad].done)
+            assert c.streams[bad].reset_code == 1
+            assert c.get("/still").status == 200
+
+
+def test_quit_closes_idle_connections_and_finishes_streams(tmp_path: Path) -> None:
+    """``-s quit``: an idle HTTP/2 connection gets GOAWAY and is closed at once; a busy one
+    gets GOAWAY, its stream finishes with 200, then it closes and the master exits.
+    Catches: an idle connection holding the worker until worker_shutdown_timeout, or the
+    in-flight stream cut."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port) as lb:
+        with H2Client(port) as idle, H2Client(port) as busy:
+            sid = busy.request("GET", "/slow")
+            gate.wait_arrived(1)
+            idle.wait(lambda: idle.conn.remote_settings.max_concurrent_streams == 128, what="SETTINGS")
+            start = time.monotonic()
+            lb.signal("quit")
+            idle.wait(lambda: idle.closed, what="the idle connection's close")
+            assert idle.goaway is not None and idle.goaway.error_code == 0
+            assert time.monotonic() - start < 5
+            busy.wait(lambda: busy.goaway is not None, what="GOAWAY")
+            assert not busy.streams[sid].done
+            gate.release()
+            busy.wait(lambda: busy.streams[sid].done)
+            assert busy.streams[sid].status == 200
+            assert lb.proc is not None
+            lb.proc.wait(timeout=15)

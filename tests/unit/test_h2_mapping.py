@@ -187,3 +187,17 @@ def test_simple_response_maps() -> None:
     assert fields is not None and fields[0] == (b":status", b"404")
     assert all(n == n.lower() and n != b"connection" for n, _ in fields)
     assert (body, ended) == (b"<html>nf</html>", True)
+
+
+def test_trailers_map_to_field_lines() -> None:
+    from prefork_lb.http.h2.mapping import map_trailers
+
+    lines = map_trailers(
+        [(b"x-sum", b"1"), (b"content-length", b"9"), (b"authorization", b"s"), (b"x_a", b"b")], 32768
+    )
+    assert lines == b"x-sum: 1\r\n"
+    for bad in ([(b":path", b"/")], [(b"X-A", b"1")], [(b"connection", b"close")], [(b"x", b"a\nb")]):
+        out = map_trailers(bad, 32768)
+        assert isinstance(out, StreamError) and out.code == PROTOCOL_ERROR
+    big = map_trailers([(b"x", b"v" * 40000)], 32768)
+    assert isinstance(big, ConnectionError_) and big.code == ENHANCE_YOUR_CALM

@@ -13,8 +13,9 @@ Rules:
    SETTINGS frame advertises the limit, while ``h2``'s own check (which would end the
    whole connection) is kept at ``H2_STREAM_CEILING``.
 3. Receive windows: the connection window is opened to 2^31-1 at once (as nginx) and
-   topped up as DATA arrives; each stream's window (``http2_body_preread_size``, 64k) is
-   reopened only as its body is consumed (stream.py rule 1). So a stream buffers at most
+   topped up once half of it was used (DATA of reset streams included); each stream's
+   window (``http2_body_preread_size``, 64k) is reopened only as its body is consumed
+   (stream.py rule 1). So a stream buffers at most
    its window, and a slow upstream never stops the other streams' uploads.
 4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` (from
    the end of its last stream) gets GOAWAY NO_ERROR and is closed. While streams run
@@ -51,6 +52,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -59,7 +61,13 @@ from hyperframe.frame import GoAwayFrame
 
 from prefork_lb.http.client import ClientGone
 from prefork_lb.http.h2.guard import OK, Guard, configure, limits_of
-from prefork_lb.http.h2.mapping import REFUSED_STREAM, ConnectionError_, StreamError, map_request
+from prefork_lb.http.h2.mapping import (
+    REFUSED_STREAM,
+    ConnectionError_,
+    StreamError,
+    map_request,
+    map_trailers,
+)
 from prefork_lb.http.h2.stream import H2Stream, StreamIO, TlsH2Stream
 from prefork_lb.netio import ClientSocket, recv, send_all
 
@@ -74,7 +82,6 @@ MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
 IDLE_CHECK_S: Final = 5.0  # rule 4
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
-_TOP_UP: Final = 1 << 20  # rule 3: connection window bytes consumed before a WINDOW_UPDATE
 NO_ERROR: Final = 0
 
 
@@ -92,7 +99,6 @@ class _Settings(Settings):
 
 class H2Session:
     __slots__ = (
-        "_conn_unacked",
         "_extra",
         "_flushing",
         "_spawn",
@@ -167,7 +173,6 @@ class H2Session:
         self.idle_since = clock()
         self._flushing: Any = None  # the greenlet sending (rule 1)
         self._extra = b""
-        self._conn_unacked = 0
 
     # ---- the connection's greenlet ----
 
@@ -212,6 +217,9 @@ class H2Session:
                     self._close_with(code)
                     break
                 self._dispatch(events)
+                window = h2.inbound_flow_control_window
+                if window < MAX_WINDOW // 2:  # rule 3: topped up, whoever's DATA it was
+                    h2.increment_flow_control_window(MAX_WINDOW - window)
                 self.flush()
         finally:
             try:
@@ -229,10 +237,6 @@ class H2Session:
             if kind is DataReceived:
                 sid = ev.stream_id
                 flow = ev.flow_controlled_length
-                self._conn_unacked += flow
-                if self._conn_unacked >= _TOP_UP:
-                    self.h2.increment_flow_control_window(self._conn_unacked)
-                    self._conn_unacked = 0
                 stream = streams.get(sid)
                 if stream is not None and stream.reset_code is None:
                     if ev.data:
@@ -264,10 +268,23 @@ class H2Session:
             elif kind is RemoteSettingsChanged:
                 for stream in streams.values():
                     stream.wake.set()
+            elif kind is TrailersReceived:  # mapping rule 9; its StreamEnded follows
+                stream = streams.get(ev.stream_id)
+                if stream is not None and stream.reset_code is None:
+                    lines = map_trailers(ev.headers, self.settings.max_header_size_bytes)
+                    if isinstance(lines, bytes):
+                        stream.trailer_lines = lines
+                    elif isinstance(lines, StreamError):
+                        stream.reset_code = lines.code
+                        self.reset_stream(ev.stream_id, lines.code)
+                        stream.wake.set()
+                        self._cancel(stream)
+                    else:
+                        self._close_with(lines.code)
+                        return
             elif kind is ConnectionTerminated:
                 self.closing = True
-            # TrailersReceived: dropped, as HTTP/1.1 trailers (request.py rule 7); its
-            # StreamEnded follows. Ping, priority, settings ACK: h2 answers them.
+            # Ping, priority, settings ACK: h2 answers them.
 
     def _open(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         settings = self.settings
@@ -470,7 +487,7 @@ class H2Session:
         self.goaway(NO_ERROR)
         if self.streams:
             return False
-        self._wake_reader()
+        self._abort_socket()  # idle: the reader's recv ends now (its wait may be long)
         return True
 
     def abort(self) -> None:

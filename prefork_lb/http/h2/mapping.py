@@ -34,8 +34,16 @@ Request rules (RFC 9113 section 8, nginx 1.22 where it differs):
 7. ``version`` is (2, 0): ``$server_protocol`` is "HTTP/2.0", and the response relay
    re-chunks unframed bodies (which ``ResponseMapper`` un-chunks).
 
+9. Trailers (a HEADERS frame ending the body) go upstream after a chunked body's last
+   chunk (``map_trailers``), except fields that must not be trailers (framing, Host,
+   Authorization, Cookie...). Checked as rule 1; a body sent upstream with a
+   content-length cannot carry them, and they are dropped there. nginx 1.22 instead ends
+   the connection (GOAWAY PROTOCOL_ERROR, "client sent HEADERS frame with incorrect
+   identifier"). Trailers of upstream responses are not relayed (nginx's proxy drops
+   them too).
+
 Response rules:
-8. The status line gives ``:status``; names are lower-cased; hop-by-hop fields
+10. The status line gives ``:status``; names are lower-cased; hop-by-hop fields
    (header_rules.HOP_BY_HOP) are dropped; the body follows Content-Length, chunked framing
    (decoded) or none (HEAD, 1xx, 204, 304). ``feed`` returns the pieces of DATA and
    whether the response ended.
@@ -220,8 +228,47 @@ def map_request(
     )
 
 
+# never forwarded as trailers (RFC 9110 6.5.1: framing, routing, request modifiers, auth)
+_NOT_TRAILERS: Final = frozenset(
+    {
+        b"content-length",
+        b"content-type",
+        b"host",
+        b"expect",
+        b"range",
+        b"authorization",
+        b"cookie",
+        b"te",
+        b"trailer",
+    }
+)
+
+
+def map_trailers(
+    fields: list[tuple[bytes, bytes]], max_header: int
+) -> bytes | StreamError | ConnectionError_:
+    """Rule 9: a stream's trailer fields -> HTTP/1.1 field lines for the upstream's last
+    chunk. Malformed as in rule 1 (a pseudo-header among them too): stream error."""
+    out: list[bytes] = []
+    total = 0
+    for name, value in fields:
+        total += len(name) + len(value) + 32
+        if total > max_header:
+            return ConnectionError_(ENHANCE_YOUR_CALM, "client exceeded http2_max_header_size limit")
+        if not name or name[:1] == b":" or _bad_name(name) is not None:
+            return StreamError(PROTOCOL_ERROR, "invalid trailer name")
+        if value and _bad_value(value) is not None:
+            return StreamError(PROTOCOL_ERROR, "invalid trailer value")
+        if name in _CONNECTION_SPECIFIC:
+            return StreamError(PROTOCOL_ERROR, "connection-specific trailer")
+        if name in _NOT_TRAILERS or b"_" in name:
+            continue
+        out.append(name + b": " + value + b"\r\n")
+    return b"".join(out)
+
+
 class ResponseMapper:
-    """Rule 8: the pipeline's HTTP/1.1 response bytes -> (:status and fields, DATA, end).
+    """Rule 10: the pipeline's HTTP/1.1 response bytes -> (:status and fields, DATA, end).
 
     ``feed`` returns (header list or None, body pieces, ended); the header list comes once,
     with the call that completes the head."""

@@ -67,6 +67,7 @@ class StreamIO:
     reset_code: int | None
     wake: Event
     glet: Any  # the greenlet running the stream, None once it finishes (rule 3)
+    trailer_lines: bytes  # the client's trailers as field lines (mapping rule 9)
     mapper: ResponseMapper
     request: RequestHead | HttpError
     if TYPE_CHECKING:  # ClientConnection's, for mypy
@@ -115,6 +116,7 @@ class StreamIO:
         self.reset_code = None
         self.wake = Event()
         self.glet = None
+        self.trailer_lines = b""
         method = request.method if type(request) is RequestHead else b"GET"
         self.mapper = ResponseMapper(method == b"HEAD")
 
@@ -240,6 +242,9 @@ class StreamIO:
     def hold_tunnel(self, tunnel: Any) -> None:
         pass
 
+    def trailers(self) -> bytes:
+        return self.trailer_lines
+
     # ---- ClientConnection's I/O, per stream ----
 
     def _finish_body(self) -> None:
@@ -257,6 +262,7 @@ class StreamIO:
 
 _STREAM_SLOTS: Final = (
     "glet",
+    "trailer_lines",
     "mapper",
     "pieces",
     "remote_ended",
