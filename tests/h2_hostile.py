@@ -559,6 +559,26 @@ def zero_window_streams(
     return _finish("zero_window_streams", c, t0, closed_after_ms=int(closed_after * 1000), data=data)
 
 
+def hpack_table_growth(port: int, tls: bool = False, requests: int = 300) -> Outcome:
+    """The client advertises SETTINGS_HEADER_TABLE_SIZE 2^31-1 and makes ``requests`` requests
+    whose responses carry distinct values (the demo backend's X-Conn-Requests, ``?u=``
+    echoed nowhere but the path varies the log only). ``table_bytes`` is the size of the
+    client's mirror of the server's encoder table: what the server keeps per connection."""
+    t0 = time.monotonic()
+    c = RawH2(port, tls, settings={SettingsFrame.HEADER_TABLE_SIZE: 2**31 - 1})
+    c.decoder.max_allowed_table_size = 2**31 - 1
+    _connected(c)
+    done = 0
+    while done < requests:
+        sids = [c.get(f"/?bigheader={100 + done + i}") for i in range(50)]
+        c.wait(lambda a, sids=sids: a.closed or all(s in a.ended or s in a.resets for s in sids), 10.0)
+        done += 50
+        if c.answer.closed:
+            break
+    table = int(c.decoder.header_table._current_size)
+    return _finish("hpack_table_growth", c, t0, table_bytes=table, ok=c.answer.status_counts().get(200, 0))
+
+
 def _one_request(
     case: str, port: int, tls: bool, block_of: Callable[[RawH2], bytes], body: bytes | None = None
 ) -> Outcome:
@@ -700,6 +720,7 @@ CASES: dict[str, Callable[[int, bool], Outcome]] = {
     "ping_flood": ping_flood,
     "zero_window": zero_window,
     "zero_window_streams": zero_window_streams,
+    "hpack_table_growth": hpack_table_growth,
     "invalid_pseudo": invalid_pseudo,
     "pseudo_after_regular": pseudo_after_regular,
     "missing_path": missing_path,

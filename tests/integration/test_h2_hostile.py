@@ -198,6 +198,11 @@ EXPECT: dict[str, tuple[Callable[[hh.Outcome], bool], Callable[[hh.Outcome], boo
         "a 20 KB field accepted",
     ),
     "oversized_list": (goaway(hh.ENHANCE_YOUR_CALM), goaway(hh.ENHANCE_YOUR_CALM), "a 40 KB list accepted"),
+    "hpack_table_growth": (
+        lambda o: o.extra["ok"] == 300 and o.extra["table_bytes"] <= 4096,
+        lambda o: o.extra["ok"] == 300 and o.extra["table_bytes"] <= 4096,
+        "the response encoder's table sized by the client's SETTINGS (97 KB after 300 responses)",
+    ),
     "window_overflow": (
         lambda o: o.answer.goaway == hh.FLOW_CONTROL_ERROR,
         lambda o: o.answer.goaway == hh.FLOW_CONTROL_ERROR,

@@ -205,3 +205,53 @@ def test_receive_small_read_is_one_call() -> None:
         conn, frames(HeadersFrame(1, enc.encode(REQUEST), flags=["END_HEADERS"])), 1.0
     )
     assert code == OK and [type(e).__name__ for e in events] == ["RequestReceived"]
+
+
+def _responses(conn: h2.connection.H2Connection, client: hpack.Decoder, first: int, count: int) -> None:
+    """``count`` requests answered with distinct field values; the client decodes every
+    response (the encoder's table and the client's mirror must agree)."""
+    enc = hpack.Encoder()
+    for sid in range(first, first + 2 * count, 2):
+        conn.receive_data(frames(HeadersFrame(sid, enc.encode(REQUEST), flags=["END_HEADERS", "END_STREAM"])))
+        value = b"v%d" % sid * 40
+        conn.send_headers(sid, [(b":status", b"200"), (b"x-unique", value)], end_stream=True)
+        data = conn.data_to_send()
+        while data:
+            f, length = Frame.parse_frame_header(memoryview(data[:9]))
+            f.parse_body(memoryview(data[9 : 9 + length]))
+            data = data[9 + length :]
+            if isinstance(f, HeadersFrame):
+                assert (b"x-unique", value) in client.decode(f.data, raw=True)
+
+
+def test_response_encoder_table_capped() -> None:
+    """A client advertising SETTINGS_HEADER_TABLE_SIZE 2^31-1. Catches: h2 sizing the response
+    encoder's table by it, so every distinct response field stays in memory for the
+    connection's life (measured without the cap: 500 KB after 2000 small responses)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    configure(conn, GuardLimits())
+    conn.initiate_connection()
+    huge = {SettingsFrame.HEADER_TABLE_SIZE: 2**31 - 1}
+    conn.receive_data(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0, settings=huge).serialize())
+    conn.data_to_send()
+    client = hpack.Decoder()
+    client.max_allowed_table_size = 2**31 - 1  # what it advertised
+    _responses(conn, client, 1, 500)
+    assert conn.encoder.header_table_size == 4096
+    assert conn.encoder.header_table._current_size <= 4096
+
+
+def test_response_encoder_follows_a_smaller_client_table() -> None:
+    """Catches: the cap ignoring a client that allows less than 4096 (its decoder would then
+    be sent references to entries it never kept)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    configure(conn, GuardLimits())
+    conn.initiate_connection()
+    small = {SettingsFrame.HEADER_TABLE_SIZE: 256}
+    conn.receive_data(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0, settings=small).serialize())
+    conn.data_to_send()
+    client = hpack.Decoder()
+    client.max_allowed_table_size = 256  # the encoder must signal the shrink before using the table
+    _responses(conn, client, 1, 50)
+    assert conn.encoder.header_table_size == 256
+    assert client.header_table._current_size <= 256

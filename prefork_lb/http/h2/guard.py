@@ -36,6 +36,11 @@ Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
    within 16 KiB of its bound, not after a whole ``http2_recv_buffer_size`` read (256 KiB:
    ~6000 HEADERS + RST_STREAM pairs at ~50 us each in h2). Reads up to 16 KiB (every TLS
    record) take one call, as before.
+8. The response encoder's dynamic table is capped at ``ENCODER_TABLE_MAX`` (4096, the RFC's
+   initial size; nginx's encoder keeps at most 4096 too): h2 would size it to whatever the
+   client's SETTINGS_HEADER_TABLE_SIZE says (up to 4 GiB) and keep every distinct response
+   field in it for the connection's life. RFC 7541 4.2 lets the encoder use less than the
+   peer allows; a smaller client setting is still followed (with the size update h2 sends).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from h2.events import (
     TrailersReceived,
     UnknownFrameReceived,
 )
+from hpack import Encoder
 
 from prefork_lb.config.model import Http2Config
 
@@ -64,6 +70,7 @@ OK: Final = 0
 ENHANCE_YOUR_CALM: Final = 11
 FRAME_SIZE: Final = 16384  # SETTINGS_MAX_FRAME_SIZE we accept (the RFC's initial value)
 SLICE: Final = 16384  # rule 7: bytes handed to h2 between two checks
+ENCODER_TABLE_MAX: Final = 4096  # rule 8
 _CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged, UnknownFrameReceived)
 
 
@@ -96,10 +103,26 @@ def limits_of(settings: Http2Config) -> GuardLimits:
     return GuardLimits.of(settings.max_header_size_bytes, settings.max_concurrent_streams)
 
 
+class CappedEncoder(Encoder):
+    """Rule 8: h2 sets ``header_table_size`` from the client's SETTINGS; never above the cap."""
+
+    @property
+    def header_table_size(self) -> int:
+        return int(self.header_table.maxsize)
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.header_table.maxsize = value = min(value, ENCODER_TABLE_MAX)
+        if self.header_table.resized:
+            self.table_size_changes.append(value)
+
+
 def configure(conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS) -> None:
-    """The limits h2 enforces itself (rules 4 and 6); call once, before the first receive_data."""
+    """The limits h2 enforces itself (rules 4, 6 and 8); call once, before the connection
+    sends or receives anything."""
     conn.decoder.max_header_list_size = 2 * limits.max_header_size
     conn.max_inbound_frame_size = FRAME_SIZE
+    conn.encoder = CappedEncoder()
 
 
 class Guard:
