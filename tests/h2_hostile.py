@@ -579,6 +579,29 @@ def hpack_table_growth(port: int, tls: bool = False, requests: int = 300) -> Out
     return _finish("hpack_table_growth", c, t0, table_bytes=table, ok=c.answer.status_counts().get(200, 0))
 
 
+def tiny_windows(port: int, tls: bool = False, updates: int = 20000, path: str = "/?size=1048576") -> Outcome:
+    """A window of 1 byte, then ``updates`` WINDOW_UPDATEs of 1 byte each on the stream and the
+    connection: a server that sends whatever the window allows makes one DATA frame (and one
+    send) per byte the client grants. ``data`` is what came back."""
+    t0 = time.monotonic()
+    c = RawH2(port, tls, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1})
+    _connected(c)
+    sid = c.get(path)
+    one = (
+        WindowUpdateFrame(sid, window_increment=1).serialize()
+        + WindowUpdateFrame(0, window_increment=1).serialize()
+    )
+    sent = 0
+    for _ in range(updates // 500):
+        if not c.send(one * 500):
+            break
+        sent += 500
+        c.wait(lambda a: a.closed, 0.0)
+    c.wait(lambda a: a.closed or sid in a.resets or sid in a.ended, 1.0)
+    frames = c.answer.frames
+    return _finish("tiny_windows", c, t0, updates=sent, data=c.answer.data.get(sid, 0), frames=frames)
+
+
 def _one_request(
     case: str, port: int, tls: bool, block_of: Callable[[RawH2], bytes], body: bytes | None = None
 ) -> Outcome:
@@ -721,6 +744,7 @@ CASES: dict[str, Callable[[int, bool], Outcome]] = {
     "zero_window": zero_window,
     "zero_window_streams": zero_window_streams,
     "hpack_table_growth": hpack_table_growth,
+    "tiny_windows": tiny_windows,
     "invalid_pseudo": invalid_pseudo,
     "pseudo_after_regular": pseudo_after_regular,
     "missing_path": missing_path,

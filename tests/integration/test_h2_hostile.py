@@ -203,6 +203,11 @@ EXPECT: dict[str, tuple[Callable[[hh.Outcome], bool], Callable[[hh.Outcome], boo
         lambda o: o.extra["ok"] == 300 and o.extra["table_bytes"] <= 4096,
         "the response encoder's table sized by the client's SETTINGS (97 KB after 300 responses)",
     ),
+    "tiny_windows": (
+        lambda o: o.answer.statuses.get(1) == 200 and o.extra["data"] > 0,  # nginx serves byte by byte
+        goaway(hh.ENHANCE_YOUR_CALM),
+        "WINDOW_UPDATEs of 1 byte at line rate (~6 us of work each here) not counted as a flood",
+    ),
     "window_overflow": (
         lambda o: o.answer.goaway == hh.FLOW_CONTROL_ERROR,
         lambda o: o.answer.goaway == hh.FLOW_CONTROL_ERROR,

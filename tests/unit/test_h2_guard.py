@@ -19,6 +19,7 @@ from hyperframe.frame import (
     PriorityFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from prefork_lb.http.h2.guard import ENHANCE_YOUR_CALM, OK, Guard, GuardLimits, configure
@@ -255,3 +256,14 @@ def test_response_encoder_follows_a_smaller_client_table() -> None:
     _responses(conn, client, 1, 50)
     assert conn.encoder.header_table_size == 256
     assert client.header_table._current_size <= 256
+
+
+def test_tiny_window_updates_counted_large_ones_not() -> None:
+    """Catches: 1-byte WINDOW_UPDATE floods passing, or a download's ordinary updates (half a
+    64 KiB window each) counted as control frames."""
+    conn, guard = server(), Guard(GuardLimits(max_control=1000))
+    big = WindowUpdateFrame(0, window_increment=32768).serialize()
+    assert guard.check(conn.receive_data(big * 2000), now=1.0) == OK
+    tiny = WindowUpdateFrame(0, window_increment=1023).serialize()
+    assert guard.check(conn.receive_data(tiny * 1000), now=1.0) == OK
+    assert guard.check(conn.receive_data(tiny), now=1.0) == ENHANCE_YOUR_CALM

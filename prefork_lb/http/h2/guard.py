@@ -11,9 +11,11 @@ Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
    over ``max_resets`` (default 2 x max_concurrent_streams: nginx refuses new streams past
    twice its limit in one read) -> ENHANCE_YOUR_CALM (11). A stream the client reset before
    its greenlet ran starts nothing (stream.py ``run``): no upstream request, no log line.
-2. Control-frame floods (CVE-2019-9512/9515/9518: PING, SETTINGS, PRIORITY, empty DATA):
-   over ``max_control`` per window -> ENHANCE_YOUR_CALM. WINDOW_UPDATE is not counted: a
-   fast download legitimately sends one per few KiB, and it asks nothing back. Frames that
+2. Control-frame floods (CVE-2019-9512/9515/9518: PING, SETTINGS, PRIORITY, empty DATA,
+   WINDOW_UPDATE of less than ``TINY_WINDOW`` bytes): over ``max_control`` per window ->
+   ENHANCE_YOUR_CALM. Larger WINDOW_UPDATEs are not counted: a fast download legitimately
+   sends one per half window (32 KiB with 64 KiB windows); 1-byte increments are a way to
+   make the server work per byte (each wakes a stream, h2 ~6 us). Frames that
    ask for an answer (PING, SETTINGS ACK) cannot pile up either way: the loop writes
    ``data_to_send()`` before it reads again, so a client that does not read stops being read.
 3. Header field and list sizes are mapping.py's (rule 2: GOAWAY ENHANCE_YOUR_CALM, nginx's
@@ -61,6 +63,7 @@ from h2.events import (
     StreamReset,
     TrailersReceived,
     UnknownFrameReceived,
+    WindowUpdated,
 )
 from hpack import Encoder
 
@@ -71,6 +74,7 @@ ENHANCE_YOUR_CALM: Final = 11
 FRAME_SIZE: Final = 16384  # SETTINGS_MAX_FRAME_SIZE we accept (the RFC's initial value)
 SLICE: Final = 16384  # rule 7: bytes handed to h2 between two checks
 ENCODER_TABLE_MAX: Final = 4096  # rule 8
+TINY_WINDOW: Final = 1024  # rule 2: a WINDOW_UPDATE below this counts as a control frame
 _CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged, UnknownFrameReceived)
 
 
@@ -169,6 +173,9 @@ class Guard:
             elif isinstance(event, StreamReset):
                 if event.remote_reset:
                     self._resets += 1
+            elif isinstance(event, WindowUpdated):
+                if event.delta < TINY_WINDOW:
+                    self._control += 1
             elif isinstance(event, _CONTROL):
                 self._control += 1
         if self._resets > lim.max_resets:
