@@ -11,6 +11,13 @@ case runs, so the same case can be measured against nginx and prefork-lb.
     python -m tests.h2_hostile --port 27001 [--tls] [--pids 123,124] [--case rapid_reset]
 
 prints one line per case. Every case is bounded (frame counts and deadlines), loopback only.
+The cases (``CASES``): floods (rapid_reset, continuation_flood, settings_flood, ping_flood,
+tiny_windows), decoder and encoder state (hpack_bomb, hpack_table_growth), stalls
+(zero_window, zero_window_streams), malformed requests (invalid_pseudo,
+pseudo_after_regular, missing_path, uppercase_name, connection_header, te_gzip,
+content_length_mismatch, connect), sizes (oversized_header, oversized_list) and
+window_overflow. The zero_window cases ask the backend for ``?size=`` bodies
+(scripts/demo_backend.py); docs/http2.md has the table of answers beside nginx 1.22's.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ _CONTROL: Final = (PingReceived, PriorityUpdated, RemoteSettingsChanged, Unknown
 
 @dataclass(frozen=True, slots=True)
 class GuardLimits:
-    """The bounds of one connection; built once per server at config load (``of``)."""
+    """The bounds of one connection, derived from its address's default server's http2
+    settings (``limits_of``: made once per distinct settings, then cached)."""
 
     max_header_size: int = 32768
     max_resets: int = 256
@@ -130,7 +131,7 @@ def configure(conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS) -> None:
 
 
 class Guard:
-    """The counters of one connection (rules 1, 2, 5)."""
+    """The counters of one connection (rules 1, 2, 5; ``receive``: rule 7)."""
 
     __slots__ = ("_control", "_header_bytes", "_resets", "_window_start", "limits", "reason")
 
