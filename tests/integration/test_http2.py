@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import Backend, GatedBackend, free_port
-from tests.h2_client import H2Client
+from tests.h2_client import H2Client, Stream
 from tests.harness import LB as _LB
 from tests.harness import wait_for
 from tests.tls_certs import TestCA
@@ -432,3 +432,76 @@ def test_quit_closes_idle_connections_and_finishes_streams(tmp_path: Path) -> No
             assert busy.streams[sid].status == 200
             assert lb.proc is not None
             lb.proc.wait(timeout=15)
+
+
+def test_client_not_reading_bounds_worker_memory(tmp_path: Path, backend: Backend) -> None:
+    """A client that grants huge windows and then reads nothing (a TCP zero-window stall)
+    while two streams download 40 MB each: the worker's memory stays bounded (one stream
+    waits in the socket send, the other behind it, at most OUT_HIGH_WATER queued), instead
+    of queueing whole responses in h2's output buffer. Catches: streams queueing without
+    backpressure while another greenlet's send is blocked."""
+
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port) as lb:
+        (worker,) = lb.workers()
+        with H2Client(port) as c:
+            c.conn.update_settings({4: 2**31 - 1})  # INITIAL_WINDOW_SIZE
+            c.conn.increment_flow_control_window(2**31 - 1 - 65535)
+            c.flush()
+            c.get("/warm")
+            base = worker.memory_info().rss
+            for _ in range(2):
+                c.request("GET", "/big?size=40000000")
+            samples: list[int] = []
+
+            def settled() -> bool:  # the worker stopped growing: both streams are blocked
+                samples.append(worker.memory_info().rss)
+                return len(samples) > 10 and max(samples[-10:]) - min(samples[-10:]) < 1 << 20
+
+            wait_for(settled, what="the worker's memory to settle")
+            grown = max(samples) - base
+            assert grown < 24 << 20, f"worker grew by {grown >> 20} MiB"
+
+
+def test_streams_reset_at_once_never_reach_the_upstream(tmp_path: Path) -> None:
+    """Rapid reset (CVE-2023-44487 pattern): 50 streams each opened and reset in the same
+    write cost no upstream request; a normal stream afterwards is served. Catches: every
+    reset stream still proxied (upstream load from a client that pays nothing)."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port):
+        gate.release()
+        with H2Client(port) as c:
+            assert c.get("/first").status == 200
+            for i in range(50):
+                sid = c.conn.get_next_available_stream_id()
+                c.streams[sid] = Stream()
+                fields = [
+                    (b":method", b"GET"),
+                    (b":scheme", b"http"),
+                    (b":path", b"/r%d" % i),
+                    (b":authority", b"x"),
+                ]
+                c.conn.send_headers(sid, fields)
+                c.conn.reset_stream(sid, 8)
+            c.flush()
+            assert c.get("/after").status == 200
+            assert gate.arrived == 2  # /first and /after only
+
+
+def test_shutdown_timeout_ends_held_streams(tmp_path: Path) -> None:
+    """``worker_shutdown_timeout``: a stream still waiting for its upstream when it expires
+    is reset and ends its upstream wait, so it is logged (499) before the worker exits.
+    Catches: held streams left waiting (never logged, the worker killed around them)."""
+    port = free_port()
+    with GatedBackend() as gate:
+        text = 'worker_shutdown_timeout = "1s"\n' + config(port, gate.addr)
+        with LB(tmp_path, text, port) as lb:
+            with H2Client(port) as c:
+                sid = c.request("GET", "/held")
+                gate.wait_arrived(1)
+                lb.signal("quit")
+                c.wait(lambda: c.streams[sid].done or c.closed, what="the stream's end")
+                assert not c.streams[sid].ended
+            assert lb.proc is not None
+            lb.proc.wait(timeout=15)
+            assert lb.access_log()[0].startswith("GET /held HTTP/2.0|499|HTTP/2.0|")

@@ -7,7 +7,9 @@ between two yields, so its state is consistent for every greenlet.
 Rules:
 1. Writing: whoever changed ``h2``'s state calls ``flush``; one greenlet at a time sends
    (``_flushing``), looping until nothing is left, so frames never interleave. A send that
-   fails or takes longer than ``send_timeout`` ends the connection.
+   fails or takes longer than ``send_timeout`` ends the connection. The reader may be
+   that greenlet (its own frames: ACKs, WINDOW_UPDATEs): while the client reads nothing
+   it stops reading too, until ``send_timeout``.
 2. Streams: a HEADERS opening a stream while ``http2_max_concurrent_streams`` streams are
    being processed is answered RST_STREAM REFUSED_STREAM (7), per stream, as nginx. The
    SETTINGS frame advertises the limit, while ``h2``'s own check (which would end the
@@ -15,8 +17,8 @@ Rules:
 3. Receive windows: the connection window is opened to 2^31-1 at once (as nginx) and
    topped up once half of it was used (DATA of reset streams included); each stream's
    window (``http2_body_preread_size``, 64k) is reopened only as its body is consumed
-   (stream.py rule 1). So a stream buffers at most
-   its window, and a slow upstream never stops the other streams' uploads.
+   (stream.py rule 1). So a stream buffers at most its window, and a slow upstream never
+   stops the other streams' uploads.
 4. Idle: with no stream in progress, a connection idle for ``http2_idle_timeout`` (from
    the end of its last stream) gets GOAWAY NO_ERROR and is closed. While streams run
    there is no connection-level read timeout (each stream has nginx's per-operation
@@ -43,6 +45,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from gevent import getcurrent
+from gevent.event import Event
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -81,6 +84,7 @@ log = logging.getLogger("prefork_lb.error")
 MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
 IDLE_CHECK_S: Final = 5.0  # rule 4
+OUT_HIGH_WATER: Final = 256 * 1024  # rule 1's backpressure
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 NO_ERROR: Final = 0
 
@@ -99,9 +103,11 @@ class _Settings(Settings):
 
 class H2Session:
     __slots__ = (
+        "_drained",
         "_extra",
         "_flushing",
         "_spawn",
+        "_unsent",
         "broken",
         "clock",
         "closing",
@@ -172,6 +178,9 @@ class H2Session:
         self.idle = True
         self.idle_since = clock()
         self._flushing: Any = None  # the greenlet sending (rule 1)
+        self._drained = Event()  # set whenever no send is in progress
+        self._drained.set()
+        self._unsent = 0  # DATA bytes queued in h2 since the sender took its last batch
         self._extra = b""
 
     # ---- the connection's greenlet ----
@@ -375,12 +384,26 @@ class H2Session:
             method(*args)
         except (ProtocolError, StreamClosedError):
             raise ClientGone from None
+        if method == self.h2.send_data:
+            self._unsent += len(args[1])
 
     def flush_for_stream(self) -> None:
+        """Rule 1, and its backpressure: while another greenlet's send is blocked (the
+        client reads slowly), a stream that queued more than ``OUT_HIGH_WATER`` bytes
+        since waits for that send (at most ``send_timeout``), so what waits in memory is
+        bounded by the socket, not by the windows the client granted."""
         try:
             self.flush()
         except OSError:
             raise ClientGone from None
+        while self._flushing is not None and self._unsent > OUT_HIGH_WATER:
+            drained = self._drained
+            if not drained.wait(self.send_timeout_s) or self.broken:
+                raise ClientGone
+            try:
+                self.flush()
+            except OSError:
+                raise ClientGone from None
 
     def reset_stream(self, sid: int, code: int) -> None:
         try:
@@ -411,9 +434,11 @@ class H2Session:
         if self._flushing is not None or self.broken:
             return
         self._flushing = getcurrent()
+        self._drained.clear()
         try:
             while True:
                 data = self.h2.data_to_send()
+                self._unsent = 0
                 if self._extra:
                     data, self._extra = data + self._extra, b""
                 if not data:
@@ -425,6 +450,7 @@ class H2Session:
             raise
         finally:
             self._flushing = None
+            self._drained.set()
 
     def goaway(self, code: int) -> None:
         """Rule 5: GOAWAY naming the last stream accepted, h2's state left open."""
@@ -491,9 +517,11 @@ class H2Session:
         return True
 
     def abort(self) -> None:
+        """The worker's shutdown timeout: every stream ends now, its upstream wait too."""
         self.broken = True
         for stream in list(self.streams.values()):
             stream.abort()
+            self._cancel(stream)
         self._abort_socket()
 
     def close(self) -> None:

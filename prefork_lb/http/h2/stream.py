@@ -20,7 +20,10 @@ Rules:
    elsewhere (the upstream's response, a limit_req delay) gets ClientGone thrown in at
    once, so its upstream request ends too (nginx finalizes the request on RST_STREAM):
    a reset stream costs no upstream time (rapid reset, CVE-2023-44487). Never while the
-   stream's greenlet is the connection's writer (a frame half sent would corrupt it).
+   stream's greenlet is the connection's writer (a frame half sent would corrupt it). A
+   stream reset before its greenlet started (the RST in the same read as its HEADERS) is
+   not processed at all: no upstream request and no access log line (nginx would log a
+   499 for it).
 4. ``abort`` (a truncated upstream body, 444) resets the stream INTERNAL_ERROR; a response
    not completed when the pipeline returns is reset the same way, except an unframed body
    (its end is the pipeline's return: END_STREAM). A complete response whose request body
@@ -129,7 +132,9 @@ class StreamIO:
             if self.reset_code is not None:  # reset before it ran (rapid reset): nothing starts
                 return
             request = self.request
-            if type(request) is RequestHead:
+            if self.reset_code is not None:
+                pass  # reset before it started (rule 3): no upstream request, no log line
+            elif type(request) is RequestHead:
                 me._handle(request)
             else:
                 assert isinstance(request, HttpError)
