@@ -22,7 +22,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from prefork_lb.http.h2.guard import ENHANCE_YOUR_CALM, OK, Guard, GuardLimits, configure
+from prefork_lb.config.model import Http2Config
+from prefork_lb.http.h2.guard import ENHANCE_YOUR_CALM, OK, Guard, GuardLimits, configure, limits_of
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
 REQUEST = [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"), (":path", "/")]
@@ -267,3 +268,13 @@ def test_tiny_window_updates_counted_large_ones_not() -> None:
     tiny = WindowUpdateFrame(0, window_increment=1023).serialize()
     assert guard.check(conn.receive_data(tiny * 1000), now=1.0) == OK
     assert guard.check(conn.receive_data(tiny), now=1.0) == ENHANCE_YOUR_CALM
+
+
+def test_limits_follow_the_servers_http2_settings() -> None:
+    """Catches: the guard built with fixed defaults whatever http2_max_concurrent_streams and
+    large_client_header_buffers say (and one GuardLimits per connection instead of per settings)."""
+    cfg = Http2Config(max_concurrent_streams=10, max_header_size_bytes=16384)
+    limits = limits_of(cfg)
+    assert (limits.max_resets, limits.max_header_size, limits.max_header_bytes) == (20, 16384, 163840)
+    assert limits_of(Http2Config(max_concurrent_streams=10, max_header_size_bytes=16384)) is limits
+    assert limits_of(Http2Config()) == GuardLimits.of(32768, 128) == GuardLimits(max_resets=256)
