@@ -13,7 +13,7 @@ case runs, so the same case can be measured against nginx and prefork-lb.
 prints one line per case. Every case is bounded (frame counts and deadlines), loopback only.
 The cases (``CASES``): floods (rapid_reset, continuation_flood, settings_flood, ping_flood,
 tiny_windows), decoder and encoder state (hpack_bomb, hpack_table_growth), stalls
-(zero_window, zero_window_streams), malformed requests (invalid_pseudo,
+(zero_window, zero_window_streams, slow_body), malformed requests (invalid_pseudo,
 pseudo_after_regular, missing_path, uppercase_name, connection_header, te_gzip,
 content_length_mismatch, connect), sizes (oversized_header, oversized_list) and
 window_overflow. The zero_window cases ask the backend for ``?size=`` bodies
@@ -609,6 +609,33 @@ def tiny_windows(port: int, tls: bool = False, updates: int = 20000, path: str =
     return _finish("tiny_windows", c, t0, updates=sent, data=c.answer.data.get(sid, 0), frames=frames)
 
 
+def slow_body(
+    port: int,
+    tls: bool = False,
+    streams: int = 128,
+    timeout_s: float = 20.0,
+    during: Callable[[], int] | None = None,
+) -> Outcome:
+    """``streams`` POSTs announcing ``content-length: 100`` whose body never comes (slow POST
+    on every stream of one connection). ``held`` is ``during()`` one second in (the caller
+    counts the backend's open connections: a server that streams request bodies connects
+    upstream per stream); ``ended_ms`` is when the last stream was ended (client_body_timeout)."""
+    t0 = time.monotonic()
+    c = RawH2(port, tls)
+    _connected(c)
+    sids = []
+    for _ in range(streams):
+        sid = c.stream_id()
+        block = c.request_block("/?echo=1", (("content-length", "100"),), method="POST")
+        c.frame(HeadersFrame(sid, block, flags=["END_HEADERS"]))
+        sids.append(sid)
+    c.wait(lambda a: a.closed, 1.0)
+    held = during() if during is not None else -1
+    c.wait(lambda a: a.closed or all(s in a.resets or s in a.ended for s in sids), timeout_s)
+    ended_ms = int((time.monotonic() - t0) * 1000)
+    return _finish("slow_body", c, t0, held=held, ended_ms=ended_ms)
+
+
 def _one_request(
     case: str, port: int, tls: bool, block_of: Callable[[RawH2], bytes], body: bytes | None = None
 ) -> Outcome:
@@ -752,6 +779,7 @@ CASES: dict[str, Callable[[int, bool], Outcome]] = {
     "zero_window_streams": zero_window_streams,
     "hpack_table_growth": hpack_table_growth,
     "tiny_windows": tiny_windows,
+    "slow_body": slow_body,
     "invalid_pseudo": invalid_pseudo,
     "pseudo_after_regular": pseudo_after_regular,
     "missing_path": missing_path,
