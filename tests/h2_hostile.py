@@ -497,7 +497,7 @@ def hpack_bomb(port: int, tls: bool = False, value_size: int = 4000, refs: int =
     sid2 = c.stream_id()
     block = base.replace(b"\x41", b"\x01", 1) + bytes([0x80 | 62]) * refs  # :authority without indexing
     chunks = [block[i : i + 16384] for i in range(0, len(block), 16384)]
-    frames = [
+    frames: list[Frame] = [
         HeadersFrame(sid2, chunks[0], flags=["END_STREAM"] + (["END_HEADERS"] if len(chunks) == 1 else []))
     ]
     for i, piece in enumerate(chunks[1:], 1):
@@ -578,7 +578,11 @@ def hpack_table_growth(port: int, tls: bool = False, requests: int = 300) -> Out
     done = 0
     while done < requests:
         sids = [c.get(f"/?bigheader={100 + done + i}") for i in range(50)]
-        c.wait(lambda a, sids=sids: a.closed or all(s in a.ended or s in a.resets for s in sids), 10.0)
+
+        def answered(a: Answer, sids: list[int] = sids) -> bool:
+            return a.closed or all(s in a.ended or s in a.resets for s in sids)
+
+        c.wait(answered, 10.0)
         done += 50
         if c.answer.closed:
             break

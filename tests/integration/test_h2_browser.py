@@ -24,7 +24,6 @@ from tests.integration.test_dashboard_browser import (
     CHROMIUM_FLAGS,
     PAGE_TIMEOUT_S,
     PEER_ROWS_JS,
-    Service,
     polls,
     save_screenshot,
     wait_page,
@@ -44,6 +43,8 @@ return performance.getEntriesByType('resource')
 @pytest.fixture
 def h2_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """test_dashboard_browser's Chromium, trusting the test CA's certificate."""
+    from selenium.webdriver.chrome.service import Service  # importable: the module above checked
+
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (*CHROMIUM_FLAGS, "--ignore-certificate-errors"):

@@ -223,7 +223,7 @@ def _responses(conn: h2.connection.H2Connection, client: hpack.Decoder, first: i
             f.parse_body(memoryview(data[9 : 9 + length]))
             data = data[9 + length :]
             if isinstance(f, HeadersFrame):
-                assert (b"x-unique", value) in client.decode(f.data, raw=True)
+                assert (b"x-unique", value) in list(client.decode(f.data, raw=True))
 
 
 def test_response_encoder_table_capped() -> None:
