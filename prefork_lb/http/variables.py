@@ -99,6 +99,12 @@ def _server_protocol(ex: Exchange) -> str:
     return "HTTP/1.1" if version == (1, 1) else f"HTTP/{version[0]}.{version[1]}"
 
 
+def _http2(ex: Exchange) -> str:
+    if ex.version[0] != 2:
+        return ""
+    return "h2c" if ex.conn.tls is None else "h2"
+
+
 def _request(ex: Exchange) -> str:
     # Exchange.request_line, with one decode instead of two (the hot path of "combined")
     line = (ex.method + b" " + ex.target).decode("latin-1")
@@ -407,6 +413,8 @@ _VARIABLES: Final[dict[str, Variable]] = {
         _v("ssl_client_verify", _tls(lambda t: t.client_verify), plain=True),
         _v("ssl_client_s_dn", _tls(lambda t: t.client_s_dn)),
         _v("server_protocol", _server_protocol),
+        # issue 20: nginx's $http2: "h2" over TLS, "h2c" in clear text, "" for HTTP/1.x
+        _v("http2", _http2, plain=True),
         _v("server_name", _server_name),
         _v("proxy_host", _proxy_host),
         _v("status", _status, plain=True),

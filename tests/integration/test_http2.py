@@ -505,3 +505,52 @@ def test_shutdown_timeout_ends_held_streams(tmp_path: Path) -> None:
             assert lb.proc is not None
             lb.proc.wait(timeout=15)
             assert lb.access_log()[0].startswith("GET /held HTTP/2.0|499|HTTP/2.0|")
+
+
+def test_client_gone_ends_streams_waiting_for_upstream(tmp_path: Path) -> None:
+    """The client closes its connection while a stream waits for the upstream: the stream
+    ends at once, logged 499 (nginx notices the close too). Catches: the stream waiting
+    for its upstream and logging the upstream's status for a client long gone."""
+    port = free_port()
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr), port) as lb:
+        with H2Client(port) as c:
+            c.request("GET", "/left")
+            gate.wait_arrived(1)
+        lines = log_lines(lb, 1)
+        assert lines[0].startswith("GET /left HTTP/2.0|499|HTTP/2.0|")
+        gate.release()
+
+
+def test_overlong_frame_is_refused_before_it_is_buffered(tmp_path: Path, backend: Backend) -> None:
+    """A frame declaring 16 MiB (over the 16k SETTINGS_MAX_FRAME_SIZE) gets GOAWAY
+    FRAME_SIZE_ERROR (6) once a read beyond it arrived, not after 16 MiB were buffered.
+    Catches: h2's whole-frame buffering (its length check comes after the body)."""
+    import socket
+
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            )  # empty SETTINGS
+            s.sendall(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01")  # DATA, 16 MiB - 1 declared
+            got = b""
+            chunk = b"x" * 65536
+            sent = 0
+            try:
+                while sent < 4 << 20:  # at most 4 MiB: the server must have answered by then
+                    s.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass
+            try:
+                while True:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    got += data
+            except OSError:
+                pass
+        assert b"\x07\x00\x00\x00\x00\x00" in got  # a GOAWAY frame header (type 7, stream 0)
+        goaway = got[got.index(b"\x07\x00\x00\x00\x00\x00") - 3 :]
+        assert goaway[13:17] == b"\x00\x00\x00\x06"  # FRAME_SIZE_ERROR

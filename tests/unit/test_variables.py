@@ -125,12 +125,23 @@ def test_status_three_digits(status: int, expected: str) -> None:
     [
         ((1, 1), "GET /index.html?a=1&b=two HTTP/1.1", "HTTP/1.1"),
         ((1, 0), "GET /index.html?a=1&b=two HTTP/1.0", "HTTP/1.0"),
+        ((2, 0), "GET /index.html?a=1&b=two HTTP/2.0", "HTTP/2.0"),  # issue 20, as nginx
     ],
 )
 def test_request_line_and_protocol(version: tuple[int, int], line: str, protocol: str) -> None:
     ex = make_exchange(version=version)
     assert render("request", ex) == line == ex.request_line
     assert render("server_protocol", ex) == protocol
+
+
+def test_http2_variable() -> None:
+    """nginx's $http2: "h2" over TLS, "h2c" in clear text, empty for HTTP/1.x (issue 20)."""
+    from prefork_lb.tls.info import TlsInfo
+
+    assert render("http2", make_exchange()) == ""
+    assert render("http2", make_exchange(version=(2, 0))) == "h2c"
+    tls_conn = ConnectionInfo("192.0.2.7", 54321, "127.0.0.1", 8443, 42, 3, tls=object.__new__(TlsInfo))
+    assert render("http2", make_exchange(version=(2, 0), conn=tls_conn)) == "h2"
 
 
 def test_raw_bytes_decode_latin1() -> None:

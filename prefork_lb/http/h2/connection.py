@@ -35,6 +35,10 @@ Rules:
 7. ``keepalive_requests`` (nginx >= 1.19.7 applies it to HTTP/2): the stream that reaches
    it is served and followed by a graceful GOAWAY (rule 5). The value is the default
    server's (its first location's, where the server-level value is inherited).
+8. A frame longer than the advertised SETTINGS_MAX_FRAME_SIZE (16k) is refused once more
+   than one read of it is buffered (GOAWAY FRAME_SIZE_ERROR): h2 checks the length only
+   when the whole frame has arrived, so a client declaring 16 MiB could make it buffer
+   that much per connection.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ IDLE_CHECK_S: Final = 5.0  # rule 4
 OUT_HIGH_WATER: Final = 256 * 1024  # rule 1's backpressure
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 NO_ERROR: Final = 0
+FRAME_SIZE_ERROR: Final = 6
 
 
 class _Settings(Settings):
@@ -191,7 +196,7 @@ class H2Session:
         h2.increment_flow_control_window(MAX_WINDOW - h2.inbound_flow_control_window)
         size = self.settings.recv_buffer_size_bytes
         try:
-            self.flush()
+            self._flush_quietly()
             while not self.broken:
                 if self.closing and not self.streams:
                     break
@@ -221,6 +226,11 @@ class H2Session:
                     log.info("client sent invalid HTTP/2 data (%s), client: %s", e, self.info.remote_addr)
                     self.goaway_sent = True
                     break
+                if len(getattr(h2.incoming_buffer, "_data", b"")) > size + h2.max_inbound_frame_size + 9:
+                    # rule 8: an overlong frame h2 would buffer whole (up to 16 MiB) first
+                    log.info("client sent too large an HTTP/2 frame, client: %s", self.info.remote_addr)
+                    self._close_with(FRAME_SIZE_ERROR)
+                    break
                 if code != OK:
                     log.info("%s (GOAWAY %d), client: %s", self.guard.reason, code, self.info.remote_addr)
                     self._close_with(code)
@@ -229,12 +239,9 @@ class H2Session:
                 window = h2.inbound_flow_control_window
                 if window < MAX_WINDOW // 2:  # rule 3: topped up, whoever's DATA it was
                     h2.increment_flow_control_window(MAX_WINDOW - window)
-                self.flush()
+                self._flush_quietly()
         finally:
-            try:
-                self.flush()
-            except Exception:
-                pass
+            self._flush_quietly()
             self._end_streams()
             self.close()
         return False
@@ -452,6 +459,13 @@ class H2Session:
             self._flushing = None
             self._drained.set()
 
+    def _flush_quietly(self) -> None:
+        """A failed send marks the connection broken (the loop ends); nothing to raise."""
+        try:
+            self.flush()
+        except OSError:
+            pass
+
     def goaway(self, code: int) -> None:
         """Rule 5: GOAWAY naming the last stream accepted, h2's state left open."""
         if self.goaway_sent:
@@ -487,6 +501,7 @@ class H2Session:
             if stream.reset_code is None:
                 stream.reset_code = NO_ERROR
             stream.wake.set()
+            self._cancel(stream)  # waiting for its upstream: 499 now, as nginx
 
     def _wake_reader(self) -> None:
         """No stream left after a GOAWAY: FIN after our last frame; the reader ends at the
