@@ -15,7 +15,7 @@ The cases (``CASES``): floods (rapid_reset, continuation_flood, settings_flood, 
 tiny_windows), decoder and encoder state (hpack_bomb, hpack_table_growth), stalls
 (zero_window, zero_window_streams, slow_body), malformed requests (invalid_pseudo,
 pseudo_after_regular, missing_path, uppercase_name, connection_header, te_gzip,
-content_length_mismatch, connect), sizes (oversized_header, oversized_list) and
+content_length_mismatch, connect), sizes (oversized_header, oversized_list, oversized_frame) and
 window_overflow. The zero_window cases ask the backend for ``?size=`` bodies
 (scripts/demo_backend.py); docs/http2.md has the table of answers beside nginx 1.22's.
 """
@@ -763,6 +763,24 @@ def _big_headers(case: str, port: int, tls: bool, extra: list[tuple[str, str]]) 
     return _finish(case, c, t0, encoded=len(block))
 
 
+def oversized_frame(port: int, tls: bool = False, declared: int = 2**24 - 1, sent: int = 1 << 20) -> Outcome:
+    """A DATA frame header declaring ``declared`` bytes (over the 16 KiB SETTINGS_MAX_FRAME_SIZE
+    both servers advertise), then ``sent`` bytes of it: refused from its header, or from the
+    first read, rather than buffered whole (RFC 9113 4.2: FRAME_SIZE_ERROR)."""
+    t0 = time.monotonic()
+    c = RawH2(port, tls)
+    _connected(c)
+    sid = c.get("/", end_stream=False)
+    header = declared.to_bytes(3, "big") + b"\x00\x00" + sid.to_bytes(4, "big")
+    c.send_timeout_s = 3.0
+    c.send(header)
+    for _ in range(sent // 65536):
+        if not c.send(b"x" * 65536):
+            break
+    c.wait(lambda a: a.closed or a.goaway is not None, 5.0)
+    return _finish("oversized_frame", c, t0)
+
+
 def window_overflow(port: int, tls: bool = False) -> Outcome:
     """WINDOW_UPDATE pushing the connection window over 2^31-1 (RFC 9113 6.9.1: FLOW_CONTROL_ERROR)."""
     t0 = time.monotonic()
@@ -794,6 +812,7 @@ CASES: dict[str, Callable[[int, bool], Outcome]] = {
     "connect": connect_method,
     "oversized_header": oversized_header,
     "oversized_list": oversized_list,
+    "oversized_frame": oversized_frame,
     "window_overflow": window_overflow,
 }
 

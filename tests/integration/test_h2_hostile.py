@@ -210,6 +210,11 @@ EXPECT: dict[str, tuple[Callable[[hh.Outcome], bool], Callable[[hh.Outcome], boo
         goaway(hh.ENHANCE_YOUR_CALM),
         "WINDOW_UPDATEs of 1 byte at line rate (~6 us of work each here) not counted as a flood",
     ),
+    "oversized_frame": (
+        lambda o: o.answer.goaway is None,  # nginx advertises MAX_FRAME_SIZE 16777215: legal there
+        lambda o: o.answer.goaway == hh.FRAME_SIZE_ERROR,
+        "a frame over the advertised 16 KiB buffered whole (up to 16 MiB per connection)",
+    ),
     "window_overflow": (
         lambda o: o.answer.goaway == hh.FLOW_CONTROL_ERROR,
         lambda o: o.answer.goaway == hh.FLOW_CONTROL_ERROR,
