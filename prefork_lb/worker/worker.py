@@ -313,14 +313,18 @@ class Worker:
             mv[active] += 1
             conn: Any = None
             try:
-                kind = sniff_preface(sock, timeout_s)
-                if kind is not None:
+                found = sniff_preface(sock, timeout_s)
+                if found is not None:
+                    h2, initial = found
                     info = ConnectionInfo(remote, rport, host, port, counter[0])
-                    if kind:
+                    if h2:
                         conn = H2Session(sock, info, router, runtime, clock, spawn)
+                        conn.initial = initial
                     else:
                         conn = ClientConnection(sock, info, router, runtime, clock)
                         conn.parkable = True
+                        if initial:
+                            conn.reader.feed(initial)
             finally:
                 if conn is None:
                     sock.close()

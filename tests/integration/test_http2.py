@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -554,3 +555,80 @@ def test_overlong_frame_is_refused_before_it_is_buffered(tmp_path: Path, backend
         assert b"\x07\x00\x00\x00\x00\x00" in got  # a GOAWAY frame header (type 7, stream 0)
         goaway = got[got.index(b"\x07\x00\x00\x00\x00\x00") - 3 :]
         assert goaway[13:17] == b"\x00\x00\x00\x06"  # FRAME_SIZE_ERROR
+
+
+def test_preface_split_across_reads(tmp_path: Path, backend: Backend) -> None:
+    """The first read ending inside the preface (``PRI * HT`` ... or an HTTP/1.1 ``P``
+    ... ``OST``): the bytes are consumed, the rest awaited without spinning, and both
+    protocols still see their whole stream. Catches: the partial bytes lost, or a busy
+    loop on a socket kept readable by unread bytes."""
+    import socket
+
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port) as lb:
+        (worker,) = lb.workers()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"P")
+            cpu = worker.cpu_times()
+            wait_for(lambda: worker.status() == "sleeping", what="the worker idle")
+            time.sleep(0.5)  # a busy loop would show as CPU time over this half second
+            spent = sum(worker.cpu_times()[:2]) - sum(cpu[:2])
+            s.sendall(b"OST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 OK") and spent < 0.2
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            from h2.config import H2Configuration
+            from h2.connection import H2Connection
+            from h2.events import ResponseReceived
+
+            h2c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+            h2c.initiate_connection()
+            h2c.send_headers(
+                1,
+                [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/h2"), (b":authority", b"x")],
+                end_stream=True,
+            )
+            out = h2c.data_to_send()
+            raw.sendall(out[:8])  # "PRI * HT"
+            wait_for(lambda: worker.status() == "sleeping", what="the worker idle")
+            raw.sendall(out[8:])
+            statuses: list[bytes] = []
+            while not statuses:
+                data = raw.recv(65536)
+                assert data, "closed before the response"
+                for ev in h2c.receive_data(data):
+                    if isinstance(ev, ResponseReceived):
+                        statuses.append(dict(ev.headers)[b":status"])
+                raw.sendall(h2c.data_to_send())
+            assert statuses == [b"200"]
+
+
+def test_idle_h2_connection_counts_as_idle_in_the_api(tmp_path: Path, backend: Backend) -> None:
+    """The status API's connections.idle counts an HTTP/2 connection with no stream in
+    progress (as an HTTP/1.1 one between requests), and not while a stream runs."""
+    port, api = free_port(), free_port()
+    extra = f"""
+[[http.servers]]
+listen = ["127.0.0.1:{api}"]
+  [[http.servers.locations]]
+  match = "/api/"
+  api = true
+"""
+
+    def idle() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/api/9/connections", timeout=5) as r:
+            return int(json.loads(r.read())["idle"])
+
+    with GatedBackend() as gate, LB(tmp_path, config(port, gate.addr) + extra, port):
+        with H2Client(port) as c:
+            c.wait(lambda: c.conn.remote_settings.max_concurrent_streams == 128, what="SETTINGS")
+            wait_for(lambda: idle() == 1, what="one idle connection")
+            sid = c.request("GET", "/held")
+            gate.wait_arrived(1)
+            assert idle() == 0
+            gate.release()
+            c.wait(lambda: c.streams[sid].done)
+            wait_for(lambda: idle() == 1, what="idle again")
+        wait_for(lambda: idle() == 0, what="no idle connection once closed")

@@ -23,7 +23,8 @@ Rules:
    the end of its last stream) gets GOAWAY NO_ERROR and is closed. While streams run
    there is no connection-level read timeout (each stream has nginx's per-operation
    timeouts); the reader only wakes every ``IDLE_CHECK_S`` (at most) to look, so the
-   idle time is measured within that.
+   idle time is measured within that. With no stream in progress it counts as idle in
+   the zone (the API's ``connections.idle``), as an HTTP/1.1 connection between requests.
 5. Graceful shutdown (reload, QUIT): ``close_if_idle`` sends GOAWAY NO_ERROR naming the
    last stream accepted, once; streams in progress finish, later streams are refused;
    the connection closes when none is left. h2's ``close_connection`` would stop every
@@ -122,6 +123,7 @@ class H2Session:
         "idle",
         "idle_since",
         "info",
+        "initial",
         "last_sid",
         "max_requests",
         "router",
@@ -180,13 +182,14 @@ class H2Session:
         self.goaway_sent = False
         self.closing = False  # the client sent GOAWAY, or we did: no new streams
         self.broken = False
-        self.idle = True
+        self.idle = False  # counted in the zone's idle connections (rule 4)
         self.idle_since = clock()
         self._flushing: Any = None  # the greenlet sending (rule 1)
         self._drained = Event()  # set whenever no send is in progress
         self._drained.set()
         self._unsent = 0  # DATA bytes queued in h2 since the sender took its last batch
         self._extra = b""
+        self.initial = b""  # bytes already read from the socket, fed to h2 first
 
     # ---- the connection's greenlet ----
 
@@ -195,13 +198,13 @@ class H2Session:
         h2.initiate_connection()
         h2.increment_flow_control_window(MAX_WINDOW - h2.inbound_flow_control_window)
         size = self.settings.recv_buffer_size_bytes
+        self._count_idle(True)
         try:
             self._flush_quietly()
             while not self.broken:
                 if self.closing and not self.streams:
                     break
                 idle = not self.streams
-                self.idle = idle
                 # the wait is re-armed from here after every read or timeout: the last
                 # stream may end while this greenlet waits (rule 4)
                 if not idle:
@@ -212,12 +215,15 @@ class H2Session:
                     if timeout_s <= 0:
                         self.goaway(NO_ERROR)
                         break
-                try:
-                    data = recv(self.sock, size, timeout_s)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    break
+                if self.initial:  # the preface bytes accept.py read (its rule 2)
+                    data, self.initial = self.initial, b""
+                else:
+                    try:
+                        data = recv(self.sock, size, timeout_s)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
                 if not data:
                     break
                 try:
@@ -241,10 +247,17 @@ class H2Session:
                     h2.increment_flow_control_window(MAX_WINDOW - window)
                 self._flush_quietly()
         finally:
+            self._count_idle(False)
             self._flush_quietly()
             self._end_streams()
             self.close()
         return False
+
+    def _count_idle(self, idle: bool) -> None:
+        """Rule 4: the zone's count of idle connections (the API's ``connections.idle``)."""
+        if idle != self.idle:
+            self.idle = idle
+            self.runtime.zone.mv[self.runtime.idle_cell] += 1 if idle else -1
 
     def _dispatch(self, events: list[Any]) -> None:
         streams = self.streams
@@ -337,7 +350,7 @@ class H2Session:
         stream.remote_ended = end_stream
         self.streams[sid] = stream
         self.last_sid = sid
-        self.idle = False
+        self._count_idle(False)
         self._spawn(stream.run)
         if self.info.requests >= self.max_requests:  # rule 7
             self.goaway(NO_ERROR)
@@ -360,6 +373,8 @@ class H2Session:
         self.streams.pop(stream.sid, None)
         if not self.streams:
             self.idle_since = self.clock()
+            if not self.broken:
+                self._count_idle(True)
             if self.closing or self.goaway_sent:
                 self._wake_reader()
         try:
