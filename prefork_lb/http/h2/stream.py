@@ -129,8 +129,6 @@ class StreamIO:
         me: Any = self
         self.glet = getcurrent()
         try:
-            if self.reset_code is not None:  # reset before it ran (rapid reset): nothing starts
-                return
             request = self.request
             if self.reset_code is not None:
                 pass  # reset before it started (rule 3): no upstream request, no log line
