@@ -1226,8 +1226,6 @@ def test_mapping_ssl_session_cache(args: list[str], expected: str) -> None:
     )
     out = map_config([d("http", block=[server])])
     assert out.doc["http"]["servers"][0]["ssl_session_cache"] == expected
-
-
 def test_round_trip_header_rules(tmp_path: Path) -> None:
     """Catches: add_header (with ``always``), proxy_hide_header, proxy_pass_header or
     proxy_redirect (default, off, pairs, regex, in order) skipped or mapped to a wrong shape;
@@ -1268,6 +1266,7 @@ def test_round_trip_header_rules(tmp_path: Path) -> None:
     assert b.proxy_redirect == () and b.add_header == (("X-Srv", "s", True),)
     assert c.proxy_redirect == ("default",)
     assert server.add_header == (("X-Srv", "s", True),)
+
 
 
 def test_limits_and_realip_map(tmp_path: Path) -> None:
