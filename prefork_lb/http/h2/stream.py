@@ -150,7 +150,10 @@ class StreamIO:
         if self.reset_code is None:
             if not mapper.ended:
                 if mapper.head_sent and mapper.unframed:
-                    session.end_stream(self.sid)
+                    try:
+                        session.end_stream(self.sid)
+                    except ClientGone:  # the connection broke meanwhile
+                        self.reset_code = INTERNAL_ERROR
                 else:
                     self._reset(INTERNAL_ERROR)
             if self.reset_code is None and not self.remote_ended:
