@@ -75,7 +75,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from prefork_lb.http.client import ClientGone
-from prefork_lb.http.h2.guard import OK, Guard
+from prefork_lb.http.h2.guard import OK, Guard, configure, limits_of
 from prefork_lb.http.h2.mapping import (
     REFUSED_STREAM,
     ConnectionError_,
@@ -195,7 +195,8 @@ class H2Session:
         # (an HPACK bomb: one big field referenced many times) is GOAWAY 11 as it inflates
         h2.decoder.max_header_list_size = settings.max_header_size_bytes
         self.streams: dict[int, StreamIO] = {}
-        self.guard = Guard()
+        self.guard = Guard(limits_of(settings))
+        configure(h2, self.guard.limits)
         self.last_sid = 0
         self.goaway_sent = False
         self.closing = False  # the client sent GOAWAY, or we did: no new streams
@@ -264,7 +265,7 @@ class H2Session:
                 if not data:
                     break
                 try:
-                    events = h2.receive_data(data)
+                    events, code = self.guard.receive(h2, data, self.clock())
                 except ProtocolError as e:
                     log.info("client sent invalid HTTP/2 data (%s), client: %s", e, self.info.remote_addr)
                     self.goaway_sent = True
@@ -274,9 +275,8 @@ class H2Session:
                     log.info("client sent too large an HTTP/2 frame, client: %s", self.info.remote_addr)
                     self._close_with(FRAME_SIZE_ERROR)
                     break
-                code = self.guard.check(events, self.clock())
                 if code != OK:
-                    log.info("HTTP/2 flood from client (GOAWAY %d), client: %s", code, self.info.remote_addr)
+                    log.info("%s (GOAWAY %d), client: %s", self.guard.reason, code, self.info.remote_addr)
                     self._close_with(code)
                     break
                 self._dispatch(events)
