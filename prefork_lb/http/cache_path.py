@@ -275,6 +275,9 @@ class _Discard:
     def hold_tunnel(self, tunnel: Any) -> None:
         pass
 
+    def trailers(self) -> bytes:
+        return b""  # a background update sends no request body
+
 
 def _background(
     client: Client,
