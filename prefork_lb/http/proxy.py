@@ -47,7 +47,9 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    ``Sticky`` with the request's ``Binding`` (in the pick's critical section, which also
    sets ``$upstream_sticky_status``); the head of the relayed response gets the cookie
    naming the peer that answered, or gives the learn table its session (right away with
-   ``header``, else in the last release's critical section). Without sticky: one flag test.
+   ``header``, else in the last release's critical section, and only when the whole
+   response reached the client: one cut short, by the upstream or the client, binds
+   nothing, as nginx learns from successful responses). Without sticky: one flag test.
 """
 
 from __future__ import annotations
@@ -616,9 +618,9 @@ class Proxy:
         """Relay the response; whether the client connection may stay open. ``extra``: our
         own fields for the head (sticky's Set-Cookie)."""
         ex = self.ex
-        keep_alive = reusable = False
+        keep_alive = reusable = complete = False
         try:
-            keep_alive, reusable = relay(
+            keep_alive, reusable, complete = relay(
                 self.client,
                 ex,
                 self.head,
@@ -635,6 +637,8 @@ class Proxy:
         finally:
             attempt.response_time_s = self.now() - start
             ex.bytes_sent += ex.body_bytes_sent
+            if not complete and self.binding is not None:
+                self.binding.learned = ""  # rule 12: a response cut short teaches no session
             if reusable and self.body.complete:
                 self.up.pool.put(conn, self.now())
             else:
