@@ -316,9 +316,10 @@ def test_learn_ignores_a_response_cut_short(tmp_path: Path, session_backends: li
         assert int(owner) in {s.port for s in session_backends}
         wait_for(lambda: len(lb.access_log()) >= 1, what="the cut request's log line")
         assert api_upstream(api_port)["sticky"]["sessions"] == 0  # type: ignore[index]
-        for i in range(6):  # not bound: balanced normally, a MISS each time
+        for _ in range(6):  # not bound: balanced normally, a MISS each time
             status, _, _ = request(port, "GET", "/", headers={"Cookie": f"sessionid={cut_session}"})
             assert status == 200
+
         def proxied() -> list[list[str]]:  # the API's own requests are logged too
             return [line.split("|") for line in lb.access_log() if line.count("|") == 4]
 
