@@ -1,0 +1,299 @@
+"""NGINX Plus client compatibility (issue 19): nginx-plus-go-client's requests, replayed.
+
+``tests/plus_client.py`` issues exactly the requests nginx-plus-go-client issues (paths with
+its trailing slashes, Go's headers, Go's JSON bodies, the version negotiation through
+``GET /api``) and reads the answers as Go's ``json.Unmarshal`` would. These tests drive its
+flows against the real master with 2 workers and real backends, and check both what the
+client sees and what reached the backends (their own request counters).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.backends import Backend, free_port
+from tests.harness import LB, request, wait_for
+from tests.plus_client import GO_UA, PlusClient, PlusError, UpstreamServer
+from tests.stream_servers import TcpEcho
+
+
+def config(
+    port: int, api_port: int, servers: list[str], extra: str = "", api: str = "{ write = true }"
+) -> str:
+    entries = ", ".join(f'{{ address = "{s}" }}' for s in servers)
+    return f"""
+workers = 2
+error_log = "error.log"
+error_log_level = "notice"
+[http]
+access_log = "access.log"
+[http.log_formats]
+pid = '$pid|$upstream_addr|$status'
+[http.upstreams.backend]
+servers = [{entries}]
+{extra}
+[[http.servers]]
+listen = ["127.0.0.1:{port}"]
+log_format = "pid"
+  [[http.servers.locations]]
+  match = "/"
+  proxy_pass = "http://backend"
+[[http.servers]]
+listen = ["127.0.0.1:{api_port}"]
+access_log = "off"
+  [[http.servers.locations]]
+  match = "/api/"
+  api = {api}
+"""
+
+
+def counts(be: Backend) -> dict[str, int]:
+    return {f"127.0.0.1:{p}": int(be.stats(p)["requests"]) for p in be.ports}
+
+
+def proxied(port: int, n: int, expect: int = 200) -> None:
+    """``n`` requests, each on a new connection (so both workers take some)."""
+    for _ in range(n):
+        assert request(port, "GET", "/")[0] == expect
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
+
+
+@pytest.fixture()
+def backends() -> Any:
+    with Backend(3) as be:
+        yield be
+
+
+def test_update_http_servers_flow(tmp_path: Path, backends: Backend) -> None:
+    """``UpdateHTTPServers`` against prefork-lb: add two servers, converge (a second call
+    with the same list changes nothing), change one and remove one, drain one, remove all;
+    after each step the client's own reads (``GetHTTPServers``, ``GetUpstreams``) and the
+    backends' counters agree with what was asked.
+
+    Catches: a server document that does not round-trip through the client's struct and
+    defaults (it would PATCH on every call), the Go client's trailing-slash paths, its
+    DELETE without a body, a field it sends that we reject, a peer document Go cannot
+    decode, a drained server still taking unbound requests, refusing to delete the last
+    server, an API that closes the client's keep-alive connection."""
+    a, b, c = backends.addrs
+    port, api_port = free_port(), free_port()
+    with LB(tmp_path, config(port, api_port, [a]), port):
+        client = PlusClient(f"http://127.0.0.1:{api_port}/api", check_api=True)
+        try:
+            assert client.get_max_api_version() == 9
+            assert [s.server for s in client.get_servers("backend")] == [a]
+            with pytest.raises(PlusError) as missing:
+                client.get_servers("nope")
+            assert (missing.value.status, missing.value.code) == (404, "UpstreamNotFound")
+
+            # 1. add b (weight 2) and c (max_fails 3, fail_timeout 5s)
+            wanted = [
+                UpstreamServer(a),
+                UpstreamServer(b, weight=2),
+                UpstreamServer(c, max_fails=3, fail_timeout="5s"),
+            ]
+            first = len(client.http.sent)
+            added, deleted, updated, errors = client.update_servers("backend", wanted)
+            assert errors == [] and deleted == [] and updated == []
+            assert [s.server for s in added] == [b, c]
+            flow = client.http.sent[first:]
+            base = "/api/9/http/upstreams/backend/servers"
+            assert [(s.method, s.path) for s in flow] == [
+                ("GET", base),
+                ("POST", base + "/"),
+                ("POST", base + "/"),
+            ]
+            assert flow[1].body == f'{{"weight":2,"server":"{b}"}}'.encode()
+            assert flow[2].body == f'{{"max_fails":3,"server":"{c}","fail_timeout":"5s"}}'.encode()
+            assert flow[1].headers == [
+                ("Host", f"127.0.0.1:{api_port}"),
+                ("User-Agent", GO_UA),
+                ("Content-Length", str(len(flow[1].body))),
+                ("Content-Type", "application/json"),
+                ("Accept-Encoding", "gzip"),
+            ]
+            servers = {s.server: s for s in client.get_servers("backend")}
+            assert (servers[b].weight, servers[c].max_fails, servers[c].fail_timeout) == (2, 3, "5s")
+
+            # 2. converged: the same list again is a GET and nothing else
+            first = len(client.http.sent)
+            assert client.update_servers("backend", wanted) == ([], [], [], [])
+            assert [s.method for s in client.http.sent[first:]] == ["GET"]
+
+            # traffic: weights 1:2:1 over the shared round robin, from both workers
+            before = counts(backends)
+            proxied(port, 8)
+            assert delta(before, counts(backends)) == {a: 2, b: 4, c: 2}
+
+            # 3. a gets weight 3, c goes: one DELETE (no body, trailing slash), one PATCH
+            first = len(client.http.sent)
+            wanted = [UpstreamServer(a, weight=3), UpstreamServer(b, weight=2)]
+            added, deleted, updated, errors = client.update_servers("backend", wanted)
+            assert errors == [] and added == []
+            assert [s.server for s in deleted] == [c] and [s.server for s in updated] == [a]
+            flow = client.http.sent[first:]
+            assert [(s.method, s.path) for s in flow] == [
+                ("GET", base),
+                ("DELETE", f"{base}/{servers[c].id}/"),
+                ("PATCH", f"{base}/{servers[a].id}/"),
+            ]
+            assert [k for k, _ in flow[1].headers] == ["Host", "User-Agent", "Accept-Encoding"] and not flow[
+                1
+            ].body
+            assert flow[2].body == f'{{"weight":3,"server":"{a}"}}'.encode()  # no "id"
+            assert client.update_servers("backend", wanted) == ([], [], [], [])
+            before = counts(backends)
+            proxied(port, 10)
+            assert delta(before, counts(backends)) == {a: 6, b: 4, c: 0}
+
+            # 4. drain b as a Go program does: UpdateHTTPServer with Drain set
+            client.update_server("backend", UpstreamServer(b, id=servers[b].id, weight=2, drain=True))
+            assert client.http.sent[-1].body == f'{{"weight":2,"server":"{b}","drain":true}}'.encode()
+            drained = {s.server: s for s in client.get_servers("backend")}[b]
+            assert drained.drain and drained.weight == 2
+            wanted[1] = UpstreamServer(b, weight=2, drain=True)
+            assert client.update_servers("backend", wanted) == ([], [], [], [])
+            before = counts(backends)
+            proxied(port, 6)
+            assert delta(before, counts(backends)) == {a: 6, b: 0, c: 0}
+
+            # 5. the client's view of the peers (GetUpstreams): states and counters
+            peers = {p["Server"]: p for p in client.get_upstreams()["backend"]["Peers"]}
+            assert set(peers) == {a, b}
+            assert (peers[a]["State"], peers[b]["State"]) == ("up", "draining")
+            assert (peers[a]["Weight"], peers[b]["Weight"]) == (3, 2)
+            assert peers[a]["Requests"] == 2 + 6 + 6 and peers[b]["Requests"] == 4 + 4
+            assert peers[a]["Responses"]["Codes"]["C200"] == peers[a]["Requests"]
+
+            # 6. an empty list deletes every server (NGINX Plus allows it): 502, nothing reaches a backend
+            added, deleted, updated, errors = client.update_servers("backend", [])
+            assert errors == [] and sorted(s.server for s in deleted) == sorted([a, b])
+            assert client.get_servers("backend") == []
+            before = counts(backends)
+            proxied(port, 4, expect=502)
+            assert counts(backends) == before
+            assert client.get_upstreams()["backend"]["Peers"] == []
+
+            # 7. errors read as the client reads them
+            with pytest.raises(PlusError) as bad:
+                client.add_server("backend", UpstreamServer(a, weight=0))
+            assert (bad.value.status, bad.value.code) == (400, "UpstreamConfFormatError")
+            assert "weight" in bad.value.text
+            client.add_server("backend", UpstreamServer(a))
+            proxied(port, 2)
+            assert client.http.connections == 1  # every request above on one keep-alive connection
+        finally:
+            client.close()
+
+
+def test_update_stream_servers_flow(tmp_path: Path) -> None:
+    """``UpdateStreamServers``: the same flow under ``/stream/upstreams``; sessions reach
+    the servers the client asked for (each echo server names itself first), and
+    ``GetStreamUpstreams`` decodes. Catches: a stream path, body or document the Go client
+    cannot use, a PATCH body with ``server`` refused on stream servers."""
+    port, api_port, tcp_port = free_port(), free_port(), free_port()
+    one, two = TcpEcho(), TcpEcho()
+    text = config(port, api_port, ["127.0.0.1:1"]) + (
+        f'[stream.upstreams.tcp]\nservers = [{{ address = "{one.addr}" }}]\n'
+        f'[[stream.servers]]\nlisten = ["127.0.0.1:{tcp_port}"]\nproxy_pass = "tcp"\n'
+    )
+
+    def first_lines(n: int) -> set[str]:
+        seen = set()
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as conn:
+                seen.add(conn.recv(100).decode().strip())
+        return seen
+
+    try:
+        with LB(tmp_path, text, port):
+            client = PlusClient(f"http://127.0.0.1:{api_port}/api")
+            try:
+                wanted = [UpstreamServer(one.addr), UpstreamServer(two.addr, max_conns=10)]
+                added, deleted, updated, errors = client.update_servers("tcp", wanted, stream=True)
+                assert (
+                    errors == [] and [s.server for s in added] == [two.addr] and not deleted and not updated
+                )
+                assert client.http.sent[-1].body == f'{{"max_conns":10,"server":"{two.addr}"}}'.encode()
+                assert client.update_servers("tcp", wanted, stream=True) == ([], [], [], [])
+                assert first_lines(6) == {str(one.port), str(two.port)}
+                wanted = [UpstreamServer(two.addr, max_conns=20)]
+                added, deleted, updated, errors = client.update_servers("tcp", wanted, stream=True)
+                assert errors == [] and [s.server for s in deleted] == [one.addr]
+                assert [s.server for s in updated] == [two.addr]
+                assert first_lines(4) == {str(two.port)}
+                peers = client.get_stream_upstreams()["tcp"]["Peers"]
+                assert [(p["Server"], p["MaxConns"]) for p in peers] == [(two.addr, 20)]
+                assert peers[0]["Connections"] >= 4
+            finally:
+                client.close()
+    finally:
+        one.close()
+        two.close()
+
+
+def test_reads_decode_and_read_only_api(tmp_path: Path, backends: Backend) -> None:
+    """``GetCaches``, ``GetNginxInfo`` and ``GetUpstreams`` decode with Go's types (a cache
+    zone configured); on a read-only API (``api = true``) a write is refused as NGINX Plus
+    refuses it (405 ``MethodDisabled``) and changes nothing. Catches: a number where Go
+    expects a string or an unsigned integer, a read-only API that writes."""
+    port, api_port = free_port(), free_port()
+    cache = (
+        f'[http.proxy_cache_paths.one]\npath = "{tmp_path / "cache"}"\nkeys_zone = "1m"\nmax_size = "10m"\n'
+    )
+    text = config(port, api_port, backends.addrs[:1], api="true").replace(
+        "[http.log_formats]", cache + "[http.log_formats]"
+    )
+    with LB(tmp_path, text, port):
+        proxied(port, 3)
+        client = PlusClient(f"http://127.0.0.1:{api_port}/api", check_api=True)
+        try:
+            caches = client.get_caches()
+            assert caches["one"]["MaxSize"] == 10 * 1024 * 1024 and isinstance(caches["one"]["Cold"], bool)
+            info = client.get_nginx_info()
+            assert info["Build"] == "prefork-lb" and info["ProcessID"] > 0
+            peers = client.get_upstreams()["backend"]["Peers"]
+            assert [(p["Server"], p["Requests"]) for p in peers] == [(backends.addrs[0], 3)]
+            with pytest.raises(PlusError) as refused:
+                client.add_server("backend", UpstreamServer(backends.addrs[1]))
+            assert (refused.value.status, refused.value.code) == (405, "MethodDisabled")
+            assert [s.server for s in client.get_servers("backend")] == backends.addrs[:1]
+        finally:
+            client.close()
+
+
+def test_nginx_docs_curl_scripts(tmp_path: Path, backends: Backend) -> None:
+    """The curl commands of NGINX's "Dynamic Configuration of Upstreams with the NGINX Plus
+    API" guide, unchanged (``-d`` without a Content-Type, ``-i``/``-s`` as written there):
+    list, add with parameters, set a server down, drain it, remove it. Catches: curl's form
+    Content-Type refused, a PATCH answer NGINX's guide does not show."""
+    a, b, _ = backends.addrs
+    port, api_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{api_port}/api/9/http/upstreams/backend/servers"
+    with LB(tmp_path, config(port, api_port, [a]), port):
+
+        def curl(*args: str) -> Any:
+            out = subprocess.run(["curl", "-s", *args], capture_output=True, text=True, timeout=20)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)
+
+        added = curl("-X", "POST", "-d", f'{{ "server": "{b}", "weight": 4, "max_fails": 2 }}', base)
+        assert (added["server"], added["weight"], added["max_fails"]) == (b, 4, 2)
+        id_ = added["id"]
+        assert curl("-X", "PATCH", "-d", '{ "down": true }', f"{base}/{id_}")["down"] is True
+        before = counts(backends)
+        proxied(port, 4)
+        assert delta(before, counts(backends))[b] == 0
+        assert curl("-X", "PATCH", "-d", '{ "down": false, "drain": true }', f"{base}/{id_}")["drain"] is True
+        assert [x["server"] for x in curl(base)] == [a, b]
+        assert [x["server"] for x in curl("-X", "DELETE", f"{base}/{id_}")] == [a]
+        wait_for(lambda: [x["server"] for x in curl(base)] == [a], what="the list without the server")
