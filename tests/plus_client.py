@@ -245,6 +245,125 @@ NGINX_INFO = _struct(
     ("ParentProcessID", "ppid", U),
 )
 
+I64 = "int"  # Go's int64: the same JSON rule as int
+SESSIONS = _struct(
+    ("Sessions2xx", "2xx", U), ("Sessions4xx", "4xx", U), ("Sessions5xx", "5xx", U), ("Total", None, U)
+)
+SERVER_ZONES = (
+    "map",
+    _struct(
+        ("Processing", None, U),
+        ("Requests", None, U),
+        ("Responses", None, RESPONSES),
+        ("Discarded", None, U),
+        ("Received", None, U),
+        ("Sent", None, U),
+        ("SSL", None, SSL),
+    ),
+)
+STREAM_SERVER_ZONES = (
+    "map",
+    _struct(
+        ("Processing", None, U),
+        ("Connections", None, U),
+        ("Sessions", None, SESSIONS),
+        ("Discarded", None, U),
+        ("Received", None, U),
+        ("Sent", None, U),
+        ("SSL", None, SSL),
+    ),
+)
+LOCATION_ZONES = (
+    "map",
+    _struct(
+        ("Requests", None, I64),
+        ("Responses", None, RESPONSES),
+        ("Discarded", None, I64),
+        ("Received", None, I64),
+        ("Sent", None, I64),
+    ),
+)
+RESOLVERS = (
+    "map",
+    _struct(
+        ("Requests", "requests", _struct(("Name", None, I64), ("Srv", None, I64), ("Addr", None, I64))),
+        (
+            "Responses",
+            "responses",
+            _struct(
+                *(
+                    (n, None, I64)
+                    for n in (
+                        "Noerror",
+                        "Formerr",
+                        "Servfail",
+                        "Nxdomain",
+                        "Notimp",
+                        "Refused",
+                        "Timedout",
+                        "Unknown",
+                    )
+                )
+            ),
+        ),
+    ),
+)
+SLABS = (
+    "map",
+    _struct(
+        (
+            "Slots",
+            None,
+            ("map", _struct(("Used", None, U), ("Free", None, U), ("Reqs", None, U), ("Fails", None, U))),
+        ),
+        ("Pages", None, _struct(("Used", None, U), ("Free", None, U))),
+    ),
+)
+LIMIT_REQS = (
+    "map",
+    _struct(
+        ("Passed", None, U),
+        ("Delayed", None, U),
+        ("Rejected", None, U),
+        ("DelayedDryRun", "delayed_dry_run", U),
+        ("RejectedDryRun", "rejected_dry_run", U),
+    ),
+)
+LIMIT_CONNS = (
+    "map",
+    _struct(("Passed", None, U), ("Rejected", None, U), ("RejectedDryRun", "rejected_dry_run", U)),
+)
+PROCESSES = _struct(("Respawned", None, I64))
+HTTP_REQUESTS = _struct(("Total", None, U), ("Current", None, U))
+CONNECTIONS = _struct(("Accepted", None, U), ("Dropped", None, U), ("Active", None, U), ("Idle", None, U))
+WORKERS = (
+    "slice",
+    _struct(
+        ("ID", None, "int"),
+        ("ProcessID", "pid", U),
+        ("HTTP", "http", _struct(("HTTPRequests", "requests", HTTP_REQUESTS))),
+        ("Connections", None, CONNECTIONS),
+    ),
+)
+ZONE_SYNC = _struct(
+    (
+        "Zones",
+        None,
+        ("map", _struct(("RecordsPending", "records_pending", U), ("RecordsTotal", "records_total", U))),
+    ),
+    (
+        "Status",
+        None,
+        _struct(
+            ("BytesIn", "bytes_in", U),
+            ("MsgsIn", "msgs_in", U),
+            ("MsgsOut", "msgs_out", U),
+            ("BytesOut", "bytes_out", U),
+            ("NodesOnline", "nodes_online", U),
+        ),
+    ),
+)
+
 
 # ---- the servers, as the client's structs ----
 
@@ -645,3 +764,44 @@ class PlusClient:
     def get_nginx_info(self) -> dict[str, Any]:
         out: dict[str, Any] = self.get("nginx", NGINX_INFO)
         return out
+
+    def _optional(self, path: str, typ: Any, empty: Any) -> Any:
+        """The stream reads: a ``PathNotFound`` answer is an empty collection."""
+        try:
+            return self.get(path, typ)
+        except PlusError as e:
+            if e.code == PATH_NOT_FOUND:
+                return empty
+            raise
+
+    def get_stats(self) -> dict[str, Any]:
+        """``GetStats`` (API 9): every read it makes, each one failing the whole call
+        (nginx-prometheus-exporter scrapes through it: one 404 loses every metric)."""
+        stats: dict[str, Any] = {"endpoints": self.get("", ("slice", "string"))}
+        for key, path, typ in (
+            ("NginxInfo", "nginx", NGINX_INFO),
+            ("Caches", "http/caches", CACHES),
+            ("Processes", "processes", PROCESSES),
+            ("Slabs", "slabs", SLABS),
+            ("HTTPRequests", "http/requests", HTTP_REQUESTS),
+            ("SSL", "ssl", SSL),
+            ("ServerZones", "http/server_zones", SERVER_ZONES),
+            ("Upstreams", "http/upstreams", UPSTREAMS),
+            ("LocationZones", "http/location_zones", LOCATION_ZONES),
+            ("Resolvers", "resolvers", RESOLVERS),
+            ("HTTPLimitRequests", "http/limit_reqs", LIMIT_REQS),
+            ("HTTPLimitConnections", "http/limit_conns", LIMIT_CONNS),
+            ("Workers", "workers", WORKERS if self.version >= 9 else ("slice", "int")),
+        ):
+            stats[key] = self.get(path, typ) if key != "Workers" or self.version >= 9 else []
+        if "stream" in stats["endpoints"]:
+            stream = self.get("stream", ("slice", "string"))
+            if "server_zones" in stream:
+                stats["StreamServerZones"] = self._optional("stream/server_zones", STREAM_SERVER_ZONES, {})
+            if "upstreams" in stream:
+                stats["StreamUpstreams"] = self._optional("stream/upstreams", STREAM_UPSTREAMS, {})
+            if "limit_conns" in stream:
+                stats["StreamLimitConnections"] = self._optional("stream/limit_conns", LIMIT_CONNS, {})
+                stats["StreamZoneSync"] = self._optional("stream/zone_sync", ZONE_SYNC, None)
+        stats["Connections"] = self.get("connections", CONNECTIONS)
+        return stats

@@ -158,16 +158,16 @@ class SectionLoader:
             raise t.error("state", f'the directory of "{state}" does not exist')
         servers: list[UpstreamServer] = []
         server_tables = t.table_list("servers")
-        saved = None
         if state:  # issue 19: a group with a state file takes its servers from it (Plus)
             from prefork_lb.config.state_file import read_state
 
             saved = read_state(self, state)
             if saved is not None:
                 server_tables = saved
-        if not server_tables and not (state and saved is not None):
-            # a state file may list none: the API deleted every server (NGINX Plus allows it)
-            raise t.error("servers", "must list at least one server")
+        if not server_tables and not state:
+            # with a state file (NGINX Plus: an upstream with `state` has no server directives)
+            # the group may start empty, or the API deleted every server: 502 until one is added
+            raise t.error("servers", 'must list at least one server (or name a "state" file for the write API)')
         entries = [self.upstream_server(st) for st in server_tables]  # a hostname: several
         for entry in entries:
             servers.extend(entry)

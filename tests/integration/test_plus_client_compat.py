@@ -9,6 +9,7 @@ client sees and what reached the backends (their own request counters).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -297,3 +298,150 @@ def test_nginx_docs_curl_scripts(tmp_path: Path, backends: Backend) -> None:
         assert [x["server"] for x in curl(base)] == [a, b]
         assert [x["server"] for x in curl("-X", "DELETE", f"{base}/{id_}")] == [a]
         wait_for(lambda: [x["server"] for x in curl(base)] == [a], what="the list without the server")
+
+
+def suite_config(port: int, api_port: int, tmp_path: Path, drain_addr: str, tcp_port: int) -> str:
+    """nginx-plus-go-client's own test setup (docker/test.conf) in prefork-lb's keys: an
+    upstream ``test`` with no servers (a ``state`` file, as NGINX Plus pairs them), one
+    ``test-drain`` whose server is configured with ``drain``, a stream upstream with no
+    servers, a 100 MiB cache zone."""
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return f"""
+workers = 2
+error_log = "error.log"
+error_log_level = "notice"
+[http]
+access_log = "off"
+[http.proxy_cache_paths.http_cache]
+path = "{tmp_path / "cache"}"
+keys_zone = "10m"
+max_size = "100m"
+[http.upstreams.test]
+state = "state/test.state"
+[http.upstreams.test-drain]
+servers = [{{ address = "{drain_addr}", drain = true }}]
+[[http.servers]]
+listen = ["127.0.0.1:{port}"]
+  [[http.servers.locations]]
+  match = "/test"
+  proxy_pass = "http://test"
+  [[http.servers.locations]]
+  match = "/drain"
+  proxy_pass = "http://test-drain"
+[[http.servers]]
+listen = ["127.0.0.1:{api_port}"]
+  [[http.servers.locations]]
+  match = "/api/"
+  api = {{ write = true }}
+[stream.upstreams.stream_test]
+state = "state/stream_test.state"
+[[stream.servers]]
+listen = ["127.0.0.1:{tcp_port}"]
+proxy_pass = "stream_test"
+"""
+
+
+def test_go_client_own_suite_replayed(tmp_path: Path, backends: Backend) -> None:
+    """The checks of nginx-plus-go-client's own integration tests (tests/client_test.go:
+    TestClient, TestUpstreamServer, TestStreamUpstreamServer, TestUpstreamServerWithDrain,
+    TestStats), which it runs against a real NGINX Plus, replayed against prefork-lb: the
+    same calls, the same expected structs (``reflect.DeepEqual`` after zeroing the id),
+    the same counts of added/deleted/updated servers.
+
+    Catches: an upstream that cannot start without servers (Plus's ``zone`` + ``state``
+    pattern), a parameter that does not come back as sent (``route``, ``slow_start``,
+    ``backup`` + ``down``...), a PATCH of the whole server struct refused, a duplicate or a
+    stale id accepted, and any read of ``GetStats`` that 404s or does not decode (the
+    exporter loses the whole scrape: ``/api/9/workers`` was missing)."""
+    port, api_port, tcp_port = free_port(), free_port(), free_port()
+    text = suite_config(port, api_port, tmp_path, backends.addrs[0], tcp_port)
+    with LB(tmp_path, text, port):
+        c = PlusClient(f"http://127.0.0.1:{api_port}/api")
+        try:
+            # TestUpstreamServer / TestStreamUpstreamServer: every parameter comes back as sent
+            full = UpstreamServer(
+                "127.0.0.1:2000",
+                max_conns=321,
+                max_fails=64,
+                fail_timeout="21s",
+                slow_start="12s",
+                weight=10,
+                route="test",
+                backup=True,
+                down=True,
+            )
+            for stream, upstream in ((False, "test"), (True, "stream_test")):
+                server = dataclasses.replace(full, stream=stream, route="" if stream else "test")
+                c.add_server(upstream, server)
+                got = c.get_servers(upstream, stream)
+                assert [dataclasses.replace(s, id=0) for s in got] == [server]
+                assert c.update_servers(upstream, [], stream)[1] == got
+
+            # TestClient
+            c.get_servers("test")
+            with pytest.raises(PlusError):
+                c.get_servers("random")
+            c.add_server("test", UpstreamServer("127.0.0.1:8001"))
+            with pytest.raises(PlusError, match="already exists"):
+                c.add_server("test", UpstreamServer("127.0.0.1:8001"))
+            servers = c.get_servers("test")
+            assert len(servers) == 1
+            c.update_server("test", dataclasses.replace(servers[0], slow_start="30s"))
+            servers = c.get_servers("test")
+            assert len(servers) == 1 and servers[0].slow_start == "30s"
+            with pytest.raises(PlusError) as stale:
+                c.update_server("test", dataclasses.replace(servers[0], id=servers[0].id + 1))
+            assert stale.value.status == 404
+            c.delete_server("test", "127.0.0.1:8001")
+            with pytest.raises(PlusError, match="not found"):
+                c.delete_server("test", "127.0.0.1:8001")
+
+            servers1 = [UpstreamServer(f"127.0.0.2:{p}") for p in (8001, 8002, 8003)]
+            added, deleted, updated, errors = c.update_servers("test", servers1)
+            assert (len(added), len(deleted), len(updated), errors) == (3, 0, 0, [])
+            servers = c.get_servers("test")
+            assert all(
+                any(s.server == w.server and w.same_parameters_as(s) for s in servers) for w in servers1
+            )
+            assert c.update_servers("test", servers1) == ([], [], [], [])
+            servers[0] = dataclasses.replace(
+                servers[0], max_conns=5, max_fails=6, fail_timeout="15s", slow_start="10s"
+            )
+            servers[1] = dataclasses.replace(servers[1], slow_start="10s")
+            added, deleted, updated, errors = c.update_servers("test", servers)
+            assert (len(added), len(deleted), len(updated), errors) == (0, 0, 2, [])
+            got = {s.server: s for s in c.get_servers("test")}
+            s0, s1 = got[servers[0].server], got[servers[1].server]
+            assert (s0.max_conns, s0.max_fails, s0.fail_timeout, s0.slow_start) == (5, 6, "15s", "10s")
+            assert (s1.max_conns, s1.max_fails, s1.fail_timeout, s1.slow_start) == (0, 1, "10s", "10s")
+            servers2 = [UpstreamServer(f"127.0.0.2:{p}") for p in (8003, 8004, 8005)]
+            added, deleted, updated, errors = c.update_servers("test", servers2)
+            assert (len(added), len(deleted), len(updated), errors) == (2, 2, 0, [])
+            added, deleted, updated, errors = c.update_servers("test", [])
+            assert (len(added), len(deleted), len(updated), errors) == (0, 3, 0, [])
+            assert c.get_servers("test") == []
+
+            # TestUpstreamServerWithDrain: a configured drain reads back as Plus shows it
+            expected = UpstreamServer(
+                backends.addrs[0], max_conns=0, max_fails=1, fail_timeout="10s", slow_start="0s",
+                backup=False, down=False, weight=1, drain=True,
+            )  # fmt: skip
+            assert [dataclasses.replace(s, id=0) for s in c.get_servers("test-drain")] == [expected]
+
+            # TestStats: GetStats whole, after a server was added and traffic went through
+            c.add_server("test", UpstreamServer(backends.addrs[1]))
+            assert request(port, "GET", "/test")[0] == 200
+            stats = c.get_stats()
+            info = stats["NginxInfo"]
+            assert info["Version"] and info["Build"] and info["Address"] and info["LoadTimestamp"]
+            assert info["Timestamp"] and info["Generation"] >= 1 and info["ProcessID"] >= 1
+            assert info["ParentProcessID"] >= 1
+            assert stats["Connections"]["Accepted"] >= 1
+            assert len(stats["Workers"]) == 2 and all(w["ProcessID"] > 0 for w in stats["Workers"])
+            assert sum(w["HTTP"]["HTTPRequests"]["Total"] for w in stats["Workers"]) >= 1
+            assert stats["Caches"]["http_cache"]["MaxSize"] == 104857600
+            peers = stats["Upstreams"]["test"]["Peers"]
+            assert [(p["Server"], p["Requests"]) for p in peers] == [(backends.addrs[1], 1)]
+            assert "stream_test" in stats["StreamUpstreams"]
+        finally:
+            c.close()
