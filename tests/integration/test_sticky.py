@@ -335,3 +335,35 @@ def test_learn_ignores_a_response_cut_short(tmp_path: Path, session_backends: li
         assert again == body
         wait_for(lambda: len(proxied()) == 9, what="the bound request's log line")
         assert proxied()[-1][3] == "HIT"
+
+
+def test_intercepted_error_carries_no_cookie(tmp_path: Path) -> None:
+    """``proxy_intercept_errors`` + ``error_page``: the client gets the error page, not the
+    server's answer, and no ``Set-Cookie`` (what prefork-lb chose, docs/config.md: the
+    reference does not say what nginx does); the same upstream status passed through
+    carries the cookie naming the server. Catches: a cookie leaking onto the error page,
+    or missing on a proxied error status."""
+    extra = """
+  [[http.servers.locations]]
+  match = "/ie/"
+  proxy_pass = "http://backend"
+  proxy_intercept_errors = true
+  error_page = { "404" = "/err" }
+  [[http.servers.locations]]
+  match = "= /err"
+  return = "200 custom error page"
+"""
+    with Backend(count=2) as be:
+        port, api_port = free_port(), free_port()
+        up = (
+            "[http.upstreams.backend]\n"
+            'sticky = { cookie = "srv_id" }\n'
+            "servers = [" + ", ".join(f'{{ address = "{a}" }}' for a in be.addrs) + "]\n"
+        )
+        with LB(tmp_path, config(port, api_port, up, workers=2, location_extra=extra), port):
+            status, headers, body = request(port, "GET", "/ie/x?status=404")
+            assert (status, body) == (404, b"custom error page"), (status, body)
+            assert "set-cookie" not in headers
+            status, headers, _ = request(port, "GET", "/x?status=404")
+            assert status == 404
+            assert headers["set-cookie"].split(";")[0] in {f"srv_id={sid(a)}" for a in be.addrs}
