@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, request, wait_for
+from tests.harness import LB, request
 from tests.plus_client import GO_UA, PlusClient, PlusError, UpstreamServer
 from tests.stream_servers import TcpEcho
 
@@ -272,32 +272,66 @@ def test_reads_decode_and_read_only_api(tmp_path: Path, backends: Backend) -> No
             client.close()
 
 
+# NGINX's guide "Dynamic Configuration of Upstreams with the NGINX Plus API", its three curl
+# commands as printed (the POST body spread over shell lines ending in a backslash, inside
+# single quotes: the backslash-newline pairs reach the server). Only the host and, so that
+# nothing is ever sent off this machine, the POSTed server's address are substituted.
+DOCS_COMMANDS = r"""curl -X POST -d '{ \
+   "server": "10.0.0.1:8089", \
+   "weight": 4, \
+   "max_conns": 0, \
+   "max_fails": 0, \
+   "fail_timeout": "10s", \
+   "slow_start": "10s", \
+   "backup": true, \
+   "down": true \
+ }' -s 'http://127.0.0.1/api/9/http/upstreams/appservers/servers'
+echo
+curl -X PATCH -d '{ "down": true }' -s 'http://127.0.0.1/api/9/http/upstreams/appservers/servers/0'
+echo
+curl -X DELETE -s 'http://127.0.0.1/api/9/http/upstreams/appservers/servers/0'
+"""
+
+
 def test_nginx_docs_curl_scripts(tmp_path: Path, backends: Backend) -> None:
-    """The curl commands of NGINX's "Dynamic Configuration of Upstreams with the NGINX Plus
-    API" guide, unchanged (``-d`` without a Content-Type, ``-i``/``-s`` as written there):
-    list, add with parameters, set a server down, drain it, remove it. Catches: curl's form
-    Content-Type refused, a PATCH answer NGINX's guide does not show."""
+    """NGINX's documented curl commands run by bash unchanged (``-d`` without a
+    Content-Type, the POST body with shell line continuations): the server is added with
+    every parameter, server 0 is set down, then removed; traffic follows. Catches: curl's
+    form Content-Type refused, the guide's multi-line body refused as invalid JSON (it
+    was, before the backslash-newline leniency of upstream_conf.py rule 4)."""
     a, b, _ = backends.addrs
     port, api_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{api_port}/api/9/http/upstreams/backend/servers"
-    with LB(tmp_path, config(port, api_port, [a]), port):
-
-        def curl(*args: str) -> Any:
-            out = subprocess.run(["curl", "-s", *args], capture_output=True, text=True, timeout=20)
-            assert out.returncode == 0, out.stderr
-            return json.loads(out.stdout)
-
-        added = curl("-X", "POST", "-d", f'{{ "server": "{b}", "weight": 4, "max_fails": 2 }}', base)
-        assert (added["server"], added["weight"], added["max_fails"]) == (b, 4, 2)
-        id_ = added["id"]
-        assert curl("-X", "PATCH", "-d", '{ "down": true }', f"{base}/{id_}")["down"] is True
+    text = config(port, api_port, [a]).replace("backend", "appservers")
+    script = DOCS_COMMANDS.replace("10.0.0.1:8089", b).replace("127.0.0.1/api", f"127.0.0.1:{api_port}/api")
+    assert script.count("\\\n") == 9  # the continuations are really there
+    with LB(tmp_path, text, port):
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        added, patched, remaining = (json.loads(line) for line in out.stdout.splitlines())
+        assert added == {
+            "id": 1,
+            "server": b,
+            "weight": 4,
+            "max_conns": 0,
+            "max_fails": 0,
+            "fail_timeout": "10s",
+            "slow_start": "10s",
+            "route": "",
+            "backup": True,
+            "down": True,
+        }
+        assert (patched["id"], patched["server"], patched["down"]) == (0, a, True)
+        assert [s["server"] for s in remaining] == [b]
+        # b is a backup that is down: nothing is usable now
         before = counts(backends)
-        proxied(port, 4)
-        assert delta(before, counts(backends))[b] == 0
-        assert curl("-X", "PATCH", "-d", '{ "down": false, "drain": true }', f"{base}/{id_}")["drain"] is True
-        assert [x["server"] for x in curl(base)] == [a, b]
-        assert [x["server"] for x in curl("-X", "DELETE", f"{base}/{id_}")] == [a]
-        wait_for(lambda: [x["server"] for x in curl(base)] == [a], what="the list without the server")
+        proxied(port, 2, expect=502)
+        assert counts(backends) == before
+        curl = ["curl", "-s", "-X", "PATCH", "-d", '{ "down": false }']
+        subprocess.run(
+            [*curl, f"http://127.0.0.1:{api_port}/api/9/http/upstreams/appservers/servers/1"], check=True
+        )
+        proxied(port, 2)
+        assert delta(before, counts(backends))[b] == 2
 
 
 def suite_config(port: int, api_port: int, tmp_path: Path, drain_addr: str, tcp_port: int) -> str:
