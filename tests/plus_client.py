@@ -8,8 +8,10 @@ What it reproduces, and why each part matters to a server that claims NGINX Plus
    idle connections): ``Host``, ``User-Agent: Go-http-client/1.1``, ``Content-Length`` only
    when there is a body (POST, PATCH), ``Content-Type: application/json`` on POST and PATCH,
    ``Accept-Encoding: gzip`` (and a gzip answer is inflated transparently); a DELETE has no
-   body and no Content-Length. GET follows redirects (Go's default policy), so the endpoint
-   ``http://host/api`` works through nginx's ``/api`` -> ``/api/`` redirect. Every request
+   body and no Content-Length. Releases before nginx-plus-go-client PR #448 (January 2025)
+   sent PATCH without a Content-Type (``PlusClient(..., patch_content_type=False)``). GET
+   follows redirects (Go's default policy), so the endpoint ``http://host/api`` works
+   through nginx's ``/api`` -> ``/api/`` redirect. Every request
    sent is recorded in ``GoTransport.sent`` (method, path, headers, body).
 2. The paths: ``GET {endpoint}`` lists the versions; reads are
    ``{endpoint}/{version}/{path}``; POST goes to ``.../servers/`` and DELETE and PATCH to
@@ -479,9 +481,11 @@ class GoTransport:
             self.connections += 1
         return self._sock
 
-    def do(self, method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    def do(
+        self, method: str, url: str, body: bytes | None = None, content_type: bool = True
+    ) -> tuple[int, dict[str, str], bytes]:
         for _ in range(10):  # Go's default redirect policy: at most 10
-            status, headers, data = self._round_trip(method, urlsplit(url).path, body)
+            status, headers, data = self._round_trip(method, urlsplit(url).path, body, content_type)
             if method == "GET" and status in (301, 302, 303, 307, 308) and "location" in headers:
                 location = headers["location"]
                 url = location if "://" in location else f"http://{self.host}:{self.port}{location}"
@@ -489,11 +493,14 @@ class GoTransport:
             return status, headers, data
         raise RuntimeError("stopped after 10 redirects")
 
-    def _round_trip(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+    def _round_trip(
+        self, method: str, path: str, body: bytes | None, content_type: bool
+    ) -> tuple[int, dict[str, str], bytes]:
         headers = [("Host", f"{self.host}:{self.port}"), ("User-Agent", GO_UA)]
         if body is not None:
             headers.append(("Content-Length", str(len(body))))
-            headers.append(("Content-Type", "application/json"))
+            if content_type:
+                headers.append(("Content-Type", "application/json"))
         headers.append(("Accept-Encoding", "gzip"))
         raw = f"{method} {path} HTTP/1.1\r\n".encode()
         raw += b"".join(f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n" + (body or b"")
@@ -580,11 +587,14 @@ class PlusError(Exception):
 class PlusClient:
     """``NginxClient`` with the methods the compatibility tests replay."""
 
-    def __init__(self, endpoint: str, version: int = 9, check_api: bool = False) -> None:
+    def __init__(
+        self, endpoint: str, version: int = 9, check_api: bool = False, patch_content_type: bool = True
+    ) -> None:
         parts = urlsplit(endpoint)
         assert parts.hostname is not None and parts.port is not None
         self.endpoint = endpoint
         self.version = version
+        self.patch_content_type = patch_content_type
         self.http = GoTransport(parts.hostname, parts.port)
         if version not in CLIENT_VERSIONS:
             raise PlusError(f"API version {version}: not supported by the client")
@@ -647,7 +657,8 @@ class PlusClient:
             )
 
     def patch(self, path: str, server: UpstreamServer, expected: int = 200) -> None:
-        status, _, data = self.http.do("PATCH", self._url(path, slash=True), server.marshal())
+        url = self._url(path, slash=True)
+        status, _, data = self.http.do("PATCH", url, server.marshal(), self.patch_content_type)
         if status != expected:
             raise self._mismatch(data, f"failed to complete patch request: expected {expected}, got {status}")
 

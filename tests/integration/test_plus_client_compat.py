@@ -423,6 +423,19 @@ def test_go_client_own_suite_replayed(tmp_path: Path, backends: Backend) -> None
             c.update_server("test", dataclasses.replace(servers[0], slow_start="30s"))
             servers = c.get_servers("test")
             assert len(servers) == 1 and servers[0].slow_start == "30s"
+            old = PlusClient(f"http://127.0.0.1:{api_port}/api", patch_content_type=False)  # before PR #448
+            try:
+                old.update_server("test", dataclasses.replace(servers[0], weight=3))
+                assert [k for k, _ in old.http.sent[-1].headers] == [
+                    "Host",
+                    "User-Agent",
+                    "Content-Length",
+                    "Accept-Encoding",
+                ]
+                assert old.get_servers("test")[0].weight == 3
+                old.update_server("test", dataclasses.replace(servers[0], weight=1))
+            finally:
+                old.close()
             with pytest.raises(PlusError) as stale:
                 c.update_server("test", dataclasses.replace(servers[0], id=servers[0].id + 1))
             assert stale.value.status == 404
