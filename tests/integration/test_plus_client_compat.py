@@ -492,3 +492,33 @@ def test_go_client_own_suite_replayed(tmp_path: Path, backends: Backend) -> None
             assert "stream_test" in stats["StreamUpstreams"]
         finally:
             c.close()
+
+
+def test_go_client_drain_keeps_sticky_sessions(tmp_path: Path, backends: Backend) -> None:
+    """Session draining as NGINX's guide for Python sites describes it, driven by the Go
+    client: ``UpdateHTTPServer`` with ``Drain`` on a server of a ``sticky cookie`` group;
+    requests bound to it by the cookie keep reaching it, unbound ones (from both workers)
+    never do, and ``GetUpstreams`` shows it ``draining``. Catches: a drain that cuts bound
+    sessions, or one that still takes new ones."""
+    import hashlib
+
+    a, b, _ = backends.addrs
+    port, api_port = free_port(), free_port()
+    text = config(port, api_port, [a, b], extra='sticky = { cookie = "srv_id" }')
+    with LB(tmp_path, text, port):
+        client = PlusClient(f"http://127.0.0.1:{api_port}/api")
+        try:
+            id_b = {s.server: s.id for s in client.get_servers("backend")}[b]
+            client.update_server("backend", UpstreamServer(b, id=id_b, drain=True))
+            assert client.http.sent[-1].body == f'{{"server":"{b}","drain":true}}'.encode()
+            peers = {p["Server"]: p["State"] for p in client.get_upstreams()["backend"]["Peers"]}
+            assert peers == {a: "up", b: "draining"}
+            before = counts(backends)
+            cookie = {"Cookie": "srv_id=" + hashlib.md5(b.encode()).hexdigest()}
+            for _ in range(4):
+                status, headers, _ = request(port, "GET", "/", headers=cookie)
+                assert status == 200 and headers["set-cookie"] == cookie["Cookie"]
+            proxied(port, 6)
+            assert delta(before, counts(backends)) == {a: 6, b: 4, backends.addrs[2]: 0}
+        finally:
+            client.close()
