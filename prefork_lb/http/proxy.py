@@ -50,6 +50,12 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    ``header``, else in the last release's critical section, and only when the whole
    response reached the client: one cut short, by the upstream or the client, binds
    nothing, as nginx learns from successful responses). Without sticky: one flag test.
+13. Content cache (issue 18, http/cache_path.py): a ``cache`` fill (``None`` for locations
+   without proxy_cache: one attribute check) rewrites the request head (HEAD as GET, no
+   Range or client conditionals, the stored validators), may answer from the stale entry
+   instead of an error or a listed status (after the retries, the peer charged as without
+   it), answers a 304 to a revalidation from the entry, and relays the body with a copy
+   into the cache (``Fill.relay``, ``relay.relay``'s contract).
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
 from prefork_lb.zone.stats import record_http_peer
 
 if TYPE_CHECKING:
+    from prefork_lb.http.cache_fill import Fill
     from prefork_lb.http.client import Client
     from prefork_lb.http.runtime import LocationRuntime, StatusZone, UpstreamRuntime
 
@@ -175,6 +182,7 @@ class Proxy:
     __slots__ = (
         "binding",
         "body",
+        "cache",
         "client",
         "ex",
         "head",
@@ -194,9 +202,11 @@ class Proxy:
         lr: LocationRuntime,
         keep_alive: bool,
         status_zone: StatusZone | None,
+        cache: Fill | None = None,
     ) -> None:
         """``keep_alive``: the connection's intent for this response so far;
-        ``status_zone``: the server's zone, recorded with the last release (rule 9)."""
+        ``status_zone``: the server's zone, recorded with the last release (rule 9);
+        ``cache``: the content cache's fill (rule 13)."""
         assert lr.upstream is not None
         self.client = client
         self.ex = ex
@@ -210,6 +220,7 @@ class Proxy:
         self.upgrade = False  # rule 10: an Upgrade went upstream, so a 101 is a switch
         sticky = self.up.sticky
         self.binding = None if sticky is None else sticky.new_binding()  # rule 12
+        self.cache = cache
 
     def run(self) -> ProxyOutcome:
         """Proxy the request (rule 9: the connection applies the outcome)."""
@@ -228,6 +239,9 @@ class Proxy:
         request_head = build_upstream_head(
             ex, lr.plan, target, content_length, chunked, up.pool.enabled, upgrade
         )
+        cache = self.cache
+        if cache is not None:  # rule 13
+            request_head = cache.upstream_head(request_head)
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
         start = self.now()
@@ -241,6 +255,10 @@ class Proxy:
             if peer is None:
                 ex.attempts.append(Attempt(up.group.name, 502, None, None, 0.0))
                 log.error('no live upstreams while connecting to upstream, upstream: "%s"', up.group.name)
+                if cache is not None:  # rule 13: use_stale error covers "no live upstreams"
+                    from_cache = cache.on_failure(self.client, "error", self.keep_alive)
+                    if from_cache is not None:
+                        return from_cache
                 return ProxyOutcome(self.client.respond_error(ex, 502), False)
             attempt = Attempt(peer.addr)
             ex.attempts.append(attempt)
@@ -273,6 +291,10 @@ class Proxy:
                 self._free(sel, peer, True, None, phase=fail.phase)
                 if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
                     continue
+                if cache is not None:  # rule 13
+                    from_cache = cache.on_failure(self.client, fail.condition, self.keep_alive)
+                    if from_cache is not None:
+                        return from_cache
                 return ProxyOutcome(self.client.respond_error(ex, fail.status), False)
             except BaseException:
                 # The client failed us (body error, 413, gone): not the peer's fault.
@@ -295,6 +317,13 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, status not in (403, 404), None)
                 continue
+            if cache is not None:  # rule 13: a 304 to our revalidation, a use_stale status
+                answer = cache.on_status(self.client, resp, self.keep_alive)
+                if answer is not None:
+                    attempt.response_time_s = self.now() - now
+                    conn.close()
+                    keep_alive = answer()
+                    return ProxyOutcome(keep_alive, self._free(sel, peer, False, attempt, last=True))
             if (
                 loc.proxy_intercept_errors
                 and status >= 300
@@ -523,7 +552,7 @@ class Proxy:
         loc = self.lr.config
         timeout_s = loc.proxy_read_timeout_s
         limit = loc.proxy_buffer_size_bytes
-        head_request = self.head.method == b"HEAD"
+        head_request = self.head.method == b"HEAD" and (self.cache is None or not self.cache.as_get)
         buf = b""
         scan = 0
         interim = 0
@@ -619,8 +648,9 @@ class Proxy:
         own fields for the head (sticky's Set-Cookie)."""
         ex = self.ex
         keep_alive = reusable = complete = False
+        relay_ = relay if self.cache is None else self.cache.relay  # rule 13
         try:
-            keep_alive, reusable, complete = relay(
+            keep_alive, reusable, complete = relay_(
                 self.client,
                 ex,
                 self.head,

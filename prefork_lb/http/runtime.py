@@ -28,6 +28,7 @@ from prefork_lb.config.model import (
     zone_name,
 )
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
+from prefork_lb.http.cache_path import CachePlan, build_plan
 from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules, compile_added, compile_rules
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.realip import RealIpRule
@@ -67,6 +68,7 @@ class LocationRuntime:
     tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
     headers: ResponseRules = DEFAULT_RULES  # add_header, hide/pass, proxy_redirect (header_rules.py)
     limits: LocationLimits | None = None  # limit_req / limit_conn (limits/engine.py)
+    cache: CachePlan | None = None  # issue 18: proxy_cache (http/cache_path.py); None: no cost
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -241,3 +243,20 @@ def _http_balancer(up: UpstreamConfig, group: PeerGroup) -> Balancer:
 def has_write_api(config: Config) -> bool:
     """Some location has ``api = { write = true }``: upstreams can change at run time."""
     return any(loc.api_write for s in config.http.servers for loc in s.locations)
+
+
+def attach_cache_plans(runtime: HttpRuntime) -> None:
+    """Issue 18: once ``runtime.caches`` holds the worker's open zones, each location with
+    ``proxy_cache`` gets its compiled plan (http/cache_path.py); the others keep None."""
+    for lr in runtime.locations.values():
+        loc = lr.config
+        if loc.proxy_cache:
+            lr.cache = build_plan(loc, runtime.caches)
+            if lr.cache is None and loc.proxy_pass is not None:  # the zone did not open here
+                import logging
+
+                logging.getLogger("prefork_lb.error").error(
+                    'cache zone "%s" is not open in this worker: location "%s" is served uncached',
+                    loc.proxy_cache,
+                    loc.match,
+                )
