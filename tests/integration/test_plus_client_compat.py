@@ -243,27 +243,36 @@ def test_update_stream_servers_flow(tmp_path: Path) -> None:
 
 
 def test_reads_decode_and_read_only_api(tmp_path: Path, backends: Backend) -> None:
-    """``GetCaches``, ``GetNginxInfo`` and ``GetUpstreams`` decode with Go's types (a cache
-    zone configured); on a read-only API (``api = true``) a write is refused as NGINX Plus
+    """``GetCaches``, ``GetNginxInfo`` and ``GetUpstreams`` decode with Go's types and show
+    the traffic (3 requests to a cached location: 1 miss that reached the backend, 2 hits
+    that did not); on a read-only API (``api = true``) a write is refused as NGINX Plus
     refuses it (405 ``MethodDisabled``) and changes nothing. Catches: a number where Go
     expects a string or an unsigned integer, a read-only API that writes."""
     port, api_port = free_port(), free_port()
     cache = (
         f'[http.proxy_cache_paths.one]\npath = "{tmp_path / "cache"}"\nkeys_zone = "1m"\nmax_size = "10m"\n'
     )
-    text = config(port, api_port, backends.addrs[:1], api="true").replace(
-        "[http.log_formats]", cache + "[http.log_formats]"
-    )
+    text = (
+        config(port, api_port, backends.addrs[:1], api="true")
+        .replace("[http.log_formats]", cache + "[http.log_formats]")
+        .replace('proxy_pass = "http://backend"\n', 'proxy_pass = "http://backend"\n  proxy_cache = "one"\n'
+                 '  proxy_cache_valid = ["10m"]\n', 1)
+    )  # fmt: skip
     with LB(tmp_path, text, port):
+        before = counts(backends)
         proxied(port, 3)
+        assert delta(before, counts(backends))[backends.addrs[0]] == 1
         client = PlusClient(f"http://127.0.0.1:{api_port}/api", check_api=True)
         try:
             caches = client.get_caches()
-            assert caches["one"]["MaxSize"] == 10 * 1024 * 1024 and isinstance(caches["one"]["Cold"], bool)
+            one = caches["one"]
+            assert one["MaxSize"] == 10 * 1024 * 1024 and isinstance(one["Cold"], bool)
+            assert (one["Miss"]["Responses"], one["Hit"]["Responses"]) == (1, 2)
+            assert one["Size"] > 0 and one["Hit"]["Bytes"] > 0
             info = client.get_nginx_info()
             assert info["Build"] == "prefork-lb" and info["ProcessID"] > 0
             peers = client.get_upstreams()["backend"]["Peers"]
-            assert [(p["Server"], p["Requests"]) for p in peers] == [(backends.addrs[0], 3)]
+            assert [(p["Server"], p["Requests"]) for p in peers] == [(backends.addrs[0], 1)]
             with pytest.raises(PlusError) as refused:
                 client.add_server("backend", UpstreamServer(backends.addrs[1]))
             assert (refused.value.status, refused.value.code) == (405, "MethodDisabled")
