@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.backends import Backend, free_port
-from tests.harness import LB, request
+from tests.harness import LB, request, wait_for
 from tests.plus_client import GO_UA, PlusClient, PlusError, UpstreamServer
 from tests.stream_servers import TcpEcho
 
@@ -419,6 +419,11 @@ def test_go_client_own_suite_replayed(tmp_path: Path, backends: Backend) -> None
                 got = c.get_servers(upstream, stream)
                 assert [dataclasses.replace(s, id=0) for s in got] == [server]
                 assert c.update_servers(upstream, [], stream)[1] == got
+            with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as conn:
+                assert conn.recv(100) == b""  # no stream server: the session is closed
+            wait_for(
+                lambda: "no live upstreams" in (tmp_path / "error.log").read_text(), what="the stream 502 log"
+            )
 
             # TestClient
             c.get_servers("test")
