@@ -17,6 +17,9 @@ Rules:
 - ``release`` costs nothing where a method has no release work: such a method inherits
   ``NoRelease`` (``releases`` False, a no-op ``release``) and callers test the flag
   before calling.
+- A group without any server (the write API deleted them all, as NGINX Plus allows) gets
+  ``NoServers`` instead of its method: every pick is None, "no live upstreams" (502), and
+  no method has to handle an empty list.
 """
 
 from __future__ import annotations
@@ -67,4 +70,16 @@ class NoRelease:
     def release(
         self, peer: Peer, sel: Selection, header_time_s: float | None, response_time_s: float | None
     ) -> None:
+        return None
+
+
+class NoServers(NoRelease):
+    """The balancer of a group with no servers at all: nothing to pick (nginx's BUSY)."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, group: PeerGroup) -> None:
+        self.group = group
+
+    def pick(self, sel: Selection, req: RequestKey | None, now_s: int) -> Peer | None:
         return None

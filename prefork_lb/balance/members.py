@@ -15,6 +15,9 @@ Rules:
    in-flight peer is still released through the old ``Peer`` object: the slot stays owned
    until its connections reach 0 (``servers.py`` rule 5).
 4. An upstream whose entry disappeared (a reload dropped it) keeps its last group.
+5. An entry with no records (the API deleted every server, as NGINX Plus allows) gives an
+   empty group with the ``NoServers`` balancer: every pick is None (502 "no live
+   upstreams"; a stream session is closed) until a server is added.
 """
 
 from __future__ import annotations
@@ -101,12 +104,10 @@ def refresh_locked(owner: Member) -> None:
 def _build(owner: Member, m: Membership, records: list[Record]) -> tuple[PeerGroup, Balancer, Any] | None:
     """The new group and balancer, and the upstream's sticky persistence over them when it
     has one (``http/runtime.UpstreamRuntime.sticky``; its peer maps are keyed by Peer)."""
-    if not records:
-        return None
     up = dataclasses.replace(owner.config, servers=tuple(r.server for r in records))
     try:
         group = PeerGroup.build(up, owner.group.zone, [r.slot for r in records], m.row)
-        balancer = m.make(up, group)
+        balancer = m.make(up, group)  # no records: NoServers (rule 5, registry.make_balancer)
         old = getattr(owner, "sticky", None)
         return group, balancer, None if old is None else old.rebuilt(owner.config, group, balancer)
     except Exception:  # never a crashed worker: keep serving the previous list

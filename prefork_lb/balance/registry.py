@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prefork_lb.balance.base import Balancer, KeyCompiler
+from prefork_lb.balance.base import Balancer, KeyCompiler, NoServers
 from prefork_lb.balance.hash import ConsistentHash, Hash
 from prefork_lb.balance.ip_hash import IpHash
 from prefork_lb.balance.least_conn import LeastConn
@@ -41,5 +41,8 @@ def make_balancer(
     upstream: UpstreamConfig, group: PeerGroup, compile_key: KeyCompiler | None = None
 ) -> Balancer:
     """``compile_key`` compiles a ``hash`` key with the variables of the upstream's context
-    (http's ``compile_template``, the stream one's ``compile_stream_template``)."""
+    (http's ``compile_template``, the stream one's ``compile_stream_template``). A group
+    without servers (every one deleted by the API) gets ``NoServers`` whatever the method."""
+    if not upstream.servers:
+        return NoServers(group)
     return METHODS[upstream.method](group, upstream, compile_key)

@@ -34,8 +34,8 @@ Rules:
 6. ``learn``: the first non-empty ``create`` value of the upstream response head
    (``$upstream_cookie_NAME``: the value of the first Set-Cookie NAME=...; ``
    $upstream_http_NAME``: the field, ``-`` read as ``_``) binds that session to the peer
-   that answered; learned at the end of the response, or right after its head with
-   ``header = true``.
+   that answered; learned at the end of a response that completed (one cut short binds
+   nothing), or right after its head with ``header = true``.
 """
 
 from __future__ import annotations

@@ -164,8 +164,12 @@ class SectionLoader:
             saved = read_state(self, state)
             if saved is not None:
                 server_tables = saved
-        if not server_tables:
-            raise t.error("servers", "must list at least one server")
+        if not server_tables and not state:
+            # with a state file (NGINX Plus: an upstream with `state` has no server directives)
+            # the group may start empty, or the API deleted every server: 502 until one is added
+            raise t.error(
+                "servers", 'must list at least one server (or name a "state" file for the write API)'
+            )
         entries = [self.upstream_server(st) for st in server_tables]  # a hostname: several
         for entry in entries:
             servers.extend(entry)

@@ -7,7 +7,8 @@ Rules:
    with the config's own parser and its errors name the state file and key path.
 2. Loaded at start, at reload and by ``-t`` (``load_shared.upstream``): when the file
    exists the group takes its servers from it instead of the config's ``servers`` (as
-   NGINX Plus); a missing file means "no runtime changes yet": the config's servers.
+   NGINX Plus); a missing file means "no runtime changes yet": the config's servers. An
+   empty list is valid there (the API deleted every server): the group starts empty.
 3. Written after every successful write through the API (``write_state``), outside the
    zone lock: a temporary file in the same directory, fsync, then ``rename`` over the old
    one, so a reader (a reload, a crash) sees the old or the new list, never a torn one.

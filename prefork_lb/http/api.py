@@ -297,6 +297,35 @@ class StatusReader:
         """NGINX Plus's ``http/caches`` (cache/status.py), from the shared cache indexes."""
         return caches_document(self.http.caches)
 
+    def plus_workers(self) -> list[dict[str, Any]]:
+        """NGINX Plus's ``/workers`` (API 9; nginx-plus-go-client's ``GetStats`` reads it):
+        per worker its connection counters and the http requests it began (``total``) and
+        is processing (``current``, the sum of its status zones' processing cells)."""
+        slots = [self._slot(z.base) for z in self._zones(self.http.zones.values())]
+        out = []
+        for r in self._rows:
+            base = L.row_base(r, self.peers)
+            mv = self.mv
+            out.append(
+                {
+                    "id": int(mv[base + L.R_SLOT]),
+                    "pid": max(0, int(mv[base + L.R_PID])),
+                    "connections": {
+                        "accepted": int(mv[base + L.R_ACCEPTED]),
+                        "dropped": int(mv[base + L.R_DROPPED]),
+                        "active": int(mv[base + L.R_ACTIVE]),
+                        "idle": int(mv[base + L.R_IDLE]),
+                    },
+                    "http": {
+                        "requests": {
+                            "total": int(mv[base + L.R_HTTP_REQUESTS]),
+                            "current": sum(int(mv[L.active_index(r, self.peers, s)]) for s in slots),
+                        }
+                    },
+                }
+            )
+        return out
+
     def workers(self) -> list[dict[str, Any]]:
         import psutil
 
@@ -365,6 +394,7 @@ class StatusReader:
             },
             "stream": {"server_zones": self.stream_server_zones, "upstreams": self.stream_upstreams},
             "prefork": {"workers": self.workers},
+            "workers": self.plus_workers,
         }
         # NGINX Plus features we do not have: empty collections, as NGINX Plus answers when
         # none is configured (a 404 makes nginx-plus-go-client fail the whole scrape)

@@ -201,9 +201,10 @@ class Fill:
         now: float,
         rules: ResponseRules,
         extra: bytes = b"",
-    ) -> tuple[bool, bool]:
-        """``relay.relay``'s contract, plus storing the body (rules 3-4). ``extra`` (sticky's
-        Set-Cookie) goes to this client only: the entry stores the upstream's own head."""
+    ) -> tuple[bool, bool, bool]:
+        """``relay.relay``'s contract (keep-alive, reusable, complete), plus storing the body
+        (rules 3-4). ``extra`` (sticky's Set-Cookie) goes to this client only: the entry
+        stores the upstream's own head."""
         plan = self.plan
         now_ms = int(now * 1000)
         writer = None
@@ -285,8 +286,8 @@ class Fill:
             try:
                 client.send(out_head)
             except ClientGone:
-                return False, False
-            return keep_alive, False
+                return False, False, False
+            return keep_alive, False, True
         sink = _Sink(client, ex, out_head, window, client_head_only, field == _CHUNKED)
         sink.keep_reading = writer is not None
         try:
@@ -294,19 +295,19 @@ class Fill:
         except ClientGone:
             if writer is not None:
                 writer.finish(False)
-            return False, False
+            return False, False, False
         if writer is not None:
             writer.finish(complete)
         if sink.gone:
-            return False, False
+            return False, False, False
         if not complete:
             client.abort()
-            return False, False
+            return False, False, False
         try:
             sink.finish()
         except ClientGone:
-            return False, False
-        return keep_alive, reusable
+            return False, False, False
+        return keep_alive, reusable, True
 
     def _unsatisfiable(
         self,
@@ -322,7 +323,7 @@ class Fill:
         read_timeout_s: float,
         now: float,
         rules: ResponseRules,
-    ) -> tuple[bool, bool]:
+    ) -> tuple[bool, bool, bool]:
         """416 to the client; the body is still read (and stored) behind it."""
         out, body_len = range_not_satisfiable(ex, length, keep_alive, now, rules)
         ex.status = 416
@@ -335,10 +336,10 @@ class Fill:
         except ClientGone:
             if writer is not None:
                 writer.finish(False)
-            return False, False
+            return False, False, False
         if writer is not None:
             writer.finish(complete)
-        return keep_alive and complete, reusable and complete
+        return keep_alive and complete, reusable and complete, complete
 
 
 class _Sink:

@@ -47,7 +47,9 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    ``Sticky`` with the request's ``Binding`` (in the pick's critical section, which also
    sets ``$upstream_sticky_status``); the head of the relayed response gets the cookie
    naming the peer that answered, or gives the learn table its session (right away with
-   ``header``, else in the last release's critical section). Without sticky: one flag test.
+   ``header``, else in the last release's critical section, and only when the whole
+   response reached the client: one cut short, by the upstream or the client, binds
+   nothing, as nginx learns from successful responses). Without sticky: one flag test.
 13. Content cache (issue 18, http/cache_path.py): a ``cache`` fill (``None`` for locations
    without proxy_cache: one attribute check) rewrites the request head (HEAD as GET, no
    Range or client conditionals, the stored validators), may answer from the stale entry
@@ -645,10 +647,10 @@ class Proxy:
         """Relay the response; whether the client connection may stay open. ``extra``: our
         own fields for the head (sticky's Set-Cookie)."""
         ex = self.ex
-        keep_alive = reusable = False
+        keep_alive = reusable = complete = False
         relay_ = relay if self.cache is None else self.cache.relay  # rule 13
         try:
-            keep_alive, reusable = relay_(
+            keep_alive, reusable, complete = relay_(
                 self.client,
                 ex,
                 self.head,
@@ -665,6 +667,8 @@ class Proxy:
         finally:
             attempt.response_time_s = self.now() - start
             ex.bytes_sent += ex.body_bytes_sent
+            if not complete and self.binding is not None:
+                self.binding.learned = ""  # rule 12: a response cut short teaches no session
             if reusable and self.body.complete:
                 self.up.pool.put(conn, self.now())
             else:

@@ -17,8 +17,9 @@ Rules (shared/reference/nginx-semantics.md sections 5.2 and 7):
    response ended exactly at its framing (no byte beyond Content-Length or the last
    chunk); never after a close-delimited body or an error. The proxy pools it only if the
    request body was sent whole, too.
-4. ``relay`` returns (client keep-alive allowed, upstream reusable); a client that failed
-   (``ClientGone``) or was aborted allows neither.
+4. ``relay`` returns (client keep-alive allowed, upstream reusable, complete); a client
+   that failed (``ClientGone``) or was aborted allows neither. ``complete``: the whole
+   response went to the client (sticky learn stores a session only then, issue 19).
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def relay(
     now: float,
     rules: ResponseRules = DEFAULT_RULES,
     extra: bytes = b"",
-) -> tuple[bool, bool]:
-    """Send ``resp`` and its body (``leftover`` first) to the client; rule 4's pair.
+) -> tuple[bool, bool, bool]:
+    """Send ``resp`` and its body (``leftover`` first) to the client; rule 4's triple.
     ``rules``: the location's header rules (http/header_rules.py); ``extra``: ready fields
     of our own (sticky's Set-Cookie), sent before the framing field, never hidden."""
     http11 = req.version >= (1, 1)
@@ -100,8 +101,8 @@ def relay(
         else:
             reusable = _relay_stream(client, ex, conn, resp, head, leftover, attempt, read_timeout_s, http11)
     except (ClientGone, Truncated):
-        return False, False
-    return keep_alive, reusable
+        return False, False, False
+    return keep_alive, reusable, True
 
 
 def _truncate(client: Client) -> Truncated:

@@ -87,14 +87,16 @@ class LocationRuntime:
 @dataclass(slots=True)
 class StatusZone:
     """A server's status zone: its record (under the lock) and this worker's
-    "processing" cell (no lock: one writer)."""
+    "processing" cell and request counter (no lock: one writer)."""
 
     name: str
     base: int
     processing: int
+    began: int  # this worker's row: R_HTTP_REQUESTS or R_STREAM_SESSIONS (the API's /workers)
 
     def begin(self, mv: memoryview) -> None:
         mv[self.processing] += 1
+        mv[self.began] += 1
 
     def end(self, zone: Zone, status: int, received: int, sent: int, discarded: bool) -> None:
         zone.lock()
@@ -117,10 +119,11 @@ def status_zones(
     row: int,
 ) -> dict[int, StatusZone]:
     out = {}
+    began = L.row_base(row, zone.peers) + (L.R_HTTP_REQUESTS if context == "http" else L.R_STREAM_SESSIONS)
     for server in servers:
         name = zone_name(server)
         slot = slots[f"zone\0{context}\0{name}"]
-        out[id(server)] = StatusZone(name, L.peer_base(slot), L.active_index(row, zone.peers, slot))
+        out[id(server)] = StatusZone(name, L.peer_base(slot), L.active_index(row, zone.peers, slot), began)
     return out
 
 

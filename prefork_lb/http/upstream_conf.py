@@ -20,7 +20,11 @@ Rules:
    with hash, ip_hash and random; ``slow_start`` only with round robin.
 4. A Content-Type other than JSON (and curl's default form type and text/plain, which
    NGINX's documented curl examples send) is 415 ``UnsupportedMediaType``; a body that is
-   not JSON is 400 ``JsonParseError``.
+   not JSON is 400 ``JsonParseError``. One leniency: NGINX's guide writes its POST body
+   over several shell lines ending in a backslash inside single quotes, so the body pasted into
+   a shell carries backslash-newline pairs; such a pair can occur in no valid JSON
+   document (a raw newline is never inside a JSON string), so a body that fails to parse
+   is read once more with those pairs taken as whitespace.
 5. Server documents are NGINX Plus's: ``{"id", "server", "weight", "max_conns",
    "max_fails", "fail_timeout": "10s", "slow_start": "0s", "route", "backup", "down"}``,
    plus ``"drain": true`` while draining; stream servers have no ``route``.
@@ -66,13 +70,48 @@ def parse_body(body: bytes, content_type: bytes | None) -> dict[str, Any]:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "JsonParseError", "the body is not valid JSON") from None
+        doc = _continued_lines(body)
     if not isinstance(doc, dict):
         raise ApiError(400, "JsonParseError", "the body must be a JSON object")
     for key in doc:
         if key not in FIELDS:
             raise ApiError(400, "UpstreamConfFormatError", f'unknown parameter "{key}"')
     return doc
+
+
+def _continued_lines(body: bytes) -> Any:
+    """Rule 4's leniency: shell line continuations (backslash-newline) outside JSON strings
+    read as whitespace; inside a string they stay (and the body stays invalid)."""
+    if b"\\\n" in body:
+        out = bytearray()
+        in_string = escaped = False
+        i, n = 0, len(body)
+        while i < n:
+            c = body[i]
+            if in_string:  # a string ends at a quote no backslash escapes
+                if escaped:
+                    escaped = False
+                elif c == 0x5C:
+                    escaped = True
+                elif c == 0x22:
+                    in_string = False
+            elif c == 0x22:
+                in_string = True
+            elif c == 0x5C and body[i + 1 : i + 2] == b"\n":
+                out += b" "
+                i += 2
+                continue
+            elif c == 0x5C and body[i + 1 : i + 3] == b"\r\n":
+                out += b" "
+                i += 3
+                continue
+            out.append(c)
+            i += 1
+        try:
+            return json.loads(bytes(out))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    raise ApiError(400, "JsonParseError", "the body is not valid JSON")
 
 
 def _int(doc: dict[str, Any], field: str, minimum: int) -> int:

@@ -12,10 +12,11 @@ Rules:
    it), writing the ``state`` file (``config/state_file.py`` rule 3) and the log line.
 3. Every change is logged at ``notice`` with the client address, e.g.
    ``upstream "backend": server 127.0.0.1:9003 (id 3) added by 127.0.0.1``.
-4. An upstream keeps at least one primary server: deleting the last one is 409
-   ``UpstreamLastServer`` (mark it ``down`` instead); a full zone or table is 409
-   ``UpstreamZoneFull`` and nothing is written. A duplicate address (same address and
-   backup flag) is 409 ``EntryExists``.
+4. Any server can be deleted, the last one too (NGINX Plus allows an upstream without
+   servers, and nginx-plus-go-client's ``UpdateHTTPServers`` with an empty list relies on
+   it): its requests then get 502 "no live upstreams" (``balance/members.py`` rule 5)
+   until a server is added. A full zone or table is 409 ``UpstreamZoneFull`` and nothing
+   is written. A duplicate address (same address and backup flag) is 409 ``EntryExists``.
 """
 
 from __future__ import annotations
@@ -209,11 +210,6 @@ def _delete(owner: Member, id_: int, client: str) -> list[dict[str, Any]]:
         rec = m.table.get(m.entry, id_)
         if rec is None:
             raise ApiError(404, "UpstreamServerNotFound", f"server {id_} not found")
-        _, existing = m.table.read(m.entry)
-        if not rec.server.backup and sum(1 for r in existing if not r.server.backup) == 1:
-            raise ApiError(
-                409, "UpstreamLastServer", "the last primary server cannot be deleted (set it down instead)"
-            )
         m.table.delete(m.entry, id_, zone)
         _, remaining = m.table.read(m.entry)
     _after(owner)

@@ -135,7 +135,9 @@ ROW_HEADER_WORDS: Final = 16
     R_IDLE,  # of which waiting for a request
     R_DRAINING,  # 1 while the worker shuts down
     R_PARKED,  # of the idle ones, parked without a greenlet (http/connection.py rule 6)
-) = range(11)
+    R_HTTP_REQUESTS,  # http requests this worker began (NGINX Plus /workers; one writer)
+    R_STREAM_SESSIONS,  # stream sessions this worker began (one writer)
+) = range(13)
 
 DEFAULT_ROWS: Final = 128  # up to 64 workers, with room for an old and a new generation
 DEFAULT_SIZE: Final = 8 * 1024 * 1024  # ~2900 peer/zone slots with 128 rows

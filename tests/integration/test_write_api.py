@@ -252,6 +252,48 @@ def test_state_file_survives_restart(tmp_path: Path, ports: tuple[int, int]) -> 
             assert b.stats(b.ports[0])["requests"] > before
 
 
+def test_delete_every_server_then_add(tmp_path: Path, ports: tuple[int, int]) -> None:
+    """NGINX Plus lets the API delete every server of an upstream (nginx-plus-go-client's
+    ``UpdateHTTPServers`` with an empty list does): every worker then answers 502 "no live
+    upstreams" without touching a backend; the empty list is saved in the ``state`` file
+    and a restart starts with no servers; a POSTed server serves again.
+
+    Catches: a refused last DELETE (409), a worker that keeps its previous list (the
+    backend would still count requests), a state file that cannot be read back empty."""
+    port, api_port = ports
+    (tmp_path / "state").mkdir()
+    with Backend(1, name="a") as a, Backend(1, name="b") as b:
+        state = 'state = "state/backend.state"'
+        text = config(port, api_port, [a.addrs[0], b.addrs[0]], upstream_extra=state)
+        with LB(tmp_path, text, port) as lb:
+            assert request(port, "GET", "/")[0] == 200
+            assert call(api_port, "DELETE", "/servers/0")[0] == 200
+            status, remaining = call(api_port, "DELETE", "/servers/1")
+            assert status == 200 and remaining == []
+            before = a.stats(a.ports[0])["requests"] + b.stats(b.ports[0])["requests"]
+
+            def both_workers_502() -> bool:
+                for _ in range(4):  # new connections until each worker answered
+                    assert request(port, "GET", "/")[0] == 502
+                return len({line.split("|")[0] for line in lb.access_log() if line.endswith("|502")}) == 2
+
+            wait_for(both_workers_502, what="both workers to answer 502")
+            assert a.stats(a.ports[0])["requests"] + b.stats(b.ports[0])["requests"] == before
+            assert "no live upstreams" in (tmp_path / "error.log").read_text()
+            upstream = json.loads(request(api_port, "GET", "/api/9/http/upstreams/backend")[2])
+            assert upstream["peers"] == []
+        assert "servers = [\n]" in (tmp_path / "state" / "backend.state").read_text()
+        with LB(tmp_path, text, port):
+            assert call(api_port, "GET", "/servers") == (200, [])
+            assert request(port, "GET", "/")[0] == 502
+            status, doc = call(api_port, "POST", "/servers", {"server": b.addrs[0]})
+            assert status == 201 and doc["server"] == b.addrs[0], doc
+            before = b.stats(b.ports[0])["requests"]
+            for _ in range(6):
+                assert request(port, "GET", "/")[0] == 200
+            assert b.stats(b.ports[0])["requests"] == before + 6
+
+
 def test_concurrent_writes_lose_nothing(tmp_path: Path, ports: tuple[int, int]) -> None:
     """20 clients POST at once, then 20 clients PATCH at once (new connections: 3 workers
     write concurrently): 20 servers with distinct ids and distinct zone slots, every weight
@@ -331,7 +373,6 @@ def test_errors_in_nginx_plus_shape(tmp_path: Path, ports: tuple[int, int]) -> N
                 Content_Type="multipart/form-data",
             )
             error(409, "EntryExists", "POST", "/servers", doc={"server": be.addrs[0]})
-            error(409, "UpstreamLastServer", "DELETE", "/servers/0")
             error(404, "UpstreamServerNotFound", "PATCH", "/servers/9", doc={"weight": 2})
             error(404, "UpstreamServerNotFound", "DELETE", "/servers/9")
             error(405, "MethodNotAllowed", "PUT", "/servers", doc={})

@@ -230,6 +230,7 @@ def test_missing_upstream_servers(tmp_path: Path, servers: str) -> None:
     """
     assert error(tmp_path, text) == (
         f"{tmp_path / 'lb.toml'}: http.upstreams.backend.servers: must list at least one server"
+        ' (or name a "state" file for the write API)'
     )
 
 

@@ -59,6 +59,8 @@ def config_with(*ups: UpstreamConfig) -> Config:
         (b"[1]", None, 400, "JsonParseError", "object"),
         (b'{"weight": 1, "x": 2}', None, 400, "UpstreamConfFormatError", '"x"'),
         (b"{}", b"multipart/form-data; boundary=x", 415, "UnsupportedMediaType", "JSON"),
+        (b'{ \\\n "weight": \\\n }', None, 400, "JsonParseError", "JSON"),  # still not JSON
+        (b'{"server": "a\\\nb"}', None, 400, "JsonParseError", "JSON"),  # never inside a string
     ],
 )
 def test_body_errors(body: bytes, ctype: bytes | None, status: int, code: str, needle: str) -> None:
@@ -66,6 +68,15 @@ def test_body_errors(body: bytes, ctype: bytes | None, status: int, code: str, n
         parse_body(body, ctype)
     assert (e.value.status, e.value.code) == (status, code)
     assert needle in e.value.text
+
+
+def test_body_with_shell_line_continuations() -> None:
+    """NGINX's guide spreads its POST body over shell lines ending in a backslash inside
+    single quotes: the body carries backslash-newline pairs, read as whitespace (rule 4)."""
+    body = b'{ \\\n   "server": "10.0.0.1:8089", \\\r\n   "weight": 4 \\\n }'
+    assert parse_body(body, b"application/x-www-form-urlencoded") == {"server": "10.0.0.1:8089", "weight": 4}
+    quoted = b'{"route": "a\\"b", \\\n "weight": 2}'  # an escaped quote does not end the string
+    assert parse_body(quoted, None) == {"route": 'a"b', "weight": 2}
 
 
 def test_body_content_types_of_documented_clients() -> None:
