@@ -86,6 +86,7 @@ class Worker:
         import gevent.pool
         import gevent.server
         import gevent.socket
+        import psutil  # noqa: F401 - import as root: /api/9/prefork/workers reads it after the drop
         from setproctitle import setproctitle
 
         from prefork_lb.http import status_pages  # noqa: F401 - import as root (importlib.resources)
