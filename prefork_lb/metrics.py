@@ -152,10 +152,11 @@ def render(documents: Mapping[str, Any]) -> bytes:
     """The Prometheus text exposition of the API ``documents``.
 
     Keys: ``nginx``, ``processes``, ``connections``, ``http_requests``, ``http_server_zones``,
-    ``http_upstreams``, ``stream_server_zones``, ``stream_upstreams`` (the JSON documents of
-    docs/api.md), ``workers`` (the /prefork/workers list), ``reloads`` (int) and ``uptime_s``
-    (float). A missing or empty section yields no samples for it; a missing field of a present
-    object reads as 0, as it does in nginx-prometheus-exporter.
+    ``http_upstreams``, ``stream_server_zones``, ``stream_upstreams``, ``http_caches``,
+    ``http_limit_reqs``, ``http_limit_conns`` (the JSON documents of docs/api.md), ``workers``
+    (the /prefork/workers list), ``reloads`` (int) and ``uptime_s`` (float). A missing or
+    empty section yields no samples for it; a missing field of a present object reads as 0,
+    as it does in nginx-prometheus-exporter.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_DocumentCollector(documents))
@@ -331,8 +332,43 @@ def _collect(out: _Families, docs: Mapping[str, Any]) -> None:
         _stream_upstream(out, str(name), _obj(doc))
     for name, doc in _obj(docs.get("http_caches")).items():
         _cache(out, str(name), _obj(doc))
+    for name, doc in _obj(docs.get("http_limit_reqs")).items():
+        _fields(out, p + "limit_request_", _LIMIT_REQUEST, _obj(doc), {"zone": str(name)})
+    for name, doc in _obj(docs.get("http_limit_conns")).items():
+        _fields(out, p + "limit_connection_", _LIMIT_CONNECTION, _obj(doc), {"zone": str(name)})
 
     _prefork(out, docs)
+
+
+# the exporter's limit_req / limit_conn metrics (nginxplus_limit_request_*{zone},
+# nginxplus_limit_connection_*{zone}), from /http/limit_reqs and /http/limit_conns
+_LIMIT_REQUEST: Sequence[tuple[str, str, Kind, str]] = (
+    ("passed", "passed", C, "Total number of requests that were neither limited nor accounted as limited"),
+    ("delayed", "delayed", C, "Total number of requests that were delayed"),
+    ("rejected", "rejected", C, "Total number of requests that were rejected"),
+    (
+        "delayed_dry_run",
+        "delayed_dry_run",
+        C,
+        "Total number of requests accounted as delayed in the dry run mode",
+    ),
+    (
+        "rejected_dry_run",
+        "rejected_dry_run",
+        C,
+        "Total number of requests accounted as rejected in the dry run mode",
+    ),
+)
+_LIMIT_CONNECTION: Sequence[tuple[str, str, Kind, str]] = (
+    ("passed", "passed", C, "Total number of connections that were neither limited nor accounted as limited"),
+    ("rejected", "rejected", C, "Total number of connections that were rejected"),
+    (
+        "rejected_dry_run",
+        "rejected_dry_run",
+        C,
+        "Total number of connections accounted as rejected in the dry run mode",
+    ),
+)
 
 
 # issue 18: the exporter's cache metrics (nginxplus_cache_*{cache}), from /http/caches

@@ -13,7 +13,7 @@
   const ENDPOINTS = {
     upstreams: "http/upstreams", zones: "http/server_zones", streams: "stream/upstreams",
     connections: "connections", nginx: "nginx", workers: "prefork/workers",
-    caches: "http/caches",
+    caches: "http/caches", limitReqs: "http/limit_reqs", limitConns: "http/limit_conns",
   };
 
   function apiBase(param) {
@@ -322,6 +322,36 @@
     });
   }
 
+  // ---------------------------------------------------------------- limit_req / limit_conn zones
+  const LIMIT_COLUMNS = [
+    { cell: (z) => h("span", { class: "mono" }, z._name) },
+    { cell: (z) => z._kind },
+    { cls: "num", cell: (z) => int(z.passed) },
+    { cls: "num", cell: (z) => (z._kind === "limit_req" ? int(z.delayed) : "–") },
+    { cls: "num", cell: (z) => h("span", { class: z.rejected ? "warn-text" : null }, int(z.rejected)) },
+    { cls: "num", cell: (z) => rate(z._rate) },
+    { cls: "num", cell: (z) => (z._kind === "limit_req" ? int(z.delayed_dry_run) : "–") },
+    { cls: "num", cell: (z) => int(z.rejected_dry_run) },
+  ];
+
+  function renderLimits(reqs, conns, t) {
+    const tbody = document.querySelector("#limits-table tbody");
+    const zones = [];
+    for (const [kind, doc] of [["limit_req", reqs || {}], ["limit_conn", conns || {}]]) {
+      for (const name of Object.keys(doc).sort()) {
+        const z = { ...doc[name], _name: name, _kind: kind, _key: `${kind}|${name}` };
+        z._rate = perSecond(`limit|${z._key}`, z.rejected, t);
+        zones.push(z);
+      }
+    }
+    if (!zones.length) return;
+    tbody.querySelector(".empty-row")?.remove();
+    sync(tbody, zones, (z) => z._key, () => h("tr", { class: "limit" }), (tr, z) => {
+      tr.dataset.limit = z._key;
+      fillRow(tr, LIMIT_COLUMNS, z);
+    });
+  }
+
   // ---------------------------------------------------------------- workers
   const heartbeatClass = (s) => (s > 10 ? "bad-text" : s > 3 ? "warn-text" : null);
   const WORKER_COLUMNS = [
@@ -405,9 +435,10 @@
     ["streams", (d, t) => d.streams && renderUpstreams("stream-upstream-cards", d.streams, "stream", t)],
     ["workers", (d, t) => d.workers && renderWorkers(d.workers, d.nginx?.generation, t)],
     ["caches", (d, t) => d.caches && renderCaches(d.caches, t)],
+    ["limits", (d, t) => (d.limitReqs || d.limitConns) && renderLimits(d.limitReqs, d.limitConns, t)],
   ];
 
-  const SECTIONS = { upstreams: "http-upstreams", zones: "server-zones", streams: "stream-upstreams", workers: "workers", caches: "http-caches" };
+  const SECTIONS = { upstreams: "http-upstreams", zones: "server-zones", streams: "stream-upstreams", workers: "workers", caches: "http-caches", limitReqs: "http-limits" };
   async function poll() {
     const started = performance.now();
     const names = Object.keys(ENDPOINTS);

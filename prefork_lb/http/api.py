@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prefork_lb import __version__
 from prefork_lb.cache.status import caches_document
+from prefork_lb.limits import status as limits_status
+from prefork_lb.limits.table import KIND_CONN, KIND_REQ
 from prefork_lb.zone import layout as L
 
 if TYPE_CHECKING:
@@ -32,8 +34,6 @@ EMPTY_COLLECTIONS: Final = (
     "ssl",
     "resolvers",
     "http/location_zones",
-    "http/limit_reqs",
-    "http/limit_conns",
 )
 _CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -297,6 +297,17 @@ class StatusReader:
         """NGINX Plus's ``http/caches`` (cache/status.py), from the shared cache indexes."""
         return caches_document(self.http.caches)
 
+    def http_limit_reqs(self) -> dict[str, Any]:
+        """NGINX Plus's ``http/limit_reqs`` (limits/status.py), from the zone tables' counters."""
+        return limits_status.document(
+            KIND_REQ, list(self.http.config.http.limit_req_zones), self.http.limit_tables
+        )
+
+    def http_limit_conns(self) -> dict[str, Any]:
+        return limits_status.document(
+            KIND_CONN, list(self.http.config.http.limit_conn_zones), self.http.limit_tables
+        )
+
     def plus_workers(self) -> list[dict[str, Any]]:
         """NGINX Plus's ``/workers`` (API 9; nginx-plus-go-client's ``GetStats`` reads it):
         per worker its connection counters and the http requests it began (``total``) and
@@ -369,6 +380,8 @@ class StatusReader:
             "stream_upstreams": self.stream_upstreams(),
             "workers": self.workers(),
             "http_caches": self.http_caches(),
+            "http_limit_reqs": self.http_limit_reqs(),
+            "http_limit_conns": self.http_limit_conns(),
             "reloads": int(self.mv[L.H_RELOADS]),
             "uptime_s": max(0, self.now_ms - int(self.mv[L.H_START_MS])) / 1000,
         }
@@ -391,6 +404,8 @@ class StatusReader:
                 "server_zones": self.http_server_zones,
                 "upstreams": self.http_upstreams,
                 "caches": self.http_caches,
+                "limit_reqs": self.http_limit_reqs,
+                "limit_conns": self.http_limit_conns,
             },
             "stream": {"server_zones": self.stream_server_zones, "upstreams": self.stream_upstreams},
             "prefork": {"workers": self.workers},

@@ -147,6 +147,7 @@ class HttpRuntime:
     streams: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # set by the worker
     realip: dict[int, RealIpRule] = field(default_factory=dict)  # id(ServerConfig); empty: no cost
     caches: dict[str, Any] = field(default_factory=dict)  # zone name -> cache.store.CacheZone
+    limit_tables: Tables = field(default_factory=dict)  # the master's, read by the API (limits/status.py)
 
     def matcher(self, server: ServerConfig) -> LocationMatcher:
         return self.matchers[id(server)]
@@ -233,6 +234,7 @@ def build_runtime(
         active_cell=L.row_base(row, zone.peers) + L.R_ACTIVE,
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
         realip={id(s): RealIpRule(s.realip) for s in config.http.servers if s.realip is not None},
+        limit_tables=dict(limit_tables or {}),
     )
 
 

@@ -37,6 +37,10 @@ def answer(
         if len(parts) > 1 and parts[0].isdigit() and upstream_write.is_servers_path(parts[1:]):
             return _servers(ex, lr, runtime, parts[1:], request_body)
     if ex.method not in (b"GET", b"HEAD"):
+        if ex.method == b"DELETE" and kind == "api" and runtime.limit_tables:
+            reset = _limits_reset(ex, lr, runtime)  # limit_req / limit_conn counters (limits/status.py)
+            if reset is not None:
+                return reset
         if ex.method == b"DELETE" and kind == "api" and runtime.caches:
             purged = _purge(ex, lr, runtime)  # issue 18: cache purge (cache/status.py)
             if purged is not None:
@@ -105,6 +109,25 @@ def _purge(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int
     except PurgeError as e:
         return e.status, JSON, dumps(ApiError(e.status, e.code, e.text).document())
     return (204, JSON, b"") if done else None
+
+
+def _limits_reset(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int, bytes, bytes] | None:
+    from prefork_lb.limits.status import LimitsError, is_reset_path, reset
+
+    parts = [p for p in _rest(ex, lr).split("/") if p]
+    if len(parts) < 2 or not parts[0].isdigit() or not is_reset_path(parts[1:]):
+        return None
+    write = lr.config.api_write and (bool(lr.access) or _is_loopback(ex.conn.remote_addr))
+    zone = runtime.zone
+    try:
+        if int(parts[0]) not in VERSIONS:
+            raise ApiError(404, "UnsupportedVersion", "unsupported API version")
+        reset(parts[1:], write, runtime.limit_tables, zone.lock, zone.unlock, ex.remote_addr)
+    except LimitsError as e:
+        return e.status, JSON, dumps(ApiError(e.status, e.code, e.text).document())
+    except ApiError as e:
+        return e.status, JSON, dumps(e.document())
+    return 204, JSON, b""
 
 
 def _is_loopback(addr: str) -> bool:

@@ -16,6 +16,13 @@ Rules:
    reject), a delay does not wait (``DELAYED_DRY_RUN``).
 5. Log levels as nginx: rejects at ``limit_*_log_level``; delays one level lower (``info``
    stays ``info``).
+6. Each decision is counted in its zone's table header (table.py rule 7), under the lock
+   already held: limit_req counts every zone of the location as passed or delayed (its own
+   excess over its ``delay``), or, on a reject, only the rejecting zone (rejected; the zones
+   checked before it commit nothing, so they count nothing either); limit_conn counts every
+   zone passed, or only the zone over its number (rejected; "could not allocate node"
+   included), the counts of the zones before it being undone. In dry run, the ``*_dry_run``
+   counters replace delayed and rejected. An empty key is no decision.
 """
 
 from __future__ import annotations
@@ -135,21 +142,26 @@ class LocationLimits:
         delay_ms = 0
         delayed: _Req | None = None
         checked = []
+        dry = self.req_dry_run
         zone.lock()
         try:
             for r, h in keys:
                 index, excess, verdict = T.req_check(r.mv, r.buckets, h, now_ms, r.rate_mrps, r.burst_m)
                 if verdict < 0:
                     rejected, excess_at = r, excess
+                    r.mv[T.C_REJECTED_DRY_RUN if dry else T.C_REJECTED] += 1  # rule 6
                     break
                 checked.append((r, h, index, excess))
             else:
                 for r, h, index, excess in checked:
                     T.req_commit(r.mv, h, index, excess, now_ms)
+                    if excess > r.delay_m:
+                        r.mv[T.C_DELAYED_DRY_RUN if dry else T.C_DELAYED] += 1
+                    else:
+                        r.mv[T.C_PASSED] += 1
         finally:
             zone.unlock()
         if rejected is not None:
-            dry = self.req_dry_run
             ex.limit_req_status = "REJECTED_DRY_RUN" if dry else "REJECTED"
             if log.isEnabledFor(self.req_level):
                 log.log(
@@ -217,6 +229,10 @@ class LocationLimits:
                 for mv, h, index in held:
                     T.conn_release(mv, h, index)
                 held = []
+                over.mv[T.C_REJECTED_DRY_RUN if self.conn_dry_run else T.C_REJECTED] += 1  # rule 6
+            else:
+                for mv, _h, _index in held:
+                    mv[T.C_PASSED] += 1
         finally:
             zone.unlock()
         if over is None:

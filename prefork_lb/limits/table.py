@@ -5,7 +5,8 @@ creates before it forks the workers that use it, viewed as little-endian int64 w
 (``memoryview.cast("q")``). It has no descriptor, so the child's descriptor hygiene
 (master/spec.py) leaves it alone, and it lives as long as some process maps it.
 
-    header  HEADER_WORDS words: MAGIC, KIND, buckets, ways
+    header  HEADER_WORDS words: MAGIC, KIND, buckets, ways, a word of balance/learn.py,
+            3 spare, then the zone's decision counters (C_*, rule 7)
     entries buckets x WAYS entries of ENTRY_WORDS words: key hash, value, last_ms, spare
 
 Rules:
@@ -36,6 +37,11 @@ Rules:
 5. The master keeps a table across reloads while the new config has a zone of the same
    kind, name and size (``TableSet``): state survives a reload (nginx keeps its shm zone
    the same way).
+7. Decision counters (NGINX Plus's ``/api/N/http/limit_reqs`` and ``limit_conns``, read by
+   ``limits/status.py``) live in the table's header: one increment of one word per zone per
+   decision, made by ``limits/engine.py`` under the lock it already holds, so they are exact
+   across workers, survive a reload with the table (rule 5) and cost nothing where no limit
+   is configured. A reset (``reset_counters``) zeroes them under the same lock.
 """
 
 from __future__ import annotations
@@ -46,8 +52,22 @@ from typing import Final
 MAGIC: Final = 0x706C626C696D6974  # "plblimit"
 KIND_REQ: Final = 1
 KIND_CONN: Final = 2
-HEADER_WORDS: Final = 8
+HEADER_WORDS: Final = 16
 H_MAGIC, H_KIND, H_BUCKETS, H_WAYS = range(4)
+# rule 7: per-zone decision counters (limit_conn uses PASSED, REJECTED, REJECTED_DRY_RUN)
+C_PASSED, C_DELAYED, C_REJECTED, C_DELAYED_DRY_RUN, C_REJECTED_DRY_RUN = range(8, 13)
+REQ_COUNTERS: Final = (
+    ("passed", C_PASSED),
+    ("delayed", C_DELAYED),
+    ("rejected", C_REJECTED),
+    ("delayed_dry_run", C_DELAYED_DRY_RUN),
+    ("rejected_dry_run", C_REJECTED_DRY_RUN),
+)
+CONN_COUNTERS: Final = (
+    ("passed", C_PASSED),
+    ("rejected", C_REJECTED),
+    ("rejected_dry_run", C_REJECTED_DRY_RUN),
+)
 WAYS: Final = 8
 ENTRY_WORDS: Final = 4
 E_KEY, E_VALUE, E_LAST_MS, E_ROW = range(4)  # E_ROW: limit_conn, the counting worker's row + 1
@@ -79,6 +99,17 @@ class LimitTable:
     def close(self) -> None:
         self.mv.release()
         self._mmap.close()
+
+
+def counters(mv: memoryview, kind: int) -> dict[str, int]:
+    """NGINX Plus's document of one zone (rule 7): aligned 8-byte loads, no lock."""
+    return {name: int(mv[word]) for name, word in (REQ_COUNTERS if kind == KIND_REQ else CONN_COUNTERS)}
+
+
+def reset_counters(mv: memoryview) -> None:
+    """Zero a zone's counters (rule 7: under the zone lock, as the increments)."""
+    for word in range(C_PASSED, C_REJECTED_DRY_RUN + 1):
+        mv[word] = 0
 
 
 def key_hash(key: str) -> int:
