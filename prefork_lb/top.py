@@ -26,6 +26,7 @@ ENDPOINTS = {  # Sample.docs key -> path under <url>/<version>/
     **{"nginx": "nginx", "connections": "connections", "requests": "http/requests"},
     **{"upstreams": "http/upstreams", "zones": "http/server_zones", "streams": "stream/upstreams"},
     "workers": "prefork/workers",
+    **{"limit_reqs": "http/limit_reqs", "limit_conns": "http/limit_conns"},
 }
 
 Segment = tuple[str, str]  # (text, style); style: "", "head", "title", "up", "bad", "warn"
@@ -142,6 +143,9 @@ def counters(docs: dict[str, Any]) -> dict[str, Any]:
         c[f"zone|{name}"] = zone.get("requests")
     for w in docs.get("workers") or []:
         c[f"cpu|{w.get('pid')}"] = w.get("cpu")
+    for kind in ("limit_reqs", "limit_conns"):
+        for name, zone in (docs.get(kind) or {}).items():
+            c[f"{kind}|{name}"] = zone.get("rejected")
     return c
 
 
@@ -227,6 +231,25 @@ def zone_lines(doc: dict[str, Any], r: dict[str, float]) -> list[Line]:
     return table(("HTTP server zones", "title"), heads, rows, "lrrrrrr")
 
 
+def limit_lines(docs: dict[str, Any], r: dict[str, float]) -> list[Line]:
+    """limit_req / limit_conn zones (docs/api.md); no table where none is configured."""
+    rows: list[list[Cell]] = []
+    for kind, label in (("limit_reqs", "limit_req"), ("limit_conns", "limit_conn")):
+        doc = docs.get(kind) or {}
+        for name in sorted(doc):
+            z = doc[name]
+            delayed = num(z.get("delayed")) if kind == "limit_reqs" else "-"
+            rejected = z.get("rejected")
+            rows.append(
+                [name, label, num(z.get("passed")), delayed, (num(rejected), "warn" * bool(rejected))]
+            )
+            rows[-1] += [rate(r.get(f"{kind}|{name}")), num(z.get("rejected_dry_run"))]
+    if not rows:
+        return []
+    heads = ["Zone", "Limit", "Passed", "Delayed", "Rejected", "Rej/s", "Dry-run rej"]
+    return table(("Rate and connection limits", "title"), heads, rows, "llrrrrr")
+
+
 def worker_lines(workers: list[dict[str, Any]], r: dict[str, float]) -> list[Line]:
     rows: list[list[Cell]] = []
     for w in sorted(workers, key=lambda w: (-w.get("generation", 0), w.get("slot", 0))):
@@ -247,6 +270,7 @@ def render(cur: Sample, prev: Sample | None = None) -> list[Line]:
     r, docs = rates(cur, prev), cur.docs
     lines = [header(cur, r), *upstream_lines(docs.get("upstreams") or {}, "http", r)]
     lines += zone_lines(docs.get("zones") or {}, r)
+    lines += limit_lines(docs, r)
     lines += upstream_lines(docs.get("streams") or {}, "stream", r)
     return lines + worker_lines(docs.get("workers") or [], r)
 

@@ -74,6 +74,11 @@ def documents(scale: int) -> dict[str, Any]:
                 ]
             }
         },
+        "limit_reqs": {
+            "perip": {"passed": 90, "delayed": 4, "rejected": 6 * scale, "delayed_dry_run": 0}
+            | {"rejected_dry_run": 0}
+        },
+        "limit_conns": {"addr": {"passed": 12, "rejected": 0, "rejected_dry_run": 3}},
         "workers": [
             {"pid": 101, "generation": 1, "slot": 0, "state": "shutting down", "uptime": 4000, "rss": 1 << 20}
             | {"cpu": 9.0, "connections": 1, "heartbeat_age": 12.0},
@@ -108,6 +113,9 @@ def test_render_formats_every_section() -> None:
     assert " ".join(cells(text, "10.0.0.2:80")) == "10.0.0.2:80 unavail 0 5 0.0 5 0 2 12ms 3"
     assert cells(text, "10.0.0.3:80")[:3] == ["10.0.0.3:80", "[backup]", "checking"]
     assert cells(text, "example.com") == ["example.com", "1", "200", "50.0", "99", "1", "-"]
+    # limits: zone, limit, passed, delayed, rejected, rej/s, dry-run rejected
+    assert cells(text, "perip") == ["perip", "limit_req", "90", "4", "12", "3.0", "0"]
+    assert cells(text, "addr") == ["addr", "limit_conn", "12", "-", "0", "0.0", "3"]
     assert "Stream upstream db  1/1 up" in text
     assert cells(text, "10.0.1.1:5432") == ["10.0.1.1:5432", "up", "1", "8", "2.0", "1ms", "1.50s", "0"]
     # workers: newest generation first; pid, gen, slot, state, uptime, RSS MiB, CPU s, CPU %, conns, heartbeat
@@ -139,6 +147,7 @@ def test_render_without_rates_or_documents() -> None:
     assert cells(backwards, "10.0.0.2:80")[4] == "0.0"  # unchanged: a rate of zero
     empty = top.plain(top.render(top.Sample({}, t=0.0, wall=0.0)))
     assert empty.startswith("prefork-lb ?") and "Workers" in empty
+    assert "limits" not in empty  # no zone, no table
     assert top.duration(3 * 86400 + 7200 + 5) == "3d 2h 0m" and top.ms(0.5) == "0.5ms"
 
 
