@@ -116,6 +116,12 @@ REASONS: dict[str, str] = {
     "ssl_reject_handshake": "is not supported: a handshake for an unknown name gets the default server's "
     "certificate",
     "ssl_*": "is not supported by prefork-lb's TLS termination (docs/config.md lists its ssl_* keys)",
+    # the content cache: what convert/cache.py does not map
+    "proxy_cache_max_range_offset": "has no prefork-lb equivalent (a range of a cached key is answered "
+    "from the cached entry whatever its offset)",
+    "proxy_cache_purge": "is NGINX Plus (or the third-party ngx_cache_purge): purge through the API instead, "
+    "DELETE /api/9/http/caches/NAME (docs/cache.md)",
+    "proxy_cache*": "is not supported by prefork-lb's cache (docs/cache.md lists its keys)",
     "js_*": "has no prefork-lb equivalent (no njs)",
     "perl*": "has no prefork-lb equivalent",
 }
@@ -127,8 +133,6 @@ NOT_YET: dict[str, str] = {
     "split_clients": f"{_PLANNED}: map",
     "geo": f"{_PLANNED}: map",
     "limit_rate*": f"{_PLANNED}: rate limiting",
-    "proxy_cache*": f"{_PLANNED}: caching",
-    "proxy_no_cache": f"{_PLANNED}: caching",
     "sticky": f'{_PLANNED}: session persistence; meanwhile `method = "hash"` on a cookie keeps clients on '
     "one server",
     "health_check": f"{_PLANNED}: active health checks (passive checks work: max_fails, fail_timeout)",
