@@ -20,6 +20,11 @@ Rules:
    the new config, not the old one's sockets. Sockets held by pid 1 count as ours too: under
    systemd socket activation the socket unit holds the addresses when ``ExecStartPre=-t`` runs.
    Unix listen sockets: only their directory is checked (the master replaces a stale socket).
+4. Each ``[http.proxy_cache_paths.NAME]`` directory and its ``tmp/`` are created if missing
+   (nginx creates its cache paths at startup too) and a file is created and removed in
+   ``tmp/``: a directory that cannot be created or written fails ``-t`` and startup (nginx:
+   "mkdir() failed"). A directory that becomes unwritable or full later never fails a
+   request (cache/store.py rule 1).
 """
 
 from __future__ import annotations
@@ -86,8 +91,37 @@ def check_startup(config: Config, *, probe_binds: bool = False) -> None:
             f'pid file "{config.pid_path}": directory "{pid_dir}" is not writable '
             f"({errno.EACCES}: {os.strerror(errno.EACCES)}) ({_where(config, 'pid')})"
         )
+    check_cache_paths(config)
     if probe_binds:
         _probe_binds(config)
+
+
+def check_cache_paths(config: Config) -> None:
+    """Rule 4: every proxy_cache_path directory (and its tmp/) exists, created if missing
+    (owned by the worker user when the master runs as root), and is writable."""
+    import tempfile
+
+    owner: tuple[int, int] | None = None
+    if config.user is not None and os.getuid() == 0:
+        from prefork_lb.worker.privileges import resolve
+
+        owner = resolve(config.user, config.group)
+    for name, cp in config.http.cache_paths.items():
+        key = _where(config, f"http.proxy_cache_paths.{name}.path")
+        for path in (cp.path, os.path.join(cp.path, "tmp")):
+            if not os.path.isdir(path):
+                try:
+                    os.makedirs(path, 0o700, exist_ok=True)
+                    if owner is not None:
+                        os.chown(path, *owner)
+                except OSError as e:
+                    raise _fail("mkdir()", path, e, key) from None
+        try:
+            fd, probe = tempfile.mkstemp(dir=os.path.join(cp.path, "tmp"), prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise _fail("open()", os.path.join(cp.path, "tmp", ".probe-*"), e, key) from None
 
 
 def listen_keys(config: Config) -> list[tuple[ListenConfig, str]]:

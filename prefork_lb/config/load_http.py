@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prefork_lb.config.load_cache import cache_paths
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
 from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
@@ -239,6 +240,7 @@ class HttpLoader(SectionLoader):
         self.health_checks: list[HealthCheck] = []
         self.limit_req_zones: dict[str, Any] = {}
         self.limit_conn_zones: dict[str, Any] = {}
+        self.cache_paths: dict[str, Any] = {}
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
@@ -259,6 +261,7 @@ class HttpLoader(SectionLoader):
         previous = install_user_variables(user)  # every template below may name them
         try:
             self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
+            self.cache_paths = cache_paths(t, self.path)  # before any proxy_cache names a zone
             self.compile_maps(t, user)
             http_settings = self.location_settings(t, {})
             http_logs = self.log_settings(t, None)
@@ -279,6 +282,7 @@ class HttpLoader(SectionLoader):
             user_variables=user,
             limit_req_zones=self.limit_req_zones,
             limit_conn_zones=self.limit_conn_zones,
+            cache_paths=self.cache_paths,
         )
 
     # ---- issue 16: map and set variables ----

@@ -184,6 +184,25 @@ class LimitConnZone:
 
 
 @dataclass(frozen=True, slots=True)
+class CachePathConfig:
+    """``[http.proxy_cache_paths.NAME]``: nginx's ``proxy_cache_path`` (config/load_cache.py)."""
+
+    name: str  # the keys_zone name
+    path: str  # absolute (a relative path is relative to the prefix, as nginx)
+    levels: tuple[int, ...] = ()  # e.g. (1, 2): directory name lengths, from the END of the hex md5
+    keys_zone_bytes: int = 1024 * 1024  # the shared index: ~8000 keys per MB (cache/index.py)
+    inactive_s: float = 600.0  # removed by the manager this long after its last use
+    max_size_bytes: int = 0  # 0: no limit
+    min_free_bytes: int = 0  # 0: no limit
+    use_temp_path: bool = False  # accepted for nginx configs; temp files are always in <path>/tmp
+
+    @property
+    def index_key(self) -> tuple[str, str, tuple[int, ...], int]:
+        """What the master keeps an index across a reload by (name, path, levels, size)."""
+        return (self.name, self.path, self.levels, self.keys_zone_bytes)
+
+
+@dataclass(frozen=True, slots=True)
 class LimitReq:
     """``limit_req = { zone, burst, nodelay | delay, }`` in a location (or inherited)."""
 
@@ -305,6 +324,7 @@ class HttpConfig:
     user_variables: dict[str, Any] = field(default_factory=dict, compare=False)
     limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
     limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
+    cache_paths: dict[str, CachePathConfig] = field(default_factory=dict)  # proxy_cache_path
 
     def limit_zone_sizes(self) -> dict[tuple[int, str], int]:
         """(kind, name) -> size: what the master's limits/table.TableSet allocates."""

@@ -135,6 +135,7 @@ class HttpRuntime:
     server_headers: dict[int, ResponseRules] = field(default_factory=dict)  # id(server): add_header
     streams: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # set by the worker
     realip: dict[int, RealIpRule] = field(default_factory=dict)  # id(ServerConfig); empty: no cost
+    caches: dict[str, Any] = field(default_factory=dict)  # zone name -> cache.store.CacheZone
 
     def matcher(self, server: ServerConfig) -> LocationMatcher:
         return self.matchers[id(server)]

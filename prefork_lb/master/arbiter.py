@@ -38,6 +38,7 @@ import socket as stdsocket
 import time
 from types import MappingProxyType
 
+from prefork_lb.cache.index import IndexSet
 from prefork_lb.config.model import Config
 from prefork_lb.limits.table import TableSet
 from prefork_lb.log import reopen_error_log
@@ -96,6 +97,7 @@ class Master:
             self._adopt_sockets(sockets)
         else:
             self.zone = Zone.create(config.zone_size_bytes)
+        self.cache_indexes = IndexSet(self.zone)  # proxy_cache_path indexes (rule 10)
         self.slots = SlotTable(self.zone)
         if inherited:
             self.slots.adopt(config)
@@ -247,6 +249,7 @@ class Master:
                 self.stop_prober()
                 self.spawn_prober(reloaded=True)
             self.limit_tables.prune(self.config.http.limit_zone_sizes())  # the config that runs now
+            self.cache_indexes.prune(self.config.http.cache_paths)
         finally:
             systemd.ready()  # also after an aborted reload: the old generation still serves
         systemd.status(
@@ -330,6 +333,7 @@ class Master:
             ready_fd=w,
             log_fds=error_log_fds(),
             limit_tables=MappingProxyType(self.limit_tables.for_zones(config.http.limit_zone_sizes())),
+            cache_indexes=MappingProxyType(self.cache_indexes.for_paths(config.http.cache_paths)),
         )
         pid = os.fork()
         if pid == 0:  # the worker; never returns
@@ -415,6 +419,7 @@ class Master:
             if proc is None:
                 continue
             self.rows.release(pid)  # zero its row, recount peer connections from live rows
+            self.cache_indexes.break_dead_holder(pid)  # killed inside an index critical section
             dropped = self.limit_tables.repair(proc.row)  # what its requests held in limit_conn
             if dropped and not (proc.quitting or self.stopping):
                 log.warning("worker process %d held %d limit_conn count(s), released", pid, dropped)

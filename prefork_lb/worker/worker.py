@@ -111,6 +111,10 @@ class Worker:
         self.parked_cell = ZL.row_base(self.row, self.zone.peers) + ZL.R_PARKED
         slots = dict(spec.peer_slots)
         self.runtime = build_runtime(config, self.zone, slots, self.row, dict(spec.limit_tables))
+        if spec.cache_indexes:  # proxy_cache_path zones (cache/store.py); none: nothing to do
+            from prefork_lb.cache.store import open_zones
+
+            self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))
         from prefork_lb.stream.runtime import build_stream_runtime
 
         self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)
