@@ -20,9 +20,9 @@ Rules:
   other words of its level, as in nginx.
 - ``proxy_cache_path`` becomes a table named after its ``keys_zone``; values are copied as
   written (bare digits become integers), the loader validates them and names this line.
-  The knobs prefork-lb's cache manager has no equivalent for (``manager_*``, ``loader_*``,
-  ``use_temp_path``: entries are always written to a temp file inside the cache directory and
-  renamed) are reported as differences, never dropped silently.
+  ``use_temp_path`` is copied (prefork-lb always writes an entry to a temp file under the
+  cache directory and renames it). The knobs prefork-lb's cache manager has no equivalent for
+  (``manager_*``, ``loader_*``, ``purger*``) are reported as differences, never dropped silently.
 - A zone named by a variable (``proxy_cache $zone``) is skipped: prefork-lb needs the zone at
   load time.
 """
@@ -77,16 +77,11 @@ def cache_path(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
         elif key in _PATH_KEYS and eq:
             table[key] = scalar(value)
         elif key == "use_temp_path" and eq:
-            m.differ(
-                d,
-                f'"{word}": prefork-lb writes each entry to a temp file in the cache directory and '
-                "renames it (as use_temp_path=off); ignored",
-            )
+            table[key] = {"on": True, "off": False}.get(value, value)
         elif key in _PATH_NOT_MAPPED and eq:
             m.differ(
                 d,
-                f'"{word}": prefork-lb\'s cache manager and loader pace themselves; ignored '
-                "(docs/cache.md)",
+                f'"{word}": prefork-lb\'s cache manager and loader pace themselves; ignored (docs/cache.md)',
             )
         else:
             m.skip(d, f'has the unknown parameter "{word}"')

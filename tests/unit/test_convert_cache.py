@@ -11,6 +11,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from prefork_lb.config.errors import ConfigError
+from prefork_lb.config.load import load_config
 from prefork_lb.convert import convert_file
 from prefork_lb.convert.mapping import map_config
 from prefork_lb.convert.read import Directive
@@ -68,11 +72,8 @@ def test_cache_path_knobs_without_equivalent_are_reported() -> None:
         d("proxy_cache_path", "c2", "levels=1", line=4),
         d("proxy_cache_path", "c3", "keys_zone=z3:1m", "bogus=1", line=5),
     )
-    assert doc["proxy_cache_paths"] == {"z": {"path": "c", "keys_zone": "1m"}}
+    assert doc["proxy_cache_paths"] == {"z": {"path": "c", "keys_zone": "1m", "use_temp_path": False}}
     assert notes == [
-        'nginx.conf:3: "proxy_cache_path c keys_zone=z:1m use_temp_path=off loader_files=10": '
-        '"use_temp_path=off": prefork-lb writes each entry to a temp file in the cache directory and '
-        "renames it (as use_temp_path=off); ignored",
         'nginx.conf:3: "proxy_cache_path c keys_zone=z:1m use_temp_path=off loader_files=10": '
         '"loader_files=10": prefork-lb\'s cache manager and loader pace themselves; ignored (docs/cache.md)',
         'nginx.conf:4: "proxy_cache_path c2 levels=1" needs "keys_zone=NAME:SIZE"; skipped',
@@ -202,3 +203,28 @@ def test_converted_file_reads_back_with_origins(tmp_path: Path) -> None:
     assert (loc["proxy_cache"], loc["proxy_cache_valid"]) == ("one.zone", ["200 1s", "any 2s"])
     assert conv.origin("http.proxy_cache_paths.one.zone.levels") == "nginx.conf:2"
     assert conv.origin("http.servers[0].locations[0].proxy_cache_valid[1]") == "nginx.conf:9"
+
+
+def test_cache_path_round_trip_through_the_loader(tmp_path: Path) -> None:
+    """Catches: a converted proxy_cache_path the loader reads differently from nginx (the
+    relative path against the nginx.conf's directory, sizes, times, levels, use_temp_path), or
+    an error in it not naming the nginx line."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        "http {\n"
+        "    proxy_cache_path cache/one levels=1:2 keys_zone=one:2m inactive=30s max_size=1g\n"
+        "                     min_free=100m use_temp_path=on;\n"
+        "    server { listen 127.0.0.1:8080; location / { return 200; } }\n"
+        "}\n"
+    )
+    zone = load_config(str(conf)).http.cache_paths["one"]
+    assert (zone.path, zone.levels, zone.keys_zone_bytes, zone.inactive_s) == (
+        str(tmp_path / "cache/one"),
+        (1, 2),
+        2 << 20,
+        30.0,
+    )
+    assert (zone.max_size_bytes, zone.min_free_bytes, zone.use_temp_path) == (1 << 30, 100 << 20, True)
+    conf.write_text(conf.read_text().replace("levels=1:2", "levels=1:3"))
+    with pytest.raises(ConfigError, match=r"nginx.conf:2: http.proxy_cache_paths.one.levels: must be 1 to 3"):
+        load_config(str(conf))
