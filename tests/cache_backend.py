@@ -1,152 +1,118 @@
-"""A query-driven upstream for the cache tests, in the test process (so the test reads what it
-received directly), the harness of shared/reference/nginx-semantics-2.md section 1.9.
+"""Test helper: a real HTTP/1.1 upstream whose responses a test scripts per path, counting
+the requests it receives (the cache tests assert upstream request counts).
 
-Every response body starts with ``n=<count>``: the number of requests this backend has
-received for the path (query not counted), so a client sees which upstream answer a cached
-response is. Query knobs (repeatable ``h``; unknown ones ignored):
+    with CacheBackend() as be:
+        be.route("/a", headers=[("Cache-Control", "max-age=10")], delay_s=0.5)
+        be.hits["/a"]             # requests seen for /a
+        be.seen["/a"][-1]         # (method, {lowercased header: value}) of the last one
 
-=============  =================================================================================
-s=<code>       answer with this status (no body for 204 and 304)
-h=Name:Value   add this response header (URL-encode ``=``, ``,``, spaces: ``h=Cache-Control:max-age%3D10``)
-d=<ms>         sleep before answering
-b=<text>       body ``n=<count> <text>\\n`` (default ``n=<count>\\n``)
-etag=<v>       ``ETag: "<v>"``; a request with ``If-None-Match: "<v>"`` gets 304
-lm=<epoch>     ``Last-Modified``; a request with ``If-Modified-Since`` at or after it gets 304
-=============  =================================================================================
-
-``requests`` is every request received, in order (method, path, query, headers with
-lower-case names); ``count(path)`` how many reached a path. ``refuse()`` closes the listener
-(connections are refused: nginx's "error"), ``listen()`` opens it again on the same port.
+The body is ``n=<count>`` for the path (plus ``body`` if set), so a test can tell which
+upstream response it got. ``status`` may be a list: one per request, the last repeating.
+A route with ``chunked`` sends its body in two chunks; ``die_after`` closes the
+connection after that many body bytes (an upstream dying mid-body).
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
+from collections import defaultdict
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from types import TracebackType
+from typing import Any
 
 
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+@dataclass
+class Route:
+    status: list[int] = field(default_factory=lambda: [200])
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    delay_s: float = 0.0
+    chunked: bool = False
+    die_after: int | None = None
+    refuse: bool = False  # close the connection without answering
 
 
 class CacheBackend:
-    def __init__(self, port: int = 0) -> None:
-        self.requests: list[Received] = []
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self.port = port
-        self.listen()
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def count(self, path: str) -> int:
-        with self._lock:
-            return self._counts.get(path, 0)
-
-    def received(self, path: str) -> list[Received]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
-
-    # ---- lifecycle ----
-
-    def listen(self) -> None:
-        assert self._server is None
-        self._server = _Server(("127.0.0.1", self.port), self._handler())
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def refuse(self) -> None:
-        """Close the listener: connections to the port are refused until ``listen()``."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def close(self) -> None:
-        self.refuse()
-
-    def __enter__(self) -> CacheBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---- the handler ----
-
-    def _record(self, method: str, path: str, query: str, headers: dict[str, str]) -> int:
-        with self._lock:
-            self.requests.append(Received(method, path, query, headers))
-            n = self._counts[path] = self._counts.get(path, 0) + 1
-            return n
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: dict[str, int] = defaultdict(int)
+        self.seen: dict[str, list[tuple[str, dict[str, str]]]] = defaultdict(list)
+        self.lock = threading.Lock()
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:
+            def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:
-                self.answer()
-
-            def do_HEAD(self) -> None:
-                self.answer()
-
-            def do_POST(self) -> None:
-                self.answer()
-
-            def answer(self) -> None:
-                url = urlsplit(self.path)
+            def _answer(self) -> None:
+                path = self.path
+                route = backend.routes.get(path.split("?")[0], Route())
+                with backend.lock:
+                    backend.hits[path] += 1
+                    n = backend.hits[path]
+                    backend.seen[path].append((self.command, {k.lower(): v for k, v in self.headers.items()}))
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                n = backend._record(self.command, url.path, url.query, headers)
-                q = parse_qsl(url.query, keep_blank_values=True)
-                knobs = dict(q)
-                if "d" in knobs:
-                    time.sleep(int(knobs["d"]) / 1000)
-                status = int(knobs.get("s", "200"))
-                extra = [tuple(v.split(":", 1)) for k, v in q if k == "h" and ":" in v]
-                etag = knobs.get("etag")
-                if etag is not None:
-                    extra.append(("ETag", f'"{etag}"'))
-                    if headers.get("if-none-match") == f'"{etag}"':
-                        status = 304
-                if "lm" in knobs:
-                    modified = int(knobs["lm"])
-                    extra.append(("Last-Modified", formatdate(modified, usegmt=True)))
-                    since = headers.get("if-modified-since")
-                    if since and parsedate_to_datetime(since).timestamp() >= modified:
-                        status = 304
-                text = f"n={n} {knobs['b']}\n" if "b" in knobs else f"n={n}\n"
-                body = b"" if status in (204, 304) else text.encode()
+                if route.delay_s:
+                    time.sleep(route.delay_s)
+                if route.refuse:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                status = route.status[min(n, len(route.status)) - 1]
+                body = b"n=%d\n" % n + route.body
                 self.send_response(status)
-                for name, value in extra:
-                    self.send_header(name, value.strip())
-                if status not in (204, 304):
-                    self.send_header("Content-Length", str(len(body)))
+                for name, value in route.headers:
+                    self.send_header(name, value)
+                if status == 304 or status == 204:
+                    self.end_headers()
+                    return
+                if route.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        half = len(body) // 2
+                        for part in (body[:half], body[half:]):
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        self.wfile.write(b"0\r\n\r\n")
+                    return
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                if self.command == "HEAD":
+                    return
+                if route.die_after is not None:
+                    self.wfile.write(body[: route.die_after])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body)
 
-        return Handler
+            do_GET = do_HEAD = do_POST = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port: int = self.server.server_address[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def route(self, path: str, status: int | list[int] = 200, **kw: Any) -> Route:
+        r = Route(status=[status] if isinstance(status, int) else status, **kw)
+        self.routes[path] = r
+        return r
+
+    def __enter__(self) -> CacheBackend:
+        self.thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,5 +1,5 @@
 """The cache tests' rig: nginx or prefork-lb on one nginx.conf with a cache zone ``c`` and the
-query-driven upstream (tests/cache_backend.py), and a client that reads ``X-Cache-Status``
+query-driven upstream (tests/cache_upstream.py), and a client that reads ``X-Cache-Status``
 (``add_header X-Cache-Status $upstream_cache_status always``) and the upstream answer ``n``.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.backends import free_port
-from tests.cache_backend import CacheBackend
+from tests.cache_upstream import CacheUpstream
 from tests.harness import LB, request, wait_for
 from tests.nginx_conf import Nginx, lb_from_conf, scenario
 
@@ -60,7 +60,7 @@ class Rig:
         self,
         target: str,
         directory: Path,
-        backend: CacheBackend,
+        backend: CacheUpstream,
         location: str,
         http: str = "",
         server: str = "",
@@ -135,7 +135,7 @@ def expire(ttl_s: float) -> None:
     time.sleep(ttl_s + 1.1)
 
 
-def settled(backend: CacheBackend, path: str, count: int) -> int:
+def settled(backend: CacheUpstream, path: str, count: int) -> int:
     """The upstream count for ``path`` once it reached ``count`` (a background update lands
     after its client's answer); then a short look for any extra request."""
     wait_for(lambda: backend.count(path) >= count, timeout_s=10, what=f"{count} upstream requests for {path}")

@@ -23,6 +23,7 @@ from typing import Any
 from prefork_lb.config.load_cache import cache_paths
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
 from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
+from prefork_lb.config.load_proxy_cache import CACHE_KEYS, TEMPLATE_KEYS, check_cache_zone, check_templates
 from prefork_lb.config.load_shared import SectionLoader, implicit_upstream, log_formats, resolve
 from prefork_lb.config.model import (
     LINGERING_CLOSE,
@@ -228,6 +229,7 @@ LOCATION_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "proxy_pass_header": ("proxy_pass_header", _header_names),
     "proxy_redirect": ("proxy_redirect", _proxy_redirect),
     **LIMIT_KEYS,  # limit_req / limit_conn and their *_status, *_dry_run, *_log_level
+    **CACHE_KEYS,  # issue 18: proxy_cache* (config/load_proxy_cache.py)
 }
 
 
@@ -391,6 +393,10 @@ class HttpLoader(SectionLoader):
                 elif key in ("limit_req", "limit_conn"):
                     zones = (self.limit_req_zones, self.limit_conn_zones)
                     check_zone_names(t, key, settings[field_name], *zones)
+                elif key in TEMPLATE_KEYS:  # issue 18
+                    check_templates(t, key, settings[field_name])
+                elif key == "proxy_cache":  # issue 18: a [http.proxy_cache_paths] zone
+                    check_cache_zone(t, settings[field_name], self.cache_paths)
             else:
                 t.raw(key, None)  # known key, not set at this level
         return settings

@@ -284,6 +284,23 @@ class LocationConfig:
     limit_conn_status: int = 503
     limit_conn_dry_run: bool = False
     limit_conn_log_level: str = "error"
+    # issue 18, proxy_cache (config/load_proxy_cache.py, cache/policy.py, http/cache_path.py)
+    proxy_cache: str = ""  # keys_zone name; "" = off
+    proxy_cache_key: str = "$scheme$proxy_host$request_uri"
+    proxy_cache_valid: tuple[tuple[frozenset[int] | None, int], ...] = ()  # (codes | None=any, seconds)
+    proxy_cache_methods: frozenset[bytes] = frozenset({b"GET", b"HEAD"})
+    proxy_cache_min_uses: int = 1
+    proxy_cache_bypass: tuple[str, ...] = ()
+    proxy_no_cache: tuple[str, ...] = ()
+    proxy_cache_lock: bool = False
+    proxy_cache_lock_timeout_s: float = 5.0
+    proxy_cache_lock_age_s: float = 5.0
+    proxy_cache_use_stale: frozenset[str] = frozenset()
+    proxy_cache_background_update: bool = False
+    proxy_cache_revalidate: bool = False
+    proxy_cache_convert_head: bool = True
+    proxy_ignore_headers: frozenset[str] = frozenset()  # lowercased names
+    proxy_force_ranges: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Final
 import gevent
 from gevent import socket
 
+from prefork_lb.http.cache_path import serve as cache_serve
 from prefork_lb.http.client import ClientGone
 from prefork_lb.http.exchange import ConnectionInfo, Exchange
 from prefork_lb.http.headers import error_page, simple_response
@@ -51,7 +53,7 @@ from prefork_lb.http.rewrite import MAX_URI_CHANGES, SEARCH, Respond, absolute_u
 from prefork_lb.http.rewrite import run as run_rewrite
 from prefork_lb.http.uri import UriError, encode_path, normalize_path
 from prefork_lb.limits.engine import release_conns
-from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all
+from prefork_lb.netio import ClientSocket, peek_readable, recv, send_all, wait_writable
 
 if TYPE_CHECKING:
     from prefork_lb.config.model import ErrorPage, LocationConfig, ServerConfig
@@ -344,7 +346,10 @@ class ClientConnection:
             self._finish_body()
             self.respond_error(ex, 404)
             return lr
-        outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
+        if lr.cache is None:
+            outcome = Proxy(self, ex, head, lr, self.keep_alive, self.status_zone).run()
+        else:  # issue 18: proxy_cache (http/cache_path.py)
+            outcome = cache_serve(self, ex, head, lr, self.keep_alive, self.status_zone)
         if outcome.zone_recorded:  # proxy.py rule 9
             self.status_zone = None
         if not outcome.keep_alive:
@@ -567,6 +572,35 @@ class ClientConnection:
             send_all(self.sock, data, self.send_timeout_s)
         except OSError:
             raise ClientGone from None
+
+    def send_file(self, fd: int, offset: int, count: int) -> int:
+        """Issue 18 (http/cache_path.py): ``count`` bytes of file ``fd`` from ``offset`` to the
+        client, by sendfile(2) on a plain connection, by reads and sends otherwise (TLS).
+        The bytes sent; fewer than ``count`` only when the file ended early."""
+        sock = self.sock
+        sent = 0
+        if type(sock) is not ClientSocket:
+            while sent < count:
+                data = os.pread(fd, min(262144, count - sent), offset + sent)
+                if not data:
+                    break
+                self.send(data)
+                sent += len(data)
+            return sent
+        out = sock.fileno()
+        try:
+            while sent < count:
+                try:
+                    n = os.sendfile(out, fd, offset + sent, count - sent)
+                except BlockingIOError:
+                    wait_writable(sock, self.send_timeout_s)
+                    continue
+                if n == 0:
+                    break
+                sent += n
+        except OSError:
+            raise ClientGone from None
+        return sent
 
     def close_if_idle(self, idle_s: float, now: float) -> bool:
         """Draining: close a connection idle for ``idle_s`` with no request bytes waiting.

@@ -86,6 +86,8 @@ class Exchange:
     limit_req_status: str = ""
     limit_conn_status: str = ""
     limit_conn_held: list[tuple[memoryview, int, int]] | None = None
+    # issue 18 (http/cache_path.py): $upstream_cache_status, "" when no cache was consulted
+    cache_status: str = ""
 
     @property
     def remote_addr(self) -> str:  # balance.base.RequestKey

@@ -43,6 +43,12 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
 11. TLS to upstreams (issue 14, http/upstream_tls.py): a new connection is handshaken in
    ``_open`` within ``proxy_connect_timeout``; a failure is the attempt's (502, charged,
    retried as "error"). Pooled TLS connections are looked up by their own key.
+12. Content cache (issue 18, http/cache_path.py): a ``cache`` fill (``None`` for locations
+   without proxy_cache: one attribute check) rewrites the request head (HEAD as GET, no
+   Range or client conditionals, the stored validators), may answer from the stale entry
+   instead of an error or a listed status (after the retries, the peer charged as without
+   it), answers a 304 to a revalidation from the entry, and relays the body with a copy
+   into the cache (``Fill.relay``, ``relay.relay``'s contract).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
 from prefork_lb.zone.stats import record_http_peer
 
 if TYPE_CHECKING:
+    from prefork_lb.http.cache_path import Fill
     from prefork_lb.http.client import Client
     from prefork_lb.http.runtime import LocationRuntime, StatusZone, UpstreamRuntime
 
@@ -164,7 +171,19 @@ class ProxyOutcome(NamedTuple):
 class Proxy:
     """One request through one location's upstream group."""
 
-    __slots__ = ("body", "client", "ex", "head", "keep_alive", "lr", "now", "status_zone", "up", "upgrade")
+    __slots__ = (
+        "body",
+        "cache",
+        "client",
+        "ex",
+        "head",
+        "keep_alive",
+        "lr",
+        "now",
+        "status_zone",
+        "up",
+        "upgrade",
+    )
 
     def __init__(
         self,
@@ -174,9 +193,11 @@ class Proxy:
         lr: LocationRuntime,
         keep_alive: bool,
         status_zone: StatusZone | None,
+        cache: Fill | None = None,
     ) -> None:
         """``keep_alive``: the connection's intent for this response so far;
-        ``status_zone``: the server's zone, recorded with the last release (rule 9)."""
+        ``status_zone``: the server's zone, recorded with the last release (rule 9);
+        ``cache``: the content cache's fill (rule 12)."""
         assert lr.upstream is not None
         self.client = client
         self.ex = ex
@@ -188,6 +209,7 @@ class Proxy:
         self.keep_alive = keep_alive
         self.status_zone = status_zone
         self.upgrade = False  # rule 10: an Upgrade went upstream, so a 101 is a switch
+        self.cache = cache
 
     def run(self) -> ProxyOutcome:
         """Proxy the request (rule 9: the connection applies the outcome)."""
@@ -206,6 +228,9 @@ class Proxy:
         request_head = build_upstream_head(
             ex, lr.plan, target, content_length, chunked, up.pool.enabled, upgrade
         )
+        cache = self.cache
+        if cache is not None:  # rule 12
+            request_head = cache.upstream_head(request_head)
         sel = new_selection(up.group, loc.proxy_next_upstream_tries)
         conditions = loc.proxy_next_upstream
         start = self.now()
@@ -219,6 +244,10 @@ class Proxy:
             if peer is None:
                 ex.attempts.append(Attempt(up.group.name, 502, None, None, 0.0))
                 log.error('no live upstreams while connecting to upstream, upstream: "%s"', up.group.name)
+                if cache is not None:  # rule 12: use_stale error covers "no live upstreams"
+                    from_cache = cache.on_failure(self.client, "error", self.keep_alive)
+                    if from_cache is not None:
+                        return from_cache
                 return ProxyOutcome(self.client.respond_error(ex, 502), False)
             attempt = Attempt(peer.addr)
             ex.attempts.append(attempt)
@@ -251,6 +280,10 @@ class Proxy:
                 self._free(sel, peer, True, None, phase=fail.phase)
                 if self._may_retry(sel.tries, fail.condition, conditions, sent, start):
                     continue
+                if cache is not None:  # rule 12
+                    from_cache = cache.on_failure(self.client, fail.condition, self.keep_alive)
+                    if from_cache is not None:
+                        return from_cache
                 return ProxyOutcome(self.client.respond_error(ex, fail.status), False)
             except BaseException:
                 # The client failed us (body error, 413, gone): not the peer's fault.
@@ -273,6 +306,13 @@ class Proxy:
                 conn.close()
                 self._free(sel, peer, status not in (403, 404), None)
                 continue
+            if cache is not None:  # rule 12: a 304 to our revalidation, a use_stale status
+                answer = cache.on_status(self.client, resp, self.keep_alive)
+                if answer is not None:
+                    attempt.response_time_s = self.now() - now
+                    conn.close()
+                    keep_alive = answer()
+                    return ProxyOutcome(keep_alive, self._free(sel, peer, False, attempt, last=True))
             if (
                 loc.proxy_intercept_errors
                 and status >= 300
@@ -458,7 +498,7 @@ class Proxy:
         loc = self.lr.config
         timeout_s = loc.proxy_read_timeout_s
         limit = loc.proxy_buffer_size_bytes
-        head_request = self.head.method == b"HEAD"
+        head_request = self.head.method == b"HEAD" and (self.cache is None or not self.cache.as_get)
         buf = b""
         scan = 0
         interim = 0
@@ -547,8 +587,9 @@ class Proxy:
         """Relay the response; whether the client connection may stay open."""
         ex = self.ex
         keep_alive = reusable = False
+        relay_ = relay if self.cache is None else self.cache.relay  # rule 12
         try:
-            keep_alive, reusable = relay(
+            keep_alive, reusable = relay_(
                 self.client,
                 ex,
                 self.head,

@@ -25,6 +25,7 @@ from prefork_lb.config.model import (
     zone_name,
 )
 from prefork_lb.http.accesslog import AccessLogs, AccessLogWriter, LogFormat, compile_log_format
+from prefork_lb.http.cache_path import CachePlan, build_plan
 from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules, compile_added, compile_rules
 from prefork_lb.http.headers import HeaderPlan
 from prefork_lb.http.realip import RealIpRule
@@ -61,6 +62,7 @@ class LocationRuntime:
     tls: UpstreamTls | None = None  # proxy_pass "https://..." (http/upstream_tls.py)
     headers: ResponseRules = DEFAULT_RULES  # add_header, hide/pass, proxy_redirect (header_rules.py)
     limits: LocationLimits | None = None  # limit_req / limit_conn (limits/engine.py)
+    cache: CachePlan | None = None  # issue 18: proxy_cache (http/cache_path.py); None: no cost
 
     def allows(self, addr: str) -> bool:
         """allow/deny in order, first match wins (nginx); no match: allowed."""
@@ -210,3 +212,11 @@ def build_runtime(
         idle_cell=L.row_base(row, zone.peers) + L.R_IDLE,
         realip={id(s): RealIpRule(s.realip) for s in config.http.servers if s.realip is not None},
     )
+
+
+def attach_cache_plans(runtime: HttpRuntime) -> None:
+    """Issue 18: once ``runtime.caches`` holds the worker's open zones, each location with
+    ``proxy_cache`` gets its compiled plan (http/cache_path.py); the others keep None."""
+    for lr in runtime.locations.values():
+        if lr.config.proxy_cache:
+            lr.cache = build_plan(lr.config, runtime.caches)

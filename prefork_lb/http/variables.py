@@ -384,6 +384,7 @@ _VARIABLES: Final[dict[str, Variable]] = {
         _v("realip_remote_addr", lambda ex: ex.conn.realip_remote_addr or ex.conn.remote_addr, plain=True),
         _v("limit_req_status", lambda ex: ex.limit_req_status, empty_is_unset=True, plain=True),
         _v("limit_conn_status", lambda ex: ex.limit_conn_status, empty_is_unset=True, plain=True),
+        _v("upstream_cache_status", lambda ex: ex.cache_status, empty_is_unset=True, plain=True),  # issue 18
         _v("remote_port", lambda ex: _port_text(ex.conn.remote_port), plain=True),
         _v("server_addr", lambda ex: ex.conn.server_addr, plain=True),
         _v("server_port", lambda ex: _port_text(ex.conn.server_port), plain=True),

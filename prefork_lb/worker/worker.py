@@ -115,6 +115,9 @@ class Worker:
             from prefork_lb.cache.store import open_zones
 
             self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))
+            from prefork_lb.http.runtime import attach_cache_plans
+
+            attach_cache_plans(self.runtime)  # cachepath: each proxy_cache location's plan
         from prefork_lb.stream.runtime import build_stream_runtime
 
         self.streams = build_stream_runtime(config, self.zone, slots, self.row, self.runtime.access_logs)

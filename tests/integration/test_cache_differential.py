@@ -1,6 +1,6 @@
 """Differential: the content cache of nginx 1.22 and prefork-lb on one nginx.conf (prefork-lb
 converts it: tests/nginx_conf.py), scenarios C1-C25 of shared/reference/nginx-semantics-2.md
-section 1.9, each run on both servers against the same real upstream (tests/cache_backend.py:
+section 1.9, each run on both servers against the same real upstream (tests/cache_upstream.py:
 its body carries ``n=<requests for the path>``, and it records what reached it).
 
 Every scenario is parametrized over ``nginx`` and ``prefork-lb`` and asserts the same expected
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cache_backend import CacheBackend
 from tests.cache_harness import Rig, Seen, expire, settled
+from tests.cache_upstream import CacheUpstream
 from tests.harness import wait_for
 from tests.nginx_conf import NGINX
 
@@ -40,15 +40,15 @@ def target(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def backend() -> Iterator[CacheBackend]:
-    with CacheBackend() as b:
+def backend() -> Iterator[CacheUpstream]:
+    with CacheUpstream() as b:
         yield b
 
 
 # ---- C1-C9: what is stored -------------------------------------------------------------------
 
 
-def test_c1_valid_time_alone_caches_200_301_302(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c1_valid_time_alone_caches_200_301_302(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: ``proxy_cache_valid 10s`` (a time alone) caching another status than 200, 301
     and 302, or not caching those."""
     cached = (200, 301, 302)
@@ -65,7 +65,7 @@ def test_c1_valid_time_alone_caches_200_301_302(target: str, tmp_path: Path, bac
 
 
 def test_c2_without_valid_only_upstream_validity_caches(
-    target: str, tmp_path: Path, backend: CacheBackend
+    target: str, tmp_path: Path, backend: CacheUpstream
 ) -> None:
     """Catches: a default validity where no proxy_cache_valid is set (nginx caches nothing
     then), or Cache-Control max-age / Expires / X-Accel-Expires not giving one."""
@@ -98,7 +98,7 @@ C3_NOT_STORED = {
 }
 
 
-def test_c3_upstream_headers_that_forbid_storing(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c3_upstream_headers_that_forbid_storing(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: any of nginx's not-cacheable rules missed (Cache-Control no-cache / no-store /
     private anywhere, max-age 0 or garbage, s-maxage=0 beating max-age, a past or unparsable
     Expires, X-Accel-Expires 0, Set-Cookie, Vary: *) while proxy_cache_valid would cache."""
@@ -108,7 +108,7 @@ def test_c3_upstream_headers_that_forbid_storing(target: str, tmp_path: Path, ba
         assert seen[name] == [(200, "MISS", 1), (200, "MISS", 2)], name
 
 
-def test_c4_headers_nginx_ignores(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c4_headers_nginx_ignores(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: must-revalidate or Pragma: no-cache treated as not cacheable, or a plain Vary
     (stored per variant) refused."""
     cases = {
@@ -122,7 +122,7 @@ def test_c4_headers_nginx_ignores(target: str, tmp_path: Path, backend: CacheBac
         assert seen[name] == [(200, "MISS", 1), (200, "HIT", 1)], name
 
 
-def test_c5_vary_stores_one_variant_per_value(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c5_vary_stores_one_variant_per_value(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a Vary response served to a client with another value of the varying header
     (one entry per key instead of per variant), or a variant overwriting the other."""
     with Rig(target, tmp_path, backend, "proxy_cache_valid 10s;") as rig:
@@ -132,7 +132,7 @@ def test_c5_vary_stores_one_variant_per_value(target: str, tmp_path: Path, backe
     assert backend.count("/c5") == 2
 
 
-def test_c6_ignored_headers_are_replayed(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c6_ignored_headers_are_replayed(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: proxy_ignore_headers not applied (Set-Cookie or no-store still forbidding the
     store), or the HIT dropping the stored Set-Cookie (nginx replays stored headers verbatim)."""
     location = "proxy_cache_valid 10s; proxy_ignore_headers Set-Cookie Cache-Control;"
@@ -144,7 +144,7 @@ def test_c6_ignored_headers_are_replayed(target: str, tmp_path: Path, backend: C
     assert second.headers.get("cache-control") == "no-store"
 
 
-def test_c7_head_is_fetched_as_get(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c7_head_is_fetched_as_get(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a HEAD sent upstream as HEAD (nothing to store) or its entry not serving the
     GET after it (proxy_cache_convert_head is on by default)."""
     with Rig(target, tmp_path, backend, "proxy_cache_valid 10s;") as rig:
@@ -157,7 +157,7 @@ def test_c7_head_is_fetched_as_get(target: str, tmp_path: Path, backend: CacheBa
     assert [r.method for r in backend.received("/c7")] == ["GET"]
 
 
-def test_c8_cached_post_answers_a_get(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c8_cached_post_answers_a_get(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: proxy_cache_methods POST putting the body or method into the key (nginx does
     neither: the second POST and a GET hit the first POST's entry)."""
     with Rig(target, tmp_path, backend, "proxy_cache_valid 10s; proxy_cache_methods POST;") as rig:
@@ -170,7 +170,7 @@ def test_c8_cached_post_answers_a_get(target: str, tmp_path: Path, backend: Cach
     assert backend.count("/c8") == 1
 
 
-def test_c9_min_uses(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c9_min_uses(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: min_uses counted off by one (the response is stored on the Nth request)."""
     with Rig(target, tmp_path, backend, "proxy_cache_valid 10s; proxy_cache_min_uses 3;") as rig:
         seen = rig.rows("/c9", 4)
@@ -180,7 +180,7 @@ def test_c9_min_uses(target: str, tmp_path: Path, backend: CacheBackend) -> None
 # ---- C10-C14: stale, revalidate, background update ------------------------------------------
 
 
-def test_c10_use_stale_on_error_and_5xx(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c10_use_stale_on_error_and_5xx(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: use_stale not covering a refused upstream or a 500, a status outside the list
     (404) replacing or dropping the stale entry, or the stale entry lost after it."""
     location = "proxy_cache_key $uri; proxy_cache_valid 200 1s; proxy_cache_use_stale error timeout http_500;"
@@ -203,7 +203,7 @@ def test_c10_use_stale_on_error_and_5xx(target: str, tmp_path: Path, backend: Ca
     assert backend.count("/c10") == 4  # the refused one never arrived
 
 
-def test_c11_revalidate(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c11_revalidate(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: an expired entry refetched whole instead of revalidated (If-None-Match with the
     stored ETag), the 304 not refreshing the entry (REVALIDATED, then HIT on the same body)."""
     location = "proxy_cache_valid 200 1s; proxy_cache_revalidate on;"
@@ -218,7 +218,7 @@ def test_c11_revalidate(target: str, tmp_path: Path, backend: CacheBackend) -> N
     assert "if-none-match" not in received[0].headers
 
 
-def test_c12_background_update(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c12_background_update(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: the client that finds the entry expired waiting for the upstream (with
     background_update it gets the stale entry at once: STALE), later clients not getting
     UPDATING while the update runs, or the update's answer not stored (HIT, n=2)."""
@@ -241,7 +241,9 @@ def test_c12_background_update(target: str, tmp_path: Path, backend: CacheBacken
     assert backend.count("/c12") == 2
 
 
-def test_c13_stale_while_revalidate_from_upstream(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c13_stale_while_revalidate_from_upstream(
+    target: str, tmp_path: Path, backend: CacheUpstream
+) -> None:
     """Catches: Cache-Control stale-while-revalidate not allowing a stale answer where
     proxy_cache_use_stale is not set (background_update alone)."""
     with Rig(target, tmp_path, backend, "proxy_cache_background_update on;") as rig:
@@ -253,7 +255,7 @@ def test_c13_stale_while_revalidate_from_upstream(target: str, tmp_path: Path, b
     assert (seed, stale) == ((200, "MISS", 1), (200, "STALE", 1))
 
 
-def test_c14_first_valid_match_wins(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c14_first_valid_match_wins(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: proxy_cache_valid picking the most specific line instead of the first match in
     config order (``any 1s`` before ``200 60s``: the entry expires after 1 s)."""
     with Rig(target, tmp_path, backend, "proxy_cache_valid any 1s; proxy_cache_valid 200 60s;") as rig:
@@ -266,7 +268,7 @@ def test_c14_first_valid_match_wins(target: str, tmp_path: Path, backend: CacheB
 # ---- C15-C20, C25: the lock and microcaching bursts ------------------------------------------
 
 
-def test_c15_lock_collapses_a_new_key(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c15_lock_collapses_a_new_key(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a burst on a new key sending more than one request upstream with the lock on,
     or the waiters not served from the entry once it lands (29 HIT)."""
     with Rig(target, tmp_path, backend, "proxy_cache_valid 10s; proxy_cache_lock on;") as rig:
@@ -276,7 +278,7 @@ def test_c15_lock_collapses_a_new_key(target: str, tmp_path: Path, backend: Cach
     assert backend.count("/c15") == 1
 
 
-def test_c16_lock_timeout(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c16_lock_timeout(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a waiter whose lock_timeout passed still waiting (it goes upstream: 6 upstream
     requests), or its response stored over the lock holder's (nginx stores only the holder's:
     the next GET is a HIT on n=1)."""
@@ -311,7 +313,7 @@ BURST_EXPIRED = {
 
 
 def expired_burst(
-    target: str, tmp_path: Path, backend: CacheBackend, case: str, workers: int
+    target: str, tmp_path: Path, backend: CacheUpstream, case: str, workers: int
 ) -> tuple[list[Seen], int]:
     extra, _, _ = BURST_EXPIRED[case]
     location = f"proxy_cache_key $uri; proxy_cache_valid 200 1s; {extra}"
@@ -326,7 +328,7 @@ def expired_burst(
 
 @pytest.mark.parametrize("case", list(BURST_EXPIRED))
 def test_c17_to_c20_burst_on_an_expired_key(
-    target: str, tmp_path: Path, backend: CacheBackend, case: str
+    target: str, tmp_path: Path, backend: CacheUpstream, case: str
 ) -> None:
     """Catches (nginx's trap 2): the lock taken to protect an expired key (it does not: lock
     only sends all 30 upstream), or use_stale updating not collapsing the burst to one upstream
@@ -342,7 +344,7 @@ def test_c17_to_c20_burst_on_an_expired_key(
 @pytest.mark.parametrize("workers", [2, 4])
 @pytest.mark.parametrize("case", ["lock+updating", "lock+updating+background"])
 def test_c25_bursts_with_several_workers(
-    target: str, tmp_path: Path, backend: CacheBackend, case: str, workers: int
+    target: str, tmp_path: Path, backend: CacheUpstream, case: str, workers: int
 ) -> None:
     """Catches: the updating mark or the lock being per worker (each worker would send its
     own upstream request): the microcaching burst is one upstream request with 2 and 4 workers."""
@@ -355,7 +357,7 @@ def test_c25_bursts_with_several_workers(
 # ---- C21-C24: ranges, keys ---------------------------------------------------------------------
 
 
-def test_c21_ranges_with_accept_ranges(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c21_ranges_with_accept_ranges(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a range answered wrongly from the cache: a single range on MISS and HIT (206),
     a multi-range on a HIT (206 multipart) but not on a MISS (200 full), an unsatisfiable
     range (416 with ``bytes */len``)."""
@@ -379,7 +381,7 @@ def test_c21_ranges_with_accept_ranges(target: str, tmp_path: Path, backend: Cac
     assert all("range" not in r.headers for r in backend.requests)  # Range never goes upstream
 
 
-def test_c22_no_ranges_without_accept_ranges(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c22_no_ranges_without_accept_ranges(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a range served from a cached response whose upstream did not advertise
     Accept-Ranges (nginx answers 200 with the full body, on MISS and HIT)."""
     with Rig(target, tmp_path, backend, "proxy_cache_valid 10s;") as rig:
@@ -390,7 +392,7 @@ def test_c22_no_ranges_without_accept_ranges(target: str, tmp_path: Path, backen
     ]
 
 
-def test_c23_default_key_ignores_host(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c23_default_key_ignores_host(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a default key that differs from nginx's ``$scheme$proxy_host$request_uri``:
     nginx serves b.test the entry a.test filled (documented in docs/cache.md; the next test
     shows the key that separates them)."""
@@ -400,7 +402,7 @@ def test_c23_default_key_ignores_host(target: str, tmp_path: Path, backend: Cach
     assert seen == [(200, "MISS", 1), (200, "HIT", 1)]
 
 
-def test_c23_host_in_the_key_separates_hosts(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c23_host_in_the_key_separates_hosts(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches (cache poisoning, http-conformance-and-faults.md 6.6): ``$host`` in
     proxy_cache_key not separating two virtual hosts, so one host's response (or a forged
     Host's) would be served to the other."""
@@ -411,7 +413,7 @@ def test_c23_host_in_the_key_separates_hosts(target: str, tmp_path: Path, backen
     assert seen == [(200, "MISS", 1), (200, "MISS", 2), (200, "HIT", 1), (200, "HIT", 2)]
 
 
-def test_c24_authorization_is_not_in_the_key(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c24_authorization_is_not_in_the_key(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a difference from nginx on a request with Authorization: nginx stores its
     response and serves it to a request without (docs/cache.md: use proxy_no_cache
     $http_authorization, or put it in the key)."""
@@ -420,7 +422,7 @@ def test_c24_authorization_is_not_in_the_key(target: str, tmp_path: Path, backen
     assert seen == [(200, "MISS", 1), (200, "HIT", 1)]
 
 
-def test_c24_no_cache_and_bypass(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_c24_no_cache_and_bypass(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: proxy_no_cache not applied (a response to a request with Authorization stored
     and served to everyone), a bypass value "0" counted as true, or proxy_cache_bypass not
     skipping the lookup while still storing (BYPASS, then a HIT on the new body)."""

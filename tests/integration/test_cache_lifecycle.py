@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.cache_backend import CacheBackend
 from tests.cache_harness import Rig
+from tests.cache_upstream import CacheUpstream
 from tests.harness import LB, wait_for
 from tests.nginx_conf import NGINX, PID
 
@@ -24,13 +24,13 @@ LOCATION = "proxy_cache_valid 10m;"
 
 
 @pytest.fixture
-def backend() -> Iterator[CacheBackend]:
-    with CacheBackend() as b:
+def backend() -> Iterator[CacheUpstream]:
+    with CacheUpstream() as b:
         yield b
 
 
 @pytest.mark.parametrize("target", ["nginx", "prefork-lb"])
-def test_restart_keeps_hits(target: str, tmp_path: Path, backend: CacheBackend) -> None:
+def test_restart_keeps_hits(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: entries lost on a restart (an index that is only in memory, files not found
     again, or a first request after the start treated as a miss while the loader runs: nginx
     reads the file of a key its cold index does not know)."""
@@ -45,7 +45,7 @@ def _gone(pid: int) -> bool:
     return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_reload_and_binary_upgrade_keep_hits(tmp_path: Path, backend: CacheBackend) -> None:
+def test_reload_and_binary_upgrade_keep_hits(tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: the shared index or the entries dropped by a reload (HUP: new workers) or a
     binary upgrade (USR2: a new master, then QUIT to the old one), or one worker of the new
     generation not seeing them: 4 workers, every request after the first is a HIT and the
