@@ -12,6 +12,9 @@ d=<ms>         sleep before answering
 b=<text>       body ``n=<count> <text>\\n`` (default ``n=<count>\\n``)
 etag=<v>       ``ETag: "<v>"``; a request with ``If-None-Match: "<v>"`` gets 304
 lm=<epoch>     ``Last-Modified``; a request with ``If-Modified-Since`` at or after it gets 304
+size=<bytes>   the body padded (``0123456789abcdef`` repeated) or cut to exactly this length
+chunked=1      ``Transfer-Encoding: chunked`` (two chunks)
+short=1        ``Content-Length`` twice the body's, the body, then the connection closes
 =============  =================================================================================
 
 ``requests`` is every request received, in order (method, path, query, headers with
@@ -140,13 +143,28 @@ class CacheUpstream:
                         status = 304
                 text = f"n={n} {knobs['b']}\n" if "b" in knobs else f"n={n}\n"
                 body = b"" if status in (204, 304) else text.encode()
+                if "size" in knobs and body:
+                    size = int(knobs["size"])
+                    body = (body + bytes(b"0123456789abcdef"[i % 16] for i in range(size)))[:size]
                 self.send_response(status)
                 for name, value in extra:
                     self.send_header(name, value.strip())
-                if status not in (204, 304):
-                    self.send_header("Content-Length", str(len(body)))
+                chunked = "chunked" in knobs and status not in (204, 304)
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif status not in (204, 304):
+                    self.send_header("Content-Length", str(len(body) * (2 if "short" in knobs else 1)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                if self.command == "HEAD":
+                    return
+                if chunked:
+                    half = len(body) // 2
+                    for part in (body[:half], body[half:], b""):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    return
+                self.wfile.write(body)
+                if "short" in knobs:  # half the announced length, then the connection dies
+                    self.wfile.flush()
+                    self.close_connection = True
 
         return Handler
