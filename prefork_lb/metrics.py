@@ -329,8 +329,58 @@ def _collect(out: _Families, docs: Mapping[str, Any]) -> None:
         _upstream(out, str(name), _obj(doc))
     for name, doc in _obj(docs.get("stream_upstreams")).items():
         _stream_upstream(out, str(name), _obj(doc))
+    for name, doc in _obj(docs.get("http_caches")).items():
+        _cache(out, str(name), _obj(doc))
 
     _prefork(out, docs)
+
+
+# issue 18: the exporter's cache metrics (nginxplus_cache_*{cache}), from /http/caches
+_CACHE_GAUGES: Sequence[tuple[str, str, Kind, str]] = (
+    ("size", "size", G, "Total size of the cache"),
+    ("max_size", "max_size", G, "Maximum size of the cache"),
+)
+_CACHE_COUNTERS: Sequence[tuple[str, str, str]] = (
+    ("hit", "hit", "cache hits"),
+    ("stale", "stale", "stale responses"),
+    ("updating", "updating", "cache updating responses"),
+    ("revalidated", "revalidated", "revalidated responses"),
+    ("miss", "miss", "cache misses"),
+    ("expired", "expired", "expired responses"),
+    ("bypass", "bypass", "cache bypass responses"),
+)
+
+
+def _cache(out: _Families, name: str, doc: Mapping[str, Any]) -> None:
+    prefix = NGINXPLUS + "cache_"
+    labels = {"cache": name}
+    _fields(out, prefix, _CACHE_GAUGES, doc, labels)
+    out.add(
+        G, prefix + "cold", "Is the cache considered cold", labels, 1.0 if doc.get("cold") is True else 0.0
+    )
+    for field, suffix, what in _CACHE_COUNTERS:
+        stats = _obj(doc.get(field))
+        out.add(
+            C, f"{prefix}{suffix}_responses", f"Total number of {what}", labels, _num(stats.get("responses"))
+        )
+        out.add(
+            C, f"{prefix}{suffix}_bytes", f"Total number of bytes of {what}", labels, _num(stats.get("bytes"))
+        )
+        if "responses_written" in stats:
+            out.add(
+                C,
+                f"{prefix}{suffix}_responses_written",
+                f"Total number of {what} written to the cache",
+                labels,
+                _num(stats.get("responses_written")),
+            )
+            out.add(
+                C,
+                f"{prefix}{suffix}_bytes_written",
+                f"Total number of bytes of {what} written to the cache",
+                labels,
+                _num(stats.get("bytes_written")),
+            )
 
 
 def _server_zone(out: _Families, zone: str, doc: Mapping[str, Any]) -> None:

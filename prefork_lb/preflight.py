@@ -21,7 +21,8 @@ Rules:
    systemd socket activation the socket unit holds the addresses when ``ExecStartPre=-t`` runs.
    Unix listen sockets: only their directory is checked (the master replaces a stale socket).
 4. Each ``[http.proxy_cache_paths.NAME]`` directory and its ``tmp/`` are created if missing
-   (nginx creates its cache paths at startup too) and a file is created and removed in
+   and, run as root with ``user``, given to the worker user (nginx creates and chowns its
+   cache paths at startup too) and a file is created and removed in
    ``tmp/``: a directory that cannot be created or written fails ``-t`` and startup (nginx:
    "mkdir() failed"). A directory that becomes unwritable or full later never fails a
    request (cache/store.py rule 1).
@@ -112,10 +113,13 @@ def check_cache_paths(config: Config) -> None:
             if not os.path.isdir(path):
                 try:
                     os.makedirs(path, 0o700, exist_ok=True)
-                    if owner is not None:
-                        os.chown(path, *owner)
                 except OSError as e:
                     raise _fail("mkdir()", path, e, key) from None
+            if owner is not None and os.stat(path).st_uid != owner[0]:  # nginx chowns its paths too
+                try:
+                    os.chown(path, *owner)
+                except OSError as e:
+                    raise _fail("chown()", path, e, key) from None
         try:
             fd, probe = tempfile.mkstemp(dir=os.path.join(cp.path, "tmp"), prefix=".probe-")
             os.close(fd)

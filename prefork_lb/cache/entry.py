@@ -251,20 +251,33 @@ class Entry:
 def open_entry(path: str, key: bytes | None) -> Entry | None:
     """The verified entry at ``path`` for ``key`` (None: check no key), None if absent or
     bad (rule 1). Raises nothing but unexpected errors of the caller's own making."""
+    entry, _ = open_checked(path, key)
+    return entry
+
+
+def open_checked(path: str, key: bytes | None) -> tuple[Entry | None, bool]:
+    """``open_entry`` and whether a None means the file is absent or bad (True), rather than
+    a passing failure of this process (EMFILE, ENOMEM, EACCES...: False, the file may be
+    fine for the next request)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, True
     except OSError:
-        return None
+        return None, False
     try:
         parsed = read_prefix(fd)
         if key is not None and parsed.key != key:
             raise EntryError("key mismatch")
         if os.fstat(fd).st_size != parsed.body_offset + parsed.body_length:
             raise EntryError("truncated")
-        return Entry(fd, path, parsed)
-    except (OSError, EntryError):
+        return Entry(fd, path, parsed), False
+    except EntryError:
         os.close(fd)
-        return None
+        return None, True
+    except OSError:
+        os.close(fd)
+        return None, False
 
 
 class EntryWriter:

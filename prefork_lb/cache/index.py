@@ -25,8 +25,10 @@ Rules:
    bytes counted in ``H_SIZE``), ``F_UPDATING`` with ``N_LOCK_UNTIL_MS`` (someone fetches
    the key: the lock and the "updating" of nginx; a holder that died or hangs holds it at
    most until then: nginx's lock_age), ``N_USES``, ``N_ACCESS_MS`` (last use: the LRU order
-   and, plus ``inactive``, the expiry). Freshness (valid until, ETag...) is in the file
-   header (cache/entry.py); ``N_VALID_MS`` is a copy for the manager and the API.
+   and, plus ``inactive``, the expiry). ``N_LOCK_PID`` is the holder: when the master reaps
+   a dead worker it clears that worker's key locks at once (``release_locks_of``).
+   Freshness (valid until, ETag...) is in the file header (cache/entry.py); ``N_VALID_MS``
+   is a copy for the manager and the API.
 4. Times are wall-clock milliseconds (``time.time()``): every process reads the same clock.
 5. When every usable slot is taken, inserting removes the least recently used node among
    the next ``FORCE_SCAN`` slots that nobody is updating (nginx's forced expire); its md5 is
@@ -316,6 +318,32 @@ class CacheIndex:
         finally:
             self.unlock()
 
+    def release_locks_of(self, pid: int) -> int:
+        """A process died (the master, at reap): clear the key locks it held, so the requests
+        waiting on them go on now instead of at lock_age. Scans without the lock (rule 6),
+        clears under it, re-checking each node. Returns how many were cleared."""
+        if pid <= 0:
+            return 0
+        mv = self.mv
+        start = HEADER_WORDS + N_LOCK_PID
+        pids = mv[start : HEADER_WORDS + self.slots * NODE_WORDS : NODE_WORDS].tolist()
+        held = [HEADER_WORDS + i * NODE_WORDS for i, p in enumerate(pids) if p == pid]
+        if not held:
+            return 0
+        cleared = 0
+        self.lock()
+        try:
+            for base in held:
+                if mv[base + N_LOCK_PID] == pid and mv[base + N_FLAGS] & F_UPDATING:
+                    mv[base + N_FLAGS] &= ~F_UPDATING
+                    mv[base + N_LOCK_UNTIL_MS] = 0
+                    mv[base + N_LOCK_PID] = 0
+                    cleared += 1
+            mv[H_UNLOCKS] += 1
+        finally:
+            self.unlock()
+        return cleared
+
     def is_locked(self, md5: bytes, now_ms: int) -> bool:
         """Unlocked read (rule 6): is someone's lock on the key still live?"""
         k0, k1 = md5_words(md5)
@@ -511,8 +539,10 @@ class IndexSet:
                 self.indexes.pop(key).close()
 
     def break_dead_holder(self, pid: int) -> None:
+        """A child died: free the index lock if it held it, then the key locks it held."""
         for index in self.indexes.values():
             index.break_dead_holder(pid)
+            index.release_locks_of(pid)
 
 
 def _now_ms() -> int:

@@ -65,6 +65,7 @@ from prefork_lb.cache.entry import (
     EntryMeta,
     EntryWriter,
     entry_path,
+    open_checked,
     open_entry,
     read_prefix,
     rewrite_meta,
@@ -166,8 +167,10 @@ class CacheZone:
             self._unlink_md5(evicted)
         entry = None
         if view.exists:
-            entry = open_entry(self.path_of(md5), key)
-            if entry is None:
+            entry, bad = open_checked(self.path_of(md5), key)
+            if entry is None and bad:  # a REVALIDATED rewrite in place may race: look again
+                entry, bad = open_checked(self.path_of(md5), key)
+            if entry is None and bad:
                 self.index.clear_exists(md5)  # gone, corrupt, truncated or another key's
         elif self.index.cold:  # rule 6
             entry = open_entry(self.path_of(md5), key)

@@ -523,8 +523,11 @@ class HttpLoader(SectionLoader):
         if return_ is None:
             t.raw("return", None)
         status = ""
+        api_write = False
+        if isinstance(t.raw("api", None), dict):  # issue 19: api = { write = true }
+            api_write = _api_options(t)
         for key in ("api", "metrics", "dashboard"):
-            if t.take(key, boolean, False):
+            if t.take(key, _api_flag if key == "api" else boolean, False):
                 if status:
                     raise t.error(key, f'cannot be combined with "{status}" in one location')
                 status = key
@@ -572,6 +575,7 @@ class HttpLoader(SectionLoader):
             access_logs=access_logs,
             status=status,  # type: ignore[arg-type]
             access=access,
+            api_write=api_write,
             rewrite=rewrite,
             **settings,
         )
@@ -820,3 +824,16 @@ def check_upstream_ssl(t: Table, settings: dict[str, Any]) -> None:
         except (OSError, ssl.SSLError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise t.error("proxy_ssl_trusted_certificate", f'cannot load "{trusted}": {reason}') from None
+
+
+def _api_flag(v: object) -> bool:
+    """``api = true`` or ``api = { write = ... }`` (the table is read by ``_api_options``)."""
+    return True if isinstance(v, dict) else boolean(v)
+
+
+def _api_options(t: Table) -> bool:
+    """``api = { write = true }``: nginx's ``api write=on`` (read-only stays the default)."""
+    opts = t.table("api")
+    write = opts.take("write", boolean, False)
+    opts.finish()
+    return write

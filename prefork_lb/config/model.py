@@ -264,6 +264,7 @@ class LocationConfig:
     access_logs: tuple[AccessLogConfig, ...] = ()
     status: Literal["", "api", "metrics", "dashboard"] = ""  # served by prefork-lb itself
     access: tuple[tuple[bool, str], ...] = ()  # (allow?, CIDR or "all") in order, first match wins
+    api_write: bool = False  # issue 19: `api = { write = true }` (nginx `api write=on`)
     # issue 16, rewrite module (http/rewrite.py): the location's compiled rewrite_rules
     rewrite: Any = field(default=None, compare=False)  # rewrite.Block | None
     rewrite_log: bool = False

@@ -13,6 +13,7 @@
   const ENDPOINTS = {
     upstreams: "http/upstreams", zones: "http/server_zones", streams: "stream/upstreams",
     connections: "connections", nginx: "nginx", workers: "prefork/workers",
+    caches: "http/caches",
   };
 
   function apiBase(param) {
@@ -291,6 +292,36 @@
     });
   }
 
+  // ---------------------------------------------------------------- caches (issue 18)
+  const CACHE_STATUSES = ["hit", "stale", "updating", "revalidated", "miss", "expired", "bypass"];
+  const served = (c) => CACHE_STATUSES.reduce((n, s) => n + (c[s]?.responses || 0), 0);
+  const CACHE_COLUMNS = [
+    { cell: (c) => h("span", { class: "mono" }, c._name) },
+    { cell: (c) => badge(c.cold ? "cold" : "warm", c.cold ? "the cache loader has not finished reading the directory" : null) },
+    { cls: "num", cell: (c) => bytes(c.size) },
+    { cls: "num", cell: (c) => (c.max_size ? bytes(c.max_size) : "–") },
+    { cls: "num", cell: (c) => `${int(c.entries)} / ${int(c.max_entries)}` },
+    { cls: "num", cell: (c) => pct((c.hit?.responses || 0) + (c.stale?.responses || 0) + (c.updating?.responses || 0) + (c.revalidated?.responses || 0), served(c)) },
+    { cls: "num", cell: (c) => rate(c._rate) },
+    ...CACHE_STATUSES.map((s) => ({ cls: "num", cell: (c) => int(c[s]?.responses) })),
+    { cls: "num", cell: (c) => bytes(["miss", "expired", "bypass"].reduce((n, s) => n + (c[s]?.bytes_written || 0), 0)) },
+  ];
+
+  function renderCaches(doc, t) {
+    const tbody = document.querySelector("#caches-table tbody");
+    const caches = Object.keys(doc).sort().map((name) => {
+      const c = { ...doc[name], _name: name };
+      c._rate = perSecond(`cache|${name}`, served(c), t);
+      return c;
+    });
+    if (!caches.length) return;
+    tbody.querySelector(".empty-row")?.remove();
+    sync(tbody, caches, (c) => c._name, () => h("tr", { class: "cache" }), (tr, c) => {
+      tr.dataset.cache = c._name;
+      fillRow(tr, CACHE_COLUMNS, c);
+    });
+  }
+
   // ---------------------------------------------------------------- workers
   const heartbeatClass = (s) => (s > 10 ? "bad-text" : s > 3 ? "warn-text" : null);
   const WORKER_COLUMNS = [
@@ -373,9 +404,10 @@
     ["zones", (d, t) => d.zones && renderZones(d.zones, t)],
     ["streams", (d, t) => d.streams && renderUpstreams("stream-upstream-cards", d.streams, "stream", t)],
     ["workers", (d, t) => d.workers && renderWorkers(d.workers, d.nginx?.generation, t)],
+    ["caches", (d, t) => d.caches && renderCaches(d.caches, t)],
   ];
 
-  const SECTIONS = { upstreams: "http-upstreams", zones: "server-zones", streams: "stream-upstreams", workers: "workers" };
+  const SECTIONS = { upstreams: "http-upstreams", zones: "server-zones", streams: "stream-upstreams", workers: "workers", caches: "http-caches" };
   async function poll() {
     const started = performance.now();
     const names = Object.keys(ENDPOINTS);

@@ -30,7 +30,6 @@ EMPTY_COLLECTIONS: Final = (
     "slabs",
     "ssl",
     "resolvers",
-    "http/caches",
     "http/location_zones",
     "http/limit_reqs",
     "http/limit_conns",
@@ -275,6 +274,12 @@ class StatusReader:
                 seen[up.config.name] = self._upstream(up.config.name, up.group, 0, self._stream_peer)
         return seen
 
+    def http_caches(self) -> dict[str, Any]:
+        """NGINX Plus's ``http/caches`` (cache/status.py), from the shared cache indexes."""
+        from prefork_lb.cache.status import caches_document
+
+        return caches_document(self.http.caches)
+
     def workers(self) -> list[dict[str, Any]]:
         import psutil
 
@@ -317,6 +322,7 @@ class StatusReader:
             "stream_server_zones": self.stream_server_zones(),
             "stream_upstreams": self.stream_upstreams(),
             "workers": self.workers(),
+            "http_caches": self.http_caches(),
             "reloads": int(self.mv[L.H_RELOADS]),
             "uptime_s": max(0, self.now_ms - int(self.mv[L.H_START_MS])) / 1000,
         }
@@ -338,6 +344,7 @@ class StatusReader:
                 "requests": self.http_requests,
                 "server_zones": self.http_server_zones,
                 "upstreams": self.http_upstreams,
+                "caches": self.http_caches,
             },
             "stream": {"server_zones": self.stream_server_zones, "upstreams": self.stream_upstreams},
             "prefork": {"workers": self.workers},

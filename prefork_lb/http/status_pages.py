@@ -29,6 +29,10 @@ def _rest(ex: Exchange, lr: LocationRuntime) -> str:
 def answer(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int, bytes, bytes]:
     """(status, content type, body)."""
     kind = lr.config.status
+    if ex.method == b"DELETE" and kind == "api" and runtime.caches:
+        purged = _purge(ex, lr, runtime)  # issue 18: cache purge (cache/status.py)
+        if purged is not None:
+            return purged
     if ex.method not in (b"GET", b"HEAD"):
         error = ApiError(405, "MethodNotAllowed", "method not allowed")
         return 405, JSON, dumps(error.document())
@@ -54,3 +58,22 @@ def _dashboard(rest: str) -> tuple[int, bytes, bytes]:
     if body is None:
         body = _cache[name] = resources.files("prefork_lb.dashboard").joinpath(name).read_bytes()
     return 200, ctype, body
+
+
+def _purge(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int, bytes, bytes] | None:
+    import gevent
+
+    from prefork_lb.cache.status import PurgeError, purge
+
+    try:
+        done = purge(
+            _rest(ex, lr),
+            ex.args,
+            lr.config.api_write,
+            runtime.caches,
+            ex.remote_addr,
+            lambda: gevent.sleep(0),
+        )
+    except PurgeError as e:
+        return e.status, JSON, dumps(ApiError(e.status, e.code, e.text).document())
+    return (204, JSON, b"") if done else None

@@ -26,6 +26,10 @@ Rules:
    successful reload (the old one is stopped first), respawned when it dies (peer states
    live in the zone, so nothing is lost), stopped with the workers (and by WINCH: after a
    binary upgrade the new master's prober takes over; HUP after WINCH starts ours again).
+10. With ``[http.proxy_cache_paths]`` configured, the master creates one shared index per
+   keys_zone before forking the workers that use it (cache/index.py ``IndexSet``: kept across
+   reloads while the zone keeps its name, path, levels and size) and runs one cache manager
+   process (master/cachemanager.py, supervised exactly as the prober of rule 9).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from prefork_lb.config.model import Config
 from prefork_lb.limits.table import TableSet
 from prefork_lb.log import reopen_error_log
 from prefork_lb.master import systemd
+from prefork_lb.master.cachemanager import CacheManagerProc
 from prefork_lb.master.listeners import Listener, ListenerSet, wanted_listens
 from prefork_lb.master.pidfile import remove_pidfile, write_pidfile
 from prefork_lb.master.procs import EXIT_BOOT_FAILED, WorkerProc, kill
@@ -98,6 +103,7 @@ class Master:
         else:
             self.zone = Zone.create(config.zone_size_bytes)
         self.cache_indexes = IndexSet(self.zone)  # proxy_cache_path indexes (rule 10)
+        self.cache_manager = CacheManagerProc()
         self.slots = SlotTable(self.zone)
         if inherited:
             self.slots.adopt(config)
@@ -153,6 +159,7 @@ class Master:
                 return 1
             log.log(25, "%d worker process(es) ready", len(first))
             self.spawn_prober(reloaded=False)
+            self.cache_manager.start(self)
             systemd.ready(f"{len(first)} worker(s), generation 1")
             return self._loop()
         finally:
@@ -184,7 +191,9 @@ class Master:
             close_retired_listeners(self)
             release_retired_slots(self)
             if self.stopping:
-                if not self.workers and not self.prober_pid and not self.prober_stopping:
+                if not self.workers and not self.prober_pid and not self.prober_stopping and not (
+                    self.cache_manager.running
+                ):
                     log.log(25, "exit")
                     return 0
                 if self.stopping == "fast" and time.monotonic() > self.stop_deadline:
@@ -229,6 +238,7 @@ class Master:
         self.respawn_at.clear()
         self.signal_all(signal.SIGQUIT)
         self.stop_prober()  # the new master probes now
+        self.cache_manager.stop()
 
     def handle_hup(self) -> None:
         if self.stopping:
@@ -240,6 +250,7 @@ class Master:
             for slot in range(self.config.workers):
                 self.spawn(slot)
             self.spawn_prober(reloaded=False)
+            self.cache_manager.start(self)
             return
         log.log(25, "signal %d (SIGHUP) received, reconfiguring", signal.SIGHUP)
         systemd.reloading()
@@ -248,6 +259,8 @@ class Master:
             if ok:
                 self.stop_prober()
                 self.spawn_prober(reloaded=True)
+                self.cache_manager.stop()
+                self.cache_manager.start(self)
             self.limit_tables.prune(self.config.http.limit_zone_sizes())  # the config that runs now
             self.cache_indexes.prune(self.config.http.cache_paths)
         finally:
@@ -266,6 +279,7 @@ class Master:
         self.respawn_at.clear()
         self.signal_all(signal.SIGQUIT)
         self.stop_prober()
+        self.cache_manager.stop()
         self._stop_listening()
 
     def handle_term(self) -> None:
@@ -293,6 +307,7 @@ class Master:
         self.respawn_at.clear()
         self.signal_all(signal.SIGTERM)
         self.stop_prober()
+        self.cache_manager.stop()
         self._stop_listening()
 
     def _stop_listening(self) -> None:
@@ -415,6 +430,8 @@ class Master:
             if pid == self.prober_pid or pid in self.prober_stopping:
                 self._prober_exited(pid, status)
                 continue
+            if self.cache_manager.reaped(self, pid, status):
+                continue
             proc = self.workers.pop(pid, None)
             if proc is None:
                 continue
@@ -479,6 +496,8 @@ class Master:
         if self.prober_respawn_at and self.prober_respawn_at <= now:
             self.spawn_prober(reloaded=False)
             self.zone.add(ZL.H_RESPAWNED)
+        if self.cache_manager.respawn_due(self):
+            self.zone.add(ZL.H_RESPAWNED)
         for slot, when in list(self.respawn_at.items()):
             if when <= now:
                 del self.respawn_at[slot]
@@ -497,6 +516,7 @@ class Master:
             kill(proc.pid, sig)
         for pid in self.prober_stopping:  # a prober told to stop before it reset its handlers
             kill(pid, sig)
+        self.cache_manager.kill_stopping(sig)
 
 
 def _argv() -> list[str]:

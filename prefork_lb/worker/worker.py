@@ -88,6 +88,7 @@ class Worker:
         import gevent.socket
         from setproctitle import setproctitle
 
+        from prefork_lb.http import status_pages  # noqa: F401 - import as root (importlib.resources)
         from prefork_lb.http.connection import ClientConnection  # noqa: F401 - import as root
         from prefork_lb.http.runtime import build_runtime
         from prefork_lb.worker import privileges
@@ -112,6 +113,7 @@ class Worker:
         slots = dict(spec.peer_slots)
         self.runtime = build_runtime(config, self.zone, slots, self.row, dict(spec.limit_tables))
         if spec.cache_indexes:  # proxy_cache_path zones (cache/store.py); none: nothing to do
+            from prefork_lb.cache import status as _cache_status  # noqa: F401 - import as root
             from prefork_lb.cache.store import open_zones
 
             self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))

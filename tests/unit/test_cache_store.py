@@ -388,3 +388,72 @@ def test_purge_key_prefix_and_all(tmp_path: Path) -> None:
     ]
     assert zone.purge_all() == 1
     assert list(walk_entries(zone.root, zone.levels)) == [] and zone.index.entries == 0
+
+
+# ---- the manager's plan (sans-IO) ---------------------------------------------------------------
+
+
+def test_manager_plan_inactive_then_max_size_then_min_free_lru_first() -> None:
+    from prefork_lb.cache.manager import plan_removals
+
+    F = I.F_USED | I.F_EXISTS
+    nodes = [
+        (b"old", F, 1000, 4096, 0),
+        (b"mid", F, 5000, 8192, 0),
+        (b"new", F, 9000, 4096, 0),
+        (b"lock", F | I.F_UPDATING, 100, 4096, 99999),  # someone fetches it: never removed
+        (b"nofile", I.F_USED, 2000, 0, 0),
+    ]
+    assert plan_removals(nodes, 10000, 60000, 0, 20480, 0) == []
+    # inactive 6 s at t=10 s: old (1 s) and nofile (2 s) go, the locked one stays
+    assert [m for m, _, _ in plan_removals(nodes, 10000, 6000, 0, 20480, 0)] == [b"old", b"nofile"]
+    # max_size 8k: least recently used files go until the rest fits
+    assert [m for m, _, _ in plan_removals(nodes, 10000, 60000, 8192, 20480, 0)] == [b"old", b"mid"]
+    # min_free: 5000 bytes short -> two files (4096 is not enough)
+    assert [m for m, _, _ in plan_removals(nodes, 10000, 60000, 0, 20480, 5000)] == [b"old", b"mid"]
+    expired_lock = [(b"lock", F | I.F_UPDATING, 100, 4096, 50)]  # its lock_age passed
+    assert [m for m, _, _ in plan_removals(expired_lock, 10000, 6000, 0, 4096, 0)] == [b"lock"]
+
+
+def test_a_process_killed_inside_the_index_lock_does_not_wedge_it(index: I.CacheIndex) -> None:
+    """A child takes the index lock and is SIGKILLed holding it: the next user gets the lock
+    (futex: taken over from the dead holder; flock: released by the kernel) instead of
+    hanging, and the master's break_dead_holder frees it too. Without either, use() blocks."""
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        index.lock()
+        os.write(w, b"L")
+        time.sleep(60)
+        os._exit(0)
+    assert os.read(r, 1) == b"L"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    t0 = time.monotonic()
+    index.use(md5("after"), 1)  # would block forever on a wedged lock
+    assert time.monotonic() - t0 < 2.0
+    assert index.peek(md5("after")) is not None
+
+
+def test_the_key_locks_of_a_dead_process_are_released_at_reap(tmp_path: Path) -> None:
+    """A worker takes a key lock and dies: before the master reaps it the key stays locked
+    (until lock_age); the reap (IndexSet.break_dead_holder) clears it at once, and only its
+    locks: another process's lock stays."""
+    zone_lock = Zone.for_peers(1, lock="flock")
+    indexes = I.IndexSet(zone_lock)
+    cp = CachePathConfig("c", str(tmp_path), (), 16384)
+    index = indexes.for_paths({"c": cp})["c"]
+    mine, theirs = md5("dies"), md5("lives")
+    assert index.try_lock(theirs, now_ms(), 60000, pid=os.getpid())
+    pid = os.fork()
+    if pid == 0:
+        index.try_lock(mine, now_ms(), 60000, pid=os.getpid())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert index.is_locked(mine, now_ms())  # nobody cleared it yet
+    indexes.break_dead_holder(pid)
+    assert not index.is_locked(mine, now_ms())
+    assert index.is_locked(theirs, now_ms())
+    assert index.release_locks_of(pid) == 0
