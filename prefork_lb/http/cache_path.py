@@ -6,8 +6,9 @@ location whose runtime has a ``CachePlan`` (locations without one pay nothing: t
 connection checks one attribute).
 
 Rules:
-1. A method outside ``proxy_cache_methods`` is proxied untouched ($upstream_cache_status
-   empty). HEAD is fetched upstream as GET (``proxy_cache_convert_head``) and stored.
+1. A method outside ``proxy_cache_methods``, and an Upgrade (WebSocket) request, is proxied
+   untouched ($upstream_cache_status empty). HEAD is fetched upstream as GET
+   (``proxy_cache_convert_head``) and stored.
 2. ``proxy_cache_bypass`` true: BYPASS, no lookup, the response is still stored.
 3. A fresh entry is a HIT: served from the file without the balancer or an upstream (the
    stored head replayed through the location's header rules, our Date, no Age; bodies above
@@ -31,8 +32,10 @@ Rules:
    multipart; INM / IMS against the stored validators give 304.
 7. A stored entry is the upstream's status line and end-to-end headers (no hop-by-hop
    field, no Content-Length / Transfer-Encoding: the body length is in the entry) and the
-   decoded body. A body cut short (upstream died, client gone mid-body with nothing left to
-   read) never commits: ``CacheWriter.commit(expected_length)`` checks the length.
+   decoded body. A body cut short (the upstream died) never commits:
+   ``CacheWriter.commit(expected_length)`` checks the length. The commit happens before the
+   client gets the last bytes, so a client holding the whole response finds the entry;
+   a client that goes away mid-body does not stop the entry from being filled (nginx).
 8. The lock is always released (``finally``), after the commit, so waiters find the entry.
 9. Every response counts once in the zone's statistics under its cache status.
 """
@@ -146,7 +149,7 @@ def serve(
 ) -> ProxyOutcome:
     plan = lr.cache
     assert plan is not None
-    if ex.method not in plan.methods:  # rule 1
+    if ex.method not in plan.methods or head.upgrade:  # rule 1
         return Proxy(client, ex, head, lr, keep_alive, status_zone).run()
     zone = plan.zone
     key = plan.key.render(ex).encode("latin-1")
@@ -490,7 +493,12 @@ class Fill:
             if decision is not None:
                 meta = _meta(decision, resp.headers, ex)
                 counted = ex.cache_status.lower() or "miss"
-                writer = plan.zone.writer(self.key, meta, stored_head(resp), counted)
+                w = plan.zone.writer(self.key, meta, stored_head(resp), counted)
+                writer = (
+                    None
+                    if w is None
+                    else _Store(w, resp.content_length if resp.framing == "length" else None)
+                )
         framing = resp.framing
         length = resp.content_length if framing == "length" else None
         client_head_only = req.method == b"HEAD" or self.background
@@ -550,17 +558,17 @@ class Fill:
         )
         ex.bytes_sent = len(out_head)
         sink = _Sink(client, ex, out_head, window, client_head_only, field == _CHUNKED)
+        sink.keep_reading = writer is not None
         try:
             complete, reusable = _read_body(conn, resp, leftover, attempt, read_timeout_s, sink, writer)
         except ClientGone:
             if writer is not None:
-                writer.abort()
+                writer.finish(False)
             return False, False
         if writer is not None:
-            if complete:
-                writer.commit(length)
-            else:
-                writer.abort()
+            writer.finish(complete)
+        if sink.gone:
+            return False, False
         if not complete:
             client.abort()
             return False, False
@@ -578,7 +586,7 @@ class Fill:
         resp: ResponseHead,
         leftover: bytes,
         attempt: Attempt,
-        writer: Any,
+        writer: _Store | None,
         length: int,
         keep_alive: bool,
         read_timeout_s: float,
@@ -596,21 +604,21 @@ class Fill:
             complete, reusable = _read_body(conn, resp, leftover, attempt, read_timeout_s, sink, writer)
         except ClientGone:
             if writer is not None:
-                writer.abort()
+                writer.finish(False)
             return False, False
         if writer is not None:
-            if complete:
-                writer.commit(length)
-            else:
-                writer.abort()
+            writer.finish(complete)
         return keep_alive and complete, reusable and complete
 
 
 class _Sink:
     """Where the decoded body goes on the client side: all of it, a window of it (one
-    range), or nothing (HEAD, 304, background); the head goes out with the first bytes."""
+    range), or nothing (HEAD, 304, background); the head goes out with the first bytes.
+    With ``keep_reading`` (an entry is being stored) a client that goes away is noted
+    (``gone``) and the body is still read into the entry, as nginx fills the cache after a
+    client abort; without it ClientGone propagates."""
 
-    __slots__ = ("chunked", "client", "ex", "head", "head_only", "pos", "window")
+    __slots__ = ("chunked", "client", "ex", "gone", "head", "head_only", "keep_reading", "pos", "window")
 
     def __init__(
         self,
@@ -628,11 +636,23 @@ class _Sink:
         self.head_only = head_only
         self.chunked = chunked
         self.pos = 0
+        self.keep_reading = False
+        self.gone = False
+
+    def _send(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            self.client.send(data)
+        except ClientGone:
+            if not self.keep_reading:
+                raise
+            self.gone = True
 
     def flush_head(self) -> None:
         if self.head:
             head, self.head = self.head, b""
-            self.client.send(head)
+            self._send(head)
 
     def feed(self, piece: bytes) -> None:
         start = self.pos
@@ -656,12 +676,14 @@ class _Sink:
         data = self.head + piece if self.head else piece
         self.head = b""
         if data:
-            self.client.send(data)
+            self._send(data)
 
     def finish(self) -> None:
         self.flush_head()
         if self.chunked and not self.head_only:
-            self.client.send(_LAST_CHUNK)
+            self._send(_LAST_CHUNK)
+        if self.gone:
+            raise ClientGone
 
 
 def _read_body(
@@ -671,10 +693,12 @@ def _read_body(
     attempt: Attempt,
     read_timeout_s: float,
     sink: _Sink,
-    writer: Any,
+    writer: _Store | None,
 ) -> tuple[bool, bool]:
     """Read the upstream body by its framing into ``sink`` and ``writer``: (complete,
-    upstream reusable). ClientGone from the sink propagates."""
+    upstream reusable). The entry is committed before the client gets the last bytes, so
+    a client that has the whole response finds the entry (rule 7). ClientGone from the
+    sink propagates."""
     framing = resp.framing
     sock = conn.sock
     if framing == "none":
@@ -690,6 +714,8 @@ def _read_body(
                 remaining -= len(data)
                 if writer is not None:
                     writer.write(data)
+                    if remaining <= 0:
+                        writer.finish(True)
                 sink.feed(data)
             if remaining <= 0:
                 return True, resp.keep_alive and not extra
@@ -709,10 +735,13 @@ def _read_body(
                 return False, False
         else:
             pieces = [data] if data else []
+        if writer is not None:
+            for piece in pieces:
+                writer.write(piece)
+            if decoder is not None and decoder.done:
+                writer.finish(True)
         for piece in pieces:
             if piece:
-                if writer is not None:
-                    writer.write(piece)
                 sink.feed(piece)
         if decoder is not None and decoder.done:
             return True, resp.keep_alive and not decoder.extra
@@ -723,6 +752,31 @@ def _read_body(
             return False, False
         attempt.bytes_received += len(got)
         data = got
+
+
+class _Store:
+    """The entry being written: committed once complete (the body length checked against
+    the announced one), aborted otherwise; ``finish`` acts once."""
+
+    __slots__ = ("done", "expected", "writer")
+
+    def __init__(self, writer: Any, expected: int | None) -> None:
+        self.writer = writer
+        self.expected = expected
+        self.done = False
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+
+    def finish(self, complete: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        if complete:
+            self.writer.commit(self.expected)
+        else:
+            self.writer.abort()
 
 
 def _upstream_recv(sock: Any, timeout_s: float) -> bytes | None:

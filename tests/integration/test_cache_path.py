@@ -10,7 +10,9 @@ the only sleeps here; every other wait is on a condition."""
 from __future__ import annotations
 
 import http.client
+import shutil
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -256,30 +258,34 @@ def burst(lb: LB, path: str, n: int) -> list[tuple[str, float]]:
     return out
 
 
+UPDATING = 'proxy_cache_lock = true\n  proxy_cache_use_stale = ["updating"]'
+
+
 @pytest.mark.parametrize(
-    ("loc", "expected", "upstream"),
+    ("loc", "expected", "upstream", "workers"),
     [
-        ("proxy_cache_lock = true", {"EXPIRED": 30}, 30),  # C19: the lock does not protect it
-        (
-            'proxy_cache_lock = true\n  proxy_cache_use_stale = ["updating"]',
-            {"EXPIRED": 1, "UPDATING": 29},
-            1,
-        ),
-        (
-            'proxy_cache_lock = true\n  proxy_cache_use_stale = ["updating"]\n'
-            "  proxy_cache_background_update = true",
-            {"STALE": 1, "UPDATING": 29},
-            1,
-        ),
+        ("proxy_cache_lock = true", {"EXPIRED": 30}, 30, 2),  # C19: the lock does not protect it
+        ("", {"EXPIRED": 30}, 30, 2),  # C20: neither
+        ('proxy_cache_use_stale = ["updating"]', {"EXPIRED": 1, "UPDATING": 29}, 1, 2),  # C20
+        (UPDATING, {"EXPIRED": 1, "UPDATING": 29}, 1, 2),
+        (UPDATING + "\n  proxy_cache_background_update = true", {"STALE": 1, "UPDATING": 29}, 1, 2),
+        (UPDATING, {"EXPIRED": 1, "UPDATING": 29}, 1, 4),
     ],
-    ids=["C19-lock-only", "C17-updating", "C18-background"],
+    ids=[
+        "C19-lock-only",
+        "C20-neither",
+        "C20-updating-only",
+        "C17-updating",
+        "C18-background",
+        "C25-4-workers",
+    ],
 )
 def test_expired_burst(
-    tmp_path: Path, be: CacheBackend, loc: str, expected: dict[str, int], upstream: int
+    tmp_path: Path, be: CacheBackend, loc: str, expected: dict[str, int], upstream: int, workers: int
 ) -> None:
-    """C17-C19: valid 1 s, expired key, upstream 0.5 s, 30 concurrent over 2 workers."""
+    """C17-C20, C25: valid 1 s, expired key, upstream 0.5 s, 30 concurrent over 2 (4) workers."""
     be.route("/e", delay_s=0.5)
-    with start(tmp_path, be, 'proxy_cache_valid = ["200 1s"]\n  ' + loc, workers=2) as lb:
+    with start(tmp_path, be, 'proxy_cache_valid = ["200 1s"]\n  ' + loc, workers=workers) as lb:
         assert get(lb, "/e")[1] == "MISS"
         until_stale()
         results = burst(lb, "/e", 30)
@@ -427,3 +433,88 @@ def test_chunked_upstream_stored_and_large_body_hit(tmp_path: Path, be: CacheBac
     assert b[3]["content-length"] == str(len(b[2]))
     assert (c[1], d[1]) == ("MISS", "HIT") and d[2] == c[2] == b"n=1\n" + big
     assert data.count(b"n=1\n" + big) == 2
+
+
+def test_lock_timeout_waiters_go_upstream_unstored(tmp_path: Path, be: CacheBackend) -> None:
+    """C16: lock_timeout 1 s, upstream 3 s, 6 concurrent: 6 MISS, 6 upstream requests (the
+    waiters give up after 1 s, their responses are not stored); the next GET is a HIT with
+    the lock holder's body (n=1)."""
+    be.route("/t", delay_s=3.0)
+    loc = VALID_10S + '\n  proxy_cache_lock = true\n  proxy_cache_lock_timeout = "1s"'
+    with start(tmp_path, be, loc) as lb:
+        results = burst(lb, "/t", 6)
+        after = get(lb, "/t")
+    assert Counter(s for s, _ in results) == {"MISS": 6}
+    assert be.hits["/t"] == 6
+    assert after[1:3] == ("HIT", b"n=1\n")
+
+
+def test_stale_while_revalidate_and_first_valid_match(tmp_path: Path, be: CacheBackend) -> None:
+    """C13: background_update alone with the upstream's stale-while-revalidate=30: STALE
+    after expiry. C14: "any 1s" before "200 60s": a 200 is valid 1 s only (EXPIRED)."""
+    be.route("/swr", headers=[("Cache-Control", "max-age=1, stale-while-revalidate=30")])
+    be.route("/first")
+    loc = 'proxy_cache_valid = ["any 1s", "200 60s"]\n  proxy_cache_background_update = true'
+    with start(tmp_path, be, loc) as lb:
+        assert [get(lb, p)[1] for p in ("/swr", "/first")] == ["MISS", "MISS"]
+        until_stale(2.1)
+        swr = get(lb, "/swr")
+        first = get(lb, "/first")
+        wait_for(lambda: be.hits["/swr"] == 2, what="the background update")
+    assert swr[1:3] == ("STALE", b"n=1\n")
+    assert first[1:3] == ("EXPIRED", b"n=2\n")
+
+
+def test_unwritable_cache_serves_uncached(tmp_path: Path, be: CacheBackend) -> None:
+    """The cache's temp directory replaced by a file while running (as root, chmod cannot
+    make a directory unwritable): every request still gets its full 200, nothing is stored
+    (MISS each time, the upstream asked each time) and the error is logged once."""
+    be.route("/w")
+    with start(tmp_path, be, VALID_10S) as lb:
+        tmp = tmp_path / "cache" / "tmp"
+        shutil.rmtree(tmp)
+        tmp.write_text("not a directory")
+        seq = statuses(lb, "/w", 3)
+        log = lb.output()
+    assert seq == [("MISS", b"n=1\n"), ("MISS", b"n=2\n"), ("MISS", b"n=3\n")]
+    assert log.count("cannot create a temp file in") == 1
+
+
+def test_websocket_upgrade_never_cached(tmp_path: Path, be: CacheBackend) -> None:
+    """An Upgrade request on a cached location bypasses the cache entirely: it cannot be
+    answered from an entry a plain GET stored (empty $upstream_cache_status)."""
+    be.route("/ws")
+    with start(tmp_path, be, VALID_10S) as lb:
+        assert get(lb, "/ws")[1] == "MISS"
+        up = get(lb, "/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+    assert up[1] == "" and up[2] == b"n=2\n" and be.hits["/ws"] == 2
+
+
+def test_client_gone_mid_body_still_fills_the_entry(tmp_path: Path, be: CacheBackend) -> None:
+    """A client that resets the connection after the first bytes of an 8 MB MISS: the body
+    is still read into the entry (nginx fills the cache after a client abort), so the next
+    request is a HIT and the upstream saw one request. Before, the entry was aborted with
+    the client (checked: MISS, 2 upstream requests)."""
+    body = b"z" * (8 << 20)
+    be.route("/big", body=body)
+    with start(tmp_path, be, VALID_10S) as lb:
+        sock = socket.create_connection(("127.0.0.1", lb.port))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST with most of the body unread
+        wait_for(lambda: lb.access_log(1), what="the MISS to end")
+        again = get(lb, "/big")
+    assert again[1] == "HIT" and again[2] == b"n=1\n" + body and be.hits["/big"] == 1
+
+
+def test_entry_visible_once_the_client_has_the_response(tmp_path: Path, be: CacheBackend) -> None:
+    """The entry is committed before the last body bytes go out, so a client that has the
+    whole MISS and asks again at once (a new connection, likely another of 4 workers) gets
+    a HIT every time (nginx 1.22: 118 of 200 such requests were MISS; so was prefork-lb
+    before: commit after the last send)."""
+    for i in range(20):
+        be.route(f"/v{i}", body=b"q" * 2000)
+    with start(tmp_path, be, VALID_10S, workers=4) as lb:
+        seq = [(get(lb, f"/v{i}")[1], get(lb, f"/v{i}")[1]) for i in range(20)]
+    assert seq == [("MISS", "HIT")] * 20
