@@ -228,3 +228,62 @@ def test_cache_path_round_trip_through_the_loader(tmp_path: Path) -> None:
     conf.write_text(conf.read_text().replace("levels=1:2", "levels=1:3"))
     with pytest.raises(ConfigError, match=r"nginx.conf:2: http.proxy_cache_paths.one.levels: must be 1 to 3"):
         load_config(str(conf))
+
+
+def test_location_keys_round_trip_with_nginx_inheritance(tmp_path: Path) -> None:
+    """Catches: a converted proxy_cache* directive the loader reads differently from nginx:
+    http- and server-level values not reaching the location, a location's own list not
+    replacing the inherited one whole, repeated lines not accumulated, ``off`` not
+    cancelling an inherited zone or stale use."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        "http {\n"
+        "    proxy_cache_path cache keys_zone=c:1m;\n"
+        "    proxy_cache c;\n"
+        "    proxy_cache_valid 200 302 10m;\n"
+        "    proxy_cache_valid 404 1m;\n"
+        "    proxy_cache_use_stale error updating;\n"
+        "    server {\n"
+        "        listen 127.0.0.1:8080;\n"
+        "        proxy_cache_lock on;\n"
+        "        proxy_cache_lock_timeout 2s;\n"
+        "        location / {\n"
+        "            proxy_pass http://127.0.0.1:9;\n"
+        "            proxy_cache_key $scheme$host$request_uri;\n"
+        "            proxy_cache_methods POST;\n"
+        "            proxy_cache_min_uses 2;\n"
+        "            proxy_cache_bypass $cookie_nocache $arg_nocache;\n"
+        "            proxy_cache_bypass $http_pragma;\n"
+        "            proxy_no_cache $http_authorization;\n"
+        "            proxy_cache_background_update on;\n"
+        "            proxy_cache_revalidate on;\n"
+        "            proxy_cache_convert_head off;\n"
+        "            proxy_ignore_headers Cache-Control Set-Cookie;\n"
+        "            proxy_force_ranges on;\n"
+        "        }\n"
+        "        location /own/ { proxy_pass http://127.0.0.1:9; proxy_cache_valid any 5s; }\n"
+        "        location /off/ {\n"
+        "            proxy_pass http://127.0.0.1:9;\n"
+        "            proxy_cache off;\n"
+        "            proxy_cache_use_stale off;\n"
+        "        }\n"
+        "    }\n"
+        "}\n"
+    )
+    root, own, off = load_config(str(conf)).http.servers[0].locations
+    assert (root.proxy_cache, own.proxy_cache, off.proxy_cache) == ("c", "c", "")
+    assert root.proxy_cache_valid == ((frozenset({200, 302}), 600), (frozenset({404}), 60))
+    assert own.proxy_cache_valid == ((None, 5),)
+    assert root.proxy_cache_use_stale == own.proxy_cache_use_stale == frozenset({"error", "updating"})
+    assert off.proxy_cache_use_stale == frozenset()
+    assert (root.proxy_cache_lock, root.proxy_cache_lock_timeout_s, own.proxy_cache_lock) == (True, 2.0, True)
+    assert root.proxy_cache_key == "$scheme$host$request_uri"
+    assert own.proxy_cache_key == "$scheme$proxy_host$request_uri"
+    assert root.proxy_cache_methods == frozenset({b"GET", b"HEAD", b"POST"})
+    assert (root.proxy_cache_min_uses, own.proxy_cache_min_uses) == (2, 1)
+    assert root.proxy_cache_bypass == ("$cookie_nocache", "$arg_nocache", "$http_pragma")
+    assert root.proxy_no_cache == ("$http_authorization",)
+    assert (root.proxy_cache_background_update, root.proxy_cache_revalidate) == (True, True)
+    assert (root.proxy_cache_convert_head, own.proxy_cache_convert_head) == (False, True)
+    assert root.proxy_ignore_headers == frozenset({"cache-control", "set-cookie"})
+    assert (root.proxy_force_ranges, own.proxy_force_ranges) == (True, False)
