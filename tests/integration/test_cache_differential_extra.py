@@ -326,3 +326,81 @@ def test_x16_empty_body_is_cached(target: str, tmp_path: Path, backend: CacheUps
         seen = [rig.ask("/x16?size=0") for _ in range(2)]
     assert [(s.status, s.cache, s.body) for s in seen] == [(200, "MISS", b""), (200, "HIT", b"")]
     assert seen[1].headers["content-length"] == "0"
+
+
+def test_x17_range_inside_a_large_entry(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
+    """Catches: a range of a large cached body (served from the file, sendfile with an
+    offset) sending the wrong bytes, or a suffix range miscomputed."""
+    path = "/x17?h=Accept-Ranges:bytes&size=300000"
+    with Rig(target, tmp_path, backend, "proxy_cache_valid 10s;") as rig:
+        full = rig.ask(path)
+        rig.wait_stored(1)
+        middle = rig.ask(path, headers={"Range": "bytes=150000-150099"})
+        suffix = rig.ask(path, headers={"Range": "bytes=-70000"})
+        open_ended = rig.ask(path, headers={"Range": "bytes=299990-"})
+    assert (full.status, full.cache, len(full.body)) == (200, "MISS", 300000)
+    assert (middle.status, middle.cache, middle.body) == (206, "HIT", full.body[150000:150100])
+    assert middle.headers["content-range"] == "bytes 150000-150099/300000"
+    assert (suffix.status, suffix.body) == (206, full.body[-70000:])
+    assert suffix.headers["content-range"] == "bytes 230000-299999/300000"
+    assert (open_ended.status, open_ended.body) == (206, full.body[299990:])
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+        return out
+
+
+def test_x18_http10_and_pipelined_hits(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
+    """Catches: a HIT framed wrongly for an HTTP/1.0 client (it needs Content-Length and a
+    close), or pipelined requests answered out of order or merged when some are HITs and
+    some go upstream."""
+    with Rig(target, tmp_path, backend, "proxy_cache_valid 10s;") as rig:
+        assert rig.ask("/x18a").cache == "MISS"
+        rig.wait_stored(1)
+        old = _raw(rig.port, b"GET /x18a HTTP/1.0\r\n\r\n")
+        pipelined = _raw(
+            rig.port,
+            b"GET /x18a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /x18b HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"HEAD /x18a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /x18a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    head, _, body = old.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"\r\nContent-Length: 4" in head and body == b"n=1\n"
+    assert b"X-Cache-Status: HIT" in head
+    answers = pipelined.split(b"HTTP/1.1 ")[1:]
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"200 OK"] * 4
+    statuses = [a.split(b"X-Cache-Status: ", 1)[1].split(b"\r\n", 1)[0] for a in answers]
+    assert statuses == [b"HIT", b"MISS", b"HIT", b"HIT"]
+    assert [a.endswith(end) for a, end in zip(answers, (b"n=1\n", b"n=1\n", b"\r\n\r\n", b"n=1\n"))] == [
+        True
+    ] * 4
+
+
+def test_x19_validity_arithmetic(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
+    """Catches: s-maxage not preferred over max-age (``s-maxage=30, max-age=0`` is cached),
+    an ``X-Accel-Expires: @epoch`` in the past or an ``Expires`` in the near future handled
+    differently from nginx."""
+    past = int(time.time()) - 10
+    soon = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30)).replace(" ", "%20")
+    soon = soon.replace(",", "%2C")
+    cases = {
+        "/x19a?h=Cache-Control:s-maxage%3D30%2C%20max-age%3D0": "HIT",
+        f"/x19b?h=X-Accel-Expires:@{past}": "EXPIRED",
+        f"/x19c?h=Expires:{soon}": "HIT",
+    }
+    with Rig(target, tmp_path, backend, "") as rig:
+        seen = {}
+        for i, path in enumerate(cases):
+            first = rig.ask(path).cache
+            rig.wait_stored(i + 1)  # each is stored, the past @epoch one already expired
+            seen[path] = (first, rig.ask(path).cache)
+    assert seen == {path: ("MISS", second) for path, second in cases.items()}
