@@ -65,9 +65,12 @@ class Rig:
         http: str = "",
         server: str = "",
         workers: int = 1,
+        upstream: str | None = None,
     ) -> None:
+        """``upstream``: what the location proxies to instead of ``backend``'s address (an
+        ``upstream`` block's name, defined in ``http``)."""
         self.port = free_port()
-        text = conf(self.port, backend.addr, location, http, server, workers)
+        text = conf(self.port, upstream or backend.addr, location, http, server, workers)
         self.server: Nginx | LB = (
             Nginx(directory / "nginx", self.port, text)
             if target == "nginx"

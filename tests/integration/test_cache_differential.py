@@ -278,6 +278,17 @@ def test_c15_lock_collapses_a_new_key(target: str, tmp_path: Path, backend: Cach
     assert backend.count("/c15") == 1
 
 
+@pytest.mark.parametrize("workers", [2, 4])
+def test_c15_lock_across_workers(target: str, tmp_path: Path, backend: CacheUpstream, workers: int) -> None:
+    """Catches: the lock on a new key being per worker (each worker would send its own
+    request upstream): one upstream request for the 30 with 2 and 4 workers."""
+    location = "proxy_cache_valid 10s; proxy_cache_lock on;"
+    with Rig(target, tmp_path, backend, location, workers=workers) as rig:
+        seen = rig.burst("/c15w?d=1000", 30)
+    assert sorted(s.cache for s in seen) == ["HIT"] * 29 + ["MISS"]
+    assert backend.count("/c15w") == 1
+
+
 def test_c16_lock_timeout(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
     """Catches: a waiter whose lock_timeout passed still waiting (it goes upstream: 6 upstream
     requests), or its response stored over the lock holder's (nginx stores only the holder's:

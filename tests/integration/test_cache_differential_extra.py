@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends import free_port
 from tests.cache_harness import Rig, expire, settled
 from tests.cache_upstream import CacheUpstream
 from tests.nginx_conf import NGINX
@@ -403,3 +404,47 @@ def test_x19_validity_arithmetic(target: str, tmp_path: Path, backend: CacheUpst
             rig.wait_stored(i + 1)  # each is stored, the past @epoch one already expired
             seen[path] = (first, rig.ask(path).cache)
     assert seen == {path: ("MISS", second) for path, second in cases.items()}
+
+
+def test_x20_vary_variants(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
+    """Catches: a variant keyed wrongly: an absent varying header not a variant of its own,
+    two varying headers not both in the variant, or a HIT dropping the Vary header."""
+    with Rig(target, tmp_path, backend, "proxy_cache_valid 10s;") as rig:
+        ae = [
+            rig.ask("/x20a?h=Vary:Accept-Encoding", headers=h).row
+            for h in ({"Accept-Encoding": "gzip"}, {}, {"Accept-Encoding": "gzip"}, {})
+        ]
+        two = [
+            rig.ask("/x20b?h=Vary:Accept-Language%2C%20X-Tenant", headers=h).row
+            for h in (
+                {"Accept-Language": "en", "X-Tenant": "a"},
+                {"Accept-Language": "en", "X-Tenant": "b"},
+                {"Accept-Language": "en", "X-Tenant": "a"},
+            )
+        ]
+        hit = rig.ask("/x20a?h=Vary:Accept-Encoding", headers={"Accept-Encoding": "gzip"})
+    assert ae == [(200, "MISS", 1), (200, "MISS", 2), (200, "HIT", 1), (200, "HIT", 2)]
+    assert two == [(200, "MISS", 1), (200, "MISS", 2), (200, "HIT", 1)]
+    assert hit.headers["vary"] == "Accept-Encoding"
+
+
+def test_x21_no_live_upstreams_is_an_error_for_use_stale(
+    target: str, tmp_path: Path, backend: CacheUpstream
+) -> None:
+    """Catches: use_stale error not covering "no live upstreams" (every server of the group
+    marked failed by max_fails): nginx serves the stale entry then too."""
+    dead = free_port()
+    servers = (backend.addr, f"127.0.0.1:{dead}")
+    http = "upstream u { " + " ".join(f"server {a} max_fails=1 fail_timeout=30s;" for a in servers) + " }"
+    location = "proxy_cache_valid 200 1s; proxy_cache_use_stale error;"
+    with Rig(target, tmp_path, backend, location, http=http, upstream="u") as rig:
+        seed = rig.ask("/x21").row
+        expire(1)
+        backend.refuse()
+        try:
+            first = rig.ask("/x21").row  # both servers fail: marked down
+            second = rig.ask("/x21").row  # no live upstreams
+        finally:
+            backend.listen()
+    assert seed[:2] == (200, "MISS")
+    assert (first, second) == ((200, "STALE", seed[2]), (200, "STALE", seed[2]))
