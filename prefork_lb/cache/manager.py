@@ -13,11 +13,13 @@ Rules:
    process is gone are removed. Then the index is marked warm (``cold: false`` in the API).
    A node a worker recorded meanwhile is left as it is (``set_exists(only_new=True)``).
    An index kept across a reload is warm and not loaded again.
-2. Manager: every ``PERIOD_S`` (1 s; nginx's wakes at most every 10 s) each zone is
-   scanned without the lock (cache/index.py rule 6) and nodes are removed, least recently
-   used first: those unused for ``inactive``; then while the files exceed ``max_size``;
-   then while the filesystem has less than ``min_free`` free. A node someone holds the
-   lock of is never removed, and each removal re-checks under the lock that the node was
+2. Manager: every ``PERIOD_S`` (1 s) each zone's size and free space are checked; a zone
+   short of either, or not scanned for ``inactive / 10`` (1 to 10 s; nginx's manager wakes
+   at most every 10 s), is scanned without the lock (cache/index.py rule 6) and nodes are
+   removed: those unused for ``inactive``; then, least recently used first, while the
+   files exceed ``max_size`` or the filesystem has less than ``min_free`` free. A node
+   someone holds the lock of is never removed, and each removal re-checks under the lock
+   that the node was
    not used since the scan (``remove(unless_accessed_after_ms=...)``). Files are unlinked
    after the lock is released.
 3. The process exits on TERM/QUIT/INT, and by itself when the master is gone (its parent
@@ -34,16 +36,17 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from prefork_lb.cache.entry import TMP_DIR, EntryError, fs_size, read_prefix
-from prefork_lb.cache.index import F_EXISTS, F_UPDATING, H_LOADED, CacheIndex
+from prefork_lb.cache.index import F_EXISTS, F_UPDATING, H_LOADED, CacheIndex, words_md5
 from prefork_lb.cache.store import CacheZone
 from prefork_lb.config.model import CachePathConfig
 
 log = logging.getLogger("prefork_lb.error")
 
 PERIOD_S: Final = 1.0
+K = TypeVar("K")
 ERROR_LOG_INTERVAL_S: Final = 60.0
 
 
@@ -111,35 +114,39 @@ def _alive(pid: int) -> bool:
 
 
 def plan_removals(
-    nodes: list[tuple[bytes, int, int, int, int]],
+    nodes: list[tuple[K, int, int, int, int]],
     now_ms: int,
     inactive_ms: int,
     max_size: int,
     size_now: int,
     need_free: int,
-) -> list[tuple[bytes, int, int]]:
-    """Rule 2, sans-IO: which nodes to remove, in order: (md5, access_ms, fs_size).
-    ``nodes`` is ``CacheIndex.snapshot()``; ``need_free``: bytes to free for min_free."""
-    live = [n for n in nodes if not (n[1] & F_UPDATING and n[4] > now_ms)]
-    live.sort(key=lambda n: n[2])  # least recently used first
-    out: list[tuple[bytes, int, int]] = []
-    keep: list[tuple[bytes, int, int, int, int]] = []
+) -> list[tuple[K, int, int]]:
+    """Rule 2, sans-IO: which nodes to remove, in order: (key, access_ms, fs_size).
+    ``nodes`` is ``CacheIndex.snapshot()``; ``need_free``: bytes to free for min_free.
+    Inactive nodes first (in node order), then least recently used files while the size
+    or the free space is short (sorted only then)."""
+    out: list[tuple[K, int, int]] = []
+    keep: list[tuple[K, int, int, int, int]] = []
     size = size_now
-    for n in live:
-        if n[2] + inactive_ms <= now_ms:
-            out.append((n[0], n[2], n[3] if n[1] & F_EXISTS else 0))
-            size -= n[3] if n[1] & F_EXISTS else 0
-            need_free -= n[3] if n[1] & F_EXISTS else 0
-        else:
+    cutoff = now_ms - inactive_ms
+    for n in nodes:
+        if n[1] & F_UPDATING and n[4] > now_ms:
+            continue  # someone fetches it
+        if n[2] <= cutoff:
+            nbytes = n[3] if n[1] & F_EXISTS else 0
+            out.append((n[0], n[2], nbytes))
+            size -= nbytes
+            need_free -= nbytes
+        elif n[1] & F_EXISTS:
             keep.append(n)
-    for n in keep:
-        if not ((max_size and size > max_size) or need_free > 0):
-            break
-        if not n[1] & F_EXISTS:
-            continue
-        out.append((n[0], n[2], n[3]))
-        size -= n[3]
-        need_free -= n[3]
+    if (max_size and size > max_size) or need_free > 0:
+        keep.sort(key=lambda n: n[2])  # least recently used first
+        for n in keep:
+            if not ((max_size and size > max_size) or need_free > 0):
+                break
+            out.append((n[0], n[2], n[3]))
+            size -= n[3]
+            need_free -= n[3]
     return out
 
 
@@ -149,6 +156,7 @@ class Manager:
     def __init__(self, zones: list[CacheZone]) -> None:
         self.zones = zones
         self._last_error_s: dict[str, float] = {}
+        self._scanned_ms: dict[str, int] = {}
 
     def load(self) -> None:
         for zone in self.zones:
@@ -176,6 +184,9 @@ class Manager:
         return total
 
     def manage(self, zone: CacheZone) -> int:
+        """One zone's pass: the full scan runs when the size or the free space is short, and
+        otherwise every ``inactive / 10`` (between 1 and 10 s: nginx's manager wakes at
+        most every 10 s), so a large idle zone is not scanned every second."""
         cp: CachePathConfig = zone.config
         index: CacheIndex = zone.index
         now_ms = _now_ms()
@@ -183,6 +194,11 @@ class Manager:
         if cp.min_free_bytes:
             st = os.statvfs(cp.path)
             need_free = cp.min_free_bytes - st.f_bavail * st.f_frsize
+        short = (cp.max_size_bytes and index.size_on_disk > cp.max_size_bytes) or need_free > 0
+        every_ms = int(min(10.0, max(PERIOD_S, cp.inactive_s / 10)) * 1000)
+        if not short and now_ms - self._scanned_ms.get(zone.name, 0) < every_ms:
+            return 0
+        self._scanned_ms[zone.name] = now_ms
         plan = plan_removals(
             index.snapshot(),
             now_ms,
@@ -192,7 +208,8 @@ class Manager:
             need_free,
         )
         removed = 0
-        for md5, access_ms, _ in plan:
+        for (k0, k1), access_ms, _ in plan:
+            md5 = words_md5(k0, k1)
             if index.remove(md5, now_ms, unless_accessed_after_ms=access_ms):
                 removed += 1
                 try:

@@ -17,8 +17,10 @@ per-key forms are ours, in the spirit of Plus's ``proxy_cache_purge``):
 
 ``K`` is percent-decoded (``key=http%3A%2F%2Fbe%2Fa``); it is the key as ``proxy_cache_key``
 renders it. Rules:
-1. Writes only where the API location has ``api = { write = true }``; elsewhere 405
-   "MethodDisabled", as NGINX Plus's read-only API. ``allow``/``deny`` apply first, as for GET.
+1. Writes only where the API location has ``api = { write = true }``, and from a client the
+   location's ``allow`` list admits, or from loopback when it has none (the write API's
+   rule); elsewhere 405 "MethodDisabled", as NGINX Plus's read-only API. ``allow``/``deny``
+   apply first, as for GET.
 2. An unknown zone is 404 "CacheNotFound"; an empty ``key=`` is 400 "CacheKeyInvalid".
 3. Every purge is logged at notice with the client address and what it removed.
 4. A purge answers when it is done; its file walk yields to the worker's other connections

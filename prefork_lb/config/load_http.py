@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prefork_lb.config.load_cache import cache_paths
 from prefork_lb.config.load_health import health_check, http_matches, mark_checked
 from prefork_lb.config.load_limits import LIMIT_KEYS, check_zone_names, limit_zones, realip
 from prefork_lb.config.load_proxy_cache import CACHE_KEYS, TEMPLATE_KEYS, check_cache_zone, check_templates
@@ -239,10 +238,10 @@ class HttpLoader(SectionLoader):
         self.upstreams: dict[str, UpstreamConfig] = {}
         self.log_formats: dict[str, str] = {}
         self.matches: dict[str, HttpMatch] = {}
+        self.cache_paths: dict[str, Any] = {}  # [http.proxy_cache_paths] (config/load_cache.py)
         self.health_checks: list[HealthCheck] = []
         self.limit_req_zones: dict[str, Any] = {}
         self.limit_conn_zones: dict[str, Any] = {}
-        self.cache_paths: dict[str, Any] = {}
 
     def http(self, t: Table) -> HttpConfig:
         from prefork_lb.http.accesslog import BUILTIN_FORMATS, compile_log_format
@@ -263,6 +262,8 @@ class HttpLoader(SectionLoader):
         previous = install_user_variables(user)  # every template below may name them
         try:
             self.limit_req_zones, self.limit_conn_zones = limit_zones(t)  # before any limit_req/limit_conn
+            from prefork_lb.config.load_cache import cache_paths
+
             self.cache_paths = cache_paths(t, self.path)  # before any proxy_cache names a zone
             self.compile_maps(t, user)
             http_settings = self.location_settings(t, {})

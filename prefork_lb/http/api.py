@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from prefork_lb import __version__
+from prefork_lb.cache.status import caches_document
 from prefork_lb.zone import layout as L
 
 if TYPE_CHECKING:
@@ -276,8 +277,6 @@ class StatusReader:
 
     def http_caches(self) -> dict[str, Any]:
         """NGINX Plus's ``http/caches`` (cache/status.py), from the shared cache indexes."""
-        from prefork_lb.cache.status import caches_document
-
         return caches_document(self.http.caches)
 
     def workers(self) -> list[dict[str, Any]]:

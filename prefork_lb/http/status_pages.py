@@ -29,11 +29,11 @@ def _rest(ex: Exchange, lr: LocationRuntime) -> str:
 def answer(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int, bytes, bytes]:
     """(status, content type, body)."""
     kind = lr.config.status
-    if ex.method == b"DELETE" and kind == "api" and runtime.caches:
-        purged = _purge(ex, lr, runtime)  # issue 18: cache purge (cache/status.py)
-        if purged is not None:
-            return purged
     if ex.method not in (b"GET", b"HEAD"):
+        if ex.method == b"DELETE" and kind == "api" and runtime.caches:
+            purged = _purge(ex, lr, runtime)  # issue 18: cache purge (cache/status.py)
+            if purged is not None:
+                return purged
         error = ApiError(405, "MethodNotAllowed", "method not allowed")
         return 405, JSON, dumps(error.document())
     if kind == "dashboard":
@@ -65,15 +65,19 @@ def _purge(ex: Exchange, lr: LocationRuntime, runtime: HttpRuntime) -> tuple[int
 
     from prefork_lb.cache.status import PurgeError, purge
 
+    write = lr.config.api_write and (bool(lr.access) or _is_loopback(ex.conn.remote_addr))
     try:
-        done = purge(
-            _rest(ex, lr),
-            ex.args,
-            lr.config.api_write,
-            runtime.caches,
-            ex.remote_addr,
-            lambda: gevent.sleep(0),
-        )
+        done = purge(_rest(ex, lr), ex.args, write, runtime.caches, ex.remote_addr, lambda: gevent.sleep(0))
     except PurgeError as e:
         return e.status, JSON, dumps(ApiError(e.status, e.code, e.text).document())
     return (204, JSON, b"") if done else None
+
+
+def _is_loopback(addr: str) -> bool:
+    """Writes without an ``allow`` list only from loopback clients (as the write API)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr.startswith("unix:") or addr == ""

@@ -96,19 +96,19 @@ class Master:
         self.prober_respawn_at = 0.0  # monotonic time of a due respawn, 0 when none is due
         self.prober_stopping: set[int] = set()  # probers told to stop (reload, shutdown)
         self.limit_tables = TableSet()  # limit_req/limit_conn state (rule 7), kept across reloads
+        self.cache_manager = CacheManagerProc()  # rule 10
         if inherited:
             zone_fd, sockets = parse_inherit(inherited)
             self.zone = Zone(zone_fd, os.fstat(zone_fd).st_size)
             self._adopt_sockets(sockets)
         else:
             self.zone = Zone.create(config.zone_size_bytes)
-        self.cache_indexes = IndexSet(self.zone)  # proxy_cache_path indexes (rule 10)
-        self.cache_manager = CacheManagerProc()
         self.slots = SlotTable(self.zone)
         if inherited:
             self.slots.adopt(config)
         self.rows = RowTable(self.zone)
         self.peer_slots = self.slots.assign(config, 1)
+        self.cache_indexes = IndexSet(self.zone)  # proxy_cache_path indexes (rule 10)
         now_ms = int(time.time() * 1000)
         if not inherited:
             self.zone.set(ZL.H_START_MS, now_ms)
@@ -191,9 +191,8 @@ class Master:
             close_retired_listeners(self)
             release_retired_slots(self)
             if self.stopping:
-                if not self.workers and not self.prober_pid and not self.prober_stopping and not (
-                    self.cache_manager.running
-                ):
+                manager = self.cache_manager.running  # rule 10: it exits with the workers
+                if not self.workers and not self.prober_pid and not self.prober_stopping and not manager:
                     log.log(25, "exit")
                     return 0
                 if self.stopping == "fast" and time.monotonic() > self.stop_deadline:
@@ -347,8 +346,8 @@ class Master:
             peer_slots=MappingProxyType(peer_slots or self.peer_slots),
             ready_fd=w,
             log_fds=error_log_fds(),
-            limit_tables=MappingProxyType(self.limit_tables.for_zones(config.http.limit_zone_sizes())),
             cache_indexes=MappingProxyType(self.cache_indexes.for_paths(config.http.cache_paths)),
+            limit_tables=MappingProxyType(self.limit_tables.for_zones(config.http.limit_zone_sizes())),
         )
         pid = os.fork()
         if pid == 0:  # the worker; never returns

@@ -61,10 +61,10 @@ class WorkerSpec:
     peer_slots: Mapping[str, int]
     ready_fd: int  # write end of the readiness pipe; one byte "R" when serving
     log_fds: tuple[int, ...]  # the error log's descriptors (stdio included when used)
-    # limit_req / limit_conn tables (limits/table.py): anonymous shared mappings, no descriptor
-    limit_tables: Mapping[tuple[int, str], Any] = field(default_factory=lambda: MappingProxyType({}))
     # proxy_cache_path indexes by zone name (cache/index.py): anonymous shared mappings, no descriptor
     cache_indexes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # limit_req / limit_conn tables (limits/table.py): anonymous shared mappings, no descriptor
+    limit_tables: Mapping[tuple[int, str], Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def keep_fds(self) -> frozenset[int]:
         return STDIO | {self.ready_fd, *self.zone_fds, *self.log_fds, *(fd for _, fd in self.listeners)}

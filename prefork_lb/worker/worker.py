@@ -113,7 +113,6 @@ class Worker:
         slots = dict(spec.peer_slots)
         self.runtime = build_runtime(config, self.zone, slots, self.row, dict(spec.limit_tables))
         if spec.cache_indexes:  # proxy_cache_path zones (cache/store.py); none: nothing to do
-            from prefork_lb.cache import status as _cache_status  # noqa: F401 - import as root
             from prefork_lb.cache.store import open_zones
 
             self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))
