@@ -329,11 +329,13 @@ def _background(
     )
     validators = _validators(entry) if plan.revalidate else None
     stored_status = entry.status
+    stale_meta = entry.meta
 
     def run() -> None:
         fill = Fill(plan, lr, bex, bhead, key, md5, store=True, locked=True, background=True)
         fill.validators = validators
         fill.stored_status = stored_status
+        fill.stale_meta = stale_meta
         try:
             _fetch(_Discard(client.clock), bex, bhead, lr, True, None, fill)
         except Exception:  # never let a background update take the worker down
@@ -363,6 +365,7 @@ class Fill:
         "md5",
         "plan",
         "stale",
+        "stale_meta",
         "store",
         "stored_status",
         "validators",
@@ -394,6 +397,7 @@ class Fill:
         self.as_get = head.method == b"HEAD" and plan.convert_head
         self.validators = _validators(stale) if stale is not None and plan.revalidate else None
         self.stored_status = stale.status if stale is not None else 0
+        self.stale_meta = stale.meta if stale is not None else None  # a background update's too
 
     # -- request (rule 6) --
 
@@ -455,7 +459,7 @@ class Fill:
                 self.plan.ignore,
             )
             if decision is not None:
-                meta = _refreshed_meta(self.validators, decision, resp.headers, stale.meta if stale else None)
+                meta = _refreshed_meta(self.validators, decision, resp.headers, self.stale_meta)
                 self.plan.zone.refresh(self.md5, meta, self.key)
             self.ex.cache_status = "REVALIDATED"
             if stale is None:  # a background update: nothing to send
@@ -804,6 +808,12 @@ def stored_head(resp: ResponseHead) -> bytes:
     return b"".join(parts)
 
 
+# Parsed stored heads by their bytes, per worker: a HIT on a known entry skips the parse.
+# Bounded (emptied when full); the values are never mutated (callers copy to add fields).
+PARSED_MAX: Final = 1024
+_PARSED: dict[bytes, tuple[int, bytes, list[tuple[bytes, bytes]]]] = {}
+
+
 def parse_stored_head(head: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """(status, reason, headers) of a head written by ``stored_head`` (checksummed in the
     entry, so it is trusted)."""
@@ -876,7 +886,7 @@ def _refreshed_meta(
     return replace(
         base,
         valid_until_ms=decision.valid_until_ms,
-        etag=etag if len(etag) == len(base.etag) or old is None else base.etag,
+        etag=etag,
         stale_while_revalidate_s=decision.updating_s,
         stale_if_error_s=decision.error_s,
     )
@@ -890,7 +900,12 @@ def serve_entry(
 ) -> bool:
     """Send ``entry`` to the client (HIT, STALE, UPDATING, REVALIDATED): range and
     conditional answers included. Whether the connection may stay open."""
-    status, reason, headers = parse_stored_head(entry.head)
+    parsed = _PARSED.get(entry.head)
+    if parsed is None:
+        if len(_PARSED) >= PARSED_MAX:
+            _PARSED.clear()
+        parsed = _PARSED[entry.head] = parse_stored_head(entry.head)
+    status, reason, headers = parsed
     length = entry.body_length
     rules = lr.headers
     now = client.clock()
@@ -901,7 +916,7 @@ def serve_entry(
     plan = lr.cache
     if ex.status_override:
         status, reason = ex.status_override, b""
-    elif status == 200:
+    elif status == 200 and (b"if-none-match" in index or b"if-modified-since" in index or b"range" in index):
         etag, last_modified = _validators_of(headers)
         if P.not_modified(
             200, index.get(b"if-none-match"), index.get(b"if-modified-since"), etag, last_modified

@@ -234,7 +234,7 @@ def test_lock_burst_new_key_one_upstream_request(tmp_path: Path, be: CacheBacken
         results = burst(lb, "/lock", 30)
     assert Counter(s for s, _ in results) == {"MISS": 1, "HIT": 29}
     assert be.hits["/lock"] == 1
-    assert max(t for _, t in results) < 2.0
+    assert max(t for _, t in results) < 1.0  # measured 0.515 s (1 and 4 workers); nginx 0.51 / 1.0 s
 
 
 def burst(lb: LB, path: str, n: int) -> list[tuple[str, float]]:
@@ -518,3 +518,28 @@ def test_entry_visible_once_the_client_has_the_response(tmp_path: Path, be: Cach
     with start(tmp_path, be, VALID_10S, workers=4) as lb:
         seq = [(get(lb, f"/v{i}")[1], get(lb, f"/v{i}")[1]) for i in range(20)]
     assert seq == [("MISS", "HIT")] * 20
+
+
+def test_background_update_revalidates(tmp_path: Path, be: CacheBackend) -> None:
+    """use_stale updating + background_update + revalidate: after expiry the client gets
+    STALE at once; the background request carries If-None-Match, its 304 refreshes the
+    entry in place (the next GET a HIT with the first body, Vary still honoured)."""
+    be.route("/br", headers=[("ETag", '"b1"'), ("Vary", "Accept-Language")])
+    loc = 'proxy_cache_valid = ["200 1s"]\n  proxy_cache_use_stale = ["updating"]\n'
+    loc += "  proxy_cache_background_update = true\n  proxy_cache_revalidate = true"
+    en = {"Accept-Language": "en"}
+    with start(tmp_path, be, loc) as lb:
+        assert get(lb, "/br", headers=en)[1] == "MISS"
+        be.routes["/br"].status = [304]
+        until_stale()
+        stale = get(lb, "/br", headers=en)
+        wait_for(lambda: be.hits["/br"] == 2, what="the background revalidation")
+        hit = wait_for(
+            lambda: (r := get(lb, "/br", headers=en))[1] == "HIT" and r, what="the refreshed entry"
+        )
+        be.routes["/br"].status = [200]
+        de = get(lb, "/br", headers={"Accept-Language": "de"})
+    assert stale[1:3] == ("STALE", b"n=1\n")
+    assert hit[2] == b"n=1\n"
+    assert de[1:3] == ("MISS", b"n=3\n") and be.hits["/br"] == 3
+    assert be.seen["/br"][1][1]["if-none-match"] == '"b1"'
