@@ -14,7 +14,8 @@ etag=<v>       ``ETag: "<v>"``; a request with ``If-None-Match: "<v>"`` gets 304
 lm=<epoch>     ``Last-Modified``; a request with ``If-Modified-Since`` at or after it gets 304
 size=<bytes>   the body padded (``0123456789abcdef`` repeated) or cut to exactly this length
 chunked=1      ``Transfer-Encoding: chunked`` (two chunks)
-short=1        ``Content-Length`` twice the body's, the body, then the connection closes
+short=1        ``Content-Length`` twice the body's, the body, then the connection closes (with
+               ``chunked=1``: the first chunk, then the connection closes)
 =============  =================================================================================
 
 ``requests`` is every request received, in order (method, path, query, headers with
@@ -159,8 +160,12 @@ class CacheUpstream:
                     return
                 if chunked:
                     half = len(body) // 2
-                    for part in (body[:half], body[half:], b""):
+                    parts = (body[:half],) if "short" in knobs else (body[:half], body[half:], b"")
+                    for part in parts:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    if "short" in knobs:  # no last chunk: the connection dies
+                        self.wfile.flush()
+                        self.close_connection = True
                     return
                 self.wfile.write(body)
                 if "short" in knobs:  # half the announced length, then the connection dies

@@ -113,8 +113,9 @@ def _raw_get(port: int, target: str) -> bytes:
 def test_x4_upstream_dying_mid_body_leaves_no_entry(
     target: str, tmp_path: Path, backend: CacheUpstream
 ) -> None:
-    """Catches: a response cut short by the upstream stored (and served complete-looking to
-    everyone after): the next request must go upstream, and its complete answer is stored."""
+    """Catches: a response cut short by the upstream (Content-Length not reached, or a chunked
+    body without its last chunk) stored and served complete-looking to everyone after: the
+    next request must go upstream, and its complete answer is stored."""
     location = "proxy_cache_key $uri; proxy_cache_valid 10s;"
     with Rig(target, tmp_path, backend, location) as rig:
         cut = _raw_get(rig.port, "/x4?short=1")
@@ -122,7 +123,11 @@ def test_x4_upstream_dying_mid_body_leaves_no_entry(
         second = rig.ask("/x4").row
         rig.wait_stored(1)
         third = rig.ask("/x4").row
+        cut_chunked = _raw_get(rig.port, "/x4c?short=1&chunked=1&size=2000")
+        assert cut_chunked.startswith(b"HTTP/1.1 200") and b"n=1\n" in cut_chunked
+        after_chunked = rig.ask("/x4c").row
     assert (second, third) == ((200, "MISS", 2), (200, "HIT", 2))
+    assert after_chunked == (200, "MISS", 2)
 
 
 def test_x5_chunked_and_large_bodies(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
