@@ -453,3 +453,18 @@ def test_x21_no_live_upstreams_is_an_error_for_use_stale(
             backend.listen()
     assert seed[:2] == (200, "MISS")
     assert (first, second) == ((200, "STALE", seed[2]), (200, "STALE", seed[2]))
+
+
+def test_x22_intercepted_error_is_cached_without_a_body(
+    target: str, tmp_path: Path, backend: CacheUpstream
+) -> None:
+    """Catches: an upstream error that proxy_intercept_errors hands to error_page sent
+    upstream again on every request: nginx records the status in the cache entry (valid per
+    proxy_cache_valid) and answers the next request's error_page from it, with no upstream
+    request."""
+    location = "proxy_cache_valid 404 1m; proxy_intercept_errors on; error_page 404 /err;"
+    server = 'location = /err { return 404 "custom\\n"; }'
+    with Rig(target, tmp_path, backend, location, server=server) as rig:
+        seen = [rig.ask("/x22?s=404") for _ in range(3)]
+    assert [(s.status, s.body) for s in seen] == [(404, b"custom\n")] * 3
+    assert backend.count("/x22") == 1
