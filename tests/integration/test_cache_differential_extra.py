@@ -468,3 +468,32 @@ def test_x22_intercepted_error_is_cached_without_a_body(
         seen = [rig.ask("/x22?s=404") for _ in range(3)]
     assert [(s.status, s.body) for s in seen] == [(404, b"custom\n")] * 3
     assert backend.count("/x22") == 1
+
+
+def test_x23_lock_holder_gets_an_uncacheable_answer(
+    target: str, tmp_path: Path, backend: CacheUpstream
+) -> None:
+    """Catches: lock waiters served the holder's uncacheable answer, or left waiting for an
+    entry that never lands: when the holder's response is not stored (a 500 without a
+    proxy_cache_valid for it), every waiter goes upstream itself (nginx: 5 MISS, 5 upstream
+    requests), within the lock timeout."""
+    location = "proxy_cache_valid 200 10s; proxy_cache_lock on; proxy_cache_lock_timeout 5s;"
+    with Rig(target, tmp_path, backend, location) as rig:
+        seen = rig.burst("/x23?s=500&d=500", 5)
+    assert sorted((s.status, s.cache) for s in seen) == [(500, "MISS")] * 5
+    assert backend.count("/x23") == 5
+    assert max(s.elapsed_s for s in seen) < 5.0
+
+
+def test_x24_bypass_under_the_lock(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
+    """Catches: a bypassing request waiting on another request's lock, or its answer not
+    replacing the entry: proxy_cache_bypass skips the lookup (and so the lock) and stores."""
+    location = (
+        "proxy_cache_key $uri; proxy_cache_valid 10s; proxy_cache_lock on; proxy_cache_bypass $arg_nocache;"
+    )
+    with Rig(target, tmp_path, backend, location) as rig:
+        assert rig.ask("/x24").row == (200, "MISS", 1)
+        rig.wait_stored(1)
+        bypass = rig.ask("/x24?nocache=1&d=300")
+        after = rig.ask("/x24").row
+    assert (bypass.row, after) == ((200, "BYPASS", 2), (200, "HIT", 2))
