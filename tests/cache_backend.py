@@ -7,9 +7,10 @@ the requests it receives (the cache tests assert upstream request counts).
         be.seen["/a"][-1]         # (method, {lowercased header: value}) of the last one
 
 The body is ``n=<count>`` for the path (plus ``body`` if set), so a test can tell which
-upstream response it got. ``status`` may be a list: one per request, the last repeating.
-A route with ``chunked`` sends its body in two chunks; ``die_after`` closes the
-connection after that many body bytes (an upstream dying mid-body).
+upstream response it got; ``write_errors[path]`` counts bodies the proxy did not read.
+``status`` may be a list: one per request, the last repeating. A route with ``chunked``
+sends its body in two chunks; ``die_after`` closes the connection after that many body
+bytes (an upstream dying mid-body).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class CacheBackend:
         self.routes: dict[str, Route] = {}
         self.hits: dict[str, int] = defaultdict(int)
         self.seen: dict[str, list[tuple[str, dict[str, str]]]] = defaultdict(list)
+        self.write_errors: dict[str, int] = defaultdict(int)  # bodies the client did not take
         self.lock = threading.Lock()
         backend = self
 
@@ -92,7 +94,13 @@ class CacheBackend:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                except OSError:
+                    with backend.lock:
+                        backend.write_errors[path] += 1
+                    self.close_connection = True
 
             do_GET = do_HEAD = do_POST = _answer
 

@@ -33,6 +33,7 @@ Rules:
 
 from __future__ import annotations
 
+import _socket
 import logging
 import os
 import time
@@ -579,7 +580,9 @@ class ClientConnection:
         The bytes sent; fewer than ``count`` only when the file ended early."""
         sock = self.sock
         sent = 0
-        if type(sock) is not ClientSocket:
+        # TLS keeps the ClientSocket and swaps its ``_sock`` (tls/io.py): only a plain
+        # kernel socket may take sendfile(2)
+        if type(sock) is not ClientSocket or type(sock._sock) is not _socket.socket:
             while sent < count:
                 data = os.pread(fd, min(262144, count - sent), offset + sent)
                 if not data:

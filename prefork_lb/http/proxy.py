@@ -75,7 +75,7 @@ from prefork_lb.worker.fdbudget import RESOURCE_ERRORS, alert
 from prefork_lb.zone.stats import record_http_peer
 
 if TYPE_CHECKING:
-    from prefork_lb.http.cache_path import Fill
+    from prefork_lb.http.cache_fill import Fill
     from prefork_lb.http.client import Client
     from prefork_lb.http.runtime import LocationRuntime, StatusZone, UpstreamRuntime
 

@@ -218,5 +218,14 @@ def attach_cache_plans(runtime: HttpRuntime) -> None:
     """Issue 18: once ``runtime.caches`` holds the worker's open zones, each location with
     ``proxy_cache`` gets its compiled plan (http/cache_path.py); the others keep None."""
     for lr in runtime.locations.values():
-        if lr.config.proxy_cache:
-            lr.cache = build_plan(lr.config, runtime.caches)
+        loc = lr.config
+        if loc.proxy_cache:
+            lr.cache = build_plan(loc, runtime.caches)
+            if lr.cache is None and loc.proxy_pass is not None:  # the zone did not open here
+                import logging
+
+                logging.getLogger("prefork_lb.error").error(
+                    'cache zone "%s" is not open in this worker: location "%s" is served uncached',
+                    loc.proxy_cache,
+                    loc.match,
+                )

@@ -10,6 +10,7 @@ the only sleeps here; every other wait is on a condition."""
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import socket
 import struct
@@ -543,3 +544,83 @@ def test_background_update_revalidates(tmp_path: Path, be: CacheBackend) -> None
     assert hit[2] == b"n=1\n"
     assert de[1:3] == ("MISS", b"n=3\n") and be.hits["/br"] == 3
     assert be.seen["/br"][1][1]["if-none-match"] == '"b1"'
+
+
+def test_head_of_an_uncacheable_response_does_not_read_the_body(tmp_path: Path, be: CacheBackend) -> None:
+    """A HEAD fetched as GET whose response is not stored (404 with "10s"): the client gets
+    the head at once; the 16 MB upstream body is not read (the upstream connection closes:
+    the upstream's write fails; reading it to its end, as before, failed this), and a GET
+    after it on the same connection is answered normally."""
+    be.route("/nf", status=404, body=b"e" * (16 << 20))
+    with start(tmp_path, be, VALID_10S) as lb:
+        conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+        conn.request("HEAD", "/nf")
+        head = conn.getresponse()
+        head.read()
+        conn.request("GET", "/nf")
+        body = conn.getresponse().read()
+        conn.close()
+    assert head.status == 404 and head.getheader("X-Cache-Status") == "MISS"
+    assert head.getheader("Content-Length") == str(4 + (16 << 20))
+    assert body == b"n=2\n" + b"e" * (16 << 20)
+    assert [m for m, _ in be.seen["/nf"]] == ["GET", "GET"]
+    assert wait_for(lambda: be.write_errors["/nf"] == 1, what="the unread body's write to fail")
+
+
+def test_hits_over_tls_use_the_read_path(tmp_path: Path, be: CacheBackend) -> None:
+    """On a TLS connection sendfile cannot work: a 300 KB HIT (and a small one) goes out
+    through reads and TLS sends, byte-exact, twice on one keep-alive connection."""
+    import ssl
+
+    from tests.tls_certs import TestCA
+
+    ca = TestCA(tmp_path / "certs")
+    pair = ca.issue("a.test")
+    big = bytes(range(256)) * 1200
+    be.route("/big", body=big)
+    port = free_port()
+    text = config(port, be, VALID_10S).replace(
+        f'listen = ["127.0.0.1:{port}"]',
+        f'listen = ["127.0.0.1:{port} ssl"]\nssl_certificate = ["{pair.cert}"]\n'
+        f'ssl_certificate_key = ["{pair.key}"]',
+    )
+    ctx = ssl.create_default_context(cafile=str(ca.cert))
+    ctx.check_hostname = False
+    with LB(tmp_path, text, port):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        seen = []
+        for _ in range(3):
+            conn.request("GET", "/big", headers={"Host": "a.test"})
+            resp = conn.getresponse()
+            seen.append((resp.getheader("X-Cache-Status"), resp.read()))
+        conn.close()
+    assert [s for s, _ in seen] == ["MISS", "HIT", "HIT"]
+    assert all(body == b"n=1\n" + big for _, body in seen)
+
+
+def test_entry_truncated_while_served(tmp_path: Path, be: CacheBackend) -> None:
+    """A cache file cut short while a HIT streams it (sendfile finds its end early): the
+    client's connection is closed with the body short (never padded), the error is logged,
+    the worker goes on, and the next request is a MISS (the file is no longer valid)."""
+    body = b"t" * (32 << 20)
+    be.route("/t", body=body)
+    with start(tmp_path, be, VALID_10S) as lb:
+        assert get(lb, "/t")[1] == "MISS"
+        files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.parent.name != "tmp"]
+        assert len(files) == 1
+        sock = socket.create_connection(("127.0.0.1", lb.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /t HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        got = sock.recv(65536)
+        assert b"X-Cache-Status: HIT" in got
+        os.truncate(files[0], 1 << 20)
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        sock.close()
+        wait_for(lambda: "read failed" in lb.output(), what="the error line")
+        after = get(lb, "/t")
+    assert len(got) < len(body)
+    assert after[1] == "MISS" and after[2] == b"n=2\n" + body

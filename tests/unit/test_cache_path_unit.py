@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from prefork_lb.cache.entry import EntryMeta
-from prefork_lb.http.cache_path import parse_stored_head, stored_head
+from prefork_lb.http.cache_fill import stored_head
+from prefork_lb.http.cache_serve import parse_stored_head
 from prefork_lb.http.response import parse_response_head
 
 UPSTREAM = (
@@ -36,7 +37,7 @@ class _Plan:
 
 
 def _fill(method: bytes, validators: tuple[bytes, bytes] | None):  # type: ignore[no-untyped-def]
-    from prefork_lb.http.cache_path import Fill
+    from prefork_lb.http.cache_fill import Fill
 
     fill = Fill.__new__(Fill)
     fill.as_get = method == b"HEAD"
