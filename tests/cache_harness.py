@@ -32,12 +32,20 @@ class Seen:
         return (self.status, self.cache, self.n)
 
 
-def conf(port: int, backend: str, location: str, http: str = "", server: str = "", workers: int = 1) -> str:
+def conf(
+    port: int, backend: str, location: str, http: str = "", server: str = "", workers: int = 1, ssl: str = ""
+) -> str:
+    """``ssl``: ``"CERT KEY"`` paths: the server listens with TLS (1.2 and 1.3 in both)."""
+    listen = f"127.0.0.1:{port}"
+    if ssl:
+        cert, key = ssl.split()
+        listen += f" ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+        listen += "        ssl_protocols TLSv1.2 TLSv1.3"
     text = scenario(f"""
     proxy_cache_path cache levels=1:2 keys_zone=c:1m;
     {http}
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         {server}
         location / {{
             proxy_pass http://{backend};
@@ -66,11 +74,12 @@ class Rig:
         server: str = "",
         workers: int = 1,
         upstream: str | None = None,
+        ssl: str = "",
     ) -> None:
         """``upstream``: what the location proxies to instead of ``backend``'s address (an
-        ``upstream`` block's name, defined in ``http``)."""
+        ``upstream`` block's name, defined in ``http``); ``ssl``: "CERT KEY" to listen with TLS."""
         self.port = free_port()
-        text = conf(self.port, upstream or backend.addr, location, http, server, workers)
+        text = conf(self.port, upstream or backend.addr, location, http, server, workers, ssl)
         self.server: Nginx | LB = (
             Nginx(directory / "nginx", self.port, text)
             if target == "nginx"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -24,6 +25,7 @@ from tests.backends import free_port
 from tests.cache_harness import Rig, expire, settled
 from tests.cache_upstream import CacheUpstream
 from tests.nginx_conf import NGINX
+from tests.tls_certs import TestCA
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="nginx is not installed")]
 
@@ -497,3 +499,39 @@ def test_x24_bypass_under_the_lock(target: str, tmp_path: Path, backend: CacheUp
         bypass = rig.ask("/x24?nocache=1&d=300")
         after = rig.ask("/x24").row
     assert (bypass.row, after) == ((200, "BYPASS", 2), (200, "HIT", 2))
+
+
+def test_x25_hits_over_tls(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
+    """Catches: a HIT over TLS written to the raw socket (sendfile bypasses TLS: the client
+    reads cleartext where records belong, or nothing), for a small body, a 300 KB one (the
+    sendfile size) and a range of it, on one keep-alive TLS connection."""
+    pair = TestCA(tmp_path / "ca").issue("localhost", kind="ec")
+    path = "/x25?h=Accept-Ranges:bytes&size=300000"
+    with Rig(target, tmp_path, backend, "proxy_cache_valid 10s;", ssl=f"{pair.cert} {pair.key}") as rig:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        conn = http.client.HTTPSConnection("127.0.0.1", rig.port, timeout=10, context=ctx)
+        seen = []
+        for target_path, headers in (
+            ("/x25s", {}),
+            ("/x25s", {}),
+            (path, {}),
+            (path, {}),
+            (path, {"Range": "bytes=200000-200009"}),
+        ):
+            if seen and seen[-1][1] == "MISS":
+                rig.wait_stored(len([s for s in seen if s[1] == "MISS"]))
+            conn.request("GET", target_path, headers=headers)
+            resp = conn.getresponse()
+            seen.append((resp.status, resp.getheader("X-Cache-Status"), resp.read()))
+        conn.close()
+    assert [(s, c) for s, c, _ in seen] == [
+        (200, "MISS"),
+        (200, "HIT"),
+        (200, "MISS"),
+        (200, "HIT"),
+        (206, "HIT"),
+    ]
+    assert seen[0][2] == seen[1][2] == b"n=1\n"
+    assert len(seen[2][2]) == 300000 and seen[3][2] == seen[2][2]
+    assert seen[4][2] == seen[2][2][200000:200010]
