@@ -287,3 +287,20 @@ def test_location_keys_round_trip_with_nginx_inheritance(tmp_path: Path) -> None
     assert (root.proxy_cache_convert_head, own.proxy_cache_convert_head) == (False, True)
     assert root.proxy_ignore_headers == frozenset({"cache-control", "set-cookie"})
     assert (root.proxy_force_ranges, own.proxy_force_ranges) == (True, False)
+
+
+def test_unknown_zone_error_names_the_nginx_line(tmp_path: Path) -> None:
+    """Catches: a proxy_cache naming a zone no proxy_cache_path defines accepted (nginx
+    refuses it), or the error not pointing at the nginx line that names it."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        "http {\n"
+        "    proxy_cache_path cache keys_zone=c:1m;\n"
+        "    server {\n"
+        "        listen 127.0.0.1:8080;\n"
+        "        location / { proxy_pass http://127.0.0.1:9; proxy_cache d; }\n"
+        "    }\n"
+        "}\n"
+    )
+    with pytest.raises(ConfigError, match=r'nginx.conf:5: .*proxy_cache: unknown cache zone "d"'):
+        load_config(str(conf))
