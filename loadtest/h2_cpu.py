@@ -49,7 +49,7 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
 def workers_of(master: psutil.Process, count: int, timeout_s: float = 10.0) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        kids = master.children()
+        kids: list[psutil.Process] = master.children()
         if len(kids) >= count:
             return kids
         time.sleep(0.05)
@@ -137,7 +137,7 @@ def main() -> None:
             used = cpu_s(workers) - before
             per = used / max(done, 1) * 1e6
             results.append(per)
-            print(f"round {r + 1}: {done} requests in {wall:.2f}s, worker CPU {used:.2f}s: {per:.1f} us/request")
+            print(f"round {r + 1}: {done} requests in {wall:.2f}s, worker CPU {used:.2f}s: {per:.1f} us/req")
         results.sort()
         print(f"{kind}: median {results[len(results) // 2]:.1f} us/request (min {results[0]:.1f})")
         if opts.profile > 0:
