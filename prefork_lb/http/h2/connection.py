@@ -83,6 +83,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from prefork_lb.http.client import ClientGone
+from prefork_lb.http.h2.encoder import FieldCacheEncoder
 from prefork_lb.http.h2.guard import OK, Guard, configure, limits_of
 from prefork_lb.http.h2.mapping import (
     REFUSED_STREAM,
@@ -206,7 +207,7 @@ class H2Session:
         h2.decoder.max_header_list_size = settings.max_header_size_bytes
         self.streams: dict[int, StreamIO] = {}
         self.guard = Guard(limits_of(settings))
-        configure(h2, self.guard.limits)
+        configure(h2, self.guard.limits, FieldCacheEncoder())  # encoder.py: no dynamic table
         self.last_sid = 0
         self.goaway_sent = False
         self.closing = False  # the client sent GOAWAY, or we did: no new streams

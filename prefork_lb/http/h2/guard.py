@@ -122,12 +122,15 @@ class CappedEncoder(Encoder):
             self.table_size_changes.append(value)
 
 
-def configure(conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS) -> None:
+def configure(
+    conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS, encoder: CappedEncoder | None = None
+) -> None:
     """The limits h2 enforces itself (rules 4, 6 and 8); call once, before the connection
-    sends or receives anything."""
+    sends or receives anything. ``encoder``: a CappedEncoder subclass's instance to use
+    (the server's is encoder.py's FieldCacheEncoder)."""
     conn.decoder.max_header_list_size = 2 * limits.max_header_size
     conn.max_inbound_frame_size = FRAME_SIZE
-    conn.encoder = CappedEncoder()
+    conn.encoder = encoder if encoder is not None else CappedEncoder()
 
 
 class Guard:
