@@ -341,6 +341,28 @@ def test_client_reset_ends_the_upstream_wait(tmp_path: Path) -> None:
             assert c.streams[kept].status == 200
 
 
+def test_content_length_mismatch_fails_that_stream_only(tmp_path: Path, backend: Backend) -> None:
+    """A request body shorter or longer than its content-length gets 400 on its own stream
+    (nginx 1.22's answer) while another stream of the connection, in progress meanwhile, is
+    served and the connection lives on (no GOAWAY). Catches: h2's own check ending the whole
+    connection with GOAWAY PROTOCOL_ERROR."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            other = c.request("POST", "/o?echo=1", [("content-length", "4")], end=False)
+            short = c.request("POST", "/s?echo=1", [("content-length", "10")], body=b"12345")
+            c.wait(lambda: c.streams[short].done, what="the short body's answer")
+            long = c.request("POST", "/l?echo=1", [("content-length", "3")], body=b"0123456789")
+            c.wait(lambda: c.streams[long].done, what="the long body's answer")
+            c.send_body(other, b"good")
+            c.wait(lambda: c.streams[other].done, what="the other stream")
+            assert c.streams[short].status == 400 and c.streams[long].status == 400
+            assert c.streams[other].status == 200
+            assert json.loads(bytes(c.streams[other].data))["body_len"] == 4
+            assert c.get("/after").status == 200
+            assert c.goaway is None
+
+
 def test_keepalive_requests_ends_the_connection_gracefully(tmp_path: Path, backend: Backend) -> None:
     """keepalive_requests = 3: the third stream is served, then GOAWAY NO_ERROR naming it
     (nginx >= 1.19.7 applies keepalive_requests to HTTP/2)."""

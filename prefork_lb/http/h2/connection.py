@@ -55,19 +55,26 @@ Rules:
    without a greenlet and runs ``serve`` again when it is readable, or calls ``close``
    (GOAWAY first, written without waiting) at ``http2_idle_timeout``. The h2 state
    (~10 KiB) stays; the greenlet (~10 KiB) goes. It stays counted as idle meanwhile.
+10. Content-length (mapping rule 6): h2's own check of a request body against its
+   content-length would end the whole connection (GOAWAY PROTOCOL_ERROR). It is turned
+   off (``_Stream``: h2 makes its stream objects as HEADERS arrive, before this loop sees
+   the event, so the check must be gone from the start) and done here instead: DATA
+   beyond the length ("client intended to send body data larger than declared") or
+   END_STREAM short of it ("client prematurely closed stream") fail that stream only
+   (stream rule 6: 400, as nginx), its DATA dropped (and its window reopened).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Final
 
 from gevent import getcurrent
 from gevent.event import Event
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import AllowedStreamIDs, H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -80,9 +87,11 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
+from h2.stream import H2Stream as H2Stream_
 from hyperframe.frame import GoAwayFrame
 
 from prefork_lb.http.client import ClientGone
+from prefork_lb.http.exchange import ConnectionInfo
 from prefork_lb.http.h2.encoder import FieldCacheEncoder
 from prefork_lb.http.h2.guard import OK, Guard, configure, limits_of
 from prefork_lb.http.h2.mapping import (
@@ -93,14 +102,20 @@ from prefork_lb.http.h2.mapping import (
     map_trailers,
 )
 from prefork_lb.http.h2.stream import H2Stream, StreamIO, TlsH2Stream
+from prefork_lb.http.request import HttpError
 from prefork_lb.netio import ClientSocket, recv, send_all
 
 if TYPE_CHECKING:
-    from prefork_lb.http.exchange import ConnectionInfo
     from prefork_lb.http.routing import ServerRouter
     from prefork_lb.http.runtime import HttpRuntime
 
 log = logging.getLogger("prefork_lb.error")
+
+# _open copies a ConnectionInfo field by field: a field added there must be added here too
+assert [f.name for f in fields(ConnectionInfo)] == [
+    "remote_addr", "remote_port", "server_addr", "server_port", "connection_id", "requests", "tls",
+    "realip_remote_addr",
+], "ConnectionInfo changed: update H2Session._open's copy"  # fmt: skip
 
 MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
@@ -126,6 +141,22 @@ class _Settings(Settings):
     @max_concurrent_streams.setter
     def max_concurrent_streams(self, value: int) -> None:
         self[SettingCodes.MAX_CONCURRENT_STREAMS] = value
+
+
+class _Stream(H2Stream_):
+    """Rule 10: h2's stream, without its connection-level content-length check."""
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        self._actual_content_length += length
+
+
+class _Connection(H2Connection):
+    """Rule 10: h2's connection, making ``_Stream``s (a class swap: same layout)."""
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream_:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _Stream
+        return stream
 
 
 class H2Session:
@@ -193,7 +224,7 @@ class H2Session:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        h2 = self.h2 = H2Connection(config)
+        h2 = self.h2 = _Connection(config)
         h2.local_settings = _Settings(
             client=False,
             initial_values={
@@ -347,6 +378,11 @@ class H2Session:
                 flow = ev.flow_controlled_length
                 stream = streams.get(sid)
                 if stream is not None and stream.reset_code is None:
+                    if stream.body_left >= 0:  # rule 10
+                        stream.body_left -= len(ev.data)
+                        if stream.body_left < 0 or (ev.stream_ended is not None and stream.body_left):
+                            self._body_mismatch(stream, flow)
+                            continue
                     if ev.data:
                         stream.pieces.append((ev.data, flow))
                         stream.wake.set()
@@ -358,6 +394,8 @@ class H2Session:
                 stream = streams.get(ev.stream_id)
                 if stream is not None:
                     stream.remote_ended = True
+                    if stream.body_left > 0 and stream.body_error is None:  # rule 10
+                        self._body_mismatch(stream, 0)
                     stream.wake.set()
             elif kind is StreamReset:
                 stream = streams.get(ev.stream_id)
@@ -394,6 +432,21 @@ class H2Session:
                 self.closing = True
             # Ping, priority, settings ACK: h2 answers them.
 
+    def _body_mismatch(self, stream: StreamIO, flow: int) -> None:
+        """Rule 10: the stream's body broke its content-length; the stream fails with 400."""
+        if stream.body_error is None:
+            short = stream.body_left > 0
+            log.info(
+                "client %s, stream %d, client: %s",
+                "prematurely closed stream" if short else "intended to send body data larger than declared",
+                stream.sid,
+                self.info.remote_addr,
+            )
+            stream.body_error = HttpError(400, "request body does not match content-length")
+            stream.pieces.clear()
+            stream.wake.set()
+        self.consumed(stream.sid, flow)
+
     def _open(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         settings = self.settings
         if self.closing:  # after a GOAWAY either way (rule 5)
@@ -415,7 +468,11 @@ class H2Session:
             return
         # the stream's own view of the connection: $connection_requests is this stream's
         # number (its _handle counts it), not whatever the connection reached by log time
-        info = replace(self.info, requests=self.info.requests)
+        i = self.info  # a copy, made field by field (dataclasses.replace costs ~3 us)
+        info = ConnectionInfo(
+            i.remote_addr, i.remote_port, i.server_addr, i.server_port, i.connection_id,
+            i.requests, i.tls, i.realip_remote_addr,
+        )  # fmt: skip
         self.info.requests += 1
         stream: H2Stream | TlsH2Stream
         if self.verify is None:
