@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import ssl
 import subprocess
 import textwrap
@@ -16,6 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import ConnectionTerminated
+from hyperframe.frame import PingFrame
 
 from tests.backends import Backend, GatedBackend, free_port
 from tests.h2_client import H2Client, Stream
@@ -361,6 +366,32 @@ def test_content_length_mismatch_fails_that_stream_only(tmp_path: Path, backend:
             assert json.loads(bytes(c.streams[other].data))["body_len"] == 4
             assert c.get("/after").status == 200
             assert c.goaway is None
+
+
+def test_flood_goaway_is_not_lost(tmp_path: Path, backend: Backend) -> None:
+    """A PING flood cut by the guard (GOAWAY ENHANCE_YOUR_CALM) while the client is still
+    sending: the server reads and discards the rest (lingering close, h2/connection.py rule
+    11), so the client, once it stops sending and reads, gets the GOAWAY and a clean EOF.
+    Catches: closing with unread input, whose RST makes the client's sends fail and destroys
+    the GOAWAY before the client reads it (seen with ``lingering_close = "off"``)."""
+    port = free_port()
+    ping = PingFrame(0)
+    ping.opaque_data = b"12345678"
+    pings = ping.serialize() * 500
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        client = H2Connection(H2Configuration(client_side=True))
+        client.initiate_connection()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(client.data_to_send())
+            for _ in range(20):  # 10000 PINGs: the guard cuts at 1000 in a second
+                s.sendall(pings)
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        events = client.receive_data(data)
+        ends = [e for e in events if isinstance(e, ConnectionTerminated)]
+        assert ends and ends[0].error_code == 11, ends
 
 
 def test_keepalive_requests_ends_the_connection_gracefully(tmp_path: Path, backend: Backend) -> None:

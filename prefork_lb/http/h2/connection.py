@@ -62,11 +62,19 @@ Rules:
    beyond the length ("client intended to send body data larger than declared") or
    END_STREAM short of it ("client prematurely closed stream") fail that stream only
    (stream rule 6: 400, as nginx), its DATA dropped (and its window reopened).
+11. Lingering close after an error GOAWAY (rule 6, 8; h2's own): closing a socket with
+   unread input makes the kernel send RST, and a client whose RST arrives before it read
+   the GOAWAY loses it (so a flooding client never learns why). So, as nginx (its HTTP/2
+   lingering close, 1.19.1+) and as http/connection.py rule 7: FIN after the GOAWAY, then
+   read and discard (no h2, no guard) until the client closes, at most the server's
+   ``lingering_timeout`` per wait and ``min(lingering_time, LINGER_MAX_S)`` in all;
+   ``lingering_close = "off"`` closes at once. The streams have already failed by then.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Final
@@ -122,6 +130,7 @@ H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advert
 IDLE_CHECK_S: Final = 5.0  # rule 4
 OUT_HIGH_WATER: Final = 256 * 1024  # rule 1's backpressure
 PARK_AFTER_S: Final = 1.0  # rule 9, as HTTP/1.1's (http/connection.py rule 6)
+LINGER_MAX_S: Final = 5.0  # rule 11: a hostile client is not read for 30 s
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 NO_ERROR: Final = 0
 FRAME_SIZE_ERROR: Final = 6
@@ -180,6 +189,7 @@ class H2Session:
         "info",
         "initial",
         "last_sid",
+        "linger",
         "max_requests",
         "park_deadline",
         "parkable",
@@ -243,6 +253,7 @@ class H2Session:
         self.goaway_sent = False
         self.closing = False  # the client sent GOAWAY, or we did: no new streams
         self.broken = False
+        self.linger = False  # an error GOAWAY went out: lingering close (rule 11)
         self.idle = False  # counted in the zone's idle connections (rule 4)
         self.idle_since = clock()
         self._flushing: Any = None  # the greenlet sending (rule 1)
@@ -312,7 +323,7 @@ class H2Session:
                     events, code = self.guard.receive(h2, data, self.clock())
                 except ProtocolError as e:
                     log.info("client sent invalid HTTP/2 data (%s), client: %s", e, self.info.remote_addr)
-                    self.goaway_sent = True
+                    self.goaway_sent = self.linger = True
                     break
                 if len(getattr(h2.incoming_buffer, "_data", b"")) > size + h2.max_inbound_frame_size + 9:
                     # rule 8: an overlong frame h2 would buffer whole (up to 16 MiB) first
@@ -333,8 +344,32 @@ class H2Session:
                 self._count_idle(False)
                 self._flush_quietly()
                 self._end_streams()
+                if self.linger:
+                    self._linger()
                 self.close()
         return False
+
+    def _linger(self) -> None:
+        """Rule 11: FIN after the GOAWAY, then read and discard until the client closes."""
+        cfg = self.router.default
+        if cfg.lingering_close == "off" or cfg.lingering_time_s <= 0:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = self.clock() + min(cfg.lingering_time_s, LINGER_MAX_S)
+        wait_s = cfg.lingering_timeout_s
+        size = self.settings.recv_buffer_size_bytes
+        while True:
+            left_s = deadline - self.clock()
+            if left_s <= 0:
+                return
+            try:
+                if not recv(self.sock, size, min(wait_s, left_s) if wait_s > 0 else left_s):
+                    return  # the client closed: it had every byte we sent
+            except OSError:  # TimeoutError included
+                return
 
     def _parkable_now(self) -> bool:
         """Rule 9: nothing in progress, nothing buffered either way."""
@@ -685,7 +720,7 @@ class H2Session:
     def _close_with(self, code: int) -> None:
         """Rule 6: GOAWAY ``code`` and the end of the connection."""
         if not self.goaway_sent:
-            self.goaway_sent = True
+            self.goaway_sent = self.linger = True
             self.h2.close_connection(error_code=code, last_stream_id=self.last_sid)
         self.closing = True
         self.broken = True
@@ -707,16 +742,12 @@ class H2Session:
     def _wake_reader(self) -> None:
         """No stream left after a GOAWAY: FIN after our last frame; the reader ends at the
         client's FIN or after ``CLOSE_WAIT_S`` (closing with unread input would reset)."""
-        import socket
-
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
     def _abort_socket(self) -> None:
-        import socket
-
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
