@@ -202,7 +202,8 @@ EXPECT: dict[str, tuple[Callable[[hh.Outcome], bool], Callable[[hh.Outcome], boo
     "oversized_list": (goaway(hh.ENHANCE_YOUR_CALM), goaway(hh.ENHANCE_YOUR_CALM), "a 40 KB list accepted"),
     "hpack_table_growth": (
         lambda o: o.extra["ok"] == 300 and o.extra["table_bytes"] <= 4096,
-        lambda o: o.extra["ok"] == 300 and o.extra["table_bytes"] <= 4096,
+        # encoder.py indexes no response field at all, as nginx 1.22
+        lambda o: o.extra["ok"] == 300 and o.extra["table_bytes"] == 0,
         "the response encoder's table sized by the client's SETTINGS (97 KB after 300 responses)",
     ),
     "tiny_windows": (

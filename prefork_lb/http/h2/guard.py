@@ -43,6 +43,8 @@ Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
    client's SETTINGS_HEADER_TABLE_SIZE says (up to 4 GiB) and keep every distinct response
    field in it for the connection's life. RFC 7541 4.2 lets the encoder use less than the
    peer allows; a smaller client setting is still followed (with the size update h2 sends).
+   The server's encoder (encoder.py's FieldCacheEncoder, a CappedEncoder) indexes nothing
+   at all, as nginx; the cap and the size updates stay for any other CappedEncoder.
 """
 
 from __future__ import annotations
