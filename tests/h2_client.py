@@ -83,6 +83,7 @@ class H2Client:
         self.conn.initiate_connection()
         self.streams: dict[int, Stream] = {}
         self.goaway: ConnectionTerminated | None = None
+        self.open_at_goaway: list[int] = []  # streams not yet ended when the GOAWAY arrived
         self.closed = False
         self.hold: set[int] = set()
         self.flush()
@@ -175,6 +176,7 @@ class H2Client:
                 self.streams[ev.stream_id].reset_code = int(ev.error_code)
         elif isinstance(ev, ConnectionTerminated):
             self.goaway = ev
+            self.open_at_goaway = [sid for sid, st in self.streams.items() if not st.ended]
             if ev.error_code == 0:
                 # h2 stops reading at any GOAWAY; a graceful one lets the streams at or
                 # below last_stream_id finish (RFC 9113 6.8), as curl and browsers do

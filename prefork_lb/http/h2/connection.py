@@ -43,8 +43,12 @@ Rules:
    (mapping rule 2) end it with ENHANCE_YOUR_CALM. Streams in progress then fail with
    ClientGone (499).
 7. ``keepalive_requests`` (nginx >= 1.19.7 applies it to HTTP/2): the stream that reaches
-   it is served and followed by a graceful GOAWAY (rule 5). The value is the default
-   server's (its first location's, where the server-level value is inherited).
+   it is served and followed by a graceful GOAWAY (rule 5) naming it, sent when the last
+   stream in progress has ended; streams opened meanwhile get REFUSED_STREAM (safe to
+   retry). nginx sends that GOAWAY as the stream arrives, before its response: clients
+   built on python-h2 (httpx) then fail the response ("RECV_HEADERS in state CLOSED",
+   httpcore#46), so prefork-lb sends it after. The value is the default server's (its
+   first location's, where the server-level value is inherited).
 8. A frame longer than the advertised SETTINGS_MAX_FRAME_SIZE (16k) is refused once more
    than one read of it is buffered (GOAWAY FRAME_SIZE_ERROR): h2 checks the length only
    when the whole frame has arrived, so a client declaring 16 MiB could make it buffer
@@ -181,6 +185,7 @@ class H2Session:
         "broken",
         "clock",
         "closing",
+        "goaway_due",
         "goaway_sent",
         "guard",
         "h2",
@@ -252,6 +257,7 @@ class H2Session:
         self.last_sid = 0
         self.goaway_sent = False
         self.closing = False  # the client sent GOAWAY, or we did: no new streams
+        self.goaway_due = False  # rule 7: keepalive_requests reached, GOAWAY when idle
         self.broken = False
         self.linger = False  # an error GOAWAY went out: lingering close (rule 11)
         self.idle = False  # counted in the zone's idle connections (rule 4)
@@ -523,8 +529,8 @@ class H2Session:
         self.last_sid = sid
         self._count_idle(False)
         self._spawn(stream.run)
-        if self.info.requests >= self.max_requests:  # rule 7
-            self.goaway(NO_ERROR)
+        if self.info.requests >= self.max_requests:  # rule 7: no new streams from here on
+            self.closing = self.goaway_due = True
 
     def _rearm_reader(self) -> None:
         """Rule 4: the last stream ended while the reader waits with a busy connection's
@@ -560,6 +566,8 @@ class H2Session:
             if not self.broken:
                 self._count_idle(True)
                 self._rearm_reader()
+            if self.goaway_due and not self.goaway_sent:  # rule 7: after the last response
+                self.goaway(NO_ERROR)
             if self.closing or self.goaway_sent:
                 self.flush_now()
                 self._wake_reader()
