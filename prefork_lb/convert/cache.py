@@ -1,4 +1,4 @@
-"""nginx's proxy_cache directives -> the prefork-lb cache keys (sans-IO; called from mapping.py).
+"""nginx's proxy_cache directives -> the prefork-lb cache keys (sans-IO; used by map_location, map_http).
 
 The keys are issue 18's config contract (docs/cache.md, docs/config.md):
 ``[http.proxy_cache_paths.NAME]`` for ``proxy_cache_path`` and, at http, server or location
@@ -35,7 +35,7 @@ from prefork_lb.convert.read import Directive
 from prefork_lb.convert.toml_writer import scalar
 
 if TYPE_CHECKING:
-    from prefork_lb.convert.mapping import Mapper
+    from prefork_lb.convert.map_common import Mapper
 
 # on/off directives (mapping's ``_flag``) and single values copied as written (``_simple``)
 FLAGS = (

@@ -4,7 +4,7 @@ Rules:
 - Each entry is one line of the conversion report: ``file:line: "directive args" <reason>;
   skipped``; so a reason reads after the quoted directive and says what to do.
 - ``NOT_YET`` lists features that are planned (the issue tracker has them); when one lands,
-  its directives move from here to the mapping tables in ``convert/mapping.py`` (and the
+  its directives move from here to the mapping tables of ``convert/map_*.py`` (and the
   coverage table in docs/convert.md). A family is matched by prefix (``ssl_``).
 - Anything found in neither table gets ``DEFAULT_REASON``: never dropped silently.
 """
@@ -81,7 +81,7 @@ REASONS: dict[str, str] = {
     "grpc_*": _PROXY_HTTP_ONLY,
     "memcached_*": _PROXY_HTTP_ONLY,
     "mail": _PROXY_HTTP_ONLY,
-    # TLS to upstreams: what convert/mapping.py does not map
+    # TLS to upstreams: what convert/map_*.py do not map
     "proxy_ssl_certificate": _CLIENT_CERT,
     "proxy_ssl_certificate_key": _CLIENT_CERT,
     "proxy_ssl_password_file": _CLIENT_CERT,
@@ -94,7 +94,7 @@ REASONS: dict[str, str] = {
     "proxy_ssl_key_log": "is not supported: no TLS key log",
     "proxy_ssl*": "is not converted for stream servers yet: write proxy_ssl = true and its proxy_ssl_* keys "
     "in the TOML by hand (docs/config.md, stream servers)",
-    # TLS termination: the ssl_* directives convert/mapping.py does not map
+    # TLS termination: the ssl_* directives convert/map_tls.py does not map
     "ssl_dhparam": "is not supported: no custom DH parameters (key exchange is ECDHE, and TLS 1.3's); "
     "remove it",
     "ssl_ecdh_curve": "is not supported: OpenSSL's default groups are offered (X25519, P-256, ...)",
@@ -126,7 +126,7 @@ REASONS: dict[str, str] = {
 }
 
 # Planned features: the directive families other work is building. Move an entry to
-# convert/mapping.py when its feature lands.
+# convert/map_*.py when its feature lands.
 _PLANNED = "is not built in prefork-lb yet (planned)"
 NOT_YET: dict[str, str] = {
     "split_clients": f"{_PLANNED}: map",
