@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefork_lb.convert import cache
+from prefork_lb.convert import cache, map_health
 from prefork_lb.convert.map_common import Handler, Mapper, Note, join_path, log_format, pcre, put_flag, simple
 from prefork_lb.convert.map_location import (
     INHERITED,
@@ -282,6 +282,7 @@ _HTTP_LEVEL: dict[str, Handler] = {
     "client_header_timeout": _client_header_timeout,
     "map": _map,
     "proxy_cache_path": cache.cache_path,
+    "match": map_health.http_match,
 }
 
 

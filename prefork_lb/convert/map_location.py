@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefork_lb.convert import cache
+from prefork_lb.convert import cache, map_health
 from prefork_lb.convert.map_common import (
     Handler,
     Mapper,
@@ -242,6 +242,11 @@ def location_block(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> Non
     m.mark(kp, d)
     m.out.origins[f"{kp}.match"] = d.where
     m.each(d.block, loc, kp, _LOCATION)
+    check = loc.pop("_health_check", None)
+    if check is not None and "proxy_pass" not in loc:
+        del loc["health_check"]
+        m.forget(f"{kp}.health_check")
+        m.skip(check, "needs a proxy_pass in its location (nginx refuses it without one too)")
     if not any(k in loc for k in ("proxy_pass", "return", "rewrite_rules", "api", "metrics", "dashboard")):
         # kept, so its URIs never reach another location (think "location ~ /\.ht { deny all; }")
         loc["return"] = 404
@@ -401,6 +406,7 @@ _LOCATION: dict[str, Handler] = {
     "proxy_pass": _proxy_pass,
     "return": _location_return,
     "api": _api,
+    "health_check": map_health.http_check,
     "status": _api,
     **REWRITE,
 }

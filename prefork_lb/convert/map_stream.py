@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefork_lb.convert.map_common import Handler, Mapper, error_log, log_format, simple
+from prefork_lb.convert import map_health
+from prefork_lb.convert.map_common import Handler, Mapper, Note, error_log, log_format, simple
 from prefork_lb.convert.map_http import listen
 from prefork_lb.convert.map_tls import STREAM_TLS, inherit_tls, tls_server
 from prefork_lb.convert.map_upstream import upstream_block
@@ -27,6 +28,26 @@ def stream_block(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
     m.each(d.block, stream, "stream", _STREAM)
     del stream["_proxy_ssl"]
     inherit_tls(m, stream, "stream", stream.get("servers", []))
+    _inherit_check_timeout(m, stream, stream.get("servers", []))
+
+
+def _inherit_check_timeout(m: Mapper, stream: dict[str, Any], servers: list[dict[str, Any]]) -> None:
+    """A stream-level ``health_check_timeout`` into each server with a check and none of its own."""
+    if "health_check_timeout" not in stream:
+        return
+    value = stream.pop("health_check_timeout")
+    where = m.out.origins.get("stream.health_check_timeout", "")
+    m.forget("stream.health_check_timeout")
+    used = False
+    for i, s in enumerate(servers):
+        if "health_check" in s and "health_check_timeout" not in s:
+            s["health_check_timeout"] = value
+            m.out.origins[f"stream.servers[{i}].health_check_timeout"] = where
+            used = True
+    if not used:
+        m.out.notes.append(
+            Note(where, '"health_check_timeout": no server here it applies to; not converted', False)
+        )
 
 
 def _stream_server(m: Mapper, d: Directive, t: dict[str, Any], path: str) -> None:
@@ -103,6 +124,8 @@ _STREAM: dict[str, Handler] = {
     "access_log": _stream_access_log,
     "error_log": error_log,
     "proxy_ssl": _stream_proxy_ssl,
+    "match": map_health.stream_match,
+    "health_check_timeout": simple,
 }
 
 
@@ -115,4 +138,6 @@ _STREAM_SERVER: dict[str, Handler] = {
     "proxy_ssl": _stream_proxy_ssl,
     "access_log": _stream_access_log,
     "error_log": error_log,
+    "health_check": map_health.stream_check,
+    "health_check_timeout": simple,
 }

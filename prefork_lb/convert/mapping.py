@@ -7,13 +7,15 @@ The entry point (``map_config``) and the main context; each other context has it
 - ``map_http``: the ``http`` block, its servers, the inheritance nginx does where the TOML
   contract lacks a level; ``map_location``: the location keys (also at http and server
   level), the location block, the rewrite module; ``map_tls``: TLS termination;
-  ``map_upstream``: ``upstream`` blocks; ``map_stream``: the ``stream`` block; ``cache``:
-  the content cache.
+  ``map_upstream``: ``upstream`` blocks; ``map_stream``: the ``stream`` block;
+  ``map_health``: active health checks (``health_check``, ``match``); ``cache``: the content
+  cache.
 
-To add a directive: a handler in the context's table (``map_http.HTTP_LEVEL``,
-``map_http.SERVER``, ``map_location.LOCATION`` (``INHERITED`` for http/server/location),
-``map_upstream.UPSTREAM``, ``map_stream.STREAM``, ``map_stream.STREAM_SERVER``, ``_MAIN``
-here), remove it from ``unsupported.NOT_YET``, and add its row to docs/convert.md.
+To add a directive: a handler in its context's table (``map_http._HTTP_LEVEL``,
+``map_http._SERVER``, ``map_location._LOCATION`` (``map_location.INHERITED`` for what http,
+server and location share), ``map_upstream._UPSTREAM``, ``map_stream._STREAM``,
+``map_stream._STREAM_SERVER``, ``_MAIN`` here), remove it from ``unsupported.NOT_YET``, and
+add its row to docs/convert.md.
 """
 
 from __future__ import annotations

@@ -132,8 +132,6 @@ NOT_YET: dict[str, str] = {
     "split_clients": f"{_PLANNED}: map",
     "geo": f"{_PLANNED}: map",
     "limit_rate*": f"{_PLANNED}: rate limiting",
-    "health_check": f"{_PLANNED}: active health checks (passive checks work: max_fails, fail_timeout)",
-    "match": f"{_PLANNED}: active health checks",
     "ntlm": "has no prefork-lb equivalent (connections are not pinned to clients)",
 }
 
