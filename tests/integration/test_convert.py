@@ -3,6 +3,7 @@ nginx as the oracle where it is installed (one nginx.conf for both: tests/nginx_
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 from tests.backends import Backend, free_port
 from tests.harness import request, run_cli, wait_for
+from tests.health_backend import FlipBackend
 from tests.nginx_conf import NGINX, lb_from_conf, run_conf_both, scenario
 
 UNSUPPORTED_HEAVY = """
@@ -596,3 +598,63 @@ def test_websocket_idiom_and_upstream_tls_match_nginx(tmp_path: Path) -> None:
     ]
     assert ours == ngx
     assert our_log == ngx_log
+
+
+HEALTH_CONF = r"""
+worker_processes 2;
+pid run.pid;
+error_log error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    upstream backend {{ zone backend 64k; server {a}; server {b}; }}
+    match healthy {{
+        status 200-399;
+        header Content-Type ~ "json";
+        body ~ "\"status\": *\"ok\"";
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            health_check interval=300ms fails=2 passes=1 uri=/healthz match=healthy;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{api_port};
+        location /api/ {{ api; }}
+    }}
+}}
+"""
+
+
+def test_health_check_and_match_from_nginx_conf_mark_a_bad_peer_unhealthy(tmp_path: Path) -> None:
+    """Catches: NGINX Plus ``health_check``/``match`` in an nginx.conf dropped or half mapped by
+    ``-c nginx.conf``: b's /healthz turns to ``200 text/plain`` ("fine"), which passes a check
+    without the match (2xx), so only the converted match (Content-Type ~ json, the body regex)
+    marks b unhealthy in the API after ``fails=2`` probes; client requests then reach a only,
+    and b is up again after one passing probe (``passes=1``)."""
+
+    with FlipBackend("a") as a, FlipBackend("b") as b:
+        port, api_port = free_port(), free_port()
+        conf = HEALTH_CONF.format(a=a.addr, b=b.addr, port=port, api_port=api_port)
+        with lb_from_conf(tmp_path, conf, port) as lb:
+
+            def state(addr: str) -> str:
+                status, _, body = request(api_port, "GET", "/api/9/http/upstreams/backend")
+                assert status == 200, body
+                return str({p["server"]: p for p in json.loads(body)["peers"]}[addr]["state"])
+
+            wait_for(lambda: b.probe_count() >= 2 and state(b.addr) == "up", what="b probed and up")
+            with b.lock:
+                assert all(h.get("host") == "backend" for _, h in b.probes)  # the location's Host
+            b.mode = "text"
+            flipped = b.probe_count()
+            wait_for(lambda: state(b.addr) == "unhealthy", what="b unhealthy")
+            assert b.probe_count() - flipped >= 2  # fails=2
+            served = b.served_count()
+            bodies = {lb.get(f"/x{i}")[2] for i in range(10)}
+            assert bodies == {b"a"} and b.served_count() == served
+            assert f"upstream server {b.addr} is unhealthy" in lb.output()
+            b.mode = "ok"
+            wait_for(lambda: state(b.addr) == "up", what="b up again")

@@ -571,7 +571,8 @@ def test_docs_load_balancing_example(tmp_path: Path) -> None:
 
 def test_docs_upstream_module_example(tmp_path: Path) -> None:
     """Catches: the upstream module's examples (Plus parameters included) not converting, or
-    resolve/service=/health_check/resolver disappearing from the report."""
+    resolve/service=/resolver disappearing from the report; its Plus health_check is mapped
+    (convert/map_health.py) onto the /dynamic location."""
     (tmp_path / "nginx.conf").write_text(UPSTREAM_MODULE)
     conversion = convert_file(str(tmp_path / "nginx.conf"))
     doc = tomllib.loads(conversion.toml)
@@ -583,10 +584,12 @@ def test_docs_upstream_module_example(tmp_path: Path) -> None:
     assert dynamic[2] == {"address": "192.0.2.1:80", "max_fails": 3}
     assert doc["http"]["servers"][0]["listen"] == ["*:80"]
     lines = [str(n) for n in conversion.notes]
-    assert [line.split(":")[1] for line in lines] == ["12", "20", "21", "21", "33", "27"]
-    assert "health_check" in lines[4] and "skipped" in lines[4] and "resolver" in lines[0]
+    assert [line.split(":")[1] for line in lines] == ["12", "20", "21", "21", "27"]
+    assert "resolver" in lines[0] and not any("health_check" in line for line in lines)
+    assert doc["http"]["servers"][0]["locations"][1]["health_check"] == {}
     config = load(tmp_path, _resolvable(UPSTREAM_MODULE))
     assert config.http.upstreams["dynamic"].servers[1].slow_start_s == 30.0
+    assert [hc.upstream for hc in config.health_checks()] == ["dynamic"]
 
 
 def test_docs_stream_example(tmp_path: Path) -> None:
