@@ -66,17 +66,17 @@ def _check(m: Mapper, d: Directive, t: dict[str, Any], path: str, context: str) 
             ),
         )
         return
+    if context == "http" and any(w.startswith("type=") for w in d.args):  # grpc, nginx's only type
+        m.skip(
+            d,
+            "is not supported: prefork-lb's probes are HTTP/1.0 GET requests, which a gRPC "
+            "server fails (passive checks still apply: max_fails, fail_timeout)",
+        )
+        return
     table = Inline()
     names = (*_COMMON, *_HTTP_ONLY) if context == "http" else _COMMON
     for word in d.args:
         name, eq, value = word.partition("=")
-        if name == "type" and eq and context == "http":
-            m.skip(
-                d,
-                "is not supported: prefork-lb's probes are HTTP/1.0 GET requests, which a gRPC "
-                "server fails (passive checks still apply: max_fails, fail_timeout)",
-            )
-            return
         if eq and name in names and value:
             table[name] = value if name in ("uri", "match") else scalar(value)
         elif not eq and word in _FLAGS:

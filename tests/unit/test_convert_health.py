@@ -134,7 +134,7 @@ http {
     server {
         listen 127.0.0.1:8080;
         location / { proxy_pass http://backend; health_check match=m; health_check uri=/b; }
-        location /g { proxy_pass http://backend; health_check type=grpc grpc_service=x; }
+        location /g { proxy_pass http://backend; health_check grpc_service=x type=grpc; }
         location /r { return 200; health_check; }
         location /u { proxy_pass http://backend; health_check udp; }
     }
@@ -148,7 +148,7 @@ http {
         "blocks); the match is used without it, so peers pass more readily; skipped",
         'nginx.conf:11: "health_check uri=/b" is a second check of this block; prefork-lb takes one per '
         "location (write it in another location with the same proxy_pass); skipped",
-        'nginx.conf:12: "health_check type=grpc grpc_service=x" is not supported: prefork-lb\'s probes are '
+        'nginx.conf:12: "health_check grpc_service=x type=grpc" is not supported: prefork-lb\'s probes are '
         "HTTP/1.0 GET requests, which a gRPC server fails (passive checks still apply: max_fails, "
         "fail_timeout); skipped",
         'nginx.conf:13: "health_check" needs a proxy_pass in its location (nginx refuses it without one '
