@@ -165,6 +165,7 @@ def _send_body(client: Client, ex: Exchange, entry: Entry, head: bytes, pos: int
     try:
         _send_file_part(client, ex, entry, head, pos, count)
     except OSError as e:
+        entry.invalidate()  # a worker's memo drops it: the next lookup verifies the file again
         log.error(
             "cache file %s read failed (%s: %s), client connection closed", entry.path, e.errno, e.strerror
         )
