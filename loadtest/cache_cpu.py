@@ -9,7 +9,8 @@ Starts one nginx backend (serves one random file of ``--size`` bytes with
 ``Cache-Control: max-age=600``, logs its requests), prefork-lb (this checkout, ``sys.executable
 -m prefork_lb``) with ``proxy_cache`` in front of it, warms the cache (waits until a request
 has been asked 40 times), then runs ``wrk -t1 -c50`` and prints req/s, p99 and the workers'
-user+system CPU per request (psutil), and how many requests reached the backend.
+user+system CPU per request (psutil; ``--strace``: the
+workers' syscall counts for 2 s, which changes the CPU figure), and how many requests reached the backend.
 ``--profile DIR`` sets PREFORK_LB_PROFILE_DIR (cProfile per worker). Holds
 /tmp/prefork-lb-bench.lock while it runs. Ports: ``--port`` and ``--port + 1``.
 """
@@ -55,6 +56,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--profile", default="")
+    ap.add_argument("--repo", default=str(REPO), help="the checkout to run (A/B against another worktree)")
+    ap.add_argument("--strace", action="store_true", help="strace -c the workers for 2 s of the run")
     args = ap.parse_args()
     lb_port, be_port = args.port, args.port + 1
     lock = open("/tmp/prefork-lb-bench.lock", "w")  # noqa: SIM115
@@ -87,7 +90,7 @@ def main() -> int:
         procs.append(
             subprocess.Popen(["nginx", "-p", str(d / "be"), "-c", str(d / "be.conf")], start_new_session=True)
         )
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=args.repo)
         if args.profile:
             env["PREFORK_LB_PROFILE_DIR"] = args.profile
         lb = subprocess.Popen(
@@ -108,12 +111,18 @@ def main() -> int:
 
         be_before = len((d / "be-access.log").read_text().splitlines())
         c0 = cpu()
-        out = subprocess.run(
+        wrk = subprocess.Popen(
             ["wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds}s", "--latency", url],
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
-            check=True,
-        ).stdout
+        )
+        if args.strace:
+            time.sleep(1)
+            cmd = ["timeout", "-s", "INT", "2", "strace", "-c", "-f"]
+            for k in kids:
+                cmd += ["-p", str(k.pid)]
+            print(subprocess.run(cmd, capture_output=True, text=True).stderr)
+        out = wrk.communicate()[0]
         c1 = cpu()
         be_after = len((d / "be-access.log").read_text().splitlines())
         reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
