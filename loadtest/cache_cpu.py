@@ -94,7 +94,10 @@ def main() -> int:
         if args.profile:
             env["PREFORK_LB_PROFILE_DIR"] = args.profile
         lb = subprocess.Popen(
-            [sys.executable, "-m", "prefork_lb", "-c", str(d / "lb.toml")], env=env, start_new_session=True
+            [sys.executable, "-m", "prefork_lb", "-c", str(d / "lb.toml")],
+            env=env,
+            cwd=args.repo,  # -m puts the cwd first on sys.path
+            start_new_session=True,
         )
         procs.append(lb)
         wait_port(be_port)
