@@ -246,6 +246,11 @@ class Entry:
         self._pos += len(data)
         return data
 
+    @property
+    def shared(self) -> Shared | None:
+        """The memo record this entry was borrowed from (None: opened for this request)."""
+        return self._owner
+
     def invalidate(self) -> None:
         """The file failed while served (cut short, an I/O error): a memo holding it drops
         it, so the next lookup opens and verifies the file again."""
@@ -274,9 +279,10 @@ class Shared:
     the parsed prefix, and the body in memory (``fd`` -1) or the open descriptor. The
     descriptor is closed once the memo dropped it and its last borrower closed."""
 
-    __slots__ = ("body", "dropped", "fd", "parsed", "path", "refs", "version")
+    __slots__ = ("body", "dropped", "fd", "heads", "parsed", "path", "refs", "version")
 
     def __init__(self, fd: int, path: str, parsed: Parsed, version: int, body: bytes | None) -> None:
+        self.heads: object = None  # the serving side's prebuilt response head (cache_serve.py)
         self.fd = fd
         self.path = path
         self.parsed = parsed
