@@ -199,7 +199,9 @@ class CacheZone:
             shared = memo.get(md5)
             if shared is not None:
                 if shared.version == view.version and not shared.dropped and shared.parsed.key == key:
-                    return Lookup(md5, view.uses, view.updating and view.lock_until_ms > now_ms, shared.borrow())
+                    return Lookup(
+                        md5, view.uses, view.updating and view.lock_until_ms > now_ms, shared.borrow()
+                    )
                 self._forget(md5)
             entry, bad = open_checked(self.path_of(md5), key)
             if entry is None and bad:  # a REVALIDATED rewrite in place may race: look again

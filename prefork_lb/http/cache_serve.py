@@ -144,9 +144,10 @@ def serve_entry(
     window: list[tuple[bytes, int, int]] | None = None  # (part head, first, last)
     multipart = False
     plan = lr.cache
+    checks = b"if-none-match" in index or b"if-modified-since" in index or b"range" in index
     if ex.status_override:
         status, reason = ex.status_override, b""
-    elif not (status == 200 and (b"if-none-match" in index or b"if-modified-since" in index or b"range" in index)):
+    elif not (status == 200 and checks):
         heads = _prebuilt(entry, rules, status, reason, headers)
         if heads is not None:  # rule 2: a plain answer from a prebuilt head
             ex.status = status
@@ -161,7 +162,7 @@ def serve_entry(
             else:
                 _send_body(client, ex, entry, out, 0, length)
             return keep_alive
-    elif status == 200 and (b"if-none-match" in index or b"if-modified-since" in index or b"range" in index):
+    elif status == 200 and checks:
         etag, last_modified = validators_of(headers)
         if P.not_modified(
             200, index.get(b"if-none-match"), index.get(b"if-modified-since"), etag, last_modified
