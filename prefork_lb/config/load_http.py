@@ -699,10 +699,12 @@ def _return_action(v: object) -> ReturnAction:
     if isinstance(v, int) and not isinstance(v, bool):
         code, text = v, None
     elif isinstance(v, str):
-        head, _, rest = v.strip().partition(" ")
+        head, _, rest = v.lstrip().partition(" ")
         if not head.isascii() or not head.isdigit():
             raise ValueError('must be "CODE [TEXT|URL]", e.g. "301 https://example.com$request_uri"')
-        code, text = int(head), (rest.strip() or None)
+        code, text = int(head), rest.lstrip(" ")
+        # a body is sent as written after the code (nginx: "OK\n" keeps its newline); a URL is trimmed
+        text = (text.strip() if code in _REDIRECTS else text) or None
     else:
         raise ValueError('must be a status code or "CODE [TEXT|URL]"')
     if not 100 <= code <= 999:

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefork_lb.config.load_shared import SSL_KEYS
+from prefork_lb.convert import cache
 from prefork_lb.convert.read import Directive
-from prefork_lb.convert.toml_writer import Inline
+from prefork_lb.convert.toml_writer import Inline, scalar
 from prefork_lb.convert.unsupported import reason
 
 
@@ -84,11 +85,6 @@ _SIMPLE = frozenset((*_DURATIONS, *_SIZES, *_COUNTS, *_WORDS))
 # CRLs) are reported as unsupported: convert/unsupported.py
 _SSL_FLAGS = ("proxy_ssl_verify", "proxy_ssl_server_name", "proxy_ssl_session_reuse")
 _SSL_STRINGS = ("proxy_ssl_trusted_certificate", "proxy_ssl_name", "proxy_ssl_ciphers")
-
-
-def scalar(text: str) -> int | str:
-    """nginx's "60" is a bare number of seconds or bytes: an integer in TOML."""
-    return int(text) if text.isdigit() and len(text) < 19 else text
 
 
 Handler = Callable[["Mapper", Directive, dict[str, Any], str], None]
@@ -1199,6 +1195,16 @@ _INHERITED: dict[str, Handler] = {
     **dict.fromkeys(_LIMIT_FLAGS, _flag),
     **dict.fromkeys(_LIMIT_WORDS, _text),
     **dict.fromkeys(_LIMIT_STATUS, _status_code),
+    # the content cache (convert/cache.py)
+    **dict.fromkeys(cache.FLAGS, _flag),
+    **dict.fromkeys(cache.SIMPLE, _simple),
+    "proxy_cache": cache.cache,
+    "proxy_cache_valid": cache.cache_valid,
+    "proxy_cache_bypass": cache.variables,
+    "proxy_no_cache": cache.variables,
+    "proxy_cache_methods": cache.word_set,
+    "proxy_cache_use_stale": cache.word_set,
+    "proxy_ignore_headers": cache.word_set,
 }
 _TLS: dict[str, Handler] = {
     "ssl": _ssl_on,
@@ -1238,6 +1244,7 @@ _HTTP_LEVEL: dict[str, Handler] = {
     "log_format": _log_format,
     "client_header_timeout": _client_header_timeout,
     "map": _map,
+    "proxy_cache_path": cache.cache_path,
 }
 _SERVER: dict[str, Handler] = {
     **_INHERITED,

@@ -1,4 +1,4 @@
-"""Reading an nginx.conf (and its includes) into a tree of ``Directive`` with crossplane.
+r"""Reading an nginx.conf (and its includes) into a tree of ``Directive`` with crossplane.
 
 Rules:
 - crossplane (NGINX's own parser) does the syntax and nginx's context and argument-count
@@ -15,12 +15,16 @@ Rules:
   naming ``file:line``, checked before any file is parsed.
 - A comment directly above a directive (consecutive comment lines) or after it on the same
   line is kept on that directive, for the TOML key it maps to.
+- Arguments carry nginx's escapes resolved as nginx's own reader does
+  (ngx_conf_read_token): ``\\``, ``\t``, ``\r``, ``\n`` become one character; crossplane
+  resolves only the escaped quotes. Any other backslash stays (``\.`` in a regex).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,13 +120,23 @@ def _block(
                     out.extend(_tree(configs, i, base, stack))
             last = None
             continue
-        d = Directive(st["directive"], list(st["args"]), file, st["line"], comment=comment)
+        d = Directive(st["directive"], [unescape(a) for a in st["args"]], file, st["line"], comment=comment)
         d.where = f"{display(file, base)}:{d.line}"
         if "block" in st:
             d.block = _block(configs, st["block"], file, base, stack)
         out.append(d)
         last = d
     return out
+
+
+_ESCAPE = re.compile(r"\\([\\tnr])")
+_ESCAPED = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def unescape(arg: str) -> str:
+    r"""nginx's reading of ``\\``, ``\t``, ``\n``, ``\r`` in an argument (left to right, as
+    ngx_conf_read_token: ``\\n`` is a backslash and an ``n``)."""
+    return _ESCAPE.sub(lambda m: _ESCAPED[m.group(1)], arg) if "\\" in arg else arg
 
 
 def _comment_above(pending: list[tuple[int, str]], line: int) -> str:

@@ -22,6 +22,11 @@ from typing import Any
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def scalar(text: str) -> int | str:
+    """nginx's "60" is a bare number of seconds or bytes: an integer in TOML."""
+    return int(text) if text.isdigit() and len(text) < 19 else text
+
+
 class Inline(dict[str, Any]):
     """A table written inline: ``{ a = 1, b = "x" }``."""
 

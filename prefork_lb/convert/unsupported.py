@@ -115,6 +115,12 @@ REASONS: dict[str, str] = {
     "ssl_reject_handshake": "is not supported: a handshake for an unknown name gets the default server's "
     "certificate",
     "ssl_*": "is not supported by prefork-lb's TLS termination (docs/config.md lists its ssl_* keys)",
+    # the content cache: what convert/cache.py does not map
+    "proxy_cache_max_range_offset": "has no prefork-lb equivalent (a range of a cached key is answered "
+    "from the cached entry whatever its offset)",
+    "proxy_cache_purge": "is NGINX Plus (or the third-party ngx_cache_purge): purge through the API instead, "
+    "DELETE /api/9/http/caches/NAME (docs/cache.md)",
+    "proxy_cache*": "is not supported by prefork-lb's cache (docs/cache.md lists its keys)",
     "js_*": "has no prefork-lb equivalent (no njs)",
     "perl*": "has no prefork-lb equivalent",
 }
@@ -126,8 +132,6 @@ NOT_YET: dict[str, str] = {
     "split_clients": f"{_PLANNED}: map",
     "geo": f"{_PLANNED}: map",
     "limit_rate*": f"{_PLANNED}: rate limiting",
-    "proxy_cache*": f"{_PLANNED}: caching",
-    "proxy_no_cache": f"{_PLANNED}: caching",
     "health_check": f"{_PLANNED}: active health checks (passive checks work: max_fails, fail_timeout)",
     "match": f"{_PLANNED}: active health checks",
     "ntlm": "has no prefork-lb equivalent (connections are not pinned to clients)",

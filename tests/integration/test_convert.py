@@ -29,14 +29,14 @@ http {{
     server_tokens off;
     limit_rate_after 1m;
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    proxy_cache_path cache keys_zone=c:10m;
+    ssi on;
     upstream app {{ server {backend}; ntlm; }}
     server {{
         listen 127.0.0.1:{port};
         add_header X-Frame-Options DENY;
         location / {{
             proxy_pass http://app;
-            proxy_cache c;
+            proxy_store off;
             limit_rate 100k;
             if ($request_method = POST) {{ return 405; }}
         }}

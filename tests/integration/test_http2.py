@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import ssl
 import subprocess
 import textwrap
@@ -16,6 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import ConnectionTerminated
+from hyperframe.frame import PingFrame
 
 from tests.backends import Backend, GatedBackend, free_port
 from tests.h2_client import H2Client, Stream
@@ -339,6 +344,54 @@ def test_client_reset_ends_the_upstream_wait(tmp_path: Path) -> None:
             gate.release()
             c.wait(lambda: c.streams[kept].done)
             assert c.streams[kept].status == 200
+
+
+def test_content_length_mismatch_fails_that_stream_only(tmp_path: Path, backend: Backend) -> None:
+    """A request body shorter or longer than its content-length gets 400 on its own stream
+    (nginx 1.22's answer) while another stream of the connection, in progress meanwhile, is
+    served and the connection lives on (no GOAWAY). Catches: h2's own check ending the whole
+    connection with GOAWAY PROTOCOL_ERROR."""
+    port = free_port()
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        with H2Client(port) as c:
+            other = c.request("POST", "/o?echo=1", [("content-length", "4")], end=False)
+            short = c.request("POST", "/s?echo=1", [("content-length", "10")], body=b"12345")
+            c.wait(lambda: c.streams[short].done, what="the short body's answer")
+            long = c.request("POST", "/l?echo=1", [("content-length", "3")], body=b"0123456789")
+            c.wait(lambda: c.streams[long].done, what="the long body's answer")
+            c.send_body(other, b"good")
+            c.wait(lambda: c.streams[other].done, what="the other stream")
+            assert c.streams[short].status == 400 and c.streams[long].status == 400
+            assert c.streams[other].status == 200
+            assert json.loads(bytes(c.streams[other].data))["body_len"] == 4
+            assert c.get("/after").status == 200
+            assert c.goaway is None
+
+
+def test_flood_goaway_is_not_lost(tmp_path: Path, backend: Backend) -> None:
+    """A PING flood cut by the guard (GOAWAY ENHANCE_YOUR_CALM) while the client is still
+    sending: the server reads and discards the rest (lingering close, h2/connection.py rule
+    11), so the client, once it stops sending and reads, gets the GOAWAY and a clean EOF.
+    Catches: closing with unread input, whose RST makes the client's sends fail and destroys
+    the GOAWAY before the client reads it (seen with ``lingering_close = "off"``)."""
+    port = free_port()
+    ping = PingFrame(0)
+    ping.opaque_data = b"12345678"
+    pings = ping.serialize() * 500
+    with LB(tmp_path, config(port, backend.addrs[0]), port):
+        client = H2Connection(H2Configuration(client_side=True))
+        client.initiate_connection()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(client.data_to_send())
+            for _ in range(20):  # 10000 PINGs: the guard cuts at 1000 in a second
+                s.sendall(pings)
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        events = client.receive_data(data)
+        ends = [e for e in events if isinstance(e, ConnectionTerminated)]
+        assert ends and ends[0].error_code == 11, ends
 
 
 def test_keepalive_requests_ends_the_connection_gracefully(tmp_path: Path, backend: Backend) -> None:

@@ -10,6 +10,14 @@ Rules:
    fails or takes longer than ``send_timeout`` ends the connection. The reader may be
    that greenlet (its own frames: ACKs, WINDOW_UPDATEs): while the client reads nothing
    it stops reading too, until ``send_timeout``.
+   Streams do not write themselves (``flush_later``): the frames they queue are written by
+   one callback on the hub after every greenlet woken in that loop iteration has run, so
+   the responses of streams completing together leave in one TLS record and one send
+   (rather than one each: the send and the record cost ~15% of a small response's CPU).
+   That callback only sends what the socket takes at once; a remainder (``_pending_out``,
+   always sent first) is finished by a greenlet with the usual ``flush``. A stream that
+   queued more than ``OUT_HIGH_WATER`` bytes since the last write flushes itself and
+   waits, as before (the backpressure that bounds what waits in memory).
 2. Streams: a HEADERS opening a stream while ``http2_max_concurrent_streams`` streams are
    being processed is answered RST_STREAM REFUSED_STREAM (7), per stream, as nginx. The
    SETTINGS frame advertises the limit, while ``h2``'s own check (which would end the
@@ -47,19 +55,34 @@ Rules:
    without a greenlet and runs ``serve`` again when it is readable, or calls ``close``
    (GOAWAY first, written without waiting) at ``http2_idle_timeout``. The h2 state
    (~10 KiB) stays; the greenlet (~10 KiB) goes. It stays counted as idle meanwhile.
+10. Content-length (mapping rule 6): h2's own check of a request body against its
+   content-length would end the whole connection (GOAWAY PROTOCOL_ERROR). It is turned
+   off (``_Stream``: h2 makes its stream objects as HEADERS arrive, before this loop sees
+   the event, so the check must be gone from the start) and done here instead: DATA
+   beyond the length ("client intended to send body data larger than declared") or
+   END_STREAM short of it ("client prematurely closed stream") fail that stream only
+   (stream rule 6: 400, as nginx), its DATA dropped (and its window reopened).
+11. Lingering close after an error GOAWAY (rule 6, 8; h2's own): closing a socket with
+   unread input makes the kernel send RST, and a client whose RST arrives before it read
+   the GOAWAY loses it (so a flooding client never learns why). So, as nginx (its HTTP/2
+   lingering close, 1.19.1+) and as http/connection.py rule 7: FIN after the GOAWAY, then
+   read and discard (no h2, no guard) until the client closes, at most the server's
+   ``lingering_timeout`` per wait and ``min(lingering_time, LINGER_MAX_S)`` in all;
+   ``lingering_close = "off"`` closes at once. The streams have already failed by then.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Final
 
 from gevent import getcurrent
 from gevent.event import Event
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import AllowedStreamIDs, H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -72,9 +95,12 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
+from h2.stream import H2Stream as H2Stream_
 from hyperframe.frame import GoAwayFrame
 
 from prefork_lb.http.client import ClientGone
+from prefork_lb.http.exchange import ConnectionInfo
+from prefork_lb.http.h2.encoder import FieldCacheEncoder
 from prefork_lb.http.h2.guard import OK, Guard, configure, limits_of
 from prefork_lb.http.h2.mapping import (
     REFUSED_STREAM,
@@ -84,20 +110,27 @@ from prefork_lb.http.h2.mapping import (
     map_trailers,
 )
 from prefork_lb.http.h2.stream import H2Stream, StreamIO, TlsH2Stream
+from prefork_lb.http.request import HttpError
 from prefork_lb.netio import ClientSocket, recv, send_all
 
 if TYPE_CHECKING:
-    from prefork_lb.http.exchange import ConnectionInfo
     from prefork_lb.http.routing import ServerRouter
     from prefork_lb.http.runtime import HttpRuntime
 
 log = logging.getLogger("prefork_lb.error")
+
+# _open copies a ConnectionInfo field by field: a field added there must be added here too
+assert [f.name for f in fields(ConnectionInfo)] == [
+    "remote_addr", "remote_port", "server_addr", "server_port", "connection_id", "requests", "tls",
+    "realip_remote_addr",
+], "ConnectionInfo changed: update H2Session._open's copy"  # fmt: skip
 
 MAX_WINDOW: Final = 2**31 - 1
 H2_STREAM_CEILING: Final = 2**16  # rule 2: h2's own limit, far above any advertised one
 IDLE_CHECK_S: Final = 5.0  # rule 4
 OUT_HIGH_WATER: Final = 256 * 1024  # rule 1's backpressure
 PARK_AFTER_S: Final = 1.0  # rule 9, as HTTP/1.1's (http/connection.py rule 6)
+LINGER_MAX_S: Final = 5.0  # rule 11: a hostile client is not read for 30 s
 CLOSE_WAIT_S: Final = 1.0  # after our GOAWAY, with no stream left: the client's FIN awaited
 NO_ERROR: Final = 0
 FRAME_SIZE_ERROR: Final = 6
@@ -119,11 +152,29 @@ class _Settings(Settings):
         self[SettingCodes.MAX_CONCURRENT_STREAMS] = value
 
 
+class _Stream(H2Stream_):
+    """Rule 10: h2's stream, without its connection-level content-length check."""
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        self._actual_content_length += length
+
+
+class _Connection(H2Connection):
+    """Rule 10: h2's connection, making ``_Stream``s (a class swap: same layout)."""
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream_:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _Stream
+        return stream
+
+
 class H2Session:
     __slots__ = (
         "_drained",
         "_extra",
+        "_flush_scheduled",
         "_flushing",
+        "_pending_out",
         "_spawn",
         "_unsent",
         "_waiting",
@@ -138,6 +189,7 @@ class H2Session:
         "info",
         "initial",
         "last_sid",
+        "linger",
         "max_requests",
         "park_deadline",
         "parkable",
@@ -182,7 +234,7 @@ class H2Session:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        h2 = self.h2 = H2Connection(config)
+        h2 = self.h2 = _Connection(config)
         h2.local_settings = _Settings(
             client=False,
             initial_values={
@@ -196,17 +248,20 @@ class H2Session:
         h2.decoder.max_header_list_size = settings.max_header_size_bytes
         self.streams: dict[int, StreamIO] = {}
         self.guard = Guard(limits_of(settings))
-        configure(h2, self.guard.limits)
+        configure(h2, self.guard.limits, FieldCacheEncoder())  # encoder.py: no dynamic table
         self.last_sid = 0
         self.goaway_sent = False
         self.closing = False  # the client sent GOAWAY, or we did: no new streams
         self.broken = False
+        self.linger = False  # an error GOAWAY went out: lingering close (rule 11)
         self.idle = False  # counted in the zone's idle connections (rule 4)
         self.idle_since = clock()
         self._flushing: Any = None  # the greenlet sending (rule 1)
         self._drained = Event()  # set whenever no send is in progress
         self._drained.set()
         self._unsent = 0  # DATA bytes queued in h2 since the sender took its last batch
+        self._flush_scheduled = False  # flush_later's callback is queued (rule 1)
+        self._pending_out = b""  # taken from h2, not yet sent: goes before anything else
         self._waiting: Any = None  # the reader, while it waits in recv (rule 4)
         self._extra = b""
         self.initial = b""  # bytes already read from the socket, fed to h2 first
@@ -268,7 +323,7 @@ class H2Session:
                     events, code = self.guard.receive(h2, data, self.clock())
                 except ProtocolError as e:
                     log.info("client sent invalid HTTP/2 data (%s), client: %s", e, self.info.remote_addr)
-                    self.goaway_sent = True
+                    self.goaway_sent = self.linger = True
                     break
                 if len(getattr(h2.incoming_buffer, "_data", b"")) > size + h2.max_inbound_frame_size + 9:
                     # rule 8: an overlong frame h2 would buffer whole (up to 16 MiB) first
@@ -289,14 +344,40 @@ class H2Session:
                 self._count_idle(False)
                 self._flush_quietly()
                 self._end_streams()
+                if self.linger:
+                    self._linger()
                 self.close()
         return False
+
+    def _linger(self) -> None:
+        """Rule 11: FIN after the GOAWAY, then read and discard until the client closes."""
+        cfg = self.router.default
+        if cfg.lingering_close == "off" or cfg.lingering_time_s <= 0:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = self.clock() + min(cfg.lingering_time_s, LINGER_MAX_S)
+        wait_s = cfg.lingering_timeout_s
+        size = self.settings.recv_buffer_size_bytes
+        while True:
+            left_s = deadline - self.clock()
+            if left_s <= 0:
+                return
+            try:
+                if not recv(self.sock, size, min(wait_s, left_s) if wait_s > 0 else left_s):
+                    return  # the client closed: it had every byte we sent
+            except OSError:  # TimeoutError included
+                return
 
     def _parkable_now(self) -> bool:
         """Rule 9: nothing in progress, nothing buffered either way."""
         return (
             not self.streams
             and self._flushing is None
+            and not self._flush_scheduled
+            and not self._pending_out
             and not self._extra
             and not self.initial
             and not getattr(self.h2.incoming_buffer, "_data", b"")
@@ -313,7 +394,7 @@ class H2Session:
         frame.last_stream_id = self.last_sid
         frame.error_code = NO_ERROR
         try:
-            self.sock._sock.send(self.h2.data_to_send() + frame.serialize())
+            self.sock._sock.send(self._pending_out + self.h2.data_to_send() + frame.serialize())
         except OSError:
             pass
 
@@ -332,6 +413,11 @@ class H2Session:
                 flow = ev.flow_controlled_length
                 stream = streams.get(sid)
                 if stream is not None and stream.reset_code is None:
+                    if stream.body_left >= 0:  # rule 10
+                        stream.body_left -= len(ev.data)
+                        if stream.body_left < 0 or (ev.stream_ended is not None and stream.body_left):
+                            self._body_mismatch(stream, flow)
+                            continue
                     if ev.data:
                         stream.pieces.append((ev.data, flow))
                         stream.wake.set()
@@ -343,6 +429,8 @@ class H2Session:
                 stream = streams.get(ev.stream_id)
                 if stream is not None:
                     stream.remote_ended = True
+                    if stream.body_left > 0 and stream.body_error is None:  # rule 10
+                        self._body_mismatch(stream, 0)
                     stream.wake.set()
             elif kind is StreamReset:
                 stream = streams.get(ev.stream_id)
@@ -379,6 +467,21 @@ class H2Session:
                 self.closing = True
             # Ping, priority, settings ACK: h2 answers them.
 
+    def _body_mismatch(self, stream: StreamIO, flow: int) -> None:
+        """Rule 10: the stream's body broke its content-length; the stream fails with 400."""
+        if stream.body_error is None:
+            short = stream.body_left > 0
+            log.info(
+                "client %s, stream %d, client: %s",
+                "prematurely closed stream" if short else "intended to send body data larger than declared",
+                stream.sid,
+                self.info.remote_addr,
+            )
+            stream.body_error = HttpError(400, "request body does not match content-length")
+            stream.pieces.clear()
+            stream.wake.set()
+        self.consumed(stream.sid, flow)
+
     def _open(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         settings = self.settings
         if self.closing:  # after a GOAWAY either way (rule 5)
@@ -400,7 +503,11 @@ class H2Session:
             return
         # the stream's own view of the connection: $connection_requests is this stream's
         # number (its _handle counts it), not whatever the connection reached by log time
-        info = replace(self.info, requests=self.info.requests)
+        i = self.info  # a copy, made field by field (dataclasses.replace costs ~3 us)
+        info = ConnectionInfo(
+            i.remote_addr, i.remote_port, i.server_addr, i.server_port, i.connection_id,
+            i.requests, i.tls, i.realip_remote_addr,
+        )  # fmt: skip
         self.info.requests += 1
         stream: H2Stream | TlsH2Stream
         if self.verify is None:
@@ -454,11 +561,10 @@ class H2Session:
                 self._count_idle(True)
                 self._rearm_reader()
             if self.closing or self.goaway_sent:
+                self.flush_now()
                 self._wake_reader()
-        try:
-            self.flush()
-        except OSError:
-            pass
+                return
+        self.flush_later()
 
     def window(self, sid: int) -> int:
         try:
@@ -491,7 +597,11 @@ class H2Session:
         """Rule 1, and its backpressure: while another greenlet's send is blocked (the
         client reads slowly), a stream that queued more than ``OUT_HIGH_WATER`` bytes
         since waits for that send (at most ``send_timeout``), so what waits in memory is
-        bounded by the socket, not by the windows the client granted."""
+        bounded by the socket, not by the windows the client granted. Below that, the
+        write is left to ``flush_later`` (rule 1: coalesced with the other streams')."""
+        if self._unsent <= OUT_HIGH_WATER:
+            self.flush_later()
+            return
         try:
             self.flush()
         except OSError:
@@ -510,10 +620,7 @@ class H2Session:
             self.h2.reset_stream(sid, code)
         except (ProtocolError, StreamClosedError):
             return
-        try:
-            self.flush()
-        except OSError:
-            pass
+        self.flush_later()
 
     def consumed(self, sid: int, flow: int) -> None:
         """Stream rule 1: reopen the stream's window by what the pipeline took."""
@@ -523,12 +630,46 @@ class H2Session:
             self.h2.increment_flow_control_window(flow, stream_id=sid)
         except (ProtocolError, StreamClosedError):
             return
-        try:
-            self.flush()
-        except OSError:
-            pass
+        self.flush_later()
 
     # ---- writing (rule 1) ----
+
+    def flush_later(self) -> None:
+        """Rule 1: what h2 holds is written by one callback on the hub once the greenlets
+        woken in this loop iteration have run (a flush in progress sends it anyway)."""
+        if self._flush_scheduled or self._flushing is not None or self.broken:
+            return
+        self._flush_scheduled = True
+        self.sock.hub.loop.run_callback(self._flush_callback)
+
+    def _flush_callback(self) -> None:
+        """On the hub: send what the socket takes now; a greenlet finishes the rest."""
+        self._flush_scheduled = False
+        if self._flushing is not None or self.broken:
+            return
+        data = self._pending_out + self.h2.data_to_send()
+        self._unsent = 0
+        if self._extra:
+            data, self._extra = data + self._extra, b""
+        if not data:
+            return
+        try:
+            sent: int = self.sock._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            self._pending_out = b""
+            self._abort_socket()
+            return
+        # a TLS write that would block must be retried with the same bytes first
+        self._pending_out = data[sent:]
+        if self._pending_out:
+            self._spawn(self._flush_quietly)
+
+    def flush_now(self) -> None:
+        """``flush`` for callers with nothing to raise into (a failure marks it broken)."""
+        self._flush_quietly()
 
     def flush(self) -> None:
         if self._flushing is not None or self.broken:
@@ -539,6 +680,8 @@ class H2Session:
             while True:
                 data = self.h2.data_to_send()
                 self._unsent = 0
+                if self._pending_out:
+                    data, self._pending_out = self._pending_out + data, b""
                 if self._extra:
                     data, self._extra = data + self._extra, b""
                 if not data:
@@ -577,12 +720,12 @@ class H2Session:
     def _close_with(self, code: int) -> None:
         """Rule 6: GOAWAY ``code`` and the end of the connection."""
         if not self.goaway_sent:
-            self.goaway_sent = True
+            self.goaway_sent = self.linger = True
             self.h2.close_connection(error_code=code, last_stream_id=self.last_sid)
         self.closing = True
         self.broken = True
         try:
-            data = self.h2.data_to_send()
+            data, self._pending_out = self._pending_out + self.h2.data_to_send(), b""
             send_all(self.sock, data, self.send_timeout_s)
         except OSError:
             pass
@@ -599,16 +742,12 @@ class H2Session:
     def _wake_reader(self) -> None:
         """No stream left after a GOAWAY: FIN after our last frame; the reader ends at the
         client's FIN or after ``CLOSE_WAIT_S`` (closing with unread input would reset)."""
-        import socket
-
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
     def _abort_socket(self) -> None:
-        import socket
-
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

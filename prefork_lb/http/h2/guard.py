@@ -43,6 +43,8 @@ Rules (docs/http2.md has the measurements beside nginx 1.22's answers):
    client's SETTINGS_HEADER_TABLE_SIZE says (up to 4 GiB) and keep every distinct response
    field in it for the connection's life. RFC 7541 4.2 lets the encoder use less than the
    peer allows; a smaller client setting is still followed (with the size update h2 sends).
+   The server's encoder (encoder.py's FieldCacheEncoder, a CappedEncoder) indexes nothing
+   at all, as nginx; the cap and the size updates stay for any other CappedEncoder.
 """
 
 from __future__ import annotations
@@ -122,12 +124,15 @@ class CappedEncoder(Encoder):
             self.table_size_changes.append(value)
 
 
-def configure(conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS) -> None:
+def configure(
+    conn: H2Connection, limits: GuardLimits = DEFAULT_LIMITS, encoder: CappedEncoder | None = None
+) -> None:
     """The limits h2 enforces itself (rules 4, 6 and 8); call once, before the connection
-    sends or receives anything."""
+    sends or receives anything. ``encoder``: a CappedEncoder subclass's instance to use
+    (the server's is encoder.py's FieldCacheEncoder)."""
     conn.decoder.max_header_list_size = 2 * limits.max_header_size
     conn.max_inbound_frame_size = FRAME_SIZE
-    conn.encoder = CappedEncoder()
+    conn.encoder = encoder if encoder is not None else CappedEncoder()
 
 
 class Guard:

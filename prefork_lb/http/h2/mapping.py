@@ -28,11 +28,9 @@ Request rules (RFC 9113 section 8, nginx 1.22 where it differs):
    outside nginx's alphabet (request.py rule 2) and an invalid ``:path`` are answered 400;
    fields with "_" are dropped (underscores_in_headers off).
 6. ``content-length`` is parsed (invalid: 400). A request with a body and no
-   content-length is passed on as chunked (the proxy sends it upstream chunked). The h2
-   library checks that the DATA received matches the content-length: a mismatch ends the
-   connection (GOAWAY PROTOCOL_ERROR), which RFC 9113 5.4.1 allows for any stream error;
-   its check runs inside ``receive_data``, before the stream is known here, so it cannot
-   be narrowed to the stream without patching h2.
+   content-length is passed on as chunked (the proxy sends it upstream chunked). A body
+   that does not match the content-length fails its stream only with 400, as nginx
+   (connection.py rule 10 checks it; h2's own check, a connection error, is off).
 7. ``version`` is (2, 0): ``$server_protocol`` is "HTTP/2.0", and the response relay
    re-chunks unframed bodies (which ``ResponseMapper`` un-chunks).
 

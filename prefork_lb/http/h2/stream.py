@@ -29,6 +29,9 @@ Rules:
    (its end is the pipeline's return: END_STREAM). A complete response whose request body
    the client is still sending ends with RST_STREAM NO_ERROR (RFC 9113 8.1), as nginx.
 5. ``Expect: 100-continue``: the interim 100 HEADERS go out when the body is first needed.
+6. A request body that does not match its content-length (connection.py rule 10) fails
+   the stream's next ``read_body`` with HttpError 400, as an HTTP/1.1 body that ended
+   early: the pipeline answers 400 on that stream (nginx 1.22's answer), other streams go on.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class StreamIO:
     wake: Event
     glet: Any  # the greenlet running the stream, None once it finishes (rule 3)
     trailer_lines: bytes  # the client's trailers as field lines (mapping rule 9)
+    body_left: int  # content-length still to come; -1 without one (rule 6)
+    body_error: HttpError | None  # the body broke its content-length (rule 6)
     mapper: ResponseMapper
     request: RequestHead | HttpError
     if TYPE_CHECKING:  # ClientConnection's, for mypy
@@ -120,6 +125,10 @@ class StreamIO:
         self.wake = Event()
         self.glet = None
         self.trailer_lines = b""
+        self.body_error = None
+        self.body_left = -1
+        if type(request) is RequestHead and request.content_length is not None:
+            self.body_left = request.content_length
         method = request.method if type(request) is RequestHead else b"GET"
         self.mapper = ResponseMapper(method == b"HEAD")
 
@@ -170,10 +179,14 @@ class StreamIO:
     def read_body(self, block: bool) -> bytes | bool | None:
         if self.body_done:
             return True
+        if self.body_error is not None:  # rule 6
+            raise self.body_error
         pieces = self.pieces
         while not pieces:
             if self.reset_code is not None:
                 raise ClientGone
+            if self.body_error is not None:
+                raise self.body_error
             if self.remote_ended:
                 self.body_done = True
                 return True
@@ -267,6 +280,8 @@ class StreamIO:
 
 
 _STREAM_SLOTS: Final = (
+    "body_error",
+    "body_left",
     "glet",
     "trailer_lines",
     "mapper",
