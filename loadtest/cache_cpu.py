@@ -130,7 +130,7 @@ def main() -> int:
         be_after = len((d / "be-access.log").read_text().splitlines())
         reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)  # type: ignore[union-attr]
-        p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+        p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
         print(
             f"size {args.size} B: {float(rps):,.0f} req/s  p99 {p99}  CPU per HIT "
             f"{(c1 - c0) / reqs * 1e6:.1f} us ({args.workers} workers)  backend requests during run: "
