@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--profile", default="")
+    ap.add_argument("--proxy", action="store_true", help="no proxy_cache: the proxied path, same setup")
     ap.add_argument("--repo", default=str(REPO), help="the checkout to run (A/B against another worktree)")
     ap.add_argument("--strace", action="store_true", help="strace -c the workers for 2 s of the run")
     args = ap.parse_args()
@@ -85,7 +86,7 @@ def main() -> int:
             f'servers = [{{ address = "127.0.0.1:{be_port}" }}]\n\n'
             f'[[http.servers]]\nlisten = ["127.0.0.1:{lb_port}"]\nkeepalive_requests = 1000000\n'
             '  [[http.servers.locations]]\n  match = "/"\n  proxy_pass = "http://backend"\n'
-            '  proxy_cache = "bench"\n  proxy_cache_valid = ["200 10m"]\n'
+            + ("" if args.proxy else '  proxy_cache = "bench"\n  proxy_cache_valid = ["200 10m"]\n')
         )
         procs.append(
             subprocess.Popen(["nginx", "-p", str(d / "be"), "-c", str(d / "be.conf")], start_new_session=True)
@@ -132,7 +133,7 @@ def main() -> int:
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)  # type: ignore[union-attr]
         p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
         print(
-            f"size {args.size} B: {float(rps):,.0f} req/s  p99 {p99}  CPU per HIT "
+            f"{'proxied' if args.proxy else 'HITs'}, size {args.size} B: {float(rps):,.0f} req/s  p99 {p99}  CPU per request "
             f"{(c1 - c0) / reqs * 1e6:.1f} us ({args.workers} workers)  backend requests during run: "
             f"{be_after - be_before}"
         )
