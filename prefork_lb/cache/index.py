@@ -87,6 +87,9 @@ def counter_index(status: str) -> int:
     return H_COUNTERS + STATUSES.index(status) * COUNTER_WORDS
 
 
+COUNTER_BASE: Final = {status: counter_index(status) for status in STATUSES}  # once per response
+
+
 def slots_for(size_bytes: int) -> int:
     return max(8, (size_bytes // 8 - HEADER_WORDS) // NODE_WORDS)
 
@@ -473,7 +476,7 @@ class CacheIndex:
         return out
 
     def count(self, status: str, nbytes: int, written: bool = False) -> None:
-        base = counter_index(status)
+        base = COUNTER_BASE[status]
         mv = self.mv
         self.lock()
         try:

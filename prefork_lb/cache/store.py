@@ -83,7 +83,7 @@ from prefork_lb.cache.entry import (
     read_prefix,
     rewrite_meta,
 )
-from prefork_lb.cache.index import H_EVICTED, H_PURGES, STATUSES, CacheIndex
+from prefork_lb.cache.index import COUNTER_BASE, H_EVICTED, H_PURGES, CacheIndex
 from prefork_lb.config.model import CachePathConfig
 
 log = logging.getLogger("prefork_lb.error")
@@ -307,7 +307,7 @@ class CacheZone:
 
     def count(self, status: str, nbytes: int) -> None:
         """One response served with ``status`` (one of ``STATUSES``), ``nbytes`` body bytes."""
-        if status in STATUSES:
+        if status in COUNTER_BASE:
             self.index.count(status, nbytes)
 
     # ---- removal ----
