@@ -26,7 +26,7 @@ def now_ms() -> int:
 
 @pytest.fixture
 def opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Paths the entry module opens (the real open runs)."""
+    """Files opened while the test runs (the real open runs)."""
     seen: list[str] = []
     real = os.open
 
@@ -34,7 +34,7 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         seen.append(os.path.basename(path))
         return real(path, flags, *a)
 
-    monkeypatch.setattr(E.os, "open", spy)
+    monkeypatch.setattr(os, "open", spy)  # the entry module calls os.open
     yield seen
 
 
