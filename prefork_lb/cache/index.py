@@ -44,6 +44,7 @@ Rules:
 from __future__ import annotations
 
 import mmap
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -94,8 +95,12 @@ def slots_for(size_bytes: int) -> int:
     return max(8, (size_bytes // 8 - HEADER_WORDS) // NODE_WORDS)
 
 
+_QQ: Final = struct.Struct("<qq")
+
+
 def md5_words(md5: bytes) -> tuple[int, int]:
-    return int.from_bytes(md5[:8], "little", signed=True), int.from_bytes(md5[8:16], "little", signed=True)
+    k0, k1 = _QQ.unpack_from(md5)
+    return k0, k1
 
 
 def words_md5(k0: int, k1: int) -> bytes:

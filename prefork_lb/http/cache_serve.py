@@ -156,10 +156,15 @@ def serve_entry(
                 out = b"".join((heads.pre, DATES.field(now), heads.mid, *rules.added(ex, status), tail))
             else:
                 out = b"".join((heads.pre, DATES.field(now), heads.mid, tail))
-            ex.bytes_sent = len(out)
             if head_only or status in (204, 304):
+                ex.bytes_sent = len(out)
                 client.send(out)
+            elif entry.body is not None:  # in the memo: head and body in one send
+                ex.bytes_sent = len(out) + length
+                ex.body_bytes_sent = length
+                client.send(out + entry.body)
             else:
+                ex.bytes_sent = len(out)
                 _send_body(client, ex, entry, out, 0, length)
             return keep_alive
     elif status == 200 and checks:
