@@ -133,7 +133,8 @@ def main() -> int:
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)  # type: ignore[union-attr]
         p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
         print(
-            f"{'proxied' if args.proxy else 'HITs'}, size {args.size} B: {float(rps):,.0f} req/s  p99 {p99}  CPU per request "
+            f"{'proxied' if args.proxy else 'HITs'}, size {args.size} B: {float(rps):,.0f} req/s  "
+            f"p99 {p99}  CPU per request "
             f"{(c1 - c0) / reqs * 1e6:.1f} us ({args.workers} workers)  backend requests during run: "
             f"{be_after - be_before}"
         )
