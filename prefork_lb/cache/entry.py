@@ -208,12 +208,16 @@ def read_prefix(fd: int, first: int = 4096) -> Parsed:
 class Entry:
     """An opened, verified cache file. ``fd`` and ``body_offset`` serve sendfile; ``read``
     and ``pread`` read the body. ``close()`` when done (the file may be unlinked meanwhile:
-    the open descriptor still reads it whole)."""
+    the open descriptor still reads it whole). An entry borrowed from a worker's memo
+    (``Shared``) may hold its body in memory (``body``; ``fd`` is -1 then); its ``close``
+    returns it to the memo."""
 
-    __slots__ = ("_pos", "body_length", "body_offset", "created_ms", "fd", "head", "key", "meta", "path",
-                 "status")  # fmt: skip
+    __slots__ = ("_owner", "_pos", "body", "body_length", "body_offset", "created_ms", "fd", "head", "key",
+                 "meta", "path", "status")  # fmt: skip
 
-    def __init__(self, fd: int, path: str, parsed: Parsed) -> None:
+    def __init__(
+        self, fd: int, path: str, parsed: Parsed, body: bytes | None = None, owner: Shared | None = None
+    ) -> None:
         self.fd = fd
         self.path = path
         self.key = parsed.key
@@ -223,12 +227,18 @@ class Entry:
         self.body_offset = parsed.body_offset
         self.body_length = parsed.body_length
         self.created_ms = parsed.created_ms
+        self.body = body
+        self._owner = owner
         self._pos = 0
 
     def pread(self, n: int, pos: int) -> bytes:
         """Up to ``n`` body bytes from body position ``pos`` (Range requests)."""
         n = max(0, min(n, self.body_length - pos))
-        return os.pread(self.fd, n, self.body_offset + pos) if n else b""
+        if not n:
+            return b""
+        if self.body is not None:
+            return self.body[pos : pos + n]
+        return os.pread(self.fd, n, self.body_offset + pos)
 
     def read(self, n: int = 65536) -> bytes:
         """The next body bytes (b"" at the end)."""
@@ -236,8 +246,24 @@ class Entry:
         self._pos += len(data)
         return data
 
+    @property
+    def shared(self) -> Shared | None:
+        """The memo record this entry was borrowed from (None: opened for this request)."""
+        return self._owner
+
+    def invalidate(self) -> None:
+        """The file failed while served (cut short, an I/O error): a memo holding it drops
+        it, so the next lookup opens and verifies the file again."""
+        if self._owner is not None:
+            self._owner.drop()
+
     def close(self) -> None:
-        if self.fd >= 0:
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            self.fd = -1
+            owner.release()
+        elif self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
@@ -246,6 +272,62 @@ class Entry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Shared:
+    """One verified entry kept open by a worker for its HITs (cache/store.py rule 8):
+    the parsed prefix, and the body in memory (``fd`` -1) or the open descriptor. The
+    descriptor is closed once the memo dropped it and its last borrower closed."""
+
+    __slots__ = ("body", "dropped", "fd", "heads", "parsed", "path", "refs", "version")
+
+    def __init__(self, fd: int, path: str, parsed: Parsed, version: int, body: bytes | None) -> None:
+        self.heads: object = None  # the serving side's prebuilt response head (cache_serve.py)
+        self.fd = fd
+        self.path = path
+        self.parsed = parsed
+        self.version = version
+        self.body = body
+        self.refs = 0
+        self.dropped = False
+
+    @classmethod
+    def adopt(cls, entry: Entry, version: int, body_max: int) -> Shared:
+        """Take over a freshly opened entry (its descriptor is ours now): a body of at most
+        ``body_max`` bytes is read into memory and the descriptor closed. Raises OSError."""
+        parsed = Parsed(
+            entry.key, entry.meta, entry.head, entry.status, entry.body_offset, entry.body_length,
+            entry.created_ms,
+        )  # fmt: skip
+        fd, entry.fd = entry.fd, -1
+        if parsed.body_length > body_max:
+            return cls(fd, entry.path, parsed, version, None)
+        try:
+            body = os.pread(fd, parsed.body_length, parsed.body_offset)
+        finally:
+            os.close(fd)
+        if len(body) != parsed.body_length:
+            raise OSError(errno.EIO, "file shorter than its header says")
+        return cls(-1, entry.path, parsed, version, body)
+
+    def borrow(self) -> Entry:
+        self.refs += 1
+        return Entry(self.fd, self.path, self.parsed, self.body, self)
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.dropped and self.refs <= 0:
+            self._close()
+
+    def drop(self) -> None:
+        self.dropped = True
+        if self.refs <= 0:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def open_entry(path: str, key: bytes | None) -> Entry | None:

@@ -28,7 +28,11 @@ Rules:
    and, plus ``inactive``, the expiry). ``N_LOCK_PID`` is the holder: when the master reaps
    a dead worker it clears that worker's key locks at once (``release_locks_of``).
    Freshness (valid until, ETag...) is in the file header (cache/entry.py); ``N_VALID_MS``
-   is a copy for the manager and the API.
+   is a copy for the manager and the API. ``N_VERSION`` identifies the node's file: every
+   change of it (commit, refresh, a dropped file) stores a new value from the header's
+   ``H_GEN`` counter, never reused in the index's life (not even by a node made again for
+   the same key after a purge), so a worker's memo of open entries (cache/store.py rule 8)
+   sees a refresh, a new commit or a purge at its next lookup.
 4. Times are wall-clock milliseconds (``time.time()``): every process reads the same clock.
 5. When every usable slot is taken, inserting removes the least recently used node among
    the next ``FORCE_SCAN`` slots that nobody is updating (nginx's forced expire); its md5 is
@@ -40,6 +44,7 @@ Rules:
 from __future__ import annotations
 
 import mmap
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -61,14 +66,17 @@ HEADER_WORDS: Final = 64
     H_EVICTED,  # nodes removed by the manager or a forced expire
     H_CREATED_MS,
     H_PURGES,
-) = range(13)
+    H_GEN,  # bumped by every change of a node's file (N_VERSION takes the new value)
+) = range(14)
 H_COUNTERS: Final = 16  # STATUSES x COUNTER_WORDS words from here
 STATUSES: Final = ("hit", "stale", "updating", "revalidated", "miss", "expired", "bypass")
 COUNTER_WORDS: Final = 4  # responses, bytes, responses_written, bytes_written
 C_RESPONSES, C_BYTES, C_WRITTEN, C_BYTES_WRITTEN = range(4)
 
 NODE_WORDS: Final = 12
-N_K0, N_K1, N_FLAGS, N_USES, N_LOCK_UNTIL_MS, N_VALID_MS, N_ACCESS_MS, N_FS_SIZE, N_LOCK_PID = range(9)
+(
+    N_K0, N_K1, N_FLAGS, N_USES, N_LOCK_UNTIL_MS, N_VALID_MS, N_ACCESS_MS, N_FS_SIZE, N_LOCK_PID, N_VERSION,
+) = range(10)  # fmt: skip
 F_USED: Final = 1
 F_EXISTS: Final = 2
 F_UPDATING: Final = 4
@@ -80,12 +88,19 @@ def counter_index(status: str) -> int:
     return H_COUNTERS + STATUSES.index(status) * COUNTER_WORDS
 
 
+COUNTER_BASE: Final = {status: counter_index(status) for status in STATUSES}  # once per response
+
+
 def slots_for(size_bytes: int) -> int:
     return max(8, (size_bytes // 8 - HEADER_WORDS) // NODE_WORDS)
 
 
+_QQ: Final = struct.Struct("<qq")
+
+
 def md5_words(md5: bytes) -> tuple[int, int]:
-    return int.from_bytes(md5[:8], "little", signed=True), int.from_bytes(md5[8:16], "little", signed=True)
+    k0, k1 = _QQ.unpack_from(md5)
+    return k0, k1
 
 
 def words_md5(k0: int, k1: int) -> bytes:
@@ -101,9 +116,12 @@ def _load_native() -> Any:
 class NodeView:
     """A snapshot of one node (returned by ``CacheIndex`` calls, read under the lock)."""
 
-    __slots__ = ("exists", "fs_size", "lock_until_ms", "updating", "uses", "valid_ms")
+    __slots__ = ("exists", "fs_size", "lock_until_ms", "updating", "uses", "valid_ms", "version")
 
-    def __init__(self, flags: int, uses: int, lock_until_ms: int, valid_ms: int, fs_size: int) -> None:
+    def __init__(
+        self, flags: int, uses: int, lock_until_ms: int, valid_ms: int, fs_size: int, version: int = 0
+    ) -> None:
+        self.version = version
         self.exists = bool(flags & F_EXISTS)
         self.updating = bool(flags & F_UPDATING)
         self.uses = uses
@@ -258,6 +276,7 @@ class CacheIndex:
                 mv[base + N_LOCK_UNTIL_MS],
                 mv[base + N_VALID_MS],
                 mv[base + N_FS_SIZE],
+                mv[base + N_VERSION],
             )
         finally:
             self.unlock()
@@ -383,6 +402,8 @@ class CacheIndex:
             mv[base + N_FS_SIZE] = fs_size
             mv[base + N_VALID_MS] = valid_ms
             mv[H_SIZE] += fs_size
+            mv[H_GEN] += 1
+            mv[base + N_VERSION] = mv[H_GEN]
         finally:
             self.unlock()
         return evicted
@@ -393,7 +414,10 @@ class CacheIndex:
         try:
             base = self._find(k0, k1)
             if base >= 0:
-                self.mv[base + N_VALID_MS] = valid_ms
+                mv = self.mv
+                mv[base + N_VALID_MS] = valid_ms
+                mv[H_GEN] += 1
+                mv[base + N_VERSION] = mv[H_GEN]
         finally:
             self.unlock()
 
@@ -408,6 +432,8 @@ class CacheIndex:
                 mv[H_SIZE] -= mv[base + N_FS_SIZE]
                 mv[base + N_FLAGS] &= ~F_EXISTS
                 mv[base + N_FS_SIZE] = 0
+                mv[H_GEN] += 1
+                mv[base + N_VERSION] = mv[H_GEN]
         finally:
             self.unlock()
 
@@ -455,7 +481,7 @@ class CacheIndex:
         return out
 
     def count(self, status: str, nbytes: int, written: bool = False) -> None:
-        base = counter_index(status)
+        base = COUNTER_BASE[status]
         mv = self.mv
         self.lock()
         try:

@@ -9,6 +9,7 @@ The request path (cachepath) sees the cache only through this module:
                                                    # another key: all None, never served)
     entry.status, entry.head, entry.meta           # EntryMeta: valid_until_ms, etag, ...
     entry.fd, entry.body_offset, entry.body_length # sendfile; or entry.read(n) / entry.pread(n, pos)
+                                                   # (fd -1: a small body held in memory, rule 8)
     entry.close()                                  # always (a with-block works too)
     zone.try_lock(md5, now_ms, lock_age_ms)        # True: we fetch; False: someone else does
     zone.wait_unlocked(md5, timeout_s)             # gevent: True as soon as it is unlocked
@@ -45,6 +46,17 @@ Rules:
    empties the index and removes every file. The file walks call ``pause()`` every
    ``PURGE_BATCH`` files (gevent.sleep(0) in a worker) so a large purge never stalls the
    worker's other connections, and never hold the index lock across I/O.
+8. Open-entry memo (nginx's open_file_cache, always on): a worker keeps the entries its
+   lookups verified, by md5, with the index node's ``version`` (cache/index.py rule 3): a
+   HIT on a known entry is ``index.use`` plus a dict lookup, no open/pread/fstat/parse.
+   Bodies up to ``MEMO_BODY_MAX`` are kept in memory (no descriptor); larger entries keep
+   their descriptor (at most ``MEMO_FDS_MAX``) for sendfile. A commit, refresh, purge or
+   dropped file changes or removes the node, so the next lookup sees it and opens the file
+   again; ``purge_all`` and evictions (the header's purge/evicted counters) empty the memo at
+   the next lookup, so unlinked files are not held open. Writes to a cache file by anything
+   but the store (editing it in place by hand) are not seen while the memo holds it. A
+   file that fails while served (``Entry.invalidate``) is dropped. Bounded by
+   ``MEMO_MAX`` entries and ``MEMO_BYTES_MAX`` bytes, oldest first out.
 """
 
 from __future__ import annotations
@@ -64,13 +76,14 @@ from prefork_lb.cache.entry import (
     EntryError,
     EntryMeta,
     EntryWriter,
+    Shared,
     entry_path,
     open_checked,
     open_entry,
     read_prefix,
     rewrite_meta,
 )
-from prefork_lb.cache.index import STATUSES, CacheIndex
+from prefork_lb.cache.index import COUNTER_BASE, H_EVICTED, H_PURGES, CacheIndex
 from prefork_lb.config.model import CachePathConfig
 
 log = logging.getLogger("prefork_lb.error")
@@ -78,6 +91,10 @@ log = logging.getLogger("prefork_lb.error")
 ERROR_LOG_INTERVAL_S: Final = 60.0
 WAIT_POLL_S: Final = (0.001, 0.005)  # first and longest poll interval (rule 5)
 PURGE_BATCH: Final = 200
+MEMO_MAX: Final = 1024  # entries a worker keeps open per zone (rule 8)
+MEMO_FDS_MAX: Final = 64  # of which holding a descriptor (bodies over MEMO_BODY_MAX)
+MEMO_BODY_MAX: Final = 32 * 1024  # bodies up to this are kept in memory (cache_serve.SENDFILE_MIN)
+MEMO_BYTES_MAX: Final = 16 << 20  # bodies in memory, per zone and worker
 _pid = os.getpid()
 
 
@@ -154,6 +171,10 @@ class CacheZone:
         self.root = config.path
         self.levels = config.levels
         self._last_error_s = -ERROR_LOG_INTERVAL_S
+        self._memo: dict[bytes, Shared] = {}  # rule 8
+        self._memo_fds = 0
+        self._memo_bytes = 0
+        self._memo_epoch = -1
 
     def path_of(self, md5: bytes) -> str:
         return entry_path(self.root, self.levels, md5)
@@ -166,12 +187,29 @@ class CacheZone:
         if evicted is not None:
             self._unlink_md5(evicted)
         entry = None
+        if not view.exists and md5 in self._memo:  # purged or dropped: not held open
+            self._forget(md5)
         if view.exists:
+            memo = self._memo
+            mv = self.index.mv
+            epoch = mv[H_PURGES] + mv[H_EVICTED]
+            if epoch != self._memo_epoch:
+                self._forget_all()
+                self._memo_epoch = epoch
+            shared = memo.get(md5)
+            if shared is not None:
+                if shared.version == view.version and not shared.dropped and shared.parsed.key == key:
+                    return Lookup(
+                        md5, view.uses, view.updating and view.lock_until_ms > now_ms, shared.borrow()
+                    )
+                self._forget(md5)
             entry, bad = open_checked(self.path_of(md5), key)
             if entry is None and bad:  # a REVALIDATED rewrite in place may race: look again
                 entry, bad = open_checked(self.path_of(md5), key)
             if entry is None and bad:
                 self.index.clear_exists(md5)  # gone, corrupt, truncated or another key's
+            elif entry is not None and view.version:
+                entry = self._remember(md5, entry, view.version)
         elif self.index.cold:  # rule 6
             entry = open_entry(self.path_of(md5), key)
             if entry is not None:
@@ -183,6 +221,41 @@ class CacheZone:
                     self._unlink_md5(gone)
         updating = view.updating and view.lock_until_ms > now_ms
         return Lookup(md5, view.uses, updating, entry)
+
+    def _remember(self, md5: bytes, entry: Entry, version: int) -> Entry | None:
+        """Rule 8: keep ``entry`` (just opened and verified) in the memo; the caller gets a
+        borrowed entry instead. None when its body could not be read (as a miss)."""
+        try:
+            shared = Shared.adopt(entry, version, MEMO_BODY_MAX)
+        except OSError:
+            return None
+        memo = self._memo
+        while memo and (
+            len(memo) >= MEMO_MAX
+            or (shared.body is None and self._memo_fds >= MEMO_FDS_MAX)
+            or (shared.body is not None and self._memo_bytes + len(shared.body) > MEMO_BYTES_MAX)
+        ):
+            self._forget(next(iter(memo)))
+        memo[md5] = shared
+        if shared.body is None:
+            self._memo_fds += 1
+        else:
+            self._memo_bytes += len(shared.body)
+        return shared.borrow()
+
+    def _forget(self, md5: bytes) -> None:
+        shared = self._memo.pop(md5, None)
+        if shared is None:
+            return
+        if shared.body is None:
+            self._memo_fds -= 1
+        else:
+            self._memo_bytes -= len(shared.body)
+        shared.drop()
+
+    def _forget_all(self) -> None:
+        for md5 in list(self._memo):
+            self._forget(md5)
 
     def try_lock(self, md5: bytes, now_ms: int, lock_age_ms: int) -> bool:
         return self.index.try_lock(md5, now_ms, lock_age_ms, _pid)
@@ -234,7 +307,7 @@ class CacheZone:
 
     def count(self, status: str, nbytes: int) -> None:
         """One response served with ``status`` (one of ``STATUSES``), ``nbytes`` body bytes."""
-        if status in STATUSES:
+        if status in COUNTER_BASE:
             self.index.count(status, nbytes)
 
     # ---- removal ----

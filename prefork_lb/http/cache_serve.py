@@ -10,6 +10,12 @@ Rules (``cache/policy.py`` makes the decisions):
    ``proxy_force_ranges``): one range (206 + Content-Range), several (multipart/byteranges,
    nginx's layout), none satisfiable (416, ``Content-Range: bytes */N``). Requests without
    either skip the validator scan.
+   A plain answer (the stored status, no conditional or range) of an entry from the
+   worker's memo (cache/store.py rule 8) uses a head prebuilt once per entry and location
+   (``Heads``): status line, Server, the stored fields after the location's hide/pass rules
+   and Content-Length are fixed; only Date, add_header lines and Connection are per request.
+   Not prebuilt (``build_response_head`` per request): proxy_pass_header Server/Date, or
+   proxy_redirect with a stored Location/Refresh.
 3. Bodies up to ``SENDFILE_MIN`` go out with the head in one send; larger ones by
    sendfile(2) where the connection offers ``send_file`` (plain sockets), else by reads.
 4. A file that cannot be read to its end while served (an I/O error, cut short) is logged
@@ -25,7 +31,14 @@ from typing import TYPE_CHECKING, Final
 from prefork_lb.cache import policy as P
 from prefork_lb.http.client import ClientGone
 from prefork_lb.http.exchange import Exchange
-from prefork_lb.http.headers import build_response_head, error_page, simple_response
+from prefork_lb.http.headers import (
+    DATES,
+    SERVER_HEADER,
+    build_response_head,
+    error_page,
+    simple_response,
+    status_line,
+)
 
 if TYPE_CHECKING:
     from prefork_lb.cache.store import Entry
@@ -77,6 +90,41 @@ def validators_of(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
     return header_value(headers, b"etag"), header_value(headers, b"last-modified")
 
 
+class Heads:
+    """An entry's response head for one location's rules, prebuilt (rule 2): ``pre`` (status
+    line, Server), Date goes after it, ``mid`` (stored fields), add_header lines, then
+    ``tail_ka`` or ``tail_close`` (Content-Length, Connection). ``pre`` is b"" when the
+    rules need the per-request build."""
+
+    __slots__ = ("mid", "pre", "rules", "tail_close", "tail_ka")
+
+    def __init__(self, rules: ResponseRules, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                 length: int) -> None:  # fmt: skip
+        self.rules = rules
+        self.pre = self.mid = self.tail_ka = self.tail_close = b""
+        if not (rules.own_server and rules.own_date):
+            return
+        if rules.redirects and any(n.lower() in (b"location", b"refresh") for n, _ in headers):
+            return
+        drop = rules.drop
+        self.pre = status_line(status, reason) + SERVER_HEADER
+        self.mid = b"".join(b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in drop)
+        field = b"Content-Length: %d\r\n" % length
+        self.tail_ka = field + b"Connection: keep-alive\r\n\r\n"
+        self.tail_close = field + b"Connection: close\r\n\r\n"
+
+
+def _prebuilt(entry: Entry, rules: ResponseRules, status: int, reason: bytes,
+              headers: list[tuple[bytes, bytes]]) -> Heads | None:  # fmt: skip
+    shared = entry.shared
+    if shared is None:
+        return None
+    heads = shared.heads
+    if not isinstance(heads, Heads) or heads.rules is not rules:
+        heads = shared.heads = Heads(rules, status, reason, headers, entry.body_length)
+    return heads if heads.pre else None
+
+
 def serve_entry(
     client: Client, ex: Exchange, head: RequestHead, lr: LocationRuntime, entry: Entry, keep_alive: bool
 ) -> bool:
@@ -96,9 +144,30 @@ def serve_entry(
     window: list[tuple[bytes, int, int]] | None = None  # (part head, first, last)
     multipart = False
     plan = lr.cache
+    checks = b"if-none-match" in index or b"if-modified-since" in index or b"range" in index
     if ex.status_override:
         status, reason = ex.status_override, b""
-    elif status == 200 and (b"if-none-match" in index or b"if-modified-since" in index or b"range" in index):
+    elif not (status == 200 and checks):
+        heads = _prebuilt(entry, rules, status, reason, headers)
+        if heads is not None:  # rule 2: a plain answer from a prebuilt head
+            ex.status = status
+            tail = heads.tail_ka if keep_alive else heads.tail_close
+            if rules.add:
+                out = b"".join((heads.pre, DATES.field(now), heads.mid, *rules.added(ex, status), tail))
+            else:
+                out = b"".join((heads.pre, DATES.field(now), heads.mid, tail))
+            if head_only or status in (204, 304):
+                ex.bytes_sent = len(out)
+                client.send(out)
+            elif entry.body is not None:  # in the memo: head and body in one send
+                ex.bytes_sent = len(out) + length
+                ex.body_bytes_sent = length
+                client.send(out + entry.body)
+            else:
+                ex.bytes_sent = len(out)
+                _send_body(client, ex, entry, out, 0, length)
+            return keep_alive
+    elif status == 200 and checks:
         etag, last_modified = validators_of(headers)
         if P.not_modified(
             200, index.get(b"if-none-match"), index.get(b"if-modified-since"), etag, last_modified
@@ -165,6 +234,7 @@ def _send_body(client: Client, ex: Exchange, entry: Entry, head: bytes, pos: int
     try:
         _send_file_part(client, ex, entry, head, pos, count)
     except OSError as e:
+        entry.invalidate()  # a worker's memo drops it: the next lookup verifies the file again
         log.error(
             "cache file %s read failed (%s: %s), client connection closed", entry.path, e.errno, e.strerror
         )
