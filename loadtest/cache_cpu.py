@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU time per cache HIT of prefork-lb's workers (issue 18, cacheperf): the ``cache`` twin of
+"""CPU time per cache HIT of prefork-lb's workers (issue 18): the ``cache`` twin of
 loadtest/cpu_per_request.sh, less noisy than req/s on a shared 2-core machine.
 
     PYTHONPATH=$PWD .venv/bin/python loadtest/cache_cpu.py [--size 1024] [--seconds 5]

@@ -1,6 +1,6 @@
-"""The worker-side cache store: one ``CacheZone`` per keys_zone (issue 18, cachestore).
+"""The worker-side cache store: one ``CacheZone`` per keys_zone (issue 18).
 
-The request path (cachepath) sees the cache only through this module:
+The request path (http/cache_path.py) sees the cache only through this module:
 
     zone = runtime.caches["mycache"]               # CacheZone, built at worker start
     found = zone.lookup(key, now_ms)               # counts a use, opens and verifies the file

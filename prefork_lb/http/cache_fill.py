@@ -181,7 +181,7 @@ class Fill:
             return lambda: serve_entry(client, self.ex, self.head, self.lr, stale, keep_alive)
         # an upstream status uses the stale entry only when proxy_cache_use_stale lists it:
         # stale-if-error covers failed attempts (on_failure), not statuses (nginx 1.22's
-        # ngx_http_upstream_test_next: cachediff X7)
+        # ngx_http_upstream_test_next: the differential scenario X7)
         condition = STATUS_CONDITIONS.get(resp.status)
         if condition is not None and stale is not None and condition in self.plan.use_stale:
             self.ex.cache_status = "STALE"

@@ -121,7 +121,7 @@ class Worker:
             self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))
             from prefork_lb.http.runtime import attach_cache_plans
 
-            attach_cache_plans(self.runtime)  # cachepath: each proxy_cache location's plan
+            attach_cache_plans(self.runtime)  # issue 18: each proxy_cache location's plan
         from prefork_lb.stream.runtime import build_stream_runtime
 
         self.streams = build_stream_runtime(

@@ -1,4 +1,4 @@
-"""The cache store against the real master (issue 18, cachestore): the loader, the manager,
+"""The cache store against the real master (issue 18): the loader, the manager,
 the status API and purge, reload, a killed manager, faults.
 
 Entries are written into the cache directory with the store's own writer (the same code a

@@ -1,4 +1,4 @@
-"""The cache store (issue 18, cachestore): config, the shared index, entry files, CacheZone.
+"""The cache store (issue 18): config, the shared index, entry files, CacheZone.
 
 Real files in tmp_path, real shared mappings and real forked processes for the lock; no
 mocks. Each test says what it catches.

@@ -1,4 +1,4 @@
-"""Per-connection accounting of hostile HTTP/2 input (sans-IO; owned by h2edge, issue 20).
+"""Per-connection accounting of hostile HTTP/2 input (sans-IO; issue 20).
 
 ``Guard.receive(conn, data, now)`` is the connection loop's ``receive_data()``: it feeds h2
 and calls ``Guard.check(events, now)`` on the events, which answers ``OK`` (0) or the GOAWAY
