@@ -33,6 +33,13 @@ Rules:
    ``H_GEN`` counter, never reused in the index's life (not even by a node made again for
    the same key after a purge), so a worker's memo of open entries (cache/store.py rule 8)
    sees a refresh, a new commit or a purge at its next lookup.
+   ``N_ERROR`` (cachediff X22, nginx's ``node->error``): an upstream error status that
+   ``proxy_intercept_errors`` handed to ``error_page`` with a validity, packed as
+   ``valid_until_ms * ERROR_SCALE + status`` (0: none). No file belongs to it (a file the
+   node had stays on disk: the error wins while valid). ``use`` reports it while valid and
+   clears it once expired, with ``F_EXISTS`` and ``uses`` (nginx's "renew": the lookup is a
+   MISS, the next fill replaces the older file). The manager expires an error node by
+   ``inactive`` like any other (it has no file to unlink), a purge removes it with the node.
 4. Times are wall-clock milliseconds (``time.time()``): every process reads the same clock.
 5. When every usable slot is taken, inserting removes the least recently used node among
    the next ``FORCE_SCAN`` slots that nobody is updating (nginx's forced expire); its md5 is
@@ -76,7 +83,9 @@ C_RESPONSES, C_BYTES, C_WRITTEN, C_BYTES_WRITTEN = range(4)
 NODE_WORDS: Final = 12
 (
     N_K0, N_K1, N_FLAGS, N_USES, N_LOCK_UNTIL_MS, N_VALID_MS, N_ACCESS_MS, N_FS_SIZE, N_LOCK_PID, N_VERSION,
-) = range(10)  # fmt: skip
+    N_ERROR,
+) = range(11)  # fmt: skip
+ERROR_SCALE: Final = 1000  # N_ERROR = valid_until_ms * ERROR_SCALE + status (rule 3)
 F_USED: Final = 1
 F_EXISTS: Final = 2
 F_UPDATING: Final = 4
@@ -116,12 +125,20 @@ def _load_native() -> Any:
 class NodeView:
     """A snapshot of one node (returned by ``CacheIndex`` calls, read under the lock)."""
 
-    __slots__ = ("exists", "fs_size", "lock_until_ms", "updating", "uses", "valid_ms", "version")
+    __slots__ = ("error", "exists", "fs_size", "lock_until_ms", "updating", "uses", "valid_ms", "version")
 
     def __init__(
-        self, flags: int, uses: int, lock_until_ms: int, valid_ms: int, fs_size: int, version: int = 0
+        self,
+        flags: int,
+        uses: int,
+        lock_until_ms: int,
+        valid_ms: int,
+        fs_size: int,
+        version: int = 0,
+        error: int = 0,
     ) -> None:
         self.version = version
+        self.error = error  # a remembered upstream error status, while valid (rule 3), else 0
         self.exists = bool(flags & F_EXISTS)
         self.updating = bool(flags & F_UPDATING)
         self.uses = uses
@@ -270,6 +287,19 @@ class CacheIndex:
                     return NodeView(0, 1, 0, 0, 0), None
             mv[base + N_USES] += 1
             mv[base + N_ACCESS_MS] = now_ms
+            error = mv[base + N_ERROR]
+            if error:  # rule 3: valid, or expired and cleared (nginx's renew)
+                if error // ERROR_SCALE >= now_ms:
+                    error %= ERROR_SCALE
+                else:
+                    error = mv[base + N_ERROR] = 0
+                    mv[base + N_USES] = 1
+                    if mv[base + N_FLAGS] & F_EXISTS:  # older than the error: not served
+                        mv[H_SIZE] -= mv[base + N_FS_SIZE]
+                        mv[base + N_FLAGS] &= ~F_EXISTS
+                        mv[base + N_FS_SIZE] = 0
+                        mv[H_GEN] += 1
+                        mv[base + N_VERSION] = mv[H_GEN]
             view = NodeView(
                 mv[base + N_FLAGS],
                 mv[base + N_USES],
@@ -277,6 +307,7 @@ class CacheIndex:
                 mv[base + N_VALID_MS],
                 mv[base + N_FS_SIZE],
                 mv[base + N_VERSION],
+                error,
             )
         finally:
             self.unlock()
@@ -297,9 +328,42 @@ class CacheIndex:
                 mv[base + N_LOCK_UNTIL_MS],
                 mv[base + N_VALID_MS],
                 mv[base + N_FS_SIZE],
+                mv[base + N_VERSION],
+                mv[base + N_ERROR] % ERROR_SCALE,
             )
         finally:
             self.unlock()
+
+    def error_until_ms(self, md5: bytes) -> int:
+        """When the key's remembered error ends (0: none; tests, the API)."""
+        k0, k1 = md5_words(md5)
+        self.lock()
+        try:
+            base = self._find(k0, k1)
+            return 0 if base < 0 else self.mv[base + N_ERROR] // ERROR_SCALE
+        finally:
+            self.unlock()
+
+    def set_error(self, md5: bytes, status: int, valid_until_ms: int, now_ms: int) -> bytes | None:
+        """Remember an intercepted upstream error (rule 3; nginx's ``ngx_http_file_cache_free``
+        with ``c->error``): the next lookups report ``status`` until ``valid_until_ms``.
+        Returns a forced-out md5 (unlink its file)."""
+        if not 0 < status < ERROR_SCALE or valid_until_ms < now_ms:
+            return None
+        k0, k1 = md5_words(md5)
+        mv = self.mv
+        evicted = None
+        self.lock()
+        try:
+            base = self._find(k0, k1)
+            if base < 0:
+                base, evicted = self._insert(k0, k1, now_ms)
+                if base < 0:
+                    return None
+            mv[base + N_ERROR] = valid_until_ms * ERROR_SCALE + status
+        finally:
+            self.unlock()
+        return evicted
 
     def try_lock(self, md5: bytes, now_ms: int, lock_age_ms: int, pid: int = 0) -> bool:
         """Mark the key updating unless another holder's lock is live (rule 3)."""
