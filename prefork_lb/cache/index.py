@@ -38,7 +38,8 @@ Rules:
    ``valid_until_ms * ERROR_SCALE + status`` (0: none). No file belongs to it (a file the
    node had stays on disk: the error wins while valid). ``use`` reports it while valid and
    clears it once expired, with ``F_EXISTS`` and ``uses`` (nginx's "renew": the lookup is a
-   MISS, the next fill replaces the older file). The manager expires an error node by
+   MISS, the next fill replaces the older file). A commit (``set_exists``, not the
+   loader's) clears it: a BYPASS that stored a new answer ends it. The manager expires an error node by
    ``inactive`` like any other (it has no file to unlink), a purge removes it with the node.
 4. Times are wall-clock milliseconds (``time.time()``): every process reads the same clock.
 5. When every usable slot is taken, inserting removes the least recently used node among
@@ -463,6 +464,8 @@ class CacheIndex:
                     return evicted
                 mv[H_SIZE] -= mv[base + N_FS_SIZE]
             mv[base + N_FLAGS] = flags | F_EXISTS
+            if not only_new:
+                mv[base + N_ERROR] = 0  # a newer answer than a remembered error (rule 3)
             mv[base + N_FS_SIZE] = fs_size
             mv[base + N_VALID_MS] = valid_ms
             mv[H_SIZE] += fs_size
