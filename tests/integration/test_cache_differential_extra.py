@@ -516,6 +516,23 @@ def test_x22_remembered_error_expires(target: str, tmp_path: Path, backend: Cach
     assert backend.count("/x22e") == 2
 
 
+def test_x22_lock_waiters_get_the_remembered_error(
+    target: str, tmp_path: Path, backend: CacheUpstream
+) -> None:
+    """Catches: requests waiting on proxy_cache_lock going upstream themselves when the
+    holder's answer was an intercepted error that the cache remembered: they find the error
+    once the lock is released and answer the error page (nginx: 1 upstream request)."""
+    location = (
+        "proxy_cache_valid 404 1m; proxy_cache_lock on; proxy_cache_lock_timeout 5s;"
+        " proxy_intercept_errors on; error_page 404 /err;"
+    )
+    with Rig(target, tmp_path, backend, location, server=_X22_ERR) as rig:
+        seen = rig.burst("/x22l?s=404&d=300", 4)
+    assert sorted((s.status, s.body) for s in seen) == [(404, b"custom\n")] * 4
+    assert sorted(s.cache for s in seen) == ["[HIT]"] * 3 + ["[MISS]"]
+    assert backend.count("/x22l") == 1
+
+
 def test_x23_lock_holder_gets_an_uncacheable_answer(
     target: str, tmp_path: Path, backend: CacheUpstream
 ) -> None:
