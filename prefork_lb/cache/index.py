@@ -33,14 +33,15 @@ Rules:
    ``H_GEN`` counter, never reused in the index's life (not even by a node made again for
    the same key after a purge), so a worker's memo of open entries (cache/store.py rule 8)
    sees a refresh, a new commit or a purge at its next lookup.
-   ``N_ERROR`` (cachediff X22, nginx's ``node->error``): an upstream error status that
-   ``proxy_intercept_errors`` handed to ``error_page`` with a validity, packed as
-   ``valid_until_ms * ERROR_SCALE + status`` (0: none). No file belongs to it (a file the
-   node had stays on disk: the error wins while valid). ``use`` reports it while valid and
-   clears it once expired, with ``F_EXISTS`` and ``uses`` (nginx's "renew": the lookup is a
-   MISS, the next fill replaces the older file). A commit (``set_exists``, not the
-   loader's) clears it: a BYPASS that stored a new answer ends it. The manager expires an error node by
-   ``inactive`` like any other (it has no file to unlink), a purge removes it with the node.
+   ``N_ERROR`` with ``F_ERROR`` (cachediff X22, nginx's ``node->error``): an upstream
+   error status that ``proxy_intercept_errors`` handed to ``error_page`` with a validity,
+   packed as ``valid_until_ms * ERROR_SCALE + status``; no file belongs to it (a file the
+   node had stays on disk). ``use`` pays one flag check for it: while valid it reports the
+   error as a node without a file (the error wins); once expired it clears it with
+   ``F_EXISTS`` and ``uses`` (nginx's "renew": the lookup is a MISS, the next fill replaces
+   the older file). A commit (``set_exists``, not the loader's) clears it: a BYPASS that
+   stored a new answer ends it. The manager expires an error node by ``inactive`` like any
+   other (no file to unlink); a purge removes it with the node.
 4. Times are wall-clock milliseconds (``time.time()``): every process reads the same clock.
 5. When every usable slot is taken, inserting removes the least recently used node among
    the next ``FORCE_SCAN`` slots that nobody is updating (nginx's forced expire); its md5 is
@@ -90,6 +91,7 @@ ERROR_SCALE: Final = 1000  # N_ERROR = valid_until_ms * ERROR_SCALE + status (ru
 F_USED: Final = 1
 F_EXISTS: Final = 2
 F_UPDATING: Final = 4
+F_ERROR: Final = 8  # N_ERROR holds a remembered error (rule 3)
 LOAD_FACTOR_NUM, LOAD_FACTOR_DEN = 3, 4
 FORCE_SCAN: Final = 32
 
@@ -288,31 +290,45 @@ class CacheIndex:
                     return NodeView(0, 1, 0, 0, 0), None
             mv[base + N_USES] += 1
             mv[base + N_ACCESS_MS] = now_ms
-            error = mv[base + N_ERROR]
-            if error:  # rule 3: valid, or expired and cleared (nginx's renew)
-                if error // ERROR_SCALE >= now_ms:
-                    error %= ERROR_SCALE
-                else:
-                    error = mv[base + N_ERROR] = 0
-                    mv[base + N_USES] = 1
-                    if mv[base + N_FLAGS] & F_EXISTS:  # older than the error: not served
-                        mv[H_SIZE] -= mv[base + N_FS_SIZE]
-                        mv[base + N_FLAGS] &= ~F_EXISTS
-                        mv[base + N_FS_SIZE] = 0
-                        mv[H_GEN] += 1
-                        mv[base + N_VERSION] = mv[H_GEN]
+            flags = mv[base + N_FLAGS]
+            if flags & F_ERROR:  # rule 3 (the one check a node without an error pays)
+                return self._error_view(base, now_ms), evicted
             view = NodeView(
-                mv[base + N_FLAGS],
+                flags,
                 mv[base + N_USES],
                 mv[base + N_LOCK_UNTIL_MS],
                 mv[base + N_VALID_MS],
                 mv[base + N_FS_SIZE],
                 mv[base + N_VERSION],
-                error,
             )
         finally:
             self.unlock()
         return view, evicted
+
+    def _error_view(self, base: int, now_ms: int) -> NodeView:
+        """Rule 3, under the lock: the remembered error while valid (reported as a node
+        without a file: the lookup opens nothing), else cleared with the node's older file
+        and its uses (nginx's renew) and the node as it is then."""
+        mv = self.mv
+        word = mv[base + N_ERROR]
+        if word // ERROR_SCALE >= now_ms:
+            return NodeView(F_USED, mv[base + N_USES], 0, 0, 0, 0, word % ERROR_SCALE)
+        mv[base + N_ERROR] = 0
+        mv[base + N_USES] = 1
+        if mv[base + N_FLAGS] & F_EXISTS:  # older than the error: not served
+            mv[H_SIZE] -= mv[base + N_FS_SIZE]
+            mv[base + N_FS_SIZE] = 0
+            mv[H_GEN] += 1
+            mv[base + N_VERSION] = mv[H_GEN]
+        mv[base + N_FLAGS] &= ~(F_EXISTS | F_ERROR)
+        return NodeView(
+            mv[base + N_FLAGS],
+            1,
+            mv[base + N_LOCK_UNTIL_MS],
+            mv[base + N_VALID_MS],
+            0,
+            mv[base + N_VERSION],
+        )
 
     def peek(self, md5: bytes) -> NodeView | None:
         """The node's state without counting a use (tests, the API)."""
@@ -362,6 +378,7 @@ class CacheIndex:
                 if base < 0:
                     return None
             mv[base + N_ERROR] = valid_until_ms * ERROR_SCALE + status
+            mv[base + N_FLAGS] |= F_ERROR
         finally:
             self.unlock()
         return evicted
@@ -463,9 +480,11 @@ class CacheIndex:
                 if only_new:
                     return evicted
                 mv[H_SIZE] -= mv[base + N_FS_SIZE]
-            mv[base + N_FLAGS] = flags | F_EXISTS
-            if not only_new:
-                mv[base + N_ERROR] = 0  # a newer answer than a remembered error (rule 3)
+            if only_new:
+                mv[base + N_FLAGS] = flags | F_EXISTS
+            else:  # a newer answer than a remembered error (rule 3)
+                mv[base + N_FLAGS] = (flags | F_EXISTS) & ~F_ERROR
+                mv[base + N_ERROR] = 0
             mv[base + N_FS_SIZE] = fs_size
             mv[base + N_VALID_MS] = valid_ms
             mv[H_SIZE] += fs_size

@@ -189,11 +189,12 @@ class CacheZone:
         view, evicted = self.index.use(md5, now_ms)
         if evicted is not None:
             self._unlink_md5(evicted)
-        if view.error:  # rule 9
-            return Lookup(md5, view.uses, False, None, view.error)
         entry = None
-        if not view.exists and md5 in self._memo:  # purged or dropped: not held open
-            self._forget(md5)
+        if not view.exists:
+            if view.error:  # rule 9 (an error is reported as a node without a file)
+                return Lookup(md5, view.uses, False, None, view.error)
+            if md5 in self._memo:  # purged or dropped: not held open
+                self._forget(md5)
         if view.exists:
             memo = self._memo
             mv = self.index.mv

@@ -94,7 +94,7 @@ def test_an_expired_error_drops_the_older_file_and_a_commit_clears_the_error(
     before = index.use(k, t)[0].version
     index.set_error(k, 502, t + 1000, t)
     view = index.use(k, t + 10)[0]
-    assert (view.error, view.exists) == (502, True)
+    assert (view.error, view.exists, index.size_on_disk) == (502, False, 8192)  # the error wins
     view = index.use(k, t + 2000)[0]
     assert (view.error, view.exists, index.size_on_disk) == (0, False, 0)
     assert view.version != before  # a worker's memo of the old file sees the change
