@@ -33,6 +33,15 @@ Rules:
    ``H_GEN`` counter, never reused in the index's life (not even by a node made again for
    the same key after a purge), so a worker's memo of open entries (cache/store.py rule 8)
    sees a refresh, a new commit or a purge at its next lookup.
+   ``N_ERROR`` with ``F_ERROR`` (differential scenario X22, nginx's ``node->error``): an upstream
+   error status that ``proxy_intercept_errors`` handed to ``error_page`` with a validity,
+   packed as ``valid_until_ms * ERROR_SCALE + status``; no file belongs to it (a file the
+   node had stays on disk). ``use`` pays one flag check for it: while valid it reports the
+   error as a node without a file (the error wins); once expired it clears it with
+   ``F_EXISTS`` and ``uses`` (nginx's "renew": the lookup is a MISS, the next fill replaces
+   the older file). A commit (``set_exists``, not the loader's) clears it: a BYPASS that
+   stored a new answer ends it. The manager expires an error node by ``inactive`` like any
+   other (no file to unlink); a purge removes it with the node.
 4. Times are wall-clock milliseconds (``time.time()``): every process reads the same clock.
 5. When every usable slot is taken, inserting removes the least recently used node among
    the next ``FORCE_SCAN`` slots that nobody is updating (nginx's forced expire); its md5 is
@@ -76,10 +85,13 @@ C_RESPONSES, C_BYTES, C_WRITTEN, C_BYTES_WRITTEN = range(4)
 NODE_WORDS: Final = 12
 (
     N_K0, N_K1, N_FLAGS, N_USES, N_LOCK_UNTIL_MS, N_VALID_MS, N_ACCESS_MS, N_FS_SIZE, N_LOCK_PID, N_VERSION,
-) = range(10)  # fmt: skip
+    N_ERROR,
+) = range(11)  # fmt: skip
+ERROR_SCALE: Final = 1000  # N_ERROR = valid_until_ms * ERROR_SCALE + status (rule 3)
 F_USED: Final = 1
 F_EXISTS: Final = 2
 F_UPDATING: Final = 4
+F_ERROR: Final = 8  # N_ERROR holds a remembered error (rule 3)
 LOAD_FACTOR_NUM, LOAD_FACTOR_DEN = 3, 4
 FORCE_SCAN: Final = 32
 
@@ -116,12 +128,20 @@ def _load_native() -> Any:
 class NodeView:
     """A snapshot of one node (returned by ``CacheIndex`` calls, read under the lock)."""
 
-    __slots__ = ("exists", "fs_size", "lock_until_ms", "updating", "uses", "valid_ms", "version")
+    __slots__ = ("error", "exists", "fs_size", "lock_until_ms", "updating", "uses", "valid_ms", "version")
 
     def __init__(
-        self, flags: int, uses: int, lock_until_ms: int, valid_ms: int, fs_size: int, version: int = 0
+        self,
+        flags: int,
+        uses: int,
+        lock_until_ms: int,
+        valid_ms: int,
+        fs_size: int,
+        version: int = 0,
+        error: int = 0,
     ) -> None:
         self.version = version
+        self.error = error  # a remembered upstream error status, while valid (rule 3), else 0
         self.exists = bool(flags & F_EXISTS)
         self.updating = bool(flags & F_UPDATING)
         self.uses = uses
@@ -270,8 +290,11 @@ class CacheIndex:
                     return NodeView(0, 1, 0, 0, 0), None
             mv[base + N_USES] += 1
             mv[base + N_ACCESS_MS] = now_ms
+            flags = mv[base + N_FLAGS]
+            if flags & F_ERROR:  # rule 3 (the one check a node without an error pays)
+                return self._error_view(base, now_ms), evicted
             view = NodeView(
-                mv[base + N_FLAGS],
+                flags,
                 mv[base + N_USES],
                 mv[base + N_LOCK_UNTIL_MS],
                 mv[base + N_VALID_MS],
@@ -281,6 +304,31 @@ class CacheIndex:
         finally:
             self.unlock()
         return view, evicted
+
+    def _error_view(self, base: int, now_ms: int) -> NodeView:
+        """Rule 3, under the lock: the remembered error while valid (reported as a node
+        without a file: the lookup opens nothing), else cleared with the node's older file
+        and its uses (nginx's renew) and the node as it is then."""
+        mv = self.mv
+        word = mv[base + N_ERROR]
+        if word // ERROR_SCALE >= now_ms:
+            return NodeView(F_USED, mv[base + N_USES], 0, 0, 0, 0, word % ERROR_SCALE)
+        mv[base + N_ERROR] = 0
+        mv[base + N_USES] = 1
+        if mv[base + N_FLAGS] & F_EXISTS:  # older than the error: not served
+            mv[H_SIZE] -= mv[base + N_FS_SIZE]
+            mv[base + N_FS_SIZE] = 0
+            mv[H_GEN] += 1
+            mv[base + N_VERSION] = mv[H_GEN]
+        mv[base + N_FLAGS] &= ~(F_EXISTS | F_ERROR)
+        return NodeView(
+            mv[base + N_FLAGS],
+            1,
+            mv[base + N_LOCK_UNTIL_MS],
+            mv[base + N_VALID_MS],
+            0,
+            mv[base + N_VERSION],
+        )
 
     def peek(self, md5: bytes) -> NodeView | None:
         """The node's state without counting a use (tests, the API)."""
@@ -297,9 +345,43 @@ class CacheIndex:
                 mv[base + N_LOCK_UNTIL_MS],
                 mv[base + N_VALID_MS],
                 mv[base + N_FS_SIZE],
+                mv[base + N_VERSION],
+                mv[base + N_ERROR] % ERROR_SCALE,
             )
         finally:
             self.unlock()
+
+    def error_until_ms(self, md5: bytes) -> int:
+        """When the key's remembered error ends (0: none; tests, the API)."""
+        k0, k1 = md5_words(md5)
+        self.lock()
+        try:
+            base = self._find(k0, k1)
+            return 0 if base < 0 else self.mv[base + N_ERROR] // ERROR_SCALE
+        finally:
+            self.unlock()
+
+    def set_error(self, md5: bytes, status: int, valid_until_ms: int, now_ms: int) -> bytes | None:
+        """Remember an intercepted upstream error (rule 3; nginx's ``ngx_http_file_cache_free``
+        with ``c->error``): the next lookups report ``status`` until ``valid_until_ms``.
+        Returns a forced-out md5 (unlink its file)."""
+        if not 0 < status < ERROR_SCALE or valid_until_ms < now_ms:
+            return None
+        k0, k1 = md5_words(md5)
+        mv = self.mv
+        evicted = None
+        self.lock()
+        try:
+            base = self._find(k0, k1)
+            if base < 0:
+                base, evicted = self._insert(k0, k1, now_ms)
+                if base < 0:
+                    return None
+            mv[base + N_ERROR] = valid_until_ms * ERROR_SCALE + status
+            mv[base + N_FLAGS] |= F_ERROR
+        finally:
+            self.unlock()
+        return evicted
 
     def try_lock(self, md5: bytes, now_ms: int, lock_age_ms: int, pid: int = 0) -> bool:
         """Mark the key updating unless another holder's lock is live (rule 3)."""
@@ -398,7 +480,11 @@ class CacheIndex:
                 if only_new:
                     return evicted
                 mv[H_SIZE] -= mv[base + N_FS_SIZE]
-            mv[base + N_FLAGS] = flags | F_EXISTS
+            if only_new:
+                mv[base + N_FLAGS] = flags | F_EXISTS
+            else:  # a newer answer than a remembered error (rule 3)
+                mv[base + N_FLAGS] = (flags | F_EXISTS) & ~F_ERROR
+                mv[base + N_ERROR] = 0
             mv[base + N_FS_SIZE] = fs_size
             mv[base + N_VALID_MS] = valid_ms
             mv[H_SIZE] += fs_size

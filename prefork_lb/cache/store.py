@@ -17,6 +17,8 @@ The request path (http/cache_path.py) sees the cache only through this module:
     w = zone.writer(key, meta, head, status="miss") # EntryWriter | None (unwritable, disk full)
     w.write(chunk); w.commit(expected_length=None)  # -> bool; or w.abort()
     zone.refresh(md5, meta)                        # REVALIDATED: new freshness, same body
+    zone.remember_error(md5, status, valid_until_ms) # an intercepted upstream error (rule 9)
+    found.error                                    # ... reported by the lookups while valid
     zone.count("hit", nbytes)                      # hit/stale/updating/revalidated/miss/expired/bypass
 
 Rules:
@@ -116,6 +118,7 @@ class Lookup:
     uses: int  # this key's uses, this one included (proxy_cache_min_uses)
     updating: bool  # another request holds the key's lock (live)
     entry: Entry | None  # a complete, verified file for this key, or None
+    error: int = 0  # a remembered intercepted upstream error (rule 9): entry is None
 
 
 class CacheWriter:
@@ -187,8 +190,11 @@ class CacheZone:
         if evicted is not None:
             self._unlink_md5(evicted)
         entry = None
-        if not view.exists and md5 in self._memo:  # purged or dropped: not held open
-            self._forget(md5)
+        if not view.exists:
+            if view.error:  # rule 9 (an error is reported as a node without a file)
+                return Lookup(md5, view.uses, False, None, view.error)
+            if md5 in self._memo:  # purged or dropped: not held open
+                self._forget(md5)
         if view.exists:
             memo = self._memo
             mv = self.index.mv
@@ -304,6 +310,12 @@ class CacheZone:
         if ok:
             self.index.set_valid(md5, meta.valid_until_ms)
         return ok
+
+    def remember_error(self, md5: bytes, status: int, valid_until_ms: int) -> None:
+        """Rule 9: lookups of ``md5`` report ``status`` until ``valid_until_ms``."""
+        evicted = self.index.set_error(md5, status, valid_until_ms, _now_ms())
+        if evicted is not None:
+            self._unlink_md5(evicted)
 
     def count(self, status: str, nbytes: int) -> None:
         """One response served with ``status`` (one of ``STATUSES``), ``nbytes`` body bytes."""

@@ -19,6 +19,12 @@ Rules (``cache/policy.py`` makes the decisions):
 4. A MISS answers the client's Range (one range only) and conditionals from the full
    response, as nginx; a HEAD or a 304 whose response is not stored closes the upstream
    instead of reading a body nobody needs.
+5. ``on_intercept``: an upstream error that ``proxy_intercept_errors`` sends to
+   ``error_page`` stores no file; when the response would be stored (the same decision as
+   a body: Set-Cookie, no-cache, ``proxy_no_cache``... keep it out), its status and
+   validity are remembered in the index (differential scenario X22) and the lookups answer it until
+   then. ``proxy_no_cache`` is honoured here (nginx 1.22 only tests it when it sends a
+   body, so it remembers the error anyway: docs/cache.md).
 """
 
 from __future__ import annotations
@@ -187,6 +193,21 @@ class Fill:
             self.ex.cache_status = "STALE"
             return lambda: serve_entry(client, self.ex, self.head, self.lr, stale, keep_alive)
         return None
+
+    def on_intercept(self, resp: ResponseHead) -> None:
+        """``proxy_intercept_errors`` hands ``resp``'s status to ``error_page`` (rule 5):
+        remember it in the index when it would be stored (nginx 1.22's
+        ``ngx_http_upstream_intercept_errors``: its validity from the upstream's headers or
+        ``proxy_cache_valid``), so the next lookups answer the error page without the
+        upstream (cache/store.py rule 9)."""
+        if not self.store:
+            return
+        plan, ex = self.plan, self.ex
+        no_cache = bool(plan.no_cache) and P.predicate(t.render(ex) for t in plan.no_cache)
+        now_ms = int(self.ex.start_time * 1000)
+        decision = P.store_decision(resp.status, resp.headers, now_ms, plan.valid, plan.ignore, no_cache)
+        if decision is not None:
+            plan.zone.remember_error(self.md5, resp.status, decision.valid_until_ms)
 
     # -- the response (rules 6-7) --
 

@@ -27,6 +27,12 @@ Rules:
    the plain key, as nginx.
 7. The lock is always released (``finally``), after the commit, so waiters find the entry.
 8. Every response counts once in the zone's statistics under its cache status.
+9. A remembered upstream error (an error ``proxy_intercept_errors`` handed to
+   ``error_page`` while ``proxy_cache_valid`` or the upstream gave it a validity:
+   ``Fill.on_intercept``, cache/store.py rule 9) is a HIT while valid: the request gets
+   ``error_page`` for that status (as the first one did) without the upstream, as nginx
+   1.22 (``ngx_http_file_cache_exists``: ``fcn->error``). Lock waiters woken by its holder
+   get it too.
 """
 
 from __future__ import annotations
@@ -144,6 +150,8 @@ def serve(
             entry = found.entry
     md5 = found.md5
     if entry is None:
+        if found.error:  # rule 9
+            return _remembered_error(client, ex, zone, found.error)
         return _miss(client, ex, head, lr, keep_alive, status_zone, plan, key, md5, found.uses)
     meta = entry.meta
     if P.is_fresh(meta.valid_until_ms, now_ms):  # rule 3
@@ -203,6 +211,8 @@ def _miss(
                 break
             found = zone.lookup(key, _now_ms(client))
             entry = found.entry
+            if found.error:  # the holder's upstream error was remembered (rule 9)
+                return _remembered_error(client, ex, zone, found.error)
             if entry is not None:
                 if P.is_fresh(entry.meta.valid_until_ms, _now_ms(client)):
                     ex.cache_status = "HIT"
@@ -215,6 +225,15 @@ def _miss(
             # unlocked without a usable entry (not cacheable, or expired already): try again
     fill = Fill(plan, lr, ex, head, key, md5, store=store, locked=locked)
     return _finish(fill, _fetch(client, ex, head, lr, keep_alive, status_zone, fill))
+
+
+def _remembered_error(client: Client, ex: Exchange, zone: CacheZone, status: int) -> ProxyOutcome:
+    """Rule 9: a HIT on a remembered upstream error answers the location's error_page."""
+    ex.cache_status = "HIT"
+    try:
+        return ProxyOutcome(client.respond_error(ex, status), False)
+    finally:
+        zone.count("hit", ex.body_bytes_sent)
 
 
 def _fetch(

@@ -55,7 +55,8 @@ Rules (shared/reference/nginx-semantics.md sections 5-7 and 9):
    Range or client conditionals, the stored validators), may answer from the stale entry
    instead of an error or a listed status (after the retries, the peer charged as without
    it), answers a 304 to a revalidation from the entry, and relays the body with a copy
-   into the cache (``Fill.relay``, ``relay.relay``'s contract).
+   into the cache (``Fill.relay``, ``relay.relay``'s contract); an error intercepted for
+   error_page is remembered by the cache when it would be stored (``Fill.on_intercept``).
 """
 
 from __future__ import annotations
@@ -333,6 +334,8 @@ class Proxy:
                 # issue 16: the error_page answers instead of the upstream's response
                 attempt.response_time_s = self.now() - now
                 conn.close()
+                if cache is not None:  # rule 13: remembered by the cache (differential scenario X22)
+                    cache.on_intercept(resp)
                 self._free(sel, peer, False, attempt)
                 return ProxyOutcome(self.client.respond_error(ex, status), False)
             cookie = self._sticky_head(peer, resp) if self.binding is not None else b""

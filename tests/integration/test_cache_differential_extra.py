@@ -466,22 +466,71 @@ def test_x21_no_live_upstreams_is_an_error_for_use_stale(
     assert (first, second) == ((200, "STALE", seed[2]), (200, "STALE", seed[2]))
 
 
+_X22_STATUS = 'add_header X-Cache-Status "[$upstream_cache_status]" always;'
+_X22_ERR = f'location = /err {{ {_X22_STATUS} return 404 "custom\\n"; }}'
+
+
 def test_x22_intercepted_error_is_cached_without_a_body(
-    request: pytest.FixtureRequest, target: str, tmp_path: Path, backend: CacheUpstream
+    target: str, tmp_path: Path, backend: CacheUpstream
 ) -> None:
     """Catches: an upstream error that proxy_intercept_errors hands to error_page sent
-    upstream again on every request: nginx records the status in the cache entry (valid per
-    proxy_cache_valid) and answers the next request's error_page from it, with no upstream
-    request."""
-    open_difference(
-        request, target, "open: an intercepted error is not remembered by the cache (docs/cache.md)"
-    )
+    upstream again on every request: nginx records the status in the cache's index (valid per
+    proxy_cache_valid, no file) and answers the next requests' error_page from it, with no
+    upstream request and $upstream_cache_status HIT (seen in the error page's location)."""
     location = "proxy_cache_valid 404 1m; proxy_intercept_errors on; error_page 404 /err;"
-    server = 'location = /err { return 404 "custom\\n"; }'
+    server = _X22_ERR
     with Rig(target, tmp_path, backend, location, server=server) as rig:
         seen = [rig.ask("/x22?s=404") for _ in range(3)]
-    assert [(s.status, s.body) for s in seen] == [(404, b"custom\n")] * 3
+        files = rig.stored()
+    assert [(s.status, s.cache, s.body) for s in seen] == [
+        (404, "[MISS]", b"custom\n"),
+        (404, "[HIT]", b"custom\n"),
+        (404, "[HIT]", b"custom\n"),
+    ]
     assert backend.count("/x22") == 1
+    assert files == 0
+
+
+def test_x22_remembered_error_expires(target: str, tmp_path: Path, backend: CacheUpstream) -> None:
+    """Catches: a remembered upstream error served past its proxy_cache_valid time, or one
+    remembered without a validity for its status (here 410 has none: every 410 goes
+    upstream): once the 404's second ends, the next request goes upstream again (MISS)."""
+    location = (
+        "proxy_cache_valid 404 1s; proxy_cache_valid 200 1m; proxy_intercept_errors on;"
+        " error_page 404 410 /err;"
+    )
+    server = _X22_ERR
+    with Rig(target, tmp_path, backend, location, server=server) as rig:
+        gone = [(s.status, s.cache) for s in (rig.ask("/x22g?s=410") for _ in range(2))]
+        first = rig.ask("/x22e?s=404")
+        hit = rig.ask("/x22e?s=404")
+        expire(1)
+        after = rig.ask("/x22e?s=404")
+    assert gone == [(410, "[MISS]"), (410, "[MISS]")]
+    assert backend.count("/x22g") == 2
+    assert [(s.status, s.cache) for s in (first, hit, after)] == [
+        (404, "[MISS]"),
+        (404, "[HIT]"),
+        (404, "[MISS]"),
+    ]
+    assert backend.count("/x22e") == 2
+
+
+def test_x22_lock_waiters_get_the_remembered_error(
+    target: str, tmp_path: Path, backend: CacheUpstream
+) -> None:
+    """Catches: requests waiting on proxy_cache_lock going upstream themselves when the
+    holder's answer was an intercepted error that the cache remembered: they find the error
+    once the lock is released and answer the error page (nginx: 1 upstream request)."""
+    location = (
+        "proxy_cache_valid 404 1m; proxy_cache_lock on; proxy_cache_lock_timeout 5s;"
+        " proxy_intercept_errors on; error_page 404 /err;"
+    )
+    with Rig(target, tmp_path, backend, location, server=_X22_ERR) as rig:
+        seen = rig.burst("/x22l?s=404&d=300", 4)
+    assert sorted((s.status, s.body) for s in seen) == [(404, b"custom\n")] * 4
+    assert sorted(s.cache for s in seen) == ["[HIT]"] * 3 + ["[MISS]"]
+    assert backend.count("/x22l") == 1
 
 
 def test_x23_lock_holder_gets_an_uncacheable_answer(
