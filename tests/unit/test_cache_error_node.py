@@ -1,4 +1,4 @@
-"""Remembered upstream errors in the cache index (cachediff X22; cache/index.py rule 3,
+"""Remembered upstream errors in the cache index (differential scenario X22; cache/index.py rule 3,
 cache/store.py rule 9): an error status and its valid-until in the key's node, no file.
 
 Real shared mappings, real files in tmp_path; no mocks. Each test says what it catches.
