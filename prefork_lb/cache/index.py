@@ -208,6 +208,13 @@ class CacheIndex:
             i = i + 1 if i + 1 < slots else 0
         return -1
 
+    def _find_or_insert(self, k0: int, k1: int, now_ms: int) -> tuple[int, bytes | None]:
+        """Under the lock: the key's node, made when absent (``_insert``'s pair)."""
+        base = self._find(k0, k1)
+        if base >= 0:
+            return base, None
+        return self._insert(k0, k1, now_ms)
+
     def _insert(self, k0: int, k1: int, now_ms: int) -> tuple[int, bytes | None]:
         """A new node (the key is known absent): (word index, md5 of a node forced out or None).
         Index -1 when nothing could be made room for (everything near is updating)."""
@@ -282,12 +289,9 @@ class CacheIndex:
         mv = self.mv
         self.lock()
         try:
-            base = self._find(k0, k1)
-            evicted = None
+            base, evicted = self._find_or_insert(k0, k1, now_ms)
             if base < 0:
-                base, evicted = self._insert(k0, k1, now_ms)
-                if base < 0:
-                    return NodeView(0, 1, 0, 0, 0), None
+                return NodeView(0, 1, 0, 0, 0), None
             mv[base + N_USES] += 1
             mv[base + N_ACCESS_MS] = now_ms
             flags = mv[base + N_FLAGS]
@@ -369,14 +373,11 @@ class CacheIndex:
             return None
         k0, k1 = md5_words(md5)
         mv = self.mv
-        evicted = None
         self.lock()
         try:
-            base = self._find(k0, k1)
+            base, evicted = self._find_or_insert(k0, k1, now_ms)
             if base < 0:
-                base, evicted = self._insert(k0, k1, now_ms)
-                if base < 0:
-                    return None
+                return None
             mv[base + N_ERROR] = valid_until_ms * ERROR_SCALE + status
             mv[base + N_FLAGS] |= F_ERROR
         finally:
@@ -389,11 +390,10 @@ class CacheIndex:
         mv = self.mv
         self.lock()
         try:
-            base = self._find(k0, k1)
+            # a forced-out file stays: the loader drops it, the next lookup of its key is a miss
+            base, _ = self._find_or_insert(k0, k1, now_ms)
             if base < 0:
-                base, _ = self._insert(k0, k1, now_ms)  # a forced-out file stays: the loader drops
-                if base < 0:  # it, the next lookup of its key is a miss
-                    return True  # no room to record a lock: go upstream unlocked (never block)
+                return True  # no room to record a lock: go upstream unlocked (never block)
             flags = mv[base + N_FLAGS]
             if flags & F_UPDATING and mv[base + N_LOCK_UNTIL_MS] > now_ms:
                 return False
@@ -467,14 +467,11 @@ class CacheIndex:
         which must not override what a worker recorded meanwhile. Returns a forced-out md5."""
         k0, k1 = md5_words(md5)
         mv = self.mv
-        evicted = None
         self.lock()
         try:
-            base = self._find(k0, k1)
+            base, evicted = self._find_or_insert(k0, k1, now_ms)
             if base < 0:
-                base, evicted = self._insert(k0, k1, now_ms)
-                if base < 0:
-                    return None
+                return None
             flags = mv[base + N_FLAGS]
             if flags & F_EXISTS:
                 if only_new:
