@@ -220,8 +220,10 @@ proxy_pass = "tcp"
                     pass
 
             def one_session() -> Any:
+                # the session's byte counts land when it ends, after the client saw its close
                 ups = api(api_port, "stream/upstreams")
-                return ups["tcp"]["peers"][0]["connections"] == 1 and ups
+                peer = ups["tcp"]["peers"][0]
+                return peer["connections"] == 1 and peer["sent"] > 0 and ups
 
             ups = wait_for(one_session, what="the stream session in the zone")
             peer = ups["tcp"]["peers"][0]
