@@ -96,6 +96,12 @@ def test_documents_are_the_same_from_every_worker(tmp_path: Path) -> None:
         with LB(tmp_path, config(port, api_port, b.addrs), api_port) as lb:
             for _ in range(20):
                 assert request(port, "GET", "/")[0] == 200
+
+            def settled() -> bool:  # a request's figures land after its client saw the response
+                zone = api(api_port, "http/server_zones")["site.test"]
+                return bool(zone["processing"] == 0 and zone["requests"] == 20)
+
+            wait_for(settled, what="the 20 requests' figures in the zone")
             by_worker = documents_by_worker(api_port, 2, "http/upstreams", "http/server_zones")
             assert set(by_worker) == {w.pid for w in lb.workers()}
             # both workers serve the identical figures (no proxied request in between; the
