@@ -48,6 +48,12 @@ Rules:
    returned so the caller unlinks the file outside the lock.
 6. The unlocked reads (``is_updating``, the API's figures, the manager's scan) are single
    aligned 8-byte loads: a value may be a few microseconds old, never torn.
+7. The status counters are lock-free per worker: a second anonymous mapping holds one row
+   of ``ROW_STRIDE`` words per row of the shared zone (zone/layout.py worker rows); a worker
+   adds to its own row only (``CacheZone(..., row=)``, one writer per row, plain stores), the
+   API sums the header's words (processes without a row: tests, locked) and every row. A row
+   is never cleared: a respawned worker that gets a row continues its counts, so the sums
+   never go back (the zone's rows are folded by the master, these need not be).
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ H_COUNTERS: Final = 16  # STATUSES x COUNTER_WORDS words from here
 STATUSES: Final = ("hit", "stale", "updating", "revalidated", "miss", "expired", "bypass")
 COUNTER_WORDS: Final = 4  # responses, bytes, responses_written, bytes_written
 C_RESPONSES, C_BYTES, C_WRITTEN, C_BYTES_WRITTEN = range(4)
+ROW_WORDS: Final = len(STATUSES) * COUNTER_WORDS  # a worker's counters (rule 7)
+ROW_STRIDE: Final = 32  # 256 bytes: rows of different workers never share a cache line
 
 NODE_WORDS: Final = 12
 (
@@ -154,10 +162,15 @@ class CacheIndex:
     """One keys_zone's shared table. ``fallback_lock``: the shared zone, whose flock lock
     guards this index when the futex lock is not available (rule 1)."""
 
-    def __init__(self, size_bytes: int, fallback_lock: Any = None, lock: str | None = None) -> None:
+    def __init__(
+        self, size_bytes: int, fallback_lock: Any = None, lock: str | None = None, rows: int = 0
+    ) -> None:
         self.size = size_bytes
         self._mmap = mmap.mmap(-1, size_bytes)  # anonymous, MAP_SHARED: shared with every fork
         self.mv = memoryview(self._mmap).cast("q")
+        self.rows = rows  # rule 7
+        self._rows_mmap = mmap.mmap(-1, max(1, rows) * ROW_STRIDE * 8)
+        self.rows_mv = memoryview(self._rows_mmap).cast("q")
         self.slots = slots_for(size_bytes)
         self.max_entries = self.slots * LOAD_FACTOR_NUM // LOAD_FACTOR_DEN
         mv = self.mv
@@ -185,6 +198,8 @@ class CacheIndex:
         self.lock = self.unlock = lambda: None
         self.mv.release()
         self._mmap.close()
+        self.rows_mv.release()
+        self._rows_mmap.close()
 
     def break_dead_holder(self, pid: int) -> None:
         """The master, after reaping a child: free the lock if that child died holding it."""
@@ -563,7 +578,13 @@ class CacheIndex:
             self.unlock()
         return out
 
+    def row_counters(self, row: int) -> int | None:
+        """Rule 7: the offset in ``rows_mv`` of worker row ``row``'s counters (None: no row,
+        count under the lock with ``count``)."""
+        return row * ROW_STRIDE if 0 <= row < self.rows else None
+
     def count(self, status: str, nbytes: int, written: bool = False) -> None:
+        """Count under the lock in the header's words (a process without a row, rule 7)."""
         base = COUNTER_BASE[status]
         mv = self.mv
         self.lock()
@@ -595,11 +616,14 @@ class CacheIndex:
         return int(self.mv[H_SIZE])
 
     def counters(self) -> dict[str, tuple[int, int, int, int]]:
-        mv = self.mv
+        """The header's words plus every worker row's (rule 7), unlocked."""
+        mv, rmv = self.mv, self.rows_mv
+        end = self.rows * ROW_STRIDE
+        words = [int(mv[H_COUNTERS + i]) + sum(rmv[i:end:ROW_STRIDE]) for i in range(ROW_WORDS)]
         out = {}
-        for status in STATUSES:
-            b = counter_index(status)
-            out[status] = (int(mv[b]), int(mv[b + 1]), int(mv[b + 2]), int(mv[b + 3]))
+        for n, status in enumerate(STATUSES):
+            b = n * COUNTER_WORDS
+            out[status] = (words[b], words[b + 1], words[b + 2], words[b + 3])
         return out
 
     def snapshot(self) -> list[tuple[tuple[int, int], int, int, int, int]]:
@@ -627,8 +651,10 @@ class IndexSet:
     """The master's indexes by ``CachePathConfig.index_key`` (kept across reloads while a
     zone keeps its name, path, levels and size; a changed one gets a new, cold index)."""
 
-    def __init__(self, fallback_lock: Any = None) -> None:
+    def __init__(self, fallback_lock: Any = None, rows: int | None = None) -> None:
         self.fallback_lock = fallback_lock
+        # rule 7: a counter row per worker row of the shared zone (the fallback lock's owner)
+        self.rows = rows if rows is not None else int(getattr(fallback_lock, "rows", 0))
         self.indexes: dict[tuple[str, str, tuple[int, ...], int], CacheIndex] = {}
 
     def for_paths(self, paths: dict[str, Any]) -> dict[str, CacheIndex]:
@@ -636,7 +662,9 @@ class IndexSet:
         for name, cp in paths.items():
             index = self.indexes.get(cp.index_key)
             if index is None:
-                index = self.indexes[cp.index_key] = CacheIndex(cp.keys_zone_bytes, self.fallback_lock)
+                index = self.indexes[cp.index_key] = CacheIndex(
+                    cp.keys_zone_bytes, self.fallback_lock, rows=self.rows
+                )
                 index.mv[H_CREATED_MS] = _now_ms()
             out[name] = index
         return out

@@ -20,6 +20,7 @@ The request path (http/cache_path.py) sees the cache only through this module:
     zone.remember_error(md5, status, valid_until_ms) # an intercepted upstream error (rule 9)
     found.error                                    # ... reported by the lookups while valid
     zone.count("hit", nbytes)                      # hit/stale/updating/revalidated/miss/expired/bypass
+                                                   # (lock-free: own counter row, index.py rule 7)
 
 Rules:
 1. Nothing here raises into the request path on a filesystem problem: an unreadable file is
@@ -85,7 +86,17 @@ from prefork_lb.cache.entry import (
     read_prefix,
     rewrite_meta,
 )
-from prefork_lb.cache.index import COUNTER_BASE, H_EVICTED, H_PURGES, CacheIndex
+from prefork_lb.cache.index import (
+    C_BYTES,
+    C_BYTES_WRITTEN,
+    C_RESPONSES,
+    C_WRITTEN,
+    COUNTER_WORDS,
+    H_EVICTED,
+    H_PURGES,
+    STATUSES,
+    CacheIndex,
+)
 from prefork_lb.config.model import CachePathConfig
 
 log = logging.getLogger("prefork_lb.error")
@@ -157,7 +168,7 @@ class CacheWriter:
         if evicted is not None:
             self.zone._unlink_md5(evicted)
         if self._status in ("miss", "expired", "bypass"):
-            self.zone.index.count(self._status, w.body_length, written=True)
+            self.zone.count_written(self._status, w.body_length)
         return True
 
     def abort(self) -> None:
@@ -167,7 +178,7 @@ class CacheWriter:
 class CacheZone:
     """One keys_zone in one process (a worker, the manager, tests)."""
 
-    def __init__(self, config: CachePathConfig, index: CacheIndex) -> None:
+    def __init__(self, config: CachePathConfig, index: CacheIndex, row: int = -1) -> None:
         self.name = config.name
         self.config = config
         self.index = index
@@ -178,6 +189,10 @@ class CacheZone:
         self._memo_fds = 0
         self._memo_bytes = 0
         self._memo_epoch = -1
+        # index.py rule 7: this worker's counter row (lock-free), else the locked header words
+        rbase = index.row_counters(row)
+        self._rows_mv = index.rows_mv if rbase is not None else None
+        self._cbase = {s: (rbase or 0) + n * COUNTER_WORDS for n, s in enumerate(STATUSES)}
 
     def path_of(self, md5: bytes) -> str:
         return entry_path(self.root, self.levels, md5)
@@ -318,9 +333,27 @@ class CacheZone:
             self._unlink_md5(evicted)
 
     def count(self, status: str, nbytes: int) -> None:
-        """One response served with ``status`` (one of ``STATUSES``), ``nbytes`` body bytes."""
-        if status in COUNTER_BASE:
+        """One response served with ``status`` (one of ``STATUSES``), ``nbytes`` body bytes:
+        in the worker's own counter row, no lock (index.py rule 7)."""
+        base = self._cbase.get(status)
+        if base is None:
+            return
+        rmv = self._rows_mv
+        if rmv is not None:
+            rmv[base + C_RESPONSES] += 1
+            rmv[base + C_BYTES] += nbytes
+        else:
             self.index.count(status, nbytes)
+
+    def count_written(self, status: str, nbytes: int) -> None:
+        """One response of ``status`` stored (the *_written counters)."""
+        rmv = self._rows_mv
+        if rmv is not None:
+            base = self._cbase[status]
+            rmv[base + C_WRITTEN] += 1
+            rmv[base + C_BYTES_WRITTEN] += nbytes
+        else:
+            self.index.count(status, nbytes, written=True)
 
     # ---- removal ----
 
@@ -427,9 +460,12 @@ def _is_hex(name: str) -> bool:
     return all(c in _HEX for c in name)
 
 
-def open_zones(paths: dict[str, CachePathConfig], indexes: dict[str, Any]) -> dict[str, CacheZone]:
-    """The worker's zones from its config and the indexes its spec inherited."""
-    return {name: CacheZone(cp, indexes[name]) for name, cp in paths.items() if name in indexes}
+def open_zones(
+    paths: dict[str, CachePathConfig], indexes: dict[str, Any], row: int = -1
+) -> dict[str, CacheZone]:
+    """The worker's zones from its config and the indexes its spec inherited; ``row``: the
+    worker's row of the shared zone, its counter row (index.py rule 7)."""
+    return {name: CacheZone(cp, indexes[name], row) for name, cp in paths.items() if name in indexes}
 
 
 def _now_ms() -> int:

@@ -33,6 +33,9 @@ Rules:
    ``error_page`` for that status (as the first one did) without the upstream, as nginx
    1.22 (``ngx_http_file_cache_exists``: ``fcn->error``). Lock waiters woken by its holder
    get it too.
+10. The key is compiled at worker start (``compile_key``): the default
+   ``$scheme$proxy_host$request_uri`` is one of two prebuilt prefixes (by TLS) plus the
+   request target's bytes, no template; any other key renders its template.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class CachePlan:
 
     def __init__(self, loc: LocationConfig, zone: CacheZone) -> None:
         self.zone = zone
-        self.key: Template = compile_template(loc.proxy_cache_key)
+        self.key: Callable[[Exchange], bytes] = compile_key(loc)
         self.bypass = tuple(compile_template(t) for t in loc.proxy_cache_bypass)
         self.no_cache = tuple(compile_template(t) for t in loc.proxy_no_cache)
         self.methods = loc.proxy_cache_methods
@@ -103,6 +106,27 @@ class CachePlan:
         self.convert_head = loc.proxy_cache_convert_head
         self.ignore = loc.proxy_ignore_headers
         self.force_ranges = loc.proxy_force_ranges
+
+
+DEFAULT_KEY = "$scheme$proxy_host$request_uri"
+
+
+def compile_key(loc: LocationConfig) -> Callable[[Exchange], bytes]:
+    """Rule 10: the request's cache key as bytes (the same bytes the template renders)."""
+    if loc.proxy_cache_key == DEFAULT_KEY and loc.proxy_pass is not None:
+        try:
+            host = loc.proxy_pass.host_header.encode("latin-1")
+        except UnicodeEncodeError:  # the template's encode would fail per request: keep it
+            pass
+        else:
+            plain, tls = b"http" + host, b"https" + host
+
+            def default_key(ex: Exchange) -> bytes:
+                return (plain if ex.conn.tls is None else tls) + ex.target
+
+            return default_key
+    template: Template = compile_template(loc.proxy_cache_key)
+    return lambda ex: template.render(ex).encode("latin-1")
 
 
 def build_plan(loc: LocationConfig, zones: dict[str, Any]) -> CachePlan | None:
@@ -133,7 +157,7 @@ def serve(
     if ex.method not in plan.methods or head.upgrade:  # rule 1
         return Proxy(client, ex, head, lr, keep_alive, status_zone).run()
     zone = plan.zone
-    key = plan.key.render(ex).encode("latin-1")
+    key = plan.key(ex)
     if plan.bypass and P.predicate(t.render(ex) for t in plan.bypass):  # rule 2
         ex.cache_status = "BYPASS"
         fill = Fill(plan, lr, ex, head, key, P.key_md5(key), store=True)

@@ -118,7 +118,7 @@ class Worker:
         if spec.cache_indexes:  # proxy_cache_path zones (cache/store.py); none: nothing to do
             from prefork_lb.cache.store import open_zones
 
-            self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes))
+            self.runtime.caches = open_zones(config.http.cache_paths, dict(spec.cache_indexes), self.row)
             from prefork_lb.http.runtime import attach_cache_plans
 
             attach_cache_plans(self.runtime)  # issue 18: each proxy_cache location's plan

@@ -65,3 +65,34 @@ def test_entry_meta_is_the_stores() -> None:
     """The path builds the store's EntryMeta (a rename there must fail here)."""
     meta = EntryMeta(valid_until_ms=1, etag=b'"v"', vary=b"accept", variant_md5=b"x" * 16)
     assert meta.vary == b"accept"
+
+
+def test_compiled_default_key_is_the_templates_bytes() -> None:
+    """Rule 10: the precompiled default key gives exactly the bytes the template renders, for
+    plain and TLS connections and any target bytes (a wrong scheme, host or target here would
+    move every entry to another file); another key still renders its template."""
+    from dataclasses import replace
+
+    from prefork_lb.config.model import LocationConfig, ProxyPass
+    from prefork_lb.http.cache_path import DEFAULT_KEY, compile_key
+    from prefork_lb.http.template import compile_template
+    from tests.unit.test_variables import make_exchange
+
+    loc = LocationConfig(
+        match="/",
+        modifier="",
+        pattern="/",
+        regex=None,
+        proxy_pass=ProxyPass(upstream="backend", uri=None, host_header="backend:8081"),
+        return_=None,
+    )
+    assert loc.proxy_cache_key == DEFAULT_KEY
+    fast, template = compile_key(loc), compile_template(DEFAULT_KEY)
+    assert fast.__name__ == "default_key"
+    plain = make_exchange(location=loc, target=b"/a%20b?x=\xff")
+    tls = make_exchange(location=loc, target=b"/t")
+    tls.conn.tls = object()  # type: ignore[assignment]
+    assert fast(plain) == b"httpbackend:8081/a%20b?x=\xff" == template.render(plain).encode("latin-1")
+    assert fast(tls) == b"httpsbackend:8081/t" == template.render(tls).encode("latin-1")
+    other = compile_key(replace(loc, proxy_cache_key="$host$request_uri"))
+    assert other(plain) == b"example.com/a%20b?x=\xff"

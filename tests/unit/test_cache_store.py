@@ -186,6 +186,47 @@ def test_counters(index: I.CacheIndex) -> None:
     assert c["hit"] == (2, 15, 0, 0) and c["miss"] == (0, 0, 1, 7)
 
 
+def test_worker_counter_rows_are_lock_free_and_summed(tmp_path: Path) -> None:
+    """index.py rule 7: three forked "workers" count 20000 HITs each at once into their own
+    rows with no lock, a "respawned" one continues row 1, a process without a row counts
+    under the lock; the API's sums are exact and each row holds only its writer's counts
+    (rows that overlapped, or a row cleared at respawn, lose counts here)."""
+    zone = Zone.for_peers(1, rows=4, lock="flock")
+    indexes = I.IndexSet(zone).for_paths({"c": CachePathConfig("c", str(tmp_path / "c"), (1,), 65536)})
+    idx = indexes["c"]
+    assert idx.rows == zone.rows == 4
+    cp = CachePathConfig("c", str(tmp_path / "c"), (1,), 65536)
+    go_r, go_w = os.pipe()
+    n = 20000
+
+    def worker(row: int, hits: int) -> int:
+        pid = os.fork()
+        if pid == 0:
+            os.read(go_r, 1)
+            cz = CacheZone(cp, idx, row)
+            for _ in range(hits):
+                cz.count("hit", 3)
+            cz.count_written("miss", 11)
+            cz.count("miss", 11)
+            os._exit(0)
+        return pid
+
+    pids = [worker(row, n) for row in (0, 1, 2)]
+    os.write(go_w, b"xxx")
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+    respawn = worker(1, 5)
+    os.write(go_w, b"x")
+    assert os.waitpid(respawn, 0)[1] == 0
+    CacheZone(cp, idx).count("hit", 100)  # no row: the header's words, under the lock
+    CacheZone(cp, idx, zone.rows).count("stale", 1)  # a row the index has none for: the same
+    c = idx.counters()
+    assert c["hit"] == (3 * n + 5 + 1, 3 * (3 * n + 5) + 100, 0, 0)
+    assert c["miss"] == (4, 44, 4, 44) and c["stale"] == (1, 1, 0, 0)
+    base = I.STATUSES.index("hit") * I.COUNTER_WORDS
+    assert [idx.rows_mv[r * I.ROW_STRIDE + base] for r in range(4)] == [n, n + 5, n, 0]
+
+
 def test_lock_across_processes_one_winner(tmp_path: Path) -> None:
     """Six forked processes race for one key: exactly one try_lock succeeds (a lock that is
     not shared, or a non-atomic check-and-set, lets several through)."""
