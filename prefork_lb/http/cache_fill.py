@@ -46,7 +46,7 @@ from prefork_lb.http.cache_serve import (
 from prefork_lb.http.client import ClientGone
 from prefork_lb.http.exchange import Exchange
 from prefork_lb.http.header_rules import HOP_BY_HOP
-from prefork_lb.http.headers import build_response_head
+from prefork_lb.http.headers import CHUNKED_FIELD, build_response_head
 from prefork_lb.http.proxy import STATUS_CONDITIONS, ProxyOutcome
 from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError
 from prefork_lb.http.upstream import RECV_SIZE
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork_lb.error")
 
 _NOT_STORED: Final = HOP_BY_HOP | {b"content-length", b"transfer-encoding"}
-_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
@@ -294,7 +293,7 @@ class Fill:
         elif framing == "none" or client_head_only:
             field = b""
         elif req.version >= (1, 1):
-            field = _CHUNKED
+            field = CHUNKED_FIELD
         else:
             field, keep_alive = b"", False
         if extra:
@@ -312,7 +311,7 @@ class Fill:
             except ClientGone:
                 return False, False, False
             return keep_alive, False, True
-        sink = _Sink(client, ex, out_head, window, client_head_only, field == _CHUNKED)
+        sink = _Sink(client, ex, out_head, window, client_head_only, field == CHUNKED_FIELD)
         sink.keep_reading = writer is not None
         try:
             complete, reusable = _read_body(conn, resp, leftover, attempt, read_timeout_s, sink, writer)

@@ -51,6 +51,7 @@ _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"pr
 # (header_rules.py rule 2: Server and Date are replaced, X-Pad and X-Accel-* hidden).
 _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"} | DEFAULT_HIDDEN
 SERVER_HEADER: Final = b"Server: prefork-lb\r\n"
+CHUNKED_FIELD: Final = b"Transfer-Encoding: chunked\r\n"  # request and response heads
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ def build_upstream_head(
         if name.lower() not in drop:
             parts += [name, b": ", value, b"\r\n"]
     if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(CHUNKED_FIELD)
     elif body_length is not None and (body_length or ex.method in (b"POST", b"PUT", b"PATCH")):
         parts += [b"Content-Length: ", str(body_length).encode(), b"\r\n"]
     if upgrade is not None:  # rule 8

@@ -25,13 +25,13 @@ Rules (shared/reference/nginx-semantics.md sections 5.2 and 7):
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from gevent import socket
 
 from prefork_lb.http.client import ClientGone
 from prefork_lb.http.header_rules import DEFAULT_RULES, ResponseRules
-from prefork_lb.http.headers import build_response_head
+from prefork_lb.http.headers import CHUNKED_FIELD, build_response_head
 from prefork_lb.http.request_body import LAST_CHUNK
 from prefork_lb.http.response import ChunkedDecoder, ResponseHead, UpstreamProtocolError
 from prefork_lb.http.upstream import RECV_SIZE, UpstreamConnection
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork_lb.error")
 
-_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 
 
 class Truncated(Exception):
@@ -79,7 +78,7 @@ def relay(
             else b""
         )
     elif http11:
-        field = _CHUNKED
+        field = CHUNKED_FIELD
     else:
         field, keep_alive = b"", False
     if extra:
