@@ -300,25 +300,21 @@ class Worker:
 
         return handle
 
-    def _h2c_handler(self, key: tuple[str, str, int], router: Any) -> Any:
-        """A plain address with HTTP/2 (http/h2/accept.py rule 2): the preface is sniffed
-        in the connection's greenlet, then ``H2Session`` or ``ClientConnection``."""
-        from prefork_lb.http.connection import ClientConnection
+    def _reading_handler(self, key: tuple[str, str, int], open_conn: Any) -> Any:
+        """The accept shell of an address that reads before it knows the connection class
+        (the TLS handshake, the h2c preface): ``open_conn(sock, info)`` runs in the
+        connection's greenlet and returns the connection, or None when the client is gone
+        (its socket is closed and the counts undone here)."""
         from prefork_lb.http.exchange import ConnectionInfo
-        from prefork_lb.http.h2.accept import sniff_preface
-        from prefork_lb.http.h2.connection import H2Session
         from prefork_lb.netio import ClientSocket
 
         runtime = self.runtime
         connections = self.connections
-        clock = self.clock
         family, host, port = key
         counter = [self.slot << 40]
         mv = runtime.zone.mv
         accepted, active = runtime.accepted_cell, runtime.active_cell
         hub = self.gevent.get_hub()
-        timeout_s = router.default.client_header_timeout_s
-        spawn = self.runners.spawn
 
         def handle(raw: Any, address: Any) -> None:
             counter[0] += 1
@@ -333,78 +329,7 @@ class Worker:
             mv[active] += 1
             conn: Any = None
             try:
-                found = sniff_preface(sock, timeout_s)
-                if found is not None:
-                    h2, initial = found
-                    info = ConnectionInfo(remote, rport, host, port, counter[0])
-                    if h2:
-                        conn = H2Session(sock, info, router, runtime, clock, spawn)
-                        conn.initial = initial
-                        conn.parkable = True
-                    else:
-                        conn = ClientConnection(sock, info, router, runtime, clock)
-                        conn.parkable = True
-                        if initial:
-                            conn.reader.feed(initial)
-            finally:
-                if conn is None:
-                    sock.close()
-                    mv[active] -= 1
-                    self._connection_closed()
-            if conn is None:
-                return
-            connections.add(conn)
-            self._serve(conn)
-
-        return handle
-
-    def _tls_handler(self, key: tuple[str, str, int], router: Any, lt: Any) -> Any:
-        """An HTTP connection on a TLS address: the handshake (tls/io.py) in the connection's
-        greenlet, then ``TlsConnection`` (tls/connection.py)."""
-        from prefork_lb.http.exchange import ConnectionInfo
-        from prefork_lb.netio import ClientSocket
-        from prefork_lb.tls.connection import TlsConnection
-        from prefork_lb.tls.info import tls_info
-        from prefork_lb.tls.io import accept_tls
-
-        runtime = self.runtime
-        connections = self.connections
-        clock = self.clock
-        family, host, port = key
-        counter = [self.slot << 40]
-        mv = runtime.zone.mv
-        accepted, active = runtime.accepted_cell, runtime.active_cell
-        hub = self.gevent.get_hub()
-        timeout_s = router.default.client_header_timeout_s
-        verify = lt.verify_client
-        h2 = key in self.http2_keys
-        if h2:
-            from prefork_lb.http.h2.accept import is_h2_tls
-            from prefork_lb.http.h2.connection import H2Session
-
-        def handle(raw: Any, address: Any) -> None:
-            counter[0] += 1
-            remote, rport = ("unix:", 0) if family == "unix" else (address[0], address[1])
-            try:
-                sock = ClientSocket(raw, hub)
-            except BaseException:
-                raw.close()
-                self._connection_closed()
-                raise
-            mv[accepted] += 1
-            mv[active] += 1
-            conn: Any = None
-            try:
-                done = accept_tls(sock, lt.context, timeout_s, remote)
-                if done is not False:
-                    info = ConnectionInfo(remote, rport, host, port, counter[0])
-                    if done is not True:
-                        info.tls = tls_info(done, verify != "off")
-                    if h2 and done is not True and is_h2_tls(done):  # issue 20: ALPN h2
-                        conn = H2Session(sock, info, router, runtime, clock, self.runners.spawn, verify)
-                    else:
-                        conn = TlsConnection(sock, info, router, runtime, clock)
-                        conn.setup(done is True, verify)
+                conn = open_conn(sock, ConnectionInfo(remote, rport, host, port, counter[0]))
             finally:
                 if conn is None:
                     sock.close()
@@ -417,6 +342,64 @@ class Worker:
             self._serve(conn)
 
         return handle
+
+    def _h2c_handler(self, key: tuple[str, str, int], router: Any) -> Any:
+        """A plain address with HTTP/2 (http/h2/accept.py rule 2): the preface is sniffed
+        in the connection's greenlet, then ``H2Session`` or ``ClientConnection``."""
+        from prefork_lb.http.connection import ClientConnection
+        from prefork_lb.http.h2.accept import sniff_preface
+        from prefork_lb.http.h2.connection import H2Session
+
+        runtime = self.runtime
+        clock = self.clock
+        timeout_s = router.default.client_header_timeout_s
+        spawn = self.runners.spawn
+
+        def open_conn(sock: Any, info: Any) -> Any:
+            found = sniff_preface(sock, timeout_s)
+            if found is None:
+                return None
+            h2, initial = found
+            if h2:
+                session = H2Session(sock, info, router, runtime, clock, spawn)
+                session.initial = initial
+                return session
+            conn = ClientConnection(sock, info, router, runtime, clock)
+            if initial:
+                conn.reader.feed(initial)
+            return conn
+
+        return self._reading_handler(key, open_conn)
+
+    def _tls_handler(self, key: tuple[str, str, int], router: Any, lt: Any) -> Any:
+        """An HTTP connection on a TLS address: the handshake (tls/io.py) in the connection's
+        greenlet, then ``TlsConnection`` (tls/connection.py), or ``H2Session`` for ALPN h2."""
+        from prefork_lb.tls.connection import TlsConnection
+        from prefork_lb.tls.info import tls_info
+        from prefork_lb.tls.io import accept_tls
+
+        runtime = self.runtime
+        clock = self.clock
+        timeout_s = router.default.client_header_timeout_s
+        verify = lt.verify_client
+        h2 = key in self.http2_keys
+        if h2:
+            from prefork_lb.http.h2.accept import is_h2_tls
+            from prefork_lb.http.h2.connection import H2Session
+
+        def open_conn(sock: Any, info: Any) -> Any:
+            done = accept_tls(sock, lt.context, timeout_s, info.remote_addr)
+            if done is False:
+                return None
+            if done is not True:
+                info.tls = tls_info(done, verify != "off")
+            if h2 and done is not True and is_h2_tls(done):  # issue 20: ALPN h2
+                return H2Session(sock, info, router, runtime, clock, self.runners.spawn, verify)
+            conn = TlsConnection(sock, info, router, runtime, clock)
+            conn.setup(done is True, verify)
+            return conn
+
+        return self._reading_handler(key, open_conn)
 
     def _serve(self, conn: Any) -> None:
         """Run ``conn`` in this greenlet until it ends, or park it (connection.py rule 6)."""
