@@ -242,8 +242,11 @@ def test_hostile(target: Target, case: str, tls: bool) -> None:
         # nginx: none reached the upstream. prefork-lb before stream.py checked for a reset
         # before starting: ~100 upstream requests (and connections) per flood
         assert reached <= 10, f"{reached} of {out.extra['opened']} reset streams reached the backend"
-    if case == "zero_window":
-        # the stalled response's upstream connection is closed, not kept (nor pooled half-read)
+    if case == "zero_window" and target.name == "prefork-lb":
+        # the stalled response's upstream connection is closed, not kept (nor pooled half-read).
+        # nginx is not held to it: it spools the whole body to a temp file first, and when that
+        # finishes before send_timeout its (fully read) connection rightly stays in the
+        # keepalive pool: closed or pooled depends on the machine's speed
         wait_for(
             lambda: int(target.backend.stats()["open"]) <= open_before, what="the upstream connection closed"
         )
